@@ -1,0 +1,14 @@
+"""The seed's entry point: ``python RecSys.py`` trains on ./train.csv, validates on ./val.csv
+every epoch and saves the model to ./model/. Same as ``hybridrec train``; see ``--help``."""
+
+import sys
+from pathlib import Path
+
+try:
+    from hybridrec.cli import recsys_main
+except ImportError:  # run from a source checkout without `pip install`
+    sys.path.insert(0, str(Path(__file__).resolve().parent / "src"))
+    from hybridrec.cli import recsys_main
+
+if __name__ == "__main__":
+    sys.exit(recsys_main())

@@ -1,0 +1,146 @@
+"""Save and load a trained model as a directory that reloads exactly and never runs code.
+
+Layout (``FORMAT_VERSION`` 1):
+
+- ``weights.pt``    the model's ``state_dict`` only, read back with ``weights_only=True``;
+- ``id_maps.json``  raw id <-> index maps for users and items;
+- ``metrics.json``  per-epoch training history and final validation metrics;
+- ``config.json``   written last: format version, model name and hyper-parameters, data and
+  training settings, and the SHA-256 of every other file, so a truncated file or a mix of two
+  saves is detected on load instead of producing wrong scores.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from dataclasses import asdict
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from hybridrec.data.encoding import IdEncoder
+from hybridrec.errors import ArtifactError
+from hybridrec.files import atomic_write, atomic_write_json
+from hybridrec.models import model_class
+
+FORMAT = "hybridrec-model"
+FORMAT_VERSION = 1
+CONFIG, WEIGHTS, ID_MAPS, METRICS = "config.json", "weights.pt", "id_maps.json", "metrics.json"
+
+
+def save_artifact(
+    directory: str | Path,
+    *,
+    model: nn.Module,
+    model_name: str,
+    users: IdEncoder,
+    items: IdEncoder,
+    metrics: dict[str, Any] | None = None,
+    settings: dict[str, Any] | None = None,
+) -> Path:
+    """Write the artifact; each file atomically, ``config.json`` (with checksums) last."""
+    from hybridrec import __version__
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    buffer = io.BytesIO()
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    torch.save(state, buffer)
+    payloads = {
+        WEIGHTS: buffer.getvalue(),
+        ID_MAPS: _json_bytes({"users": users.to_dict(), "items": items.to_dict()}),
+        METRICS: _json_bytes(metrics or {}),
+    }
+    for name, payload in payloads.items():
+        atomic_write(directory / name, lambda f, p=payload: f.write(p))
+    config = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "hybridrec_version": __version__,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "model": model_name,
+        "model_config": asdict(model.config),  # type: ignore[arg-type]
+        "settings": settings or {},
+        "sha256": {name: hashlib.sha256(p).hexdigest() for name, p in payloads.items()},
+    }
+    atomic_write_json(directory / CONFIG, config)
+    return directory
+
+
+def load_artifact(directory: str | Path) -> tuple[nn.Module, IdEncoder, IdEncoder, dict[str, Any]]:
+    """Read an artifact back: ``(model in eval mode on CPU, users, items, config dict)``.
+
+    Raises:
+        ArtifactError: the directory is missing, is not an artifact, is damaged or was
+            written by an incompatible version.
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise ArtifactError(
+            f"no model directory at {directory}; train one with `hybridrec train --out {directory}`"
+        )
+    config = _read_json(directory, CONFIG, what="is not a hybridrec model")
+    if config.get("format") != FORMAT or not isinstance(config.get("format_version"), int):
+        raise ArtifactError(f"{directory / CONFIG} is not a hybridrec model config")
+    if config["format_version"] > FORMAT_VERSION:
+        raise ArtifactError(
+            f"{directory} was saved in format {config['format_version']}, newer than this "
+            f"hybridrec reads ({FORMAT_VERSION}); upgrade hybridrec to load it"
+        )
+    blobs = {}
+    for name, digest in config.get("sha256", {}).items():
+        path = directory / name
+        if not path.is_file():
+            raise ArtifactError(f"{path} is missing; the artifact is incomplete, save it again")
+        blobs[name] = path.read_bytes()
+        if hashlib.sha256(blobs[name]).hexdigest() != digest:
+            raise ArtifactError(
+                f"{path} is truncated or belongs to another save (checksum mismatch); "
+                "save or copy the model again"
+            )
+    if WEIGHTS not in blobs or ID_MAPS not in blobs:
+        raise ArtifactError(f"{directory / CONFIG} lists no {WEIGHTS}/{ID_MAPS}; save it again")
+    try:
+        cls = model_class(config["model"])
+        model = cls(cls.config_class(**config["model_config"]))  # type: ignore[attr-defined]
+    except Exception as exc:
+        raise ArtifactError(
+            f"{directory / CONFIG} describes a model this hybridrec cannot build: {exc}"
+        ) from exc
+    try:
+        state = torch.load(io.BytesIO(blobs[WEIGHTS]), map_location="cpu", weights_only=True)
+        model.load_state_dict(state)
+    except Exception as exc:
+        raise ArtifactError(f"{directory / WEIGHTS} does not fit the model: {exc}") from exc
+    maps = json.loads(blobs[ID_MAPS])
+    users, items = IdEncoder.from_dict(maps["users"]), IdEncoder.from_dict(maps["items"])
+    model.eval()
+    return model, users, items, config
+
+
+def read_metrics(directory: str | Path) -> dict[str, Any]:
+    """The training metrics stored with an artifact (empty when there are none)."""
+    path = Path(directory) / METRICS
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _json_bytes(data: Any) -> bytes:
+    return (json.dumps(data, indent=2, sort_keys=True) + "\n").encode("utf-8")
+
+
+def _read_json(directory: Path, name: str, what: str) -> dict[str, Any]:
+    path = directory / name
+    if not path.is_file():
+        raise ArtifactError(f"{directory} {what}: it has no {name}")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ArtifactError(f"{path} is damaged ({exc}); save the model again") from exc
+    if not isinstance(data, dict):
+        raise ArtifactError(f"{path} is damaged (not a JSON object); save the model again")
+    return data

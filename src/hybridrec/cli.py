@@ -1,0 +1,330 @@
+"""Command line: ``hybridrec train | evaluate | demo`` (and ``python RecSys.py``).
+
+Options are generated from the config dataclasses, so flags, defaults and help text always
+match the API. User mistakes (``HybridRecError``) print one clear line and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import sys
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import MISSING, fields
+from pathlib import Path
+from typing import Any
+
+from hybridrec.config import DataConfig, TrainConfig
+from hybridrec.errors import ConfigError, HybridRecError
+from hybridrec.models import MODELS, model_class
+from hybridrec.models.hybrid import HybridRecSysConfig
+
+logger = logging.getLogger("hybridrec")
+
+
+# ---------------------------------------------------------------- options from dataclasses
+
+
+def _parse_sizes(text: str) -> tuple[int, ...]:
+    try:
+        sizes = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected sizes like 64,32,16, got {text!r}") from None
+    return sizes
+
+
+def add_config_arguments(
+    parser: argparse.ArgumentParser | Any,
+    cls: type,
+    title: str,
+    defaults: dict[str, Any] | None = None,
+) -> None:
+    """Add one ``--flag`` per field of dataclass ``cls`` that has help text in its metadata."""
+    group = parser.add_argument_group(title)
+    defaults = defaults or {}
+    for f in fields(cls):
+        if "help" not in f.metadata:
+            continue
+        flag = f.metadata.get("flag", "--" + f.name.replace("_", "-"))
+        default = defaults.get(f.name, f.default if f.default is not MISSING else None)
+        kind = str(f.type)
+        if "tuple" in kind:
+            parse: Callable[[str], Any] = _parse_sizes
+            shown = ",".join(str(x) for x in default)
+        elif "float" in kind:
+            parse, shown = float, default
+        elif "int" in kind:
+            parse, shown = int, default
+        else:
+            parse, shown = str, default
+        group.add_argument(
+            flag,
+            dest=f.name,
+            type=parse,
+            default=default,
+            metavar=f.name.split("_")[-1].upper() if "tuple" not in kind else "SIZES",
+            help=f"{f.metadata['help']} (default: {shown})",
+        )
+
+
+def config_from_args(cls: type, args: argparse.Namespace) -> Any:
+    """Build dataclass ``cls`` from the parsed flags that ``add_config_arguments`` added."""
+    values = {f.name: getattr(args, f.name) for f in fields(cls) if hasattr(args, f.name)}
+    return cls(**values)
+
+
+def _model_options(args: argparse.Namespace) -> dict[str, Any]:
+    cls = model_class(args.model).config_class  # type: ignore[attr-defined]
+    return {f.name: getattr(args, f.name) for f in fields(cls) if hasattr(args, f.name)}
+
+
+# ---------------------------------------------------------------- parsers
+
+
+def _add_train_options(p: argparse.ArgumentParser, defaults: dict[str, Any] | None = None) -> None:
+    add_config_arguments(p, DataConfig, "data columns")
+    add_config_arguments(p, HybridRecSysConfig, "model (hybrid)")
+    add_config_arguments(p, TrainConfig, "training", defaults)
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    p.add_argument("--json", action="store_true", help="print the final metrics as one JSON object")
+
+
+def _train_parser(
+    parser: argparse.ArgumentParser, *, train: str | None, val: str | None, out: str
+) -> None:
+    parser.add_argument(
+        "--train",
+        required=train is None,
+        default=train,
+        metavar="PATH",
+        help="training interactions, CSV or Parquet" + (f" (default: {train})" if train else ""),
+    )
+    parser.add_argument(
+        "--val",
+        default=val,
+        metavar="PATH",
+        help="validation interactions, evaluated after every epoch"
+        + (f" (default: {val} when it exists)" if val else ""),
+    )
+    parser.add_argument(
+        "--out", default=out, metavar="DIR", help=f"model directory (default: {out})"
+    )
+    parser.add_argument(
+        "--model", default="hybrid", choices=sorted(MODELS), help="model to train (default: hybrid)"
+    )
+    _add_train_options(parser)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hybridrec",
+        description="Train, evaluate and use hybrid (dot product + MLP) recommenders.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    p = sub.add_parser("train", help="train a model on interaction files and save it")
+    _train_parser(p, train=None, val=None, out="model")
+    p = sub.add_parser("evaluate", help="loss, accuracy and AUC of a saved model on labelled rows")
+    p.add_argument("--model", required=True, metavar="DIR", help="model directory")
+    p.add_argument("--data", required=True, metavar="PATH", help="rows to evaluate, CSV or Parquet")
+    add_config_arguments(p, DataConfig, "data columns")
+    p.add_argument("--json", action="store_true", help="print the metrics as one JSON object")
+    p = sub.add_parser(
+        "demo", help="generate synthetic data with planted structure, train, compare, save"
+    )
+    p.add_argument(
+        "--out",
+        default="hybridrec-demo",
+        metavar="DIR",
+        help="folder for train.csv, val.csv and model/ (default: hybridrec-demo)",
+    )
+    p.add_argument("--users", type=int, default=2000, help="synthetic users (default: 2000)")
+    p.add_argument("--items", type=int, default=1000, help="synthetic items (default: 1000)")
+    p.add_argument(
+        "--positives",
+        type=int,
+        default=60_000,
+        help="positive interactions to draw before de-duplication (default: 60000)",
+    )
+    p.add_argument("--model", default="hybrid", choices=sorted(MODELS), help=argparse.SUPPRESS)
+    _add_train_options(p)
+    return parser
+
+
+# ---------------------------------------------------------------- commands
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from hybridrec.pipeline import train
+
+    result = train(
+        args.train,
+        args.val,
+        out=args.out,
+        model=args.model,
+        model_options=_model_options(args),
+        data_config=config_from_args(DataConfig, args),
+        train_config=config_from_args(TrainConfig, args),
+        show_progress=not args.no_progress,
+    )
+    summary = result.summary()
+    if args.json:
+        _print_json(summary)
+    else:
+        rows = [("model", summary)]
+        _print_table(rows, ["val_loss", "val_accuracy", "val_auc", "samples_per_second"])
+        print(f"saved to {args.out}/")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from hybridrec.data.dataset import RecSysDataset
+    from hybridrec.evaluate import evaluate_pointwise
+    from hybridrec.pipeline import load_data
+    from hybridrec.recommend import Recommender
+
+    rec = Recommender.load(args.model)
+    frame = load_data(args.data, config_from_args(DataConfig, args))
+    data, unknown = RecSysDataset.from_frame(frame, rec.users, rec.items)
+    metrics = evaluate_pointwise(rec.model, data)
+    out = {
+        **metrics,
+        "rows": unknown.rows,
+        "rows_with_unknown": unknown.rows_with_unknown,
+        "unknown_users": unknown.unknown_users,
+        "unknown_items": unknown.unknown_items,
+    }
+    if args.json:
+        _print_json(out)
+    else:
+        print(unknown.describe(Path(args.data).name))
+        _print_table([(args.model, out)], ["loss", "accuracy", "auc"])
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from hybridrec.baselines import popularity_logits
+    from hybridrec.data.synthetic import SyntheticConfig, write_synthetic_data
+    from hybridrec.evaluate import pointwise_metrics
+    from hybridrec.pipeline import train
+
+    out = Path(args.out)
+    synth = SyntheticConfig(
+        num_users=args.users, num_items=args.items, num_positives=args.positives, seed=args.seed
+    )
+    train_path, val_path = write_synthetic_data(out, synth)
+    logger.info(f"wrote synthetic data with {synth.num_groups} planted groups to {out}/")
+    result = train(
+        train_path,
+        val_path,
+        out=out / "model",
+        model=args.model,
+        model_options=_model_options(args),
+        data_config=config_from_args(DataConfig, args),
+        train_config=config_from_args(TrainConfig, args),
+        show_progress=not args.no_progress,
+    )
+    assert result.val_data is not None
+    baseline = pointwise_metrics(
+        popularity_logits(result.train_data, result.val_data), result.val_data.target
+    )
+    model_metrics = {
+        "loss": result.history.last.val_loss,
+        "accuracy": result.history.last.val_accuracy,
+        "auc": result.history.last.val_auc,
+    }
+    if args.json:
+        _print_json({"model": model_metrics, "popularity": baseline, **result.summary()})
+    else:
+        print(f"validation on {len(result.val_data):,} held-out rows of {val_path}:")
+        _print_table(
+            [(f"{args.model} model", model_metrics), ("item popularity", baseline)],
+            ["loss", "accuracy", "auc"],
+        )
+        print(
+            f"trained at {result.history.last.samples_per_second:,.0f} samples/s; "
+            f"model saved to {out / 'model'}/ (load it with hybridrec.load)"
+        )
+    return 0
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "train": cmd_train,
+    "evaluate": cmd_evaluate,
+    "demo": cmd_demo,
+}
+
+
+# ---------------------------------------------------------------- output and entry points
+
+
+def _print_json(data: dict[str, Any]) -> None:
+    clean = {
+        k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in data.items()
+    }
+    print(json.dumps(clean, sort_keys=True))
+
+
+def _print_table(rows: Sequence[tuple[str, dict[str, Any]]], columns: Sequence[str]) -> None:
+    width = max(len(name) for name, _ in rows) + 2
+    print(" " * width + "".join(f"{c:>20}" for c in columns))
+    for name, values in rows:
+        cells = "".join(f"{_fmt(values.get(c)):>20}" for c in columns)
+        print(f"{name:<{width}}{cells}")
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.4f}"
+    return str(value)
+
+
+def _show_warning(
+    message: Any, category: Any, filename: str, lineno: int, *a: Any, **k: Any
+) -> None:
+    print(f"warning: {message}", file=sys.stderr)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run a parsed command; user errors become a message and exit status 2."""
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    warnings.showwarning = _show_warning
+    try:
+        return COMMANDS[args.command](args)
+    except HybridRecError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; nothing was saved after the last completed epoch", file=sys.stderr)
+        return 130
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``hybridrec`` console entry point."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except ConfigError as exc:  # raised by a type= parser; argparse exits 2 on its own errors
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return run(args)
+
+
+def recsys_main(argv: Sequence[str] | None = None) -> int:
+    """``python RecSys.py``: the seed's usage, i.e. ``train`` on ./train.csv and ./val.csv."""
+    parser = argparse.ArgumentParser(
+        prog="RecSys.py",
+        description="Train the hybrid recommender on train.csv, validate on val.csv every "
+        "epoch, and save the model (same as `hybridrec train`).",
+    )
+    _train_parser(parser, train="train.csv", val="val.csv", out="model")
+    args = parser.parse_args(argv)
+    if args.val == "val.csv" and not Path("val.csv").exists():
+        args.val = None
+        print("note: no val.csv here, training without validation", file=sys.stderr)
+    args.command = "train"
+    return run(args)

@@ -1,0 +1,82 @@
+"""Typed configuration shared by the API, the CLI and the artifact.
+
+Every field carries its CLI flag and help text in ``metadata`` so the command line is generated
+from these dataclasses (see ``cli.add_config_arguments``) and cannot drift from them.
+Validation lives in ``__post_init__`` and names the flag to change.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from hybridrec.errors import ConfigError
+
+
+def option(default: object, help: str, *, flag: str | None = None, **kw: object) -> object:
+    """A dataclass field with its CLI flag and help text attached."""
+    meta = {"help": help}
+    if flag is not None:
+        meta["flag"] = flag
+    meta.update(kw)
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class DataConfig:
+    """How to read an interaction file."""
+
+    user_col: str = option("userId", "name of the user id column")
+    item_col: str = option("itemId", "name of the item id column")
+    target_col: str = option(
+        "target", "name of the 0/1 label column; a file without it is all positives"
+    )
+    threshold: float | None = option(
+        None,
+        "turn a numeric target (e.g. a rating) into 0/1: 1 where target >= THRESHOLD",
+    )
+
+    def __post_init__(self) -> None:
+        names = {"--user-col": self.user_col, "--item-col": self.item_col}
+        names["--target-col"] = self.target_col
+        for flag, name in names.items():
+            if not name:
+                raise ConfigError(f"{flag} must be a non-empty column name")
+        if len({self.user_col, self.item_col, self.target_col}) < 3:
+            raise ConfigError(
+                "--user-col, --item-col and --target-col must name three different columns, "
+                f"got {self.user_col!r}, {self.item_col!r}, {self.target_col!r}"
+            )
+
+
+@dataclass
+class TrainConfig:
+    """How to train: optimisation, batching, hardware and randomness."""
+
+    epochs: int = option(10, "passes over the training data")
+    batch_size: int = option(2048, "samples per optimisation step")
+    learning_rate: float = option(3e-3, "Adam learning rate", flag="--lr")
+    weight_decay: float = option(1e-4, "L2 penalty on all weights (Adam weight_decay)")
+    seed: int = option(0, "seed for initialisation, shuffling and dropout")
+    device: str = option("auto", "auto (cuda, else mps, else cpu), cpu, cuda, cuda:N or mps")
+    num_threads: int = option(
+        1,
+        "CPU threads for PyTorch; 1 is robust on shared machines, 0 keeps PyTorch's default",
+        flag="--threads",
+    )
+    eval_batch_size: int = option(65536, "samples per batch when validating")
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1:
+            raise ConfigError(f"--epochs must be at least 1, got {self.epochs}")
+        if self.batch_size < 1:
+            raise ConfigError(f"--batch-size must be at least 1, got {self.batch_size}")
+        if self.eval_batch_size < 1:
+            raise ConfigError(f"--eval-batch-size must be at least 1, got {self.eval_batch_size}")
+        if not self.learning_rate > 0:
+            raise ConfigError(f"--lr must be a positive number, got {self.learning_rate}")
+        if self.weight_decay < 0:
+            raise ConfigError(f"--weight-decay must be >= 0, got {self.weight_decay}")
+        if self.num_threads < 0:
+            raise ConfigError(
+                f"--threads must be >= 0 (0 = PyTorch default), got {self.num_threads}"
+            )

@@ -1,0 +1,102 @@
+"""Map raw ids (as found in the files) to dense embedding indices and back.
+
+Index 0 is reserved for *unknown*: ids never seen when the encoder was fitted map there, so
+validation and inference never crash on a new user or item. Known ids get 1..n in sorted
+order, which makes the mapping independent of row order (deterministic across runs).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+UNKNOWN_INDEX = 0
+
+
+class IdEncoder:
+    """A fitted bijection between raw ids and indices 1..n (0 = unknown).
+
+    Example:
+        >>> enc = IdEncoder.fit(["b", "a", "b"])
+        >>> enc.transform(["a", "b", "zzz"]).tolist()
+        [1, 2, 0]
+        >>> enc.inverse_transform([2]).tolist()
+        ['b']
+    """
+
+    def __init__(self, ids: np.ndarray) -> None:
+        self._ids = ids  # position p holds the raw id of index p + 1
+        self._index = pd.Index(ids)
+        if not self._index.is_unique:
+            raise ValueError("IdEncoder ids must be unique")
+
+    @classmethod
+    def fit(cls, ids: Sequence[Any] | np.ndarray | pd.Series) -> IdEncoder:
+        """Build the encoder from every id in ``ids`` (duplicates allowed)."""
+        unique = pd.unique(pd.Series(np.asarray(ids, dtype=_dtype_of(ids))))
+        if len(unique) and isinstance(unique[0], str):
+            unique = np.array(sorted(unique), dtype=object)
+        else:
+            unique = np.sort(unique)
+        return cls(unique)
+
+    def __len__(self) -> int:
+        """Number of known ids (the embedding table has ``len(enc) + 1`` rows)."""
+        return len(self._ids)
+
+    @property
+    def num_embeddings(self) -> int:
+        """Rows an embedding table needs: every known id plus the unknown row 0."""
+        return len(self._ids) + 1
+
+    @property
+    def ids(self) -> np.ndarray:
+        """Known raw ids in index order (index ``p + 1`` is ``ids[p]``)."""
+        return self._ids
+
+    def transform(self, ids: Sequence[Any] | np.ndarray | pd.Series) -> np.ndarray:
+        """Raw ids -> int64 indices; unknown ids (including ids of another type) map to 0."""
+        values = np.asarray(ids, dtype=_dtype_of(ids))
+        if values.ndim != 1:
+            values = values.reshape(-1)
+        if len(values) == 0:
+            return np.zeros(0, dtype=np.int64)
+        positions = self._index.get_indexer(values)
+        return (positions + 1).astype(np.int64)
+
+    def inverse_transform(self, indices: Sequence[int] | np.ndarray) -> np.ndarray:
+        """Indices 1..n -> raw ids. Index 0 has no raw id and raises ``ValueError``."""
+        idx = np.asarray(indices, dtype=np.int64)
+        if idx.size and (idx.min() < 1 or idx.max() > len(self._ids)):
+            raise ValueError(f"indices must lie in 1..{len(self._ids)} (0 is the unknown id)")
+        return self._ids[idx - 1]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form, kept with the model artifact."""
+        kind = "str" if len(self._ids) and isinstance(self._ids[0], str) else "int"
+        return {"kind": kind, "ids": [str(x) if kind == "str" else int(x) for x in self._ids]}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> IdEncoder:
+        """Inverse of :meth:`to_dict`."""
+        kind = data["kind"]
+        if kind == "str":
+            return cls(np.array(data["ids"], dtype=object))
+        if kind == "int":
+            return cls(np.array(data["ids"], dtype=np.int64))
+        raise ValueError(f"unknown id kind {kind!r}")
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, IdEncoder) and self.to_dict() == other.to_dict()
+
+    def __repr__(self) -> str:
+        return f"IdEncoder({len(self)} ids)"
+
+
+def _dtype_of(ids: Any) -> Any:
+    """Keep integers as int64 and everything else as Python objects (strings)."""
+    arr = ids.to_numpy() if isinstance(ids, pd.Series) else np.asarray(ids)
+    return np.int64 if np.issubdtype(arr.dtype, np.integer) else object

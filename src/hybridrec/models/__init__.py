@@ -1,0 +1,44 @@
+"""Model registry: a new model is one module plus one line in ``MODELS``.
+
+A registered model is an ``nn.Module`` built from a single config dataclass
+(``cls.config_class``) with ``num_users``/``num_items`` fields, and provides
+``forward(user_idx, item_idx) -> (B,)`` logits and ``score_all(user_idx) -> (B, num_items)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import fields
+from typing import Any
+
+from torch import nn
+
+from hybridrec.errors import ConfigError
+from hybridrec.models.hybrid import HybridRecSys, HybridRecSysConfig
+
+MODELS: dict[str, type[nn.Module]] = {
+    "hybrid": HybridRecSys,
+}
+
+
+def model_class(name: str) -> type[nn.Module]:
+    """The registered class called ``name``, or a ``ConfigError`` listing the choices."""
+    try:
+        return MODELS[name]
+    except KeyError:
+        raise ConfigError(
+            f"unknown model {name!r}; choose one of: {', '.join(sorted(MODELS))}"
+        ) from None
+
+
+def build_model(name: str, **config: Any) -> nn.Module:
+    """Build model ``name`` from keyword hyper-parameters (unknown keys are an error)."""
+    cls = model_class(name)
+    config_class = cls.config_class  # type: ignore[attr-defined]
+    known = {f.name for f in fields(config_class)}
+    extra = sorted(set(config) - known)
+    if extra:
+        raise ConfigError(f"model {name!r} has no option(s) {', '.join(extra)}")
+    return cls(config_class(**config))
+
+
+__all__ = ["MODELS", "HybridRecSys", "HybridRecSysConfig", "build_model", "model_class"]

@@ -1,0 +1,103 @@
+"""The seed's hybrid model: a dot product plus an MLP over ``[user || item]``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from hybridrec.config import option
+from hybridrec.data.encoding import UNKNOWN_INDEX
+from hybridrec.errors import ConfigError
+from hybridrec.models.layers import MLP, init_embedding
+
+
+@dataclass
+class HybridRecSysConfig:
+    """Hyper-parameters of :class:`HybridRecSys`.
+
+    ``num_users``/``num_items`` count embedding rows, including the reserved unknown row 0
+    (``IdEncoder.num_embeddings``); they come from the data, not from the command line.
+    """
+
+    num_users: int = field(default=1, metadata={"cli": False})
+    num_items: int = field(default=1, metadata={"cli": False})
+    embedding_dim: int = option(32, "size of the user and item embeddings")
+    mlp_layer_sizes: tuple[int, ...] = option(
+        (64, 32, 16),
+        "hidden sizes of the MLP on [user || item], comma-separated",
+        flag="--mlp-layers",
+    )
+    dropout: float = option(0.0, "dropout after each MLP hidden layer (0 disables it)")
+    init_std: float = option(0.05, "standard deviation of the initial embeddings")
+
+    def __post_init__(self) -> None:
+        self.mlp_layer_sizes = tuple(int(s) for s in self.mlp_layer_sizes)
+        if self.num_users < 1 or self.num_items < 1:
+            raise ConfigError(
+                f"num_users and num_items must be >= 1, got {self.num_users}, {self.num_items}"
+            )
+        if self.embedding_dim < 1:
+            raise ConfigError(f"--embedding-dim must be >= 1, got {self.embedding_dim}")
+        if any(s < 1 for s in self.mlp_layer_sizes):
+            raise ConfigError(
+                f"--mlp-layers must be positive sizes like 64,32,16, got {self.mlp_layer_sizes}"
+            )
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"--dropout must be in [0, 1), got {self.dropout}")
+        if not self.init_std > 0:
+            raise ConfigError(f"--init-std must be positive, got {self.init_std}")
+
+
+class HybridRecSys(nn.Module):
+    """Logit = MLP([u || i]) + <u, i> for user embedding u and item embedding i.
+
+    The dot product is matrix factorisation's collaborative signal; the MLP adds the
+    non-linear interactions a dot product cannot express. Unknown ids (index 0) have a zero
+    embedding, so they get a neutral dot score.
+
+    Example:
+        >>> model = HybridRecSys(HybridRecSysConfig(num_users=3, num_items=4, embedding_dim=8))
+        >>> model(torch.tensor([1, 2]), torch.tensor([3, 0])).shape
+        torch.Size([2])
+        >>> model.score_all(torch.tensor([1])).shape
+        torch.Size([1, 4])
+    """
+
+    config_class = HybridRecSysConfig
+
+    def __init__(self, config: HybridRecSysConfig) -> None:
+        super().__init__()
+        self.config = config
+        dim = config.embedding_dim
+        self.user_embedding = nn.Embedding(config.num_users, dim, padding_idx=UNKNOWN_INDEX)
+        self.item_embedding = nn.Embedding(config.num_items, dim, padding_idx=UNKNOWN_INDEX)
+        self.mlp = MLP(2 * dim, config.mlp_layer_sizes, out_dim=1, dropout=config.dropout)
+        init_embedding(self.user_embedding, config.init_std)
+        init_embedding(self.item_embedding, config.init_std)
+
+    def forward(self, user_idx: torch.Tensor, item_idx: torch.Tensor) -> torch.Tensor:
+        """Logits (B,) for the pairs ``(user_idx[b], item_idx[b])``."""
+        u = self.user_embedding(user_idx)  # (B, D)
+        i = self.item_embedding(item_idx)  # (B, D)
+        mlp_score = self.mlp(torch.cat([u, i], dim=-1)).squeeze(-1)  # (B,)
+        dot_score = (u * i).sum(dim=-1)  # (B,)
+        return mlp_score + dot_score
+
+    def score_all(self, user_idx: torch.Tensor) -> torch.Tensor:
+        """Logits (B, num_items) of every item for each user, item index 0 included.
+
+        The first MLP layer is split into its user and item halves, W[u || i] = W_u u + W_i i,
+        so it costs O(B + I) instead of O(B * I); the remaining layers run on all pairs.
+        """
+        u = self.user_embedding(user_idx)  # (B, D)
+        items = self.item_embedding.weight  # (I, D)
+        layers = list(self.mlp.layers)
+        first: nn.Linear = layers[0]  # type: ignore[assignment]
+        dim = self.config.embedding_dim
+        w_user, w_item = first.weight[:, :dim], first.weight[:, dim:]  # (H, D) each
+        hidden = (u @ w_user.T)[:, None, :] + (items @ w_item.T + first.bias)[None, :, :]
+        for layer in layers[1:]:
+            hidden = layer(hidden)  # (B, I, H') ... -> (B, I, 1)
+        return hidden.squeeze(-1) + u @ items.T

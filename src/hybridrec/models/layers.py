@@ -1,0 +1,44 @@
+"""Building blocks shared by models."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+
+class MLP(nn.Module):
+    """``Linear -> ReLU [-> Dropout]`` per hidden size, then a final ``Linear`` to ``out_dim``.
+
+    Args:
+        in_dim: input width.
+        hidden_sizes: widths of the hidden layers, e.g. ``(64, 32, 16)``.
+        out_dim: output width (1 for a score).
+        dropout: drop probability after each hidden activation; 0 adds no layer at all.
+    """
+
+    def __init__(
+        self, in_dim: int, hidden_sizes: Sequence[int], out_dim: int = 1, dropout: float = 0.0
+    ) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        width = in_dim
+        for size in hidden_sizes:
+            layers += [nn.Linear(width, size), nn.ReLU()]
+            if dropout > 0:
+                layers.append(nn.Dropout(dropout))
+            width = size
+        layers.append(nn.Linear(width, out_dim))
+        self.layers = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(x)
+
+
+def init_embedding(embedding: nn.Embedding, std: float) -> None:
+    """Small normal init; the padding (unknown) row stays zero so unknown ids score neutrally."""
+    nn.init.normal_(embedding.weight, mean=0.0, std=std)
+    if embedding.padding_idx is not None:
+        with torch.no_grad():
+            embedding.weight[embedding.padding_idx].zero_()

@@ -1,0 +1,159 @@
+"""From files (or frames) to a saved, trained model: the train entry point of the API and CLI."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+
+from hybridrec.artifact import METRICS
+from hybridrec.config import DataConfig, TrainConfig
+from hybridrec.data.dataset import RecSysDataset, UnknownCounts
+from hybridrec.data.encoding import IdEncoder
+from hybridrec.data.io import ITEM, USER, interactions_from_frame, read_interactions
+from hybridrec.errors import HybridRecWarning
+from hybridrec.files import atomic_write_json
+from hybridrec.models import build_model
+from hybridrec.recommend import Recommender
+from hybridrec.runtime import resolve_device, set_num_threads
+from hybridrec.train import EpochStats, History, fit
+
+logger = logging.getLogger(__name__)
+
+DataLike = str | Path | pd.DataFrame
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` produced."""
+
+    recommender: Recommender
+    history: History
+    train_data: RecSysDataset
+    val_data: RecSysDataset | None
+    val_unknown: UnknownCounts | None
+    out: Path | None
+
+    def summary(self) -> dict[str, Any]:
+        """The last epoch's metrics as a flat dict (what ``--json`` prints)."""
+        last = self.history.last
+        out = {
+            "epochs": len(self.history.epochs),
+            "train_loss": last.train_loss,
+            "train_accuracy": last.train_accuracy,
+            "samples_per_second": last.samples_per_second,
+            "val_loss": last.val_loss,
+            "val_accuracy": last.val_accuracy,
+            "val_auc": last.val_auc,
+        }
+        if self.val_unknown is not None:
+            out["val_rows"] = self.val_unknown.rows
+            out["val_rows_with_unknown"] = self.val_unknown.rows_with_unknown
+        if self.out is not None:
+            out["model_dir"] = str(self.out)
+        return out
+
+
+def load_data(data: DataLike, config: DataConfig) -> pd.DataFrame:
+    """Read a path, or validate an in-memory frame, into the standard interaction frame."""
+    if isinstance(data, pd.DataFrame):
+        return interactions_from_frame(data, config)
+    return read_interactions(data, config)
+
+
+def train(
+    train_data: DataLike,
+    val_data: DataLike | None = None,
+    *,
+    out: str | Path | None = None,
+    model: str = "hybrid",
+    model_options: dict[str, Any] | None = None,
+    data_config: DataConfig | None = None,
+    train_config: TrainConfig | None = None,
+    show_progress: bool = False,
+) -> TrainResult:
+    """Train a model on interaction data and optionally save it.
+
+    Args:
+        train_data: path to a CSV/Parquet file, or a frame with the configured columns.
+        val_data: validation rows (same format), evaluated after every epoch; optional.
+        out: directory for the artifact; ``metrics.json`` there is updated every epoch.
+        model: registered model name (see ``hybridrec.models.MODELS``).
+        model_options: hyper-parameters of that model, e.g. ``{"embedding_dim": 64}``.
+        data_config: column names and rating threshold.
+        train_config: epochs, batch size, learning rate, seed, device, threads.
+        show_progress: show a progress bar per epoch.
+
+    Returns:
+        A :class:`TrainResult` with the ready-to-use :class:`Recommender` and the history.
+
+    Example:
+        >>> result = hybridrec.train("train.csv", "val.csv", out="model")  # doctest: +SKIP
+        >>> result.recommender.score([1], [42])                             # doctest: +SKIP
+    """
+    data_config = data_config or DataConfig()
+    train_config = train_config or TrainConfig()
+    set_num_threads(train_config.num_threads)
+    device = resolve_device(train_config.device)
+
+    train_frame = load_data(train_data, data_config)
+    if train_frame["target"].min() == 1:
+        warnings.warn(
+            f"{_name(train_data)} holds only positives (no 0 targets), so a pointwise model "
+            "learns to say 'yes' to everything; add rows with target 0 (e.g. shown but not "
+            "clicked items)",
+            HybridRecWarning,
+            stacklevel=2,
+        )
+    users = IdEncoder.fit(train_frame[USER].to_numpy())
+    items = IdEncoder.fit(train_frame[ITEM].to_numpy())
+    train_set, _ = RecSysDataset.from_frame(train_frame, users, items)
+    val_set, val_unknown = None, None
+    if val_data is not None:
+        val_set, val_unknown = RecSysDataset.from_frame(
+            load_data(val_data, data_config), users, items
+        )
+        logger.info(val_unknown.describe(_name(val_data)))
+
+    torch.manual_seed(train_config.seed)  # model initialisation and dropout
+    net = build_model(
+        model,
+        num_users=users.num_embeddings,
+        num_items=items.num_embeddings,
+        **(model_options or {}),
+    )
+    settings = {"data": asdict(data_config), "train": asdict(train_config)}
+    out_dir = Path(out) if out is not None else None
+
+    def write_progress(stats: EpochStats, history: History) -> None:
+        if out_dir is not None:
+            atomic_write_json(out_dir / METRICS, {"history": history.to_list()})
+
+    history = fit(
+        net,
+        train_set,
+        val_set,
+        train_config,
+        device=device,
+        show_progress=show_progress,
+        on_epoch_end=write_progress,
+    )
+    net.cpu()
+    recommender = Recommender(net, users, items, model_name=model, config={"settings": settings})
+    result = TrainResult(recommender, history, train_set, val_set, val_unknown, out_dir)
+    if out_dir is not None:
+        metrics = {"history": history.to_list(), "final": result.summary()}
+        if val_unknown is not None:
+            metrics["val_unknown"] = asdict(val_unknown)
+        recommender.save(out_dir, metrics=metrics)
+        logger.info(f"saved the model to {out_dir}")
+    return result
+
+
+def _name(data: DataLike) -> str:
+    return Path(data).name if not isinstance(data, pd.DataFrame) else "the training frame"
