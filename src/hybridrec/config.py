@@ -52,10 +52,10 @@ class DataConfig:
 class TrainConfig:
     """How to train: optimisation, batching, hardware and randomness."""
 
-    epochs: int = option(10, "passes over the training data")
+    epochs: int = option(5, "passes over the training data")
     batch_size: int = option(2048, "samples per optimisation step")
-    learning_rate: float = option(3e-3, "Adam learning rate", flag="--lr")
-    weight_decay: float = option(1e-4, "L2 penalty on all weights (Adam weight_decay)")
+    learning_rate: float = option(5e-3, "Adam learning rate", flag="--lr")
+    weight_decay: float = option(1e-5, "L2 penalty on all weights (Adam weight_decay)")
     seed: int = option(0, "seed for initialisation, shuffling and dropout")
     device: str = option("auto", "auto (cuda, else mps, else cpu), cpu, cuda, cuda:N or mps")
     num_threads: int = option(
