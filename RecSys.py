@@ -8,7 +8,15 @@ try:
     from hybridrec.cli import recsys_main
 except ImportError:  # run from a source checkout without `pip install`
     sys.path.insert(0, str(Path(__file__).resolve().parent / "src"))
-    from hybridrec.cli import recsys_main
+    try:
+        from hybridrec.cli import recsys_main
+    except ImportError as exc:
+        print(
+            f"error: a dependency is missing ({exc}). Run `make setup` in the hybridrec "
+            "checkout and use its .venv/bin/python, or `pip install -e .`",
+            file=sys.stderr,
+        )
+        sys.exit(2)
 
 if __name__ == "__main__":
     sys.exit(recsys_main())

@@ -20,6 +20,7 @@ class DataError(HybridRecError, ValueError):
         path: the file at fault.
         message: what is wrong, in words.
         row: 1-based data row (the header is not counted), when one row is at fault.
+        line: 1-based line of a text file holding that row (the header is line 1).
         column: the column at fault, when one is.
         expected: what the row or column should have held.
     """
@@ -30,16 +31,18 @@ class DataError(HybridRecError, ValueError):
         message: str,
         *,
         row: int | None = None,
+        line: int | None = None,
         column: str | None = None,
         expected: str | None = None,
     ) -> None:
         self.path = str(path)
         self.row = row
+        self.line = line
         self.column = column
         self.expected = expected
         where = [Path(self.path).name]
         if row is not None:
-            where.append(f"row {row}")
+            where.append(f"row {row}" + (f" (line {line})" if line is not None else ""))
         if column is not None:
             where.append(f"column {column!r}")
         text = ", ".join(where) + ": " + message

@@ -120,8 +120,8 @@ def _is_csv(path: Path) -> bool:
 
 
 def _row_error(path: Path, pos: int, column: str, message: str, expected: str) -> DataError:
-    line = f" (line {pos + 2} of the file)" if _is_csv(path) else ""
-    return DataError(path, message + line, row=pos + 1, column=column, expected=expected)
+    line = pos + 2 if _is_csv(path) else None
+    return DataError(path, message, row=pos + 1, line=line, column=column, expected=expected)
 
 
 def _parse_ids(col: pd.Series, path: Path, name: str, is_csv: bool) -> np.ndarray:
