@@ -92,8 +92,11 @@ def load_artifact(directory: str | Path) -> tuple[nn.Module, IdEncoder, IdEncode
             f"{directory} was saved in format {config['format_version']}, newer than this "
             f"hybridrec reads ({FORMAT_VERSION}); upgrade hybridrec to load it"
         )
+    checksums = config.get("sha256")
+    if not isinstance(checksums, dict) or not all(isinstance(v, str) for v in checksums.values()):
+        raise ArtifactError(f"{directory / CONFIG} is damaged (no file checksums); save it again")
     blobs = {}
-    for name, digest in config.get("sha256", {}).items():
+    for name, digest in checksums.items():
         path = directory / name
         if not path.is_file():
             raise ArtifactError(f"{path} is missing; the artifact is incomplete, save it again")

@@ -20,7 +20,6 @@ from typing import Any
 from hybridrec.config import DataConfig, TrainConfig
 from hybridrec.errors import ConfigError, HybridRecError
 from hybridrec.models import MODELS, model_class
-from hybridrec.models.hybrid import HybridRecSysConfig
 
 logger = logging.getLogger("hybridrec")
 
@@ -38,16 +37,19 @@ def _parse_sizes(text: str) -> tuple[int, ...]:
 
 def add_config_arguments(
     parser: argparse.ArgumentParser | Any,
-    cls: type,
+    cls: type | Sequence[type],
     title: str,
     defaults: dict[str, Any] | None = None,
 ) -> None:
-    """Add one ``--flag`` per field of dataclass ``cls`` that has help text in its metadata."""
+    """Add one ``--flag`` per field with help text in its metadata (first class wins)."""
     group = parser.add_argument_group(title)
     defaults = defaults or {}
-    for f in fields(cls):
-        if "help" not in f.metadata:
+    classes = cls if isinstance(cls, Sequence) else [cls]
+    seen: set[str] = set()
+    for f in (f for c in classes for f in fields(c)):
+        if "help" not in f.metadata or f.name in seen:
             continue
+        seen.add(f.name)
         flag = f.metadata.get("flag", "--" + f.name.replace("_", "-"))
         default = defaults.get(f.name, f.default if f.default is not MISSING else None)
         kind = str(f.type)
@@ -86,7 +88,11 @@ def _model_options(args: argparse.Namespace) -> dict[str, Any]:
 
 def _add_train_options(p: argparse.ArgumentParser, defaults: dict[str, Any] | None = None) -> None:
     add_config_arguments(p, DataConfig, "data columns")
-    add_config_arguments(p, HybridRecSysConfig, "model (hybrid)")
+    add_config_arguments(
+        p,
+        [c.config_class for c in MODELS.values()],  # type: ignore[attr-defined]
+        "model (each model uses the options it has)",
+    )
     add_config_arguments(p, TrainConfig, "training", defaults)
     p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     p.add_argument("--json", action="store_true", help="print the final metrics as one JSON object")

@@ -21,6 +21,12 @@ def option(default: object, help: str, *, flag: str | None = None, **kw: object)
     return field(default=default, metadata=meta)
 
 
+LOSSES = ("bce", "bpr")
+SAMPLINGS = ("uniform", "popularity")
+AT_K_METRICS = ("hr", "ndcg", "recall", "precision", "map")
+STOP_METRICS = (*AT_K_METRICS, "mrr", "auc", "accuracy", "loss")
+
+
 @dataclass
 class DataConfig:
     """How to read an interaction file."""
@@ -64,6 +70,23 @@ class TrainConfig:
         flag="--threads",
     )
     eval_batch_size: int = option(65536, "samples per batch when validating")
+    loss: str = option(
+        "bce",
+        "bce: pointwise, positives vs sampled negatives (or the file's 0/1 labels); "
+        "bpr: pairwise, each positive against a sampled negative",
+    )
+    negatives: int = option(4, "sampled negatives per positive for positives-only data")
+    sampling: str = option(
+        "uniform", "negative distribution: uniform over items, or popularity-weighted"
+    )
+    early_stop: str | None = option(
+        None,
+        "validation metric to stop on and keep the best epoch of, e.g. ndcg@10, hr@10, auc, loss",
+    )
+    patience: int = option(3, "epochs without improvement before early stopping")
+    ks: tuple[int, ...] = option(
+        (10,), "cut-offs for validation ranking metrics, e.g. 5,10,20", flag="--k"
+    )
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
@@ -76,6 +99,33 @@ class TrainConfig:
             raise ConfigError(f"--lr must be a positive number, got {self.learning_rate}")
         if self.weight_decay < 0:
             raise ConfigError(f"--weight-decay must be >= 0, got {self.weight_decay}")
+        self.ks = tuple(int(k) for k in self.ks)
+        if not self.ks or min(self.ks) < 1:
+            raise ConfigError(f"--k must be positive cut-offs like 5,10,20, got {self.ks}")
+        if self.loss not in LOSSES:
+            raise ConfigError(f"--loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
+        if self.negatives < 1:
+            raise ConfigError(f"--negatives must be at least 1, got {self.negatives}")
+        if self.sampling not in SAMPLINGS:
+            raise ConfigError(
+                f"--sampling must be one of {', '.join(SAMPLINGS)}, got {self.sampling!r}"
+            )
+        if self.patience < 1:
+            raise ConfigError(f"--patience must be at least 1, got {self.patience}")
+        if self.early_stop is not None:
+            name, _, k = self.early_stop.lower().partition("@")
+            if (
+                name not in STOP_METRICS
+                or (name in AT_K_METRICS) != bool(k)
+                or (k and not k.isdigit())
+            ):
+                raise ConfigError(
+                    f"--early-stop {self.early_stop!r} is not a validation metric; use one of "
+                    "hr@K, ndcg@K, recall@K, precision@K, map@K, mrr, auc, accuracy, loss"
+                )
+            self.early_stop = self.early_stop.lower()
+            if k and int(k) not in self.ks:
+                self.ks = (*self.ks, int(k))
         if self.num_threads < 0:
             raise ConfigError(
                 f"--threads must be >= 0 (0 = PyTorch default), got {self.num_threads}"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -16,14 +15,17 @@ from hybridrec.config import DataConfig, TrainConfig
 from hybridrec.data.dataset import RecSysDataset, UnknownCounts
 from hybridrec.data.encoding import IdEncoder
 from hybridrec.data.io import ITEM, USER, interactions_from_frame, read_interactions
-from hybridrec.errors import HybridRecWarning
 from hybridrec.files import atomic_write_json
 from hybridrec.models import build_model
+from hybridrec.plots import plot_history
 from hybridrec.recommend import Recommender
 from hybridrec.runtime import resolve_device, set_num_threads
 from hybridrec.train import EpochStats, History, fit
 
 logger = logging.getLogger(__name__)
+
+#: Training-curves plot written next to the model.
+CURVES = "training_curves.png"
 
 DataLike = str | Path | pd.DataFrame
 
@@ -40,17 +42,23 @@ class TrainResult:
     out: Path | None
 
     def summary(self) -> dict[str, Any]:
-        """The last epoch's metrics as a flat dict (what ``--json`` prints)."""
-        last = self.history.last
-        out = {
+        """Metrics of the epoch whose weights were kept (the last one unless early stopping
+        picked another) as a flat dict: what ``--json`` prints."""
+        best = self.history.best
+        out: dict[str, Any] = {
             "epochs": len(self.history.epochs),
-            "train_loss": last.train_loss,
-            "train_accuracy": last.train_accuracy,
-            "samples_per_second": last.samples_per_second,
-            "val_loss": last.val_loss,
-            "val_accuracy": last.val_accuracy,
-            "val_auc": last.val_auc,
+            "best_epoch": best.epoch,
+            "train_loss": best.train_loss,
+            "train_accuracy": best.train_accuracy,
+            "samples_per_second": self.history.last.samples_per_second,
+            "val_loss": best.val_loss,
+            "val_accuracy": best.val_accuracy,
+            "val_auc": best.val_auc,
         }
+        for name, value in (best.ranking or {}).items():
+            # "auc" and "users" exist pointwise too: the ranking ones get their own names
+            key = f"val_ranking_{name}" if name in ("auc", "users") else f"val_{name}"
+            out[key] = value
         if self.val_unknown is not None:
             out["val_rows"] = self.val_unknown.rows
             out["val_rows_with_unknown"] = self.val_unknown.rows_with_unknown
@@ -103,12 +111,9 @@ def train(
 
     train_frame = load_data(train_data, data_config)
     if train_frame["target"].min() == 1:
-        warnings.warn(
-            f"{_name(train_data)} holds only positives (no 0 targets), so a pointwise model "
-            "learns to say 'yes' to everything; add rows with target 0 (e.g. shown but not "
-            "clicked items)",
-            HybridRecWarning,
-            stacklevel=2,
+        logger.info(
+            f"{_name(train_data)} holds only positives: sampling {train_config.negatives} "
+            f"{train_config.sampling} negatives per positive each epoch"
         )
     users = IdEncoder.fit(train_frame[USER].to_numpy())
     items = IdEncoder.fit(train_frame[ITEM].to_numpy())
@@ -151,6 +156,7 @@ def train(
         if val_unknown is not None:
             metrics["val_unknown"] = asdict(val_unknown)
         recommender.save(out_dir, metrics=metrics)
+        plot_history(history, out_dir / CURVES)
         logger.info(f"saved the model to {out_dir}")
     return result
 

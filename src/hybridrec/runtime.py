@@ -29,7 +29,8 @@ def resolve_device(name: str = "auto") -> torch.device:
     if device.type == "cuda" and device.index is not None:
         if device.index >= torch.cuda.device_count():
             raise ConfigError(
-                f"--device {name} does not exist: {torch.cuda.device_count()} CUDA device(s) visible"
+                f"--device {name} does not exist: "
+                f"{torch.cuda.device_count()} CUDA device(s) visible"
             )
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise ConfigError("--device mps was asked for but MPS is not available; use --device cpu")

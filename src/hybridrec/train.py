@@ -1,16 +1,26 @@
 """The training loop: a plain function over a model and encoded data.
 
-The model knows nothing of losses, optimisers or devices; ``fit`` owns all of them. The loop
-avoids per-batch overheads that dominate small models on CPU: no ``DataLoader`` (the data is
-shuffled once per epoch and sliced), fused Adam, and no host synchronisation per step.
+The model knows nothing of losses, optimisers, sampling or devices; ``fit`` owns all of them.
+The loop avoids the per-batch overheads that dominate small models on CPU: no ``DataLoader``
+(each epoch's rows are gathered once in shuffled order and sliced), fused Adam, and no host
+synchronisation per step.
+
+Two regimes, chosen from the data:
+
+- **labelled** rows (the file has 0 and 1 targets): pointwise BCE on the rows as they are;
+- **positives only** (implicit feedback): each epoch draws ``negatives`` fresh negatives per
+  positive (:class:`~hybridrec.data.sampling.NegativeSampler`) for BCE, or scores each
+  positive against a sampled negative for BPR. ``--loss bpr`` always uses this regime, with
+  the positive rows of labelled data.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -19,7 +29,8 @@ from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from hybridrec.config import TrainConfig
-from hybridrec.data.dataset import RecSysDataset, iterate_batches
+from hybridrec.data.dataset import Batch, RecSysDataset, iterate_batches
+from hybridrec.data.sampling import NegativeSampler
 from hybridrec.errors import TrainingDivergedError
 from hybridrec.evaluate import evaluate_pointwise
 
@@ -27,11 +38,18 @@ logger = logging.getLogger(__name__)
 
 #: Batches between progress-bar updates (each update syncs the device once).
 PROGRESS_EVERY = 20
+#: Validation metrics where smaller is better; every other one is maximised.
+LOWER_IS_BETTER = {"loss"}
 
 
 @dataclass
 class EpochStats:
-    """What one epoch did: training loss/accuracy/throughput and validation metrics."""
+    """What one epoch did: training loss/accuracy/throughput and validation metrics.
+
+    ``val_loss``/``val_accuracy``/``val_auc`` are pointwise metrics on labelled validation
+    rows; ``ranking`` holds full-ranking metrics (``hr@10``, ``ndcg@10``, ...) of the
+    validation positives against every item the user did not interact with in training.
+    """
 
     epoch: int
     train_loss: float
@@ -41,19 +59,39 @@ class EpochStats:
     val_loss: float | None = None
     val_accuracy: float | None = None
     val_auc: float | None = None
+    ranking: dict[str, float] | None = None
+
+    def metric(self, name: str) -> float | None:
+        """A validation metric by name; ranking metrics win over pointwise ones (``auc``)."""
+        if (
+            self.ranking
+            and name in self.ranking
+            and not (name == "auc" and self.val_auc is not None)
+        ):
+            return self.ranking[name]
+        return {"loss": self.val_loss, "accuracy": self.val_accuracy, "auc": self.val_auc}.get(name)
 
 
 @dataclass
 class History:
-    """Per-epoch statistics of a training run, in order."""
+    """Per-epoch statistics of a training run, in order, and the epoch whose weights were kept."""
 
     epochs: list[EpochStats] = field(default_factory=list)
+    best_epoch: int | None = None
+    stopped_early: bool = False
 
     @property
     def last(self) -> EpochStats:
         return self.epochs[-1]
 
-    def to_list(self) -> list[dict[str, float | int | None]]:
+    @property
+    def best(self) -> EpochStats:
+        """The epoch whose weights the model holds (the last one without early stopping)."""
+        if self.best_epoch is None:
+            return self.last
+        return next(e for e in self.epochs if e.epoch == self.best_epoch)
+
+    def to_list(self) -> list[dict[str, object]]:
         return [asdict(e) for e in self.epochs]
 
 
@@ -67,40 +105,61 @@ def fit(
     show_progress: bool = True,
     on_epoch_end: Callable[[EpochStats, History], None] | None = None,
 ) -> History:
-    """Train ``model`` in place with BCE-with-logits and Adam, validating after every epoch.
+    """Train ``model`` in place with Adam, validating after every epoch.
 
     Args:
         model: any registered model (``forward(user_idx, item_idx) -> logits``).
         train: the training rows; moved to ``device`` once for the whole run.
-        val: rows for validation loss/accuracy/AUC after each epoch, or ``None``.
-        config: optimisation settings; ``config.seed`` fixes shuffling and dropout.
+        val: validation rows, or ``None``. Labelled rows (0 and 1) get loss/accuracy/AUC;
+            positive rows get full-ranking metrics at ``config.ks``.
+        config: optimisation settings; ``config.seed`` fixes shuffling, sampling and dropout.
         device: where to train (default: the model's current device).
         show_progress: show a tqdm bar with running loss, accuracy and samples/s.
         on_epoch_end: called as ``on_epoch_end(stats, history)`` after each epoch.
+
+    Returns:
+        The :class:`History`. With ``config.early_stop`` the model ends holding the weights
+        of ``history.best_epoch``.
 
     Raises:
         TrainingDivergedError: the loss became NaN or infinite.
     """
     if len(train) == 0:
         raise ValueError("the training data has no rows")
-    device = device or next(model.parameters()).device
+    device = device or next(iter(model.parameters()), torch.zeros(())).device
     model.to(device)
-    data = train.to(device)
+    prepare = getattr(model, "prepare", None)
+    if prepare is not None:  # statistics-based models (popularity) read the data here
+        prepare(train.user_idx.to(device), train.item_idx.to(device), train.target.to(device))
+    history = History()
+    validator = _Validator(model, train, val, config)
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:  # nothing to learn: report validation once
+        stats = EpochStats(0, math.nan, math.nan, 0.0, 0.0)
+        validator(stats)
+        history.epochs.append(stats)
+        if on_epoch_end is not None:
+            on_epoch_end(stats, history)
+        model.eval()
+        return history
+
     generator = torch.Generator().manual_seed(config.seed)
+    epoch_data = _EpochData(train, config, device)
     optimizer = torch.optim.Adam(
-        model.parameters(),
+        params,
         lr=config.learning_rate,
         weight_decay=config.weight_decay,
         **_fast_adam_options(device),
     )
-    history = History()
-    num_batches = math.ceil(len(data) / config.batch_size)
+    best_value, best_state, waited = None, None, 0
     for epoch in range(1, config.epochs + 1):
         model.train()
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device)
         seen = 0
         start = time.perf_counter()
+        batches = epoch_data.batches(generator)
+        num_batches = math.ceil(epoch_data.num_rows / config.batch_size)
         bar = tqdm(
             total=num_batches,
             desc=f"epoch {epoch}/{config.epochs}",
@@ -108,18 +167,24 @@ def fit(
             disable=not show_progress,
             leave=False,
         )
-        for step, batch in enumerate(
-            iterate_batches(data, config.batch_size, shuffle=True, generator=generator), 1
-        ):
-            logits = model(batch.user_idx, batch.item_idx)
-            loss = F.binary_cross_entropy_with_logits(logits, batch.target)
+        for step, batch in enumerate(batches, 1):
+            if epoch_data.pairwise:
+                pos = model(batch.user_idx, batch.item_idx)
+                neg = model(batch.user_idx, batch.target.long())  # target holds the negative
+                margin = pos - neg
+                loss = -F.logsigmoid(margin).mean()
+                hits = (margin.detach() > 0).sum()
+            else:
+                logits = model(batch.user_idx, batch.item_idx)
+                loss = F.binary_cross_entropy_with_logits(logits, batch.target)
+                hits = ((logits.detach() > 0) == (batch.target > 0.5)).sum()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            n = len(batch.target)
+            n = len(batch.user_idx)
             seen += n
             loss_sum += loss.detach() * n
-            correct += ((logits.detach() > 0) == (batch.target > 0.5)).sum()
+            correct += hits
             if step % PROGRESS_EVERY == 0 or step == num_batches:
                 running = loss_sum.item() / seen
                 _check_finite(running, epoch, config)
@@ -141,17 +206,118 @@ def fit(
             samples_per_second=seen / seconds,
             seconds=seconds,
         )
-        if val is not None and len(val) > 0:
-            metrics = evaluate_pointwise(model, val, config.eval_batch_size)
+        validator(stats)
+        history.epochs.append(stats)
+        logger.info(_describe(stats, config.epochs))
+        stop = False
+        if config.early_stop is not None:
+            value = stats.metric(config.early_stop)
+            if value is None or math.isnan(value):
+                raise ValueError(
+                    f"--early-stop {config.early_stop} needs validation data that provides it"
+                )
+            if _improved(value, best_value, config.early_stop):
+                best_value, waited = value, 0
+                history.best_epoch = epoch
+                best_state = copy.deepcopy(model.state_dict())
+            else:
+                waited += 1
+                stop = waited >= config.patience
+        if on_epoch_end is not None:
+            on_epoch_end(stats, history)
+        if stop:
+            history.stopped_early = True
+            logger.info(
+                f"early stopping: no better {config.early_stop} for {config.patience} epochs; "
+                f"keeping epoch {history.best_epoch}"
+            )
+            break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    model.eval()
+    return history
+
+
+class _EpochData:
+    """Builds each epoch's training rows: as given, or with freshly sampled negatives."""
+
+    def __init__(self, train: RecSysDataset, config: TrainConfig, device: torch.device) -> None:
+        self.config = config
+        self.device = device
+        labelled = bool((train.target < 0.5).any())
+        self.pairwise = config.loss == "bpr"
+        self.sampled = self.pairwise or not labelled
+        if not self.sampled:
+            self.data = train.to(device)
+            self.num_rows = len(train)
+            return
+        positive = train.target > 0.5
+        self.users, self.items = train.user_idx[positive], train.item_idx[positive]
+        num_items = int(train.item_idx.max()) + 1
+        self.sampler = NegativeSampler(self.users, self.items, num_items, config.sampling)  # type: ignore[arg-type]
+        factor = config.negatives if self.pairwise else config.negatives + 1
+        self.num_rows = len(self.users) * factor
+
+    def batches(self, generator: torch.Generator) -> Iterator[Batch]:
+        if not self.sampled:
+            return iterate_batches(
+                self.data, self.config.batch_size, shuffle=True, generator=generator
+            )
+        k = self.config.negatives
+        negatives = self.sampler.sample(self.users, k, generator).flatten()  # (P * k,)
+        users = self.users.repeat_interleave(k)
+        if self.pairwise:  # (user, positive, negative) triples; the negative rides in `target`
+            rows = RecSysDataset(users, self.items.repeat_interleave(k), negatives.float())
+        else:
+            rows = RecSysDataset(
+                torch.cat([self.users, users]),
+                torch.cat([self.items, negatives]),
+                torch.cat([torch.ones(len(self.users)), torch.zeros(len(users))]),
+            )
+        return iterate_batches(
+            rows.to(self.device), self.config.batch_size, shuffle=True, generator=generator
+        )
+
+
+class _Validator:
+    """Fills an epoch's validation metrics: pointwise on labelled rows, ranking on positives."""
+
+    def __init__(
+        self, model: nn.Module, train: RecSysDataset, val: RecSysDataset | None, config: TrainConfig
+    ) -> None:
+        self.model, self.train, self.val, self.config = model, train, val, config
+        self.labelled = val is not None and bool((val.target < 0.5).any())
+        self.positives = None
+        if val is not None and bool((val.target > 0.5).any()):
+            keep = val.target > 0.5
+            self.positives = (val.user_idx[keep], val.item_idx[keep])
+
+    def __call__(self, stats: EpochStats) -> None:
+        from hybridrec.ranking import evaluate_full
+
+        if self.val is None or len(self.val) == 0:
+            return
+        if self.labelled:
+            metrics = evaluate_pointwise(self.model, self.val, self.config.eval_batch_size)
             stats.val_loss = metrics["loss"]
             stats.val_accuracy = metrics["accuracy"]
             stats.val_auc = metrics["auc"]
-        history.epochs.append(stats)
-        logger.info(_describe(stats, config.epochs))
-        if on_epoch_end is not None:
-            on_epoch_end(stats, history)
-    model.eval()
-    return history
+        if self.positives is not None:
+            stats.ranking = evaluate_full(
+                self.model,
+                self.train.user_idx,
+                self.train.item_idx,
+                self.positives[0],
+                self.positives[1],
+                num_items=self.model.config.num_items,  # type: ignore[union-attr]
+                ks=self.config.ks,
+            )
+
+
+def _improved(value: float, best: float | None, metric: str) -> bool:
+    if best is None:
+        return True
+    return value < best if metric in LOWER_IS_BETTER else value > best
 
 
 def _fast_adam_options(device: torch.device) -> dict[str, bool]:
@@ -179,4 +345,7 @@ def _describe(stats: EpochStats, epochs: int) -> str:
         text += (
             f" | val loss {stats.val_loss:.4f} acc {stats.val_accuracy:.4f} auc {stats.val_auc:.4f}"
         )
+    if stats.ranking:
+        shown = [k for k in stats.ranking if k.startswith(("hr@", "ndcg@"))]
+        text += " | " + " ".join(f"{k} {stats.ranking[k]:.4f}" for k in shown)
     return text

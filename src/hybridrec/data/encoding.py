@@ -14,6 +14,9 @@ import numpy as np
 import pandas as pd
 
 UNKNOWN_INDEX = 0
+#: Text that is exactly an integer (no "007", no "-0"), at most 18 digits so it fits int64.
+CANONICAL_INT = r"0|-?[1-9][0-9]{0,17}"
+_NO_MATCH = np.iinfo(np.int64).min  # an int64 no real id uses, for text that is not an int
 
 
 class IdEncoder:
@@ -64,8 +67,25 @@ class IdEncoder:
             values = values.reshape(-1)
         if len(values) == 0:
             return np.zeros(0, dtype=np.int64)
-        positions = self._index.get_indexer(values)
+        positions = self._index.get_indexer(self._as_own_kind(values))
         return (positions + 1).astype(np.int64)
+
+    def _as_own_kind(self, values: np.ndarray) -> np.ndarray:
+        """Bring ids to the encoder's type, so "42" finds 42 (and 42 finds "42").
+
+        A file whose id column holds one non-integer value is read as text throughout; its
+        integer-looking ids must still match an encoder fitted on integers, and vice versa.
+        """
+        own_is_str = len(self._ids) > 0 and isinstance(self._ids[0], str)
+        if own_is_str and values.dtype != object:
+            return values.astype(str).astype(object)
+        if not own_is_str and values.dtype == object:
+            text = pd.Series(values, dtype=object).astype(str).str.strip()
+            is_int = text.str.fullmatch(CANONICAL_INT).to_numpy()
+            out = np.full(len(values), _NO_MATCH, dtype=np.int64)
+            out[is_int] = text[is_int].astype(np.int64).to_numpy()
+            return out
+        return values
 
     def inverse_transform(self, indices: Sequence[int] | np.ndarray) -> np.ndarray:
         """Indices 1..n -> raw ids. Index 0 has no raw id and raises ``ValueError``."""

@@ -14,12 +14,12 @@ import numpy as np
 import pandas as pd
 
 from hybridrec.config import DataConfig
+from hybridrec.data.encoding import CANONICAL_INT as _CANONICAL_INT
 from hybridrec.errors import DataError
 
 PARQUET_SUFFIXES = {".parquet", ".pq"}
 TRUE_WORDS = {"1", "1.0", "true", "t", "yes"}
 FALSE_WORDS = {"0", "0.0", "false", "f", "no"}
-_CANONICAL_INT = r"-?(?:0|[1-9][0-9]{0,17})"  # at most 18 digits: always fits in int64
 
 FRAME_SOURCE = "<DataFrame>"
 
@@ -110,6 +110,13 @@ def _read_table(path: Path) -> pd.DataFrame:
         raise DataError(path, f"cannot be read: {_one_line(exc)}") from exc
 
 
+def _show(value: object) -> str:
+    """A cell value as the user wrote it: quoted text, or a plain number (not np.int64(2))."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    return repr(value)
+
+
 def _one_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__
@@ -150,7 +157,9 @@ def _parse_ids(col: pd.Series, path: Path, name: str, is_csv: bool) -> np.ndarra
         fractional = values != np.round(values)
         if fractional.any():
             pos = int(np.argmax(fractional))
-            raise _row_error(path, pos, name, f"id {values[pos]!r} is not a whole number", expected)
+            raise _row_error(
+                path, pos, name, f"id {_show(values[pos])} is not a whole number", expected
+            )
         return values.astype(np.int64)
     raise DataError(path, f"ids have unsupported type {col.dtype}", column=name, expected=expected)
 
@@ -166,7 +175,11 @@ def _parse_target(col: pd.Series, path: Path, name: str, threshold: float | None
         if bad.any():
             pos = int(np.argmax(bad))
             raise _row_error(
-                path, pos, name, f"target {col.iloc[pos]!r} is not a number", "a numeric rating"
+                path,
+                pos,
+                name,
+                f"target {_show(col.iloc[pos])} is not a number",
+                "a numeric rating",
             )
         return (values >= threshold).astype(np.float32)
     is_true = text.isin(TRUE_WORDS).to_numpy()
@@ -178,7 +191,7 @@ def _parse_target(col: pd.Series, path: Path, name: str, threshold: float | None
             path,
             pos,
             name,
-            f"target {col.iloc[pos]!r} is not 0/1; for ratings pass --threshold T "
+            f"target {_show(col.iloc[pos])} is not 0/1; for ratings pass --threshold T "
             "to count target >= T as positive",
             "0/1 or true/false",
         )
@@ -188,15 +201,16 @@ def _parse_target(col: pd.Series, path: Path, name: str, threshold: float | None
 def _parse_timestamp(col: pd.Series, path: Path) -> np.ndarray:
     values = pd.to_numeric(col, errors="coerce")
     if values.isna().any():
-        as_dates = pd.to_datetime(col, errors="coerce", utc=True)
+        as_dates = pd.to_datetime(col, errors="coerce", utc=True, format="ISO8601")
         if as_dates.isna().any():
             pos = int(np.argmax((values.isna() & as_dates.isna()).to_numpy()))
             raise _row_error(
                 path,
                 pos,
                 TIMESTAMP,
-                f"timestamp {col.iloc[pos]!r} is neither a number nor a date",
+                f"timestamp {_show(col.iloc[pos])} is neither a number nor a date",
                 "a number or an ISO date",
             )
-        return as_dates.astype("int64").to_numpy() // 1_000_000_000
+        seconds = (as_dates - pd.Timestamp(0, tz="UTC")) / pd.Timedelta(seconds=1)
+        return seconds.to_numpy(dtype=np.float64)
     return values.to_numpy(dtype=np.float64)

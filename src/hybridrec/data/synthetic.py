@@ -103,6 +103,6 @@ def write_synthetic_data(
     train, val = split_rows(generate_interactions(c), c.val_fraction, c.seed + 1)
     directory = Path(directory)
     paths = directory / "train.csv", directory / "val.csv"
-    for frame, path in zip((train, val), paths):
+    for frame, path in zip((train, val), paths, strict=True):
         atomic_write(path, lambda f, fr=frame: fr.to_csv(f, index=False))
     return paths

@@ -14,9 +14,17 @@ from torch import nn
 
 from hybridrec.errors import ConfigError
 from hybridrec.models.hybrid import HybridRecSys, HybridRecSysConfig
+from hybridrec.models.mf import MatrixFactorization, MFConfig
+from hybridrec.models.ncf import GMF, NCFMLP, NCFConfig, NeuMF
+from hybridrec.models.popularity import Popularity, PopularityConfig
 
 MODELS: dict[str, type[nn.Module]] = {
     "hybrid": HybridRecSys,
+    "mf": MatrixFactorization,
+    "gmf": GMF,
+    "mlp": NCFMLP,
+    "neumf": NeuMF,
+    "popularity": Popularity,
 }
 
 
@@ -41,4 +49,18 @@ def build_model(name: str, **config: Any) -> nn.Module:
     return cls(config_class(**config))
 
 
-__all__ = ["MODELS", "HybridRecSys", "HybridRecSysConfig", "build_model", "model_class"]
+__all__ = [
+    "GMF",
+    "MODELS",
+    "NCFMLP",
+    "HybridRecSys",
+    "HybridRecSysConfig",
+    "MFConfig",
+    "MatrixFactorization",
+    "NCFConfig",
+    "NeuMF",
+    "Popularity",
+    "PopularityConfig",
+    "build_model",
+    "model_class",
+]

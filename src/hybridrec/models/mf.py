@@ -1,0 +1,71 @@
+"""Matrix factorisation with biases: logit = <u, i> + b_u + b_i + b."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from hybridrec.config import option
+from hybridrec.data.encoding import UNKNOWN_INDEX
+from hybridrec.errors import ConfigError
+from hybridrec.models.layers import init_embedding
+
+
+@dataclass
+class MFConfig:
+    """Hyper-parameters of :class:`MatrixFactorization`."""
+
+    num_users: int = field(default=1, metadata={"cli": False})
+    num_items: int = field(default=1, metadata={"cli": False})
+    embedding_dim: int = option(32, "size of the user and item embeddings")
+    init_std: float = option(0.05, "standard deviation of the initial embeddings")
+
+    def __post_init__(self) -> None:
+        if self.num_users < 1 or self.num_items < 1:
+            raise ConfigError("num_users and num_items must be >= 1")
+        if self.embedding_dim < 1:
+            raise ConfigError(f"--embedding-dim must be >= 1, got {self.embedding_dim}")
+        if not self.init_std > 0:
+            raise ConfigError(f"--init-std must be positive, got {self.init_std}")
+
+
+class MatrixFactorization(nn.Module):
+    """The classic collaborative-filtering baseline.
+
+    Example:
+        >>> model = MatrixFactorization(MFConfig(num_users=3, num_items=4, embedding_dim=8))
+        >>> model(torch.tensor([1, 2]), torch.tensor([3, 0])).shape
+        torch.Size([2])
+    """
+
+    config_class = MFConfig
+
+    def __init__(self, config: MFConfig) -> None:
+        super().__init__()
+        self.config = config
+        dim = config.embedding_dim
+        self.user_embedding = nn.Embedding(config.num_users, dim, padding_idx=UNKNOWN_INDEX)
+        self.item_embedding = nn.Embedding(config.num_items, dim, padding_idx=UNKNOWN_INDEX)
+        self.user_bias = nn.Embedding(config.num_users, 1, padding_idx=UNKNOWN_INDEX)
+        self.item_bias = nn.Embedding(config.num_items, 1, padding_idx=UNKNOWN_INDEX)
+        self.global_bias = nn.Parameter(torch.zeros(()))
+        init_embedding(self.user_embedding, config.init_std)
+        init_embedding(self.item_embedding, config.init_std)
+        nn.init.zeros_(self.user_bias.weight)
+        nn.init.zeros_(self.item_bias.weight)
+
+    def forward(self, user_idx: torch.Tensor, item_idx: torch.Tensor) -> torch.Tensor:
+        """Logits (B,)."""
+        u = self.user_embedding(user_idx)  # (B, D)
+        i = self.item_embedding(item_idx)  # (B, D)
+        bias = self.user_bias(user_idx).squeeze(-1) + self.item_bias(item_idx).squeeze(-1)
+        return (u * i).sum(-1) + bias + self.global_bias
+
+    def score_all(self, user_idx: torch.Tensor) -> torch.Tensor:
+        """Logits (B, num_items)."""
+        u = self.user_embedding(user_idx)  # (B, D)
+        scores = u @ self.item_embedding.weight.T  # (B, I)
+        scores = scores + self.item_bias.weight.T + self.user_bias(user_idx)  # (1, I) + (B, 1)
+        return scores + self.global_bias

@@ -1,0 +1,177 @@
+"""Neural collaborative filtering (He et al., WWW 2017): GMF, MLP and their fusion NeuMF.
+
+GMF weighs the element-wise product of the embeddings with a learned vector; MLP runs a
+tower on ``[u || i]``; NeuMF keeps separate embeddings for the two towers and feeds the
+concatenation of the GMF vector and the MLP's last hidden layer to one output layer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from hybridrec.config import option
+from hybridrec.data.encoding import UNKNOWN_INDEX
+from hybridrec.errors import ConfigError
+from hybridrec.models.layers import init_embedding
+
+
+@dataclass
+class NCFConfig:
+    """Hyper-parameters shared by :class:`GMF`, :class:`NCFMLP` and :class:`NeuMF`.
+
+    ``embedding_dim`` sizes the GMF embeddings; the MLP tower's embeddings have
+    ``mlp_layer_sizes[0] // 2`` dimensions each, as in the paper.
+    """
+
+    num_users: int = field(default=1, metadata={"cli": False})
+    num_items: int = field(default=1, metadata={"cli": False})
+    embedding_dim: int = option(32, "size of the GMF user and item embeddings")
+    mlp_layer_sizes: tuple[int, ...] = option(
+        (64, 32, 16),
+        "MLP tower sizes; the first is the width of [user || item]",
+        flag="--mlp-layers",
+    )
+    dropout: float = option(0.0, "dropout after each MLP hidden layer (0 disables it)")
+    init_std: float = option(0.05, "standard deviation of the initial embeddings")
+
+    def __post_init__(self) -> None:
+        self.mlp_layer_sizes = tuple(int(s) for s in self.mlp_layer_sizes)
+        if self.num_users < 1 or self.num_items < 1:
+            raise ConfigError("num_users and num_items must be >= 1")
+        if self.embedding_dim < 1:
+            raise ConfigError(f"--embedding-dim must be >= 1, got {self.embedding_dim}")
+        if not self.mlp_layer_sizes or any(s < 2 for s in self.mlp_layer_sizes):
+            raise ConfigError(
+                f"--mlp-layers must be sizes >= 2 like 64,32,16, got {self.mlp_layer_sizes}"
+            )
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"--dropout must be in [0, 1), got {self.dropout}")
+        if not self.init_std > 0:
+            raise ConfigError(f"--init-std must be positive, got {self.init_std}")
+
+
+def _embeddings(config: NCFConfig, dim: int) -> tuple[nn.Embedding, nn.Embedding]:
+    users = nn.Embedding(config.num_users, dim, padding_idx=UNKNOWN_INDEX)
+    items = nn.Embedding(config.num_items, dim, padding_idx=UNKNOWN_INDEX)
+    init_embedding(users, config.init_std)
+    init_embedding(items, config.init_std)
+    return users, items
+
+
+class _Tower(nn.Module):
+    """MLP tower: ``[u || i]`` through hidden layers ``mlp_layer_sizes[1:]``."""
+
+    def __init__(self, config: NCFConfig) -> None:
+        super().__init__()
+        sizes = config.mlp_layer_sizes
+        self.user_embedding, self.item_embedding = _embeddings(config, sizes[0] // 2)
+        layers: list[nn.Module] = []
+        width = 2 * (sizes[0] // 2)
+        for size in sizes[1:]:
+            layers += [nn.Linear(width, size), nn.ReLU()]
+            if config.dropout > 0:
+                layers.append(nn.Dropout(config.dropout))
+            width = size
+        self.layers = nn.Sequential(*layers)
+        self.out_dim = width
+
+    def forward(self, user_idx: torch.Tensor, item_idx: torch.Tensor) -> torch.Tensor:
+        x = torch.cat([self.user_embedding(user_idx), self.item_embedding(item_idx)], -1)
+        return self.layers(x)  # (B, out_dim)
+
+    def all_items(self, user_idx: torch.Tensor) -> torch.Tensor:
+        """Hidden output (B, I, out_dim) for every item, first layer split into halves."""
+        u = self.user_embedding(user_idx)  # (B, D)
+        items = self.item_embedding.weight  # (I, D)
+        layers = list(self.layers)
+        if not layers:
+            b, i = u.shape[0], items.shape[0]
+            return torch.cat([u[:, None].expand(b, i, -1), items[None].expand(b, i, -1)], -1)
+        first: nn.Linear = layers[0]  # type: ignore[assignment]
+        d = u.shape[-1]
+        hidden = (u @ first.weight[:, :d].T)[:, None] + (items @ first.weight[:, d:].T)[None]
+        hidden = hidden + first.bias
+        for layer in layers[1:]:
+            hidden = layer(hidden)
+        return hidden
+
+
+class GMF(nn.Module):
+    """Generalised matrix factorisation: logit = h^T (u * i) + b.
+
+    Example:
+        >>> GMF(NCFConfig(num_users=3, num_items=4))(torch.tensor([1]), torch.tensor([2])).shape
+        torch.Size([1])
+    """
+
+    config_class = NCFConfig
+
+    def __init__(self, config: NCFConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.user_embedding, self.item_embedding = _embeddings(config, config.embedding_dim)
+        self.output = nn.Linear(config.embedding_dim, 1)
+
+    def forward(self, user_idx: torch.Tensor, item_idx: torch.Tensor) -> torch.Tensor:
+        gmf = self.user_embedding(user_idx) * self.item_embedding(item_idx)  # (B, D)
+        return self.output(gmf).squeeze(-1)
+
+    def score_all(self, user_idx: torch.Tensor) -> torch.Tensor:
+        u = self.user_embedding(user_idx) * self.output.weight  # (B, D): fold h into u
+        return u @ self.item_embedding.weight.T + self.output.bias  # (B, I)
+
+
+class NCFMLP(nn.Module):
+    """The NCF MLP model: logit = w^T tower([u || i]) + b.
+
+    Example:
+        >>> NCFMLP(NCFConfig(num_users=3, num_items=4))(torch.tensor([1]), torch.tensor([2])).shape
+        torch.Size([1])
+    """
+
+    config_class = NCFConfig
+
+    def __init__(self, config: NCFConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.tower = _Tower(config)
+        self.output = nn.Linear(self.tower.out_dim, 1)
+
+    def forward(self, user_idx: torch.Tensor, item_idx: torch.Tensor) -> torch.Tensor:
+        return self.output(self.tower(user_idx, item_idx)).squeeze(-1)
+
+    def score_all(self, user_idx: torch.Tensor) -> torch.Tensor:
+        return self.output(self.tower.all_items(user_idx)).squeeze(-1)
+
+
+class NeuMF(nn.Module):
+    """NeuMF: GMF vector and MLP tower output, concatenated, through one output layer.
+
+    Example:
+        >>> NeuMF(NCFConfig(num_users=3, num_items=4))(torch.tensor([1]), torch.tensor([2])).shape
+        torch.Size([1])
+    """
+
+    config_class = NCFConfig
+
+    def __init__(self, config: NCFConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.user_embedding, self.item_embedding = _embeddings(config, config.embedding_dim)
+        self.tower = _Tower(config)
+        self.output = nn.Linear(config.embedding_dim + self.tower.out_dim, 1)
+
+    def forward(self, user_idx: torch.Tensor, item_idx: torch.Tensor) -> torch.Tensor:
+        gmf = self.user_embedding(user_idx) * self.item_embedding(item_idx)  # (B, D)
+        mlp = self.tower(user_idx, item_idx)  # (B, H)
+        return self.output(torch.cat([gmf, mlp], -1)).squeeze(-1)
+
+    def score_all(self, user_idx: torch.Tensor) -> torch.Tensor:
+        d = self.config.embedding_dim
+        w_gmf, w_mlp = self.output.weight[0, :d], self.output.weight[0, d:]
+        gmf = (self.user_embedding(user_idx) * w_gmf) @ self.item_embedding.weight.T  # (B, I)
+        mlp = self.tower.all_items(user_idx) @ w_mlp  # (B, I)
+        return gmf + mlp + self.output.bias

@@ -1,0 +1,582 @@
+"""Top-K ranking evaluation: HR, NDCG, Recall, Precision, MAP @K plus MRR and per-user AUC.
+
+Two protocols:
+
+* **full** (:func:`evaluate_full`): each test user's held-out items are ranked against every
+  item the user did not interact with in training. This is the unbiased protocol; sampled
+  metrics can even rank models in a different order (Krichene & Rendle, KDD 2020).
+* **sampled** (:func:`evaluate_sampled`): each test item is ranked against a fixed set of
+  negatives only (e.g. the 100 of the NCF leave-one-out files), which is cheap and comparable
+  with published numbers.
+
+Ranks are *pessimistic*: an item tied with another candidate is ranked below it, so a model
+that gives every item the same score gets no credit (optimistic ties would let a constant model
+reach HR@K = 1).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from hybridrec.data.encoding import UNKNOWN_INDEX, IdEncoder
+from hybridrec.data.io import _is_csv, _parse_ids, _read_table, _row_error
+from hybridrec.errors import ConfigError, DataError
+
+#: Metrics reported at every cut-off K ("hr@10", ...); "mrr" and "auc" have no K.
+RANKING_METRICS = ("hr", "ndcg", "recall", "precision", "map")
+
+#: Elements of the (users, test items, items) comparison tensor per chunk of users.
+_CHUNK_ELEMENTS = 20_000_000
+#: Pairs per ``model(user, item)`` call in the sampled protocol.
+_SCORE_BATCH = 262_144
+
+_LABELS = {"hr": "HR", "ndcg": "NDCG", "recall": "Recall", "precision": "Precision", "map": "MAP"}
+
+
+def metrics_from_ranks(
+    ranks: torch.Tensor,
+    neg_above: torch.Tensor,
+    num_relevant: torch.Tensor,
+    num_candidates: torch.Tensor,
+    ks: Sequence[int],
+) -> dict[str, float]:
+    """Ranking metrics from the 0-based ranks of each user's relevant items.
+
+    Pure tensor maths, shared by both protocols so they cannot disagree on a definition.
+
+    Args:
+        ranks: (U, T) 0-based pessimistic rank of each relevant item among the user's
+            candidates; ``inf`` for an item that could not be ranked (a miss). Entries from
+            column ``num_relevant[u]`` on are padding and ignored. A row's p-th smallest rank
+            must be >= p, as it is when the items are ranked among the same candidates
+            (otherwise NDCG and MAP can exceed 1).
+        neg_above: (U, T) number of non-relevant candidates scoring >= the item (for AUC).
+        num_relevant: (U,) real entries per row; rows with 0 are not evaluated.
+        num_candidates: (U,) non-relevant candidates per row (AUC's denominator).
+        ks: cut-offs K.
+
+    Returns:
+        ``"{metric}@{k}"`` for each metric in :data:`RANKING_METRICS` and K, ``"mrr"``,
+        ``"auc"`` (mean over rows with at least one negative) and ``"users"`` (rows evaluated).
+        Means are NaN when no row has a relevant item.
+
+    Example:
+        >>> m = metrics_from_ranks(torch.tensor([[0.0, 3.0]]), torch.tensor([[0, 2]]),
+        ...                        torch.tensor([2]), torch.tensor([4]), ks=[2])
+        >>> m["hr@2"], m["recall@2"], m["mrr"], m["auc"]
+        (1.0, 0.5, 1.0, 0.75)
+    """
+    ks = _check_ks(ks)
+    ranks = torch.as_tensor(ranks).double().cpu()
+    if ranks.dim() == 1:
+        ranks = ranks[:, None]
+    neg_above = torch.as_tensor(neg_above).double().cpu().reshape(ranks.shape)
+    num_relevant = torch.as_tensor(num_relevant).cpu().long().reshape(-1)
+    num_candidates = torch.as_tensor(num_candidates).double().cpu().reshape(-1)
+
+    keep = num_relevant > 0
+    ranks, neg_above = ranks[keep], neg_above[keep]
+    n_rel, n_neg = num_relevant[keep], num_candidates[keep]
+    users = int(keep.sum())
+    out: dict[str, float] = {}
+    if users == 0:
+        nan = float("nan")
+        out.update({f"{name}@{k}": nan for k in ks for name in RANKING_METRICS})
+        out.update(mrr=nan, auc=nan, users=0.0)
+        return out
+
+    width = ranks.shape[1]
+    valid = torch.arange(width)[None, :] < n_rel[:, None]  # (U, T)
+    inf = torch.tensor(math.inf, dtype=torch.float64)
+    ranks = torch.where(valid & ~torch.isnan(ranks), ranks, inf)
+    # Ascending ranks per user; count_le[p] = how many relevant items rank <= ranks[p] (ties
+    # included), which is the number of hits up to and including that position.
+    ranks, _ = torch.sort(ranks, dim=1)
+    count_le = torch.searchsorted(ranks.contiguous(), ranks.contiguous(), right=True).double()
+    n_rel_f = n_rel.double()
+    position = torch.arange(width, dtype=torch.float64)
+    discount = 1.0 / torch.log2(ranks + 2.0)  # 0 where the rank is inf
+
+    for k in ks:
+        hit = ranks < k  # (U, T)
+        hits = hit.sum(1).double()
+        n_cut = n_rel_f.clamp(max=k)  # at most K relevant items fit in the top K
+        ideal = ((position[None, :] < n_cut[:, None]) / torch.log2(position + 2.0)).sum(1)
+        precision_at_hit = torch.where(hit, count_le / (ranks + 1.0), 0.0)
+        per_user = {
+            "hr": (hits > 0).double(),
+            "ndcg": torch.where(hit, discount, 0.0).sum(1) / ideal,
+            "recall": hits / n_rel_f,
+            "precision": hits / k,
+            "map": precision_at_hit.sum(1) / n_cut,
+        }
+        for name in RANKING_METRICS:
+            out[f"{name}@{k}"] = per_user[name].mean().item()
+
+    out["mrr"] = (1.0 / (ranks[:, 0] + 1.0)).mean().item()
+    with_negatives = n_neg > 0
+    if with_negatives.any():
+        denom = n_neg[with_negatives, None]
+        above = torch.where(valid, neg_above, 0.0)[with_negatives].clamp(min=0.0)
+        item_auc = 1.0 - torch.minimum(above, denom) / denom
+        item_auc = torch.where(valid[with_negatives], item_auc, 0.0)
+        out["auc"] = (item_auc.sum(1) / n_rel_f[with_negatives]).mean().item()
+    else:
+        out["auc"] = float("nan")
+    out["users"] = float(users)
+    return out
+
+
+@torch.no_grad()
+def evaluate_full(
+    model: nn.Module,
+    train_user_idx: torch.Tensor,
+    train_item_idx: torch.Tensor,
+    test_user_idx: torch.Tensor,
+    test_item_idx: torch.Tensor,
+    num_items: int,
+    ks: Sequence[int] = (10,),
+    chunk_users: int | None = None,
+    device: torch.device | str | None = None,
+) -> dict[str, float]:
+    """Full-ranking metrics: each test user's items against all items not seen in training.
+
+    Candidates of user u are items ``1..num_items-1`` without u's training items, except
+    that u's own test items always stay candidates (a test item also in train is still
+    ranked). Test pairs are deduplicated; a user's test items form one relevant set.
+
+    Args:
+        model: has ``score_all(user_idx (B,)) -> (B, num_items)`` logits.
+        train_user_idx, train_item_idx: (N,) training pairs whose items are excluded.
+        test_user_idx, test_item_idx: (M,) held-out pairs to rank.
+        num_items: item embedding rows, the unknown row 0 included.
+        ks: cut-offs K.
+        chunk_users: users scored per ``score_all`` call; by default enough to keep the
+            (users, test items, items) comparison around 2e7 elements.
+        device: where to score; defaults to the model's device.
+
+    Returns:
+        :func:`metrics_from_ranks`'s dict plus ``"unknown_test_items"`` (test rows with item
+        index 0, counted as misses) and ``"unknown_test_users"`` (rows with user index 0,
+        skipped).
+    """
+    ks = _check_ks(ks)
+    train_u, train_i = _pairs(train_user_idx, train_item_idx, num_items, "train")
+    test_u, test_i = _pairs(test_user_idx, test_item_idx, num_items, "test")
+    unknown_users = int((test_u == UNKNOWN_INDEX).sum())
+    known = test_u != UNKNOWN_INDEX
+    test_u, test_i = test_u[known], test_i[known]
+    unknown_items = int((test_i == UNKNOWN_INDEX).sum())
+
+    test_u, test_i = _dedupe_test(test_u, test_i, num_items)
+    users, row, slot, width = _group(test_u)
+    items = torch.zeros(len(users), width, dtype=torch.int64)
+    items[row, slot] = test_i
+    num_relevant = torch.bincount(row, minlength=len(users))
+    filled = torch.arange(width)[None, :] < num_relevant[:, None]
+    rankable = filled & (items != UNKNOWN_INDEX)
+
+    # Training pairs of test users, sorted by test-user row so a chunk is one slice.
+    row_of = torch.full((int(users.max()) + 1 if len(users) else 1,), -1, dtype=torch.int64)
+    row_of[users] = torch.arange(len(users))
+    in_range = train_u < len(row_of)
+    train_row = torch.full_like(train_u, -1)
+    train_row[in_range] = row_of[train_u[in_range]]
+    mine = train_row >= 0
+    train_row, train_i = train_row[mine], train_i[mine]
+    order = torch.argsort(train_row, stable=True)
+    train_row, train_i = train_row[order], train_i[order]
+
+    if chunk_users is None:
+        chunk_users = max(1, _CHUNK_ELEMENTS // (num_items * max(width, 1)))
+    if chunk_users < 1:
+        raise ConfigError(f"chunk_users must be >= 1, got {chunk_users}")
+    device = torch.device(device) if device is not None else _model_device(model)
+
+    ranks = torch.full((len(users), width), math.inf, dtype=torch.float64)
+    neg_above = torch.zeros(len(users), width, dtype=torch.float64)
+    num_negatives = torch.zeros(len(users), dtype=torch.float64)
+    was_training = model.training
+    model.eval()
+    try:
+        for start in range(0, len(users), chunk_users):
+            end = min(start + chunk_users, len(users))
+            size = end - start
+            lo, hi = torch.searchsorted(train_row, torch.tensor([start, end])).tolist()
+            relevant = torch.zeros(size, num_items, dtype=torch.bool)
+            relevant.scatter_(1, items[start:end], True)
+            relevant[:, UNKNOWN_INDEX] = False  # padding and unknown items
+            candidate = torch.ones(size, num_items, dtype=torch.bool)
+            candidate[train_row[lo:hi] - start, train_i[lo:hi]] = False
+            candidate |= relevant
+            candidate[:, UNKNOWN_INDEX] = False
+            negative = candidate & ~relevant
+
+            scores = model.score_all(users[start:end].to(device))
+            scores = torch.nan_to_num(scores, nan=-math.inf)  # NaN ranks last, not nowhere
+            candidate, negative = candidate.to(device), negative.to(device)
+            chunk_items = items[start:end].to(device)
+            own = scores.gather(1, chunk_items)  # (C, T)
+            at_least = scores[:, None, :] >= own[:, :, None]  # (C, T, I)
+            rank = (at_least & candidate[:, None, :]).sum(-1) - 1  # minus the item itself
+            above = (at_least & negative[:, None, :]).sum(-1)
+            ok = rankable[start:end]
+            ranks[start:end] = torch.where(ok, rank.double().cpu(), math.inf)
+            neg_above[start:end] = above.double().cpu()
+            num_negatives[start:end] = negative.sum(1).double().cpu()
+    finally:
+        model.train(was_training)
+
+    # An unranked (unknown) item is a miss: every negative counts as scoring above it.
+    neg_above = torch.where(rankable, neg_above, num_negatives[:, None])
+    out = metrics_from_ranks(ranks, neg_above, num_relevant, num_negatives, ks)
+    out["unknown_test_items"] = float(unknown_items)
+    out["unknown_test_users"] = float(unknown_users)
+    return out
+
+
+@torch.no_grad()
+def evaluate_sampled(
+    model: nn.Module,
+    train_user_idx: torch.Tensor,
+    train_item_idx: torch.Tensor,
+    test_user_idx: torch.Tensor,
+    test_item_idx: torch.Tensor,
+    num_items: int,
+    ks: Sequence[int] = (10,),
+    candidates: tuple[torch.Tensor, torch.Tensor] | None = None,
+    num_negatives: int = 100,
+    seed: int = 0,
+    device: torch.device | str | None = None,
+) -> dict[str, float]:
+    """Sampled metrics: each test item ranked against its user's negatives only.
+
+    Every test pair is its own query with one relevant item (the NCF leave-one-out protocol),
+    so the user's other test items never compete with it; metrics are averaged over queries.
+    Duplicate test pairs are one query.
+
+    Args:
+        model: has ``forward(user_idx (B,), item_idx (B,)) -> (B,)`` logits.
+        train_user_idx, train_item_idx: (N,) training pairs (only used to sample negatives).
+        test_user_idx, test_item_idx: (M,) held-out pairs to rank.
+        num_items: item embedding rows, the unknown row 0 included.
+        ks: cut-offs K.
+        candidates: long-form ``(user_idx, item_idx)`` negatives, e.g. from
+            :func:`read_candidates`; pairs with an unknown id (index 0) are dropped and
+            duplicates removed. A query's own item is never its own negative.
+            ``None`` samples negatives instead.
+        num_negatives: negatives sampled per user, uniformly without replacement from the
+            items the user has in neither train nor test (fewer if not enough exist).
+        seed: seeds the sampling (on CPU, so results do not depend on ``device``).
+        device: where to score; defaults to the model's device.
+
+    Returns:
+        :func:`metrics_from_ranks`'s dict where ``"users"`` counts distinct users, plus
+        ``"queries"`` (test rows ranked), ``"negatives"`` (mean negatives per query),
+        ``"unknown_test_items"`` (rows with item 0, counted as misses),
+        ``"unknown_test_users"`` (rows with user 0, skipped), ``"unknown_candidates"``
+        (candidate pairs dropped) and ``"test_items_without_candidates"`` (test rows whose user
+        has no negatives, skipped since any rank would be meaningless).
+    """
+    ks = _check_ks(ks)
+    if num_negatives < 1:
+        raise ConfigError(f"num_negatives must be >= 1, got {num_negatives}")
+    train_u, train_i = _pairs(train_user_idx, train_item_idx, num_items, "train")
+    test_u, test_i = _pairs(test_user_idx, test_item_idx, num_items, "test")
+    unknown_users = int((test_u == UNKNOWN_INDEX).sum())
+    known = test_u != UNKNOWN_INDEX
+    test_u, test_i = _dedupe_test(test_u[known], test_i[known], num_items)
+    users = torch.unique(test_u)
+
+    unknown_candidates = 0
+    if candidates is None:
+        neg_users, negatives = _sample_negatives(
+            users, train_u, train_i, test_u, test_i, num_items, num_negatives, seed
+        )
+    else:
+        cand_u, cand_i = _pairs(candidates[0], candidates[1], num_items, "candidate")
+        ok = (cand_u != UNKNOWN_INDEX) & (cand_i != UNKNOWN_INDEX)
+        unknown_candidates = int((~ok).sum())
+        key = torch.unique(cand_u[ok] * num_items + cand_i[ok])
+        cand_u, cand_i = key // num_items, key % num_items
+        neg_users, row, slot, width = _group(cand_u)
+        negatives = torch.zeros(len(neg_users), width, dtype=torch.int64)
+        negatives[row, slot] = cand_i  # 0 = padding
+
+    # Each query's row of negatives (never its own item); queries without any are skipped.
+    position = torch.searchsorted(neg_users, test_u).clamp(max=max(len(neg_users) - 1, 0))
+    if len(neg_users):
+        query_neg = negatives[position]  # (Q, N)
+        query_neg[neg_users[position] != test_u] = UNKNOWN_INDEX
+    else:
+        query_neg = torch.zeros(len(test_u), 0, dtype=torch.int64)
+    query_neg = torch.where(query_neg == test_i[:, None], UNKNOWN_INDEX, query_neg)
+    has = (query_neg != UNKNOWN_INDEX).any(1)
+    without = int((~has).sum())
+    test_u, test_i, query_neg = test_u[has], test_i[has], query_neg[has]
+    is_negative = query_neg != UNKNOWN_INDEX
+
+    device = torch.device(device) if device is not None else _model_device(model)
+    items = torch.cat([test_i[:, None], query_neg], dim=1)  # column 0 = the test item
+    scores = _score_pairs(model, test_u[:, None].expand_as(items), items, device)
+    own = scores[:, :1]
+    rank = ((scores[:, 1:] >= own) & is_negative).sum(1).double()
+    known_item = test_i != UNKNOWN_INDEX
+    num_neg = is_negative.sum(1).double()
+    rank = torch.where(known_item, rank, math.inf)
+    neg_above = torch.where(known_item, rank, num_neg)
+
+    out = metrics_from_ranks(
+        rank[:, None], neg_above[:, None], torch.ones(len(rank), dtype=torch.int64), num_neg, ks
+    )
+    out["users"] = float(torch.unique(test_u).numel())
+    out["queries"] = float(len(rank))
+    out["negatives"] = num_neg.mean().item() if len(rank) else float("nan")
+    out["unknown_test_items"] = float(int((~known_item).sum()))
+    out["unknown_test_users"] = float(unknown_users)
+    out["unknown_candidates"] = float(unknown_candidates)
+    out["test_items_without_candidates"] = float(without)
+    return out
+
+
+def read_candidates(
+    path: str | Path,
+    user_encoder: IdEncoder,
+    item_encoder: IdEncoder,
+    user_col: str = "userId",
+    item_col: str = "itemId",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Read a negative-candidate file into long-form encoded ``(user_idx, item_idx)`` pairs.
+
+    Two layouts, told apart by the header:
+
+    * long: exactly the columns ``user_col, item_col``, one row per candidate;
+    * wide: ``user_col`` then any other columns (``neg_1 .. neg_N``, none named
+      ``item_col``), one row per user, as in the NCF ``test_negatives`` files.
+
+    Ids are parsed as :func:`hybridrec.data.io.read_interactions` parses them (canonical
+    integers become ints), so they match encoders fitted on interaction files; unknown ids
+    become index 0 and are left for :func:`evaluate_sampled` to count and drop.
+
+    Raises:
+        DataError: missing or unreadable file, no user column, an ambiguous header, no rows,
+            or a blank cell (named by row and column).
+    """
+    path = Path(path)
+    raw = _read_table(path)
+    is_csv = _is_csv(path)
+    columns = [str(c) for c in raw.columns]
+    raw.columns = columns
+    found = ", ".join(repr(c) for c in columns)
+    if user_col not in columns:
+        raise DataError(
+            path,
+            f"missing user column {user_col!r}; found {found}",
+            expected=f"{user_col},{item_col} rows or {user_col},neg_1,...,neg_N rows",
+        )
+    others = [c for c in columns if c != user_col]
+    if not others:
+        raise DataError(path, f"has only the user column {user_col!r}", expected="candidates")
+    if item_col in others and len(others) > 1:
+        raise DataError(
+            path,
+            f"has {item_col!r} and other columns ({found}), so the layout is ambiguous",
+            expected=f"exactly {user_col},{item_col} or {user_col},neg_1,...,neg_N",
+        )
+    if len(raw) == 0:
+        raise DataError(path, "has a header but no rows", expected="at least one candidate")
+
+    users = _parse_ids(raw[user_col], path, user_col, is_csv)
+    cells = raw[others]
+    if is_csv or any(cells[c].dtype == object for c in others):
+        text = cells.astype(str).apply(lambda col: col.str.strip())
+        blank = (cells.isna() | (text == "")).to_numpy()
+    else:
+        blank = cells.isna().to_numpy()
+    if blank.any():
+        pos, col = np.argwhere(blank)[0]  # first in reading order (row-major)
+        raise _row_error(
+            path, int(pos), others[col], "blank candidate id", "a non-empty integer or string id"
+        )
+    # All candidate cells form one id column, so one non-integer id makes them all strings,
+    # exactly as in a long file.
+    stacked = pd.Series(cells.to_numpy().reshape(-1))
+    items = _parse_ids(stacked, path, others[0], is_csv)
+    user_idx = np.repeat(user_encoder.transform(users), len(others))
+    item_idx = item_encoder.transform(items)
+    return torch.from_numpy(user_idx.astype(np.int64)), torch.from_numpy(item_idx.astype(np.int64))
+
+
+def format_metrics(metrics: dict[str, float], protocol: str) -> str:
+    """A few lines for a terminal: one per K, then MRR/AUC, then any skipped or dropped rows.
+
+    Args:
+        metrics: a dict from :func:`evaluate_full` or :func:`evaluate_sampled`.
+        protocol: ``"full"``, ``"sampled"`` or any label to print as is.
+
+    Example:
+        >>> print(format_metrics({"hr@10": 0.5, "ndcg@10": 0.25, "mrr": 0.2, "auc": 0.9,
+        ...                       "users": 4.0}, "full"))
+        full ranking (all items not in train), 4 users:
+          HR@10 0.5000  NDCG@10 0.2500
+          MRR 0.2000  AUC 0.9000
+    """
+    if protocol == "full":
+        label = "full ranking (all items not in train)"
+    elif protocol == "sampled":
+        negatives = metrics.get("negatives", float("nan"))
+        count = (
+            f"{negatives:.0f}"
+            if math.isfinite(negatives) and negatives == round(negatives)
+            else f"~{negatives:.1f}"
+        )
+        label = f"sampled (test item vs {count} negatives)"
+    else:
+        label = protocol
+    users = metrics.get("users")
+    header = label + (f", {users:.0f} users" if users is not None else "")
+    if metrics.get("queries") is not None and metrics.get("queries") != users:
+        header += f" ({metrics['queries']:.0f} test items)"
+    lines = [header + ":"]
+    ks = sorted({int(key.split("@")[1]) for key in metrics if "@" in key})
+    for k in ks:
+        parts = [
+            f"{_LABELS[name]}@{k} {metrics[f'{name}@{k}']:.4f}"
+            for name in RANKING_METRICS
+            if f"{name}@{k}" in metrics
+        ]
+        lines.append("  " + "  ".join(parts))
+    tail = [f"{name.upper()} {metrics[name]:.4f}" for name in ("mrr", "auc") if name in metrics]
+    if tail:
+        lines.append("  " + "  ".join(tail))
+    notes = {
+        "unknown_test_users": "test rows with an unknown user skipped",
+        "unknown_test_items": "test rows with an unknown item counted as misses",
+        "unknown_candidates": "candidates with an unknown id dropped",
+        "test_items_without_candidates": "test rows without candidates skipped",
+    }
+    for key, text in notes.items():
+        if metrics.get(key):
+            lines.append(f"  {metrics[key]:.0f} {text}")
+    return "\n".join(lines)
+
+
+def _check_ks(ks: Sequence[int]) -> list[int]:
+    values = [int(k) for k in ks]
+    if not values or any(k < 1 for k in values):
+        raise ConfigError(f"cut-offs K must be positive integers, got {list(ks)}")
+    return sorted(set(values))
+
+
+def _pairs(
+    user_idx: torch.Tensor, item_idx: torch.Tensor, num_items: int, name: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Index pairs as CPU int64, checked: a bad index would silently hit the wrong row."""
+    u = torch.as_tensor(user_idx).detach().cpu().long().reshape(-1)
+    i = torch.as_tensor(item_idx).detach().cpu().long().reshape(-1)
+    if len(u) != len(i):
+        raise ValueError(f"{name} user and item indices differ in length: {len(u)} vs {len(i)}")
+    if len(u) and (u.min() < 0 or i.min() < 0 or i.max() >= num_items):
+        raise ValueError(f"{name} indices must be >= 0 and items < num_items={num_items}")
+    return u, i
+
+
+def _dedupe_test(
+    user_idx: torch.Tensor, item_idx: torch.Tensor, num_items: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Known (user, item) test pairs once each, sorted; every unknown-item row stays, since
+    distinct raw ids may all have become index 0."""
+    ranked = item_idx != UNKNOWN_INDEX
+    key = torch.unique(user_idx[ranked] * num_items + item_idx[ranked])
+    users = torch.cat([key // num_items, user_idx[~ranked]])
+    items = torch.cat([key % num_items, item_idx[~ranked]])
+    return users, items
+
+
+def _group(user_idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+    """Group rows by user: ``(users, row, slot, width)`` so row i goes to ``[row[i], slot[i]]``.
+
+    ``users`` is sorted; ``width`` is the largest group. Rows keep their order inside a group.
+    """
+    users, row, counts = torch.unique(user_idx, return_inverse=True, return_counts=True)
+    order = torch.argsort(row, stable=True)
+    starts = torch.cumsum(counts, 0) - counts
+    slot = torch.empty_like(row)
+    slot[order] = torch.arange(len(row)) - starts[row[order]]
+    width = int(counts.max()) if len(counts) else 0
+    return users, row, slot, width
+
+
+def _sample_negatives(
+    users: torch.Tensor,
+    train_u: torch.Tensor,
+    train_i: torch.Tensor,
+    test_u: torch.Tensor,
+    test_i: torch.Tensor,
+    num_items: int,
+    num_negatives: int,
+    seed: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(users, negatives (U, N))``: uniform draws without replacement, 0 = padding.
+
+    Random keys per (user, item) with seen items set to +inf; the N smallest keys are a
+    uniform sample without replacement. Done in chunks of users to bound memory.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    seen_u = torch.cat([train_u, test_u])
+    seen_i = torch.cat([train_i, test_i])
+    row_of = torch.full((int(users.max()) + 1 if len(users) else 1,), -1, dtype=torch.int64)
+    row_of[users] = torch.arange(len(users))
+    in_range = seen_u < len(row_of)
+    seen_row = torch.full_like(seen_u, -1)
+    seen_row[in_range] = row_of[seen_u[in_range]]
+    mine = seen_row >= 0
+    seen_row, seen_i = seen_row[mine], seen_i[mine]
+    order = torch.argsort(seen_row, stable=True)
+    seen_row, seen_i = seen_row[order], seen_i[order]
+
+    take = min(num_negatives, num_items - 1)
+    negatives = torch.zeros(len(users), take, dtype=torch.int64)
+    chunk = max(1, _CHUNK_ELEMENTS // (4 * num_items))
+    for start in range(0, len(users), chunk):
+        end = min(start + chunk, len(users))
+        keys = torch.rand(end - start, num_items, generator=generator)
+        lo, hi = torch.searchsorted(seen_row, torch.tensor([start, end])).tolist()
+        keys[seen_row[lo:hi] - start, seen_i[lo:hi]] = math.inf
+        keys[:, UNKNOWN_INDEX] = math.inf
+        values, picked = torch.topk(keys, take, dim=1, largest=False, sorted=True)
+        negatives[start:end] = torch.where(torch.isinf(values), UNKNOWN_INDEX, picked)
+    return users, negatives
+
+
+def _score_pairs(
+    model: nn.Module, users: torch.Tensor, items: torch.Tensor, device: torch.device
+) -> torch.Tensor:
+    """``model(users, items)`` for a (Q, N) grid of pairs, in big flat batches, on CPU."""
+    flat_u, flat_i = users.reshape(-1), items.reshape(-1)
+    parts = []
+    was_training = model.training
+    model.eval()
+    try:
+        for start in range(0, len(flat_u), _SCORE_BATCH):
+            u = flat_u[start : start + _SCORE_BATCH].to(device)
+            i = flat_i[start : start + _SCORE_BATCH].to(device)
+            parts.append(model(u, i).cpu())
+    finally:
+        model.train(was_training)
+    scores = torch.cat(parts) if parts else torch.zeros(0)
+    return torch.nan_to_num(scores, nan=-math.inf).reshape(items.shape)
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    """Device of the first parameter or buffer (popularity has only a buffer); CPU if none."""
+    for tensor in (*model.parameters(), *model.buffers()):
+        return tensor.device
+    return torch.device("cpu")

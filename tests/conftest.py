@@ -1,0 +1,57 @@
+"""Shared fixtures: tiny files, a seeded synthetic dataset and a tiny model config."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from hybridrec.data.synthetic import SyntheticConfig, write_synthetic_data
+from hybridrec.models import HybridRecSysConfig
+
+#: Small enough to train in well under a second, large enough to beat item popularity.
+SYNTHETIC = SyntheticConfig(num_users=300, num_items=150, num_positives=6000, seed=0)
+
+#: Model options for ``hybridrec.train`` that keep every test model tiny.
+TINY_MODEL = {"embedding_dim": 8, "mlp_layer_sizes": (16, 8)}
+
+
+@pytest.fixture
+def tiny_csv(tmp_path):
+    """Factory: ``tiny_csv(data, name="data.csv")`` writes ``data`` and returns the path.
+
+    ``data`` is a dict or DataFrame (written as CSV, or as Parquet when ``name`` ends in
+    ``.parquet``) or a ``str`` written verbatim, for malformed files pandas would not produce.
+    """
+
+    def write(data, name: str = "data.csv") -> Path:
+        path = tmp_path / name
+        if isinstance(data, str):
+            path.write_text(data)
+            return path
+        frame = data if isinstance(data, pd.DataFrame) else pd.DataFrame(data)
+        if path.suffix == ".parquet":
+            frame.to_parquet(path, index=False)
+        else:
+            frame.to_csv(path, index=False)
+        return path
+
+    return write
+
+
+@pytest.fixture(scope="session")
+def synthetic_data(tmp_path_factory) -> tuple[Path, Path]:
+    """``(train.csv, val.csv)`` of a seeded synthetic dataset, generated once per session."""
+    directory = tmp_path_factory.mktemp("synthetic")
+    return write_synthetic_data(directory, SYNTHETIC)
+
+
+@pytest.fixture
+def tiny_model_config() -> HybridRecSysConfig:
+    return HybridRecSysConfig(num_users=7, num_items=5, embedding_dim=8, mlp_layer_sizes=(16, 8))
+
+
+@pytest.fixture
+def tiny_model_options() -> dict:
+    return dict(TINY_MODEL)

@@ -1,0 +1,233 @@
+"""Saved model directories reload exactly, and every kind of damage is an ArtifactError."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+import hybridrec
+from hybridrec import TrainConfig
+from hybridrec.artifact import FORMAT_VERSION
+from hybridrec.errors import ArtifactError
+
+
+@pytest.fixture(scope="module")
+def trained(synthetic_data, tmp_path_factory):
+    """A tiny model trained once and saved; tests copy the directory before damaging it."""
+    out = tmp_path_factory.mktemp("artifact") / "model"
+    train_csv, val_csv = synthetic_data
+    config = TrainConfig(epochs=1, batch_size=256, learning_rate=1e-2, device="cpu", seed=0)
+    result = hybridrec.train(
+        train_csv,
+        val_csv,
+        out=out,
+        model_options={"embedding_dim": 8, "mlp_layer_sizes": (16, 8)},
+        train_config=config,
+    )
+    return result, out
+
+
+@pytest.fixture
+def model_dir(trained, tmp_path):
+    """A private copy of the saved model directory."""
+    copy = tmp_path / "model"
+    shutil.copytree(trained[1], copy)
+    return copy
+
+
+def pairs(recommender):
+    """Known ids, unknown users, unknown items and a fully unknown pair."""
+    users = recommender.users.ids[:20].tolist() + [10**9, 10**9, -5]
+    items = recommender.items.ids[:20].tolist() + [recommender.items.ids[0], 10**9, 10**9]
+    return users, items
+
+
+def test_files_written(trained):
+    _, out = trained
+    assert sorted(p.name for p in out.iterdir()) == [
+        "config.json",
+        "id_maps.json",
+        "metrics.json",
+        "training_curves.png",
+        "weights.pt",
+    ]
+
+
+def test_reload_scores_bit_for_bit(trained):
+    result, out = trained
+    original = result.recommender
+    loaded = hybridrec.load(out)
+    users, items = pairs(original)
+    expected = original.score(users, items)
+    got = loaded.score(users, items)
+    assert np.array_equal(got, expected)
+    assert loaded.users == original.users and loaded.items == original.items
+    assert not loaded.model.training
+
+
+def test_score_returns_float32_probabilities(trained):
+    result, _ = trained
+    users, items = pairs(result.recommender)
+    scores = result.recommender.score(users, items)
+    assert scores.dtype == np.float32
+    assert scores.shape == (len(users),)
+    assert ((scores > 0) & (scores < 1)).all()
+
+
+def test_score_is_sigmoid_of_the_model_logits(trained):
+    rec = trained[0].recommender
+    users, items = pairs(rec)
+    u = torch.as_tensor(rec.users.transform(users))
+    i = torch.as_tensor(rec.items.transform(items))
+    assert (u[-3:] == 0).tolist() == [True, True, True]  # the unknown users map to index 0
+    with torch.no_grad():
+        expected = torch.sigmoid(rec.model(u, i)).numpy()
+    np.testing.assert_allclose(rec.score(users, items), expected, rtol=0, atol=1e-7)
+
+
+def test_unknown_ids_get_a_neutral_shared_score(trained):
+    """Every fully unknown pair has zero embeddings, hence one and the same score."""
+    rec = trained[0].recommender
+    scores = rec.score([10**9, -5, 424242], [10**9, -7, 0])
+    assert scores[0] == scores[1] == scores[2]
+
+
+def test_score_rejects_length_mismatch(trained):
+    rec = trained[0].recommender
+    with pytest.raises(ValueError, match="as many item ids as user ids"):
+        rec.score([1, 2], [1])
+
+
+def test_score_in_small_batches_matches(trained):
+    rec = hybridrec.load(trained[1])
+    users, items = pairs(rec)
+    full = rec.score(users, items)
+    rec.batch_size = 4
+    assert np.array_equal(rec.score(users, items), full)
+
+
+def test_config_json_contents(trained):
+    _, out = trained
+    config = json.loads((out / "config.json").read_text())
+    assert config["format"] == "hybridrec-model"
+    assert config["format_version"] == FORMAT_VERSION
+    assert config["model"] == "hybrid"
+    assert config["model_config"]["embedding_dim"] == 8
+    assert config["model_config"]["mlp_layer_sizes"] == [16, 8]
+    assert config["settings"]["train"]["batch_size"] == 256
+    assert set(config["sha256"]) == {"weights.pt", "id_maps.json", "metrics.json"}
+
+
+def test_loaded_recommender_exposes_metrics(trained):
+    rec = hybridrec.load(trained[1])
+    assert rec.metrics["final"]["epochs"] == 1
+    assert rec.config["directory"] == str(trained[1])
+
+
+def test_resave_round_trip(trained, tmp_path):
+    rec = hybridrec.load(trained[1])
+    rec.save(tmp_path / "again")
+    users, items = pairs(rec)
+    assert np.array_equal(
+        hybridrec.load(tmp_path / "again").score(users, items), rec.score(users, items)
+    )
+
+
+# ------------------------------------------------------------------ damaged artifacts
+
+
+def test_missing_directory(tmp_path):
+    with pytest.raises(ArtifactError, match="no model directory at .*nothing-here"):
+        hybridrec.load(tmp_path / "nothing-here")
+
+
+def test_directory_without_config(model_dir):
+    (model_dir / "config.json").unlink()
+    with pytest.raises(ArtifactError, match="is not a hybridrec model: it has no config.json"):
+        hybridrec.load(model_dir)
+
+
+@pytest.mark.parametrize("text", ["{not json", "[1, 2]", ""])
+def test_damaged_config(model_dir, text):
+    (model_dir / "config.json").write_text(text)
+    with pytest.raises(ArtifactError, match=r"config\.json is damaged"):
+        hybridrec.load(model_dir)
+
+
+def test_config_of_something_else(model_dir):
+    (model_dir / "config.json").write_text(json.dumps({"format": "other", "format_version": 1}))
+    with pytest.raises(ArtifactError, match="is not a hybridrec model config"):
+        hybridrec.load(model_dir)
+
+
+def test_truncated_weights(model_dir):
+    weights = model_dir / "weights.pt"
+    data = weights.read_bytes()
+    weights.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ArtifactError, match=r"weights\.pt is truncated .*checksum mismatch"):
+        hybridrec.load(model_dir)
+
+
+def test_missing_weights(model_dir):
+    (model_dir / "weights.pt").unlink()
+    with pytest.raises(ArtifactError, match=r"weights\.pt is missing"):
+        hybridrec.load(model_dir)
+
+
+def test_edited_id_maps_detected(model_dir):
+    path = model_dir / "id_maps.json"
+    maps = json.loads(path.read_text())
+    maps["users"]["ids"].reverse()  # still valid JSON, but a different mapping
+    path.write_text(json.dumps(maps))
+    with pytest.raises(ArtifactError, match=r"id_maps\.json .*checksum mismatch"):
+        hybridrec.load(model_dir)
+
+
+def edit_config(model_dir, change):
+    path = model_dir / "config.json"
+    config = json.loads(path.read_text())
+    change(config)
+    path.write_text(json.dumps(config))
+
+
+def test_format_version_from_the_future(model_dir):
+    edit_config(model_dir, lambda c: c.update(format_version=FORMAT_VERSION + 1))
+    with pytest.raises(
+        ArtifactError, match=rf"saved in format {FORMAT_VERSION + 1}, newer.*upgrade"
+    ):
+        hybridrec.load(model_dir)
+
+
+def test_weights_that_do_not_fit(model_dir):
+    """The config describes a bigger model than the weights were saved from."""
+    edit_config(model_dir, lambda c: c["model_config"].update(embedding_dim=16))
+    with pytest.raises(ArtifactError, match=r"weights\.pt does not fit the model"):
+        hybridrec.load(model_dir)
+
+
+def test_unknown_model_name(model_dir):
+    edit_config(model_dir, lambda c: c.update(model="transformer"))
+    with pytest.raises(ArtifactError, match="cannot build.*unknown model 'transformer'"):
+        hybridrec.load(model_dir)
+
+
+def test_bad_model_config(model_dir):
+    edit_config(model_dir, lambda c: c["model_config"].update(embedding_dim=0))
+    with pytest.raises(ArtifactError, match="cannot build.*--embedding-dim"):
+        hybridrec.load(model_dir)
+
+
+def test_no_checksums(model_dir):
+    edit_config(model_dir, lambda c: c.update(sha256={}))
+    with pytest.raises(ArtifactError, match=r"lists no weights\.pt/id_maps\.json"):
+        hybridrec.load(model_dir)
+
+
+def test_sha256_not_an_object(model_dir):
+    edit_config(model_dir, lambda c: c.update(sha256=None))
+    with pytest.raises(ArtifactError):
+        hybridrec.load(model_dir)

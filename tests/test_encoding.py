@@ -1,0 +1,130 @@
+"""IdEncoder: raw ids <-> dense indices 1..n, with 0 reserved for unknown ids."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from hybridrec.data.encoding import UNKNOWN_INDEX, IdEncoder
+
+
+def test_known_output_strings():
+    enc = IdEncoder.fit(["b", "a", "c", "b"])
+    assert len(enc) == 3
+    assert enc.num_embeddings == 4  # + the unknown row 0
+    assert enc.ids.tolist() == ["a", "b", "c"]
+    assert enc.transform(["a", "b", "c", "zzz"]).tolist() == [1, 2, 3, 0]
+
+
+def test_known_output_integers_sorted_numerically():
+    enc = IdEncoder.fit([10, 2, 33, 2])
+    assert enc.ids.tolist() == [2, 10, 33]  # numeric order, not text order ("10" < "2")
+    out = enc.transform([33, 2, 10, 5])
+    assert out.dtype == np.int64
+    assert out.tolist() == [3, 1, 2, 0]
+
+
+def test_unknown_ids_map_to_zero():
+    enc = IdEncoder.fit([1, 2, 3])
+    assert UNKNOWN_INDEX == 0
+    assert enc.transform([4, -1, 0]).tolist() == [0, 0, 0]
+    # ids are matched in the encoder's own type: text that is exactly an integer finds the
+    # integer id (a val file with one non-integer id is read as text), other text is unknown
+    assert enc.transform(["1", "2", "007", "x"]).tolist() == [1, 2, 0, 0]
+    assert IdEncoder.fit(["1"]).transform([1]).tolist() == [1]
+    assert IdEncoder.fit(["007"]).transform([7]).tolist() == [0]
+
+
+def test_transform_empty_and_2d():
+    enc = IdEncoder.fit(["a", "b"])
+    empty = enc.transform([])
+    assert empty.dtype == np.int64 and empty.shape == (0,)
+    assert enc.transform(np.array([["a", "b"], ["b", "x"]], dtype=object)).tolist() == [1, 2, 2, 0]
+
+
+@pytest.mark.parametrize("ids", [["u3", "u1", "u2"], [30, 10, 20]])
+def test_inverse_of_transform_is_identity(ids):
+    enc = IdEncoder.fit(ids)
+    assert enc.inverse_transform(enc.transform(ids)).tolist() == ids
+
+
+def test_inverse_of_zero_raises():
+    enc = IdEncoder.fit(["a", "b"])
+    with pytest.raises(ValueError, match="0 is the unknown id"):
+        enc.inverse_transform([1, 0])
+    with pytest.raises(ValueError, match=r"1\.\.2"):
+        enc.inverse_transform([3])
+
+
+@pytest.mark.parametrize("ids", [["b", "a", "007"], [5, -3, 2**40], []])
+def test_to_dict_round_trip_through_json(ids):
+    enc = IdEncoder.fit(ids)
+    data = json.loads(json.dumps(enc.to_dict()))
+    back = IdEncoder.from_dict(data)
+    assert back == enc
+    assert back.ids.tolist() == enc.ids.tolist()
+    assert back.transform(ids).tolist() == enc.transform(ids).tolist()
+
+
+def test_to_dict_kinds():
+    assert IdEncoder.fit(["x"]).to_dict() == {"kind": "str", "ids": ["x"]}
+    assert IdEncoder.fit([7]).to_dict() == {"kind": "int", "ids": [7]}
+    with pytest.raises(ValueError, match="unknown id kind"):
+        IdEncoder.from_dict({"kind": "float", "ids": [1.5]})
+
+
+def test_duplicate_ids_rejected_by_constructor():
+    with pytest.raises(ValueError, match="unique"):
+        IdEncoder(np.array([1, 1]))
+
+
+def test_deterministic_regardless_of_input_order():
+    ids = ["d", "a", "c", "b", "a"]
+    rng = np.random.default_rng(0)
+    reference = IdEncoder.fit(ids)
+    for _ in range(5):
+        shuffled = list(rng.permutation(ids))
+        enc = IdEncoder.fit(shuffled)
+        assert enc == reference
+        assert enc.transform(["a", "b", "c", "d"]).tolist() == [1, 2, 3, 4]
+
+
+def test_fit_accepts_series_and_arrays():
+    import pandas as pd
+
+    from_series = IdEncoder.fit(pd.Series(["b", "a"], dtype="str"))
+    from_array = IdEncoder.fit(np.array(["b", "a"], dtype=object))
+    assert from_series == from_array == IdEncoder.fit(["a", "b"])
+
+
+INT64 = st.integers(min_value=-(2**63), max_value=2**63 - 1)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    data=st.one_of(
+        st.tuples(st.lists(INT64, max_size=30), st.lists(INT64, max_size=10)),
+        st.tuples(
+            st.lists(st.text(max_size=6), max_size=30), st.lists(st.text(max_size=6), max_size=10)
+        ),
+    )
+)
+def test_encoder_is_a_bijection_onto_1_to_n(data):
+    """Seen ids map one-to-one onto 1..n; unseen ids all map to 0; inverse undoes transform."""
+    seen, others = data
+    enc = IdEncoder.fit(seen)
+    distinct = sorted(set(seen))
+    n = len(distinct)
+    assert len(enc) == n
+
+    codes = enc.transform(distinct)
+    assert sorted(codes.tolist()) == list(range(1, n + 1))  # onto 1..n, no collisions
+    assert codes.tolist() == list(range(1, n + 1))  # and in sorted id order
+    assert enc.inverse_transform(enc.transform(seen)).tolist() == list(seen)
+
+    unseen = [x for x in others if x not in set(seen)]
+    assert enc.transform(unseen).tolist() == [0] * len(unseen)

@@ -1,0 +1,339 @@
+"""Reading and validating interaction files: types kept, every bad input a clear DataError."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from hybridrec.config import DataConfig
+from hybridrec.data.io import interactions_from_frame, read_interactions
+from hybridrec.errors import ConfigError, DataError
+
+
+def at(name, row, column):
+    """Regex for the location prefix of a row error: file, row (maybe its line) and column."""
+    return rf"{re.escape(name)}, row {row}(?: \(line \d+\))?, column '{column}'"
+
+
+@pytest.mark.parametrize("name", ["data.csv", "data.parquet"])
+def test_integer_ids_are_int64(tiny_csv, name):
+    path = tiny_csv({"userId": [1, 3, 1], "itemId": [10, 20, 30], "target": [1, 0, 1]}, name)
+    frame = read_interactions(path)
+    assert frame["user_id"].dtype == np.int64
+    assert frame["item_id"].dtype == np.int64
+    assert frame["user_id"].tolist() == [1, 3, 1]
+    assert frame["item_id"].tolist() == [10, 20, 30]
+    assert frame["target"].dtype == np.float32
+    assert frame["target"].tolist() == [1.0, 0.0, 1.0]
+    assert frame.attrs["has_target"] is True
+
+
+@pytest.mark.parametrize("name", ["data.csv", "data.parquet"])
+def test_string_ids_stay_strings(tiny_csv, name):
+    path = tiny_csv({"userId": ["alice", "bob"], "itemId": ["x1", "y2"], "target": [1, 0]}, name)
+    frame = read_interactions(path)
+    assert frame["user_id"].tolist() == ["alice", "bob"]
+    assert frame["item_id"].tolist() == ["x1", "y2"]
+    assert all(isinstance(v, str) for v in frame["user_id"])
+
+
+@pytest.mark.parametrize("name", ["data.csv", "data.parquet"])
+def test_leading_zero_id_stays_a_string(tiny_csv, name):
+    """'007' is not the canonical text of an integer, so turning it into 7 would merge ids."""
+    path = tiny_csv({"userId": ["007", "7"], "itemId": ["1", "2"], "target": ["1", "0"]}, name)
+    frame = read_interactions(path)
+    assert frame["user_id"].tolist() == ["007", "7"]
+    assert all(isinstance(v, str) for v in frame["user_id"])
+    # the item column is all canonical integers, so it becomes int64 independently
+    assert frame["item_id"].dtype == np.int64
+
+
+def test_minus_zero_is_not_the_id_zero(tiny_csv):
+    path = tiny_csv("userId,itemId,target\n0,1,1\n-0,2,0\n")
+    frame = read_interactions(path)
+    assert frame["user_id"].nunique() == 2
+
+
+def test_mixed_integer_and_text_ids_all_stay_strings(tiny_csv):
+    path = tiny_csv("userId,itemId,target\n1,a,1\n2,5,0\n")
+    frame = read_interactions(path)
+    assert frame["user_id"].tolist() == [1, 2]
+    assert frame["item_id"].tolist() == ["a", "5"]
+
+
+def test_whitespace_around_ids_is_stripped(tiny_csv):
+    path = tiny_csv("userId,itemId,target\n 1 ,  b ,1\n")
+    frame = read_interactions(path)
+    assert frame["user_id"].tolist() == [1]
+    assert frame["item_id"].tolist() == ["b"]
+
+
+@pytest.mark.parametrize(
+    ("cells", "expected"),
+    [
+        (["0", "1"], [0.0, 1.0]),
+        (["true", "false"], [1.0, 0.0]),
+        (["True", "FALSE"], [1.0, 0.0]),
+        (["yes", "no"], [1.0, 0.0]),
+        (["1.0", "0.0"], [1.0, 0.0]),
+    ],
+)
+def test_target_accepts_binary_spellings(tiny_csv, cells, expected):
+    path = tiny_csv(f"userId,itemId,target\n1,2,{cells[0]}\n3,4,{cells[1]}\n")
+    assert read_interactions(path)["target"].tolist() == expected
+
+
+def test_parquet_boolean_target(tiny_csv):
+    path = tiny_csv({"userId": [1, 2], "itemId": [3, 4], "target": [True, False]}, "d.parquet")
+    assert read_interactions(path)["target"].tolist() == [1.0, 0.0]
+
+
+@pytest.mark.parametrize("name", ["data.csv", "data.parquet"])
+def test_missing_target_column_means_all_positives(tiny_csv, name):
+    path = tiny_csv({"userId": [1, 2, 3], "itemId": [4, 5, 6]}, name)
+    frame = read_interactions(path)
+    assert frame["target"].tolist() == [1.0, 1.0, 1.0]
+    assert frame["target"].dtype == np.float32
+    assert frame.attrs["has_target"] is False
+
+
+def test_threshold_turns_ratings_into_labels(tiny_csv):
+    path = tiny_csv(
+        {"userId": [1, 1, 2, 2, 3], "itemId": [1, 2, 1, 2, 3], "target": [5, 4, 3.5, 1, 4.0]}
+    )
+    frame = read_interactions(path, DataConfig(threshold=4))
+    # target >= threshold is positive: 4 and 4.0 count, 3.5 does not
+    assert frame["target"].tolist() == [1.0, 1.0, 0.0, 0.0, 1.0]
+
+
+def test_without_threshold_ratings_are_rejected(tiny_csv):
+    path = tiny_csv({"userId": [1], "itemId": [2], "target": [5]})
+    with pytest.raises(DataError, match="--threshold"):
+        read_interactions(path)
+
+
+def test_custom_column_names(tiny_csv):
+    path = tiny_csv({"uid": ["a", "b"], "iid": [7, 8], "clicked": ["true", "false"], "x": [0, 0]})
+    config = DataConfig(user_col="uid", item_col="iid", target_col="clicked")
+    frame = read_interactions(path, config)
+    assert list(frame.columns) == ["user_id", "item_id", "target"]
+    assert frame["user_id"].tolist() == ["a", "b"]
+    assert frame["item_id"].tolist() == [7, 8]
+    assert frame["target"].tolist() == [1.0, 0.0]
+
+
+def test_tsv_is_read_with_tabs(tiny_csv):
+    path = tiny_csv("userId\titemId\ttarget\n1\t2\t1\n", "data.tsv")
+    assert read_interactions(path)["item_id"].tolist() == [2]
+
+
+def test_numeric_timestamp_is_kept(tiny_csv):
+    path = tiny_csv("userId,itemId,target,timestamp\n1,2,1,1600000000\n1,3,0,1600000060\n")
+    assert read_interactions(path)["timestamp"].tolist() == [1600000000.0, 1600000060.0]
+
+
+def test_date_timestamp_becomes_unix_seconds(tiny_csv):
+    path = tiny_csv("userId,itemId,target,timestamp\n1,2,1,2020-01-01\n1,3,0,2020-01-02\n")
+    assert read_interactions(path)["timestamp"].tolist() == [1577836800, 1577923200]
+
+
+def test_iso_dates_in_two_layouts_are_accepted(tiny_csv):
+    path = tiny_csv("userId,itemId,target,timestamp\n1,2,1,2020-01-01\n1,3,0,2020-01-02T00:00:00\n")
+    assert len(read_interactions(path)["timestamp"]) == 2
+
+
+@pytest.mark.filterwarnings("ignore:Could not infer format:UserWarning")
+def test_bad_timestamp_names_row(tiny_csv):
+    path = tiny_csv("userId,itemId,target,timestamp\n1,2,1,5\n1,3,0,soon\n")
+    with pytest.raises(DataError, match=at("data.csv", 2, "timestamp") + ".*'soon'"):
+        read_interactions(path)
+
+
+# ------------------------------------------------------------------ in-memory frames
+
+
+def test_interactions_from_frame():
+    raw = pd.DataFrame({"userId": [1, 2], "itemId": ["a", "b"], "target": [1, 0]})
+    frame = interactions_from_frame(raw)
+    assert frame["user_id"].dtype == np.int64
+    assert frame["user_id"].tolist() == [1, 2]
+    assert frame["item_id"].tolist() == ["a", "b"]
+    assert frame["target"].tolist() == [1.0, 0.0]
+    assert frame.attrs["has_target"] is True
+
+
+def test_interactions_from_frame_whole_float_ids_become_int():
+    raw = pd.DataFrame({"userId": [1.0, 2.0], "itemId": [3, 4]})
+    frame = interactions_from_frame(raw)
+    assert frame["user_id"].dtype == np.int64
+    assert frame["user_id"].tolist() == [1, 2]
+    assert frame.attrs["has_target"] is False
+
+
+def test_interactions_from_frame_errors_name_the_frame():
+    raw = pd.DataFrame({"userId": [1, 2], "itemId": [3, 4], "target": [1, 7]})
+    with pytest.raises(DataError, match=at("<DataFrame>", 2, "target")) as info:
+        interactions_from_frame(raw)
+    assert info.value.row == 2
+    assert info.value.column == "target"
+    assert "line" not in str(info.value)  # a frame has no file lines
+
+
+def test_interactions_from_frame_fractional_id():
+    raw = pd.DataFrame({"userId": [1.0, 2.5], "itemId": [3, 4]})
+    with pytest.raises(DataError, match=at("<DataFrame>", 2, "userId") + ".*not a whole number"):
+        interactions_from_frame(raw)
+
+
+def test_boolean_ids_are_rejected():
+    raw = pd.DataFrame({"userId": [True, False], "itemId": [3, 4]})
+    with pytest.raises(DataError, match=r"column 'userId'.*booleans"):
+        interactions_from_frame(raw)
+
+
+def test_data_config_validation():
+    with pytest.raises(ConfigError, match="--user-col"):
+        DataConfig(user_col="")
+    with pytest.raises(ConfigError, match="three different columns"):
+        DataConfig(user_col="id", item_col="id")
+
+
+# ------------------------------------------------------------------ bad files
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(DataError, match=r"nope\.csv: file not found"):
+        read_interactions(tmp_path / "nope.csv")
+
+
+def test_directory(tmp_path):
+    (tmp_path / "folder.csv").mkdir()
+    with pytest.raises(DataError, match=r"folder\.csv: .* is a directory"):
+        read_interactions(tmp_path / "folder.csv")
+
+
+@pytest.mark.parametrize("name", ["empty.csv", "empty.parquet"])
+def test_empty_file(tiny_csv, name):
+    path = tiny_csv("", name)
+    assert path.stat().st_size == 0
+    with pytest.raises(DataError, match=rf"{re.escape(name)}: the file is empty"):
+        read_interactions(path)
+
+
+def test_blank_line_only_file(tiny_csv):
+    path = tiny_csv("\n", "blank.csv")
+    with pytest.raises(DataError, match=r"blank\.csv: the file is empty"):
+        read_interactions(path)
+
+
+@pytest.mark.parametrize("name", ["head.csv", "head.parquet"])
+def test_header_only(tiny_csv, name):
+    path = tiny_csv(pd.DataFrame({"userId": [], "itemId": [], "target": []}), name)
+    with pytest.raises(DataError, match=rf"{re.escape(name)}: has a header but no rows"):
+        read_interactions(path)
+
+
+def test_missing_columns_lists_missing_and_found(tiny_csv):
+    path = tiny_csv({"user": [1], "itemId": [2], "rating": [1]})
+    with pytest.raises(DataError) as info:
+        read_interactions(path)
+    message = str(info.value)
+    assert message.startswith("data.csv: missing column(s) 'userId'")
+    assert "found 'user', 'itemId', 'rating'" in message
+    assert "--user-col" in message
+
+
+def test_missing_both_id_columns(tiny_csv):
+    path = tiny_csv({"a": [1], "b": [2]})
+    with pytest.raises(DataError, match=r"missing column\(s\) 'userId', 'itemId'; found 'a', 'b'"):
+        read_interactions(path)
+
+
+@pytest.mark.parametrize("cell", ["", "   "])
+def test_blank_id_names_row_and_column(tiny_csv, cell):
+    path = tiny_csv(f"userId,itemId,target\n1,2,1\n3,4,0\n5,{cell},1\n")
+    with pytest.raises(DataError, match=at("data.csv", 3, "itemId") + ": blank id") as info:
+        read_interactions(path)
+    assert info.value.row == 3
+    assert info.value.column == "itemId"
+    assert info.value.line == 4  # the header is line 1
+    assert "line 4" in str(info.value)
+
+
+def test_short_row_is_reported_not_crashed(tiny_csv):
+    path = tiny_csv("userId,itemId,target\n1,2,1\n7\n")
+    with pytest.raises(DataError, match=at("data.csv", 2, "itemId")):
+        read_interactions(path)
+
+
+@pytest.mark.parametrize("user_ids", [[1.0, None, 3.0], ["a", None, "c"]])
+def test_null_id_in_parquet(tiny_csv, user_ids):
+    path = tiny_csv({"userId": user_ids, "itemId": [1, 2, 3], "target": [1, 0, 1]}, "d.parquet")
+    with pytest.raises(DataError, match=at("d.parquet", 2, "userId") + ": missing id") as info:
+        read_interactions(path)
+    assert info.value.row == 2
+    assert info.value.line is None  # Parquet has no text lines
+
+
+def test_target_two_names_row_value_and_threshold(tiny_csv):
+    path = tiny_csv("userId,itemId,target\n1,2,1\n1,3,2\n")
+    with pytest.raises(
+        DataError, match=at("data.csv", 2, "target") + ": target '2' is not 0/1.*--threshold"
+    ):
+        read_interactions(path)
+
+
+def test_target_two_in_parquet(tiny_csv):
+    path = tiny_csv({"userId": [1, 2], "itemId": [3, 4], "target": [1, 2]}, "d.parquet")
+    with pytest.raises(DataError, match=at("d.parquet", 2, "target") + ".*2.*--threshold"):
+        read_interactions(path)
+
+
+def test_parquet_error_shows_the_plain_value(tiny_csv):
+    path = tiny_csv({"userId": [1, 2], "itemId": [3, 4], "target": [1, 2]}, "d.parquet")
+    with pytest.raises(DataError) as info:
+        read_interactions(path)
+    assert "np." not in str(info.value)
+
+
+def test_missing_target_cell(tiny_csv):
+    path = tiny_csv("userId,itemId,target\n1,2,1\n1,3,\n")
+    with pytest.raises(DataError, match=at("data.csv", 2, "target") + ": missing target"):
+        read_interactions(path)
+
+
+def test_non_numeric_rating_with_threshold(tiny_csv):
+    path = tiny_csv("userId,itemId,target\n1,2,4\n1,3,4.5\n1,4,great\n")
+    with pytest.raises(
+        DataError, match=at("data.csv", 3, "target") + ": target 'great' is not a number"
+    ):
+        read_interactions(path, DataConfig(threshold=4))
+
+
+def test_too_many_fields_is_unparseable_csv(tiny_csv):
+    path = tiny_csv("userId,itemId,target\n1,2,1\n1,2,1,9\n")
+    with pytest.raises(DataError, match=r"data\.csv: cannot be parsed as CSV"):
+        read_interactions(path)
+
+
+def test_binary_garbage_is_unparseable_csv(tmp_path):
+    path = tmp_path / "bin.csv"
+    path.write_bytes(b"userId,itemId\n\xff\xfe,\x80\n")
+    with pytest.raises(DataError, match=r"bin\.csv: cannot be parsed as CSV"):
+        read_interactions(path)
+
+
+def test_corrupt_parquet(tmp_path):
+    path = tmp_path / "broken.parquet"
+    path.write_bytes(np.random.default_rng(0).bytes(256))
+    with pytest.raises(DataError, match=r"broken\.parquet: cannot be parsed as Parquet"):
+        read_interactions(path)
+
+
+def test_data_error_is_a_value_error(tmp_path):
+    """Callers that catch ValueError (the usual pandas habit) still catch bad data."""
+    with pytest.raises(ValueError):
+        read_interactions(tmp_path / "missing.csv")
