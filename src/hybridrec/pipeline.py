@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -14,7 +15,16 @@ from hybridrec.artifact import METRICS
 from hybridrec.config import DataConfig, TrainConfig
 from hybridrec.data.dataset import RecSysDataset, UnknownCounts
 from hybridrec.data.encoding import IdEncoder
-from hybridrec.data.io import ITEM, USER, interactions_from_frame, read_interactions
+from hybridrec.data.io import (
+    ITEM,
+    USER,
+    interactions_from_frame,
+    is_csv_path,
+    parse_ids,
+    read_interactions,
+    read_table,
+)
+from hybridrec.errors import DataError
 from hybridrec.files import atomic_write_json
 from hybridrec.models import build_model
 from hybridrec.plots import plot_history
@@ -83,6 +93,7 @@ def train(
     model_options: dict[str, Any] | None = None,
     data_config: DataConfig | None = None,
     train_config: TrainConfig | None = None,
+    items: DataLike | None = None,
     show_progress: bool = False,
 ) -> TrainResult:
     """Train a model on interaction data and optionally save it.
@@ -95,6 +106,9 @@ def train(
         model_options: hyper-parameters of that model, e.g. ``{"embedding_dim": 64}``.
         data_config: column names and rating threshold.
         train_config: epochs, batch size, learning rate, seed, device, threads.
+        items: the item catalogue: a file or frame with the item column. Its items join the
+            encoder even without training rows, so they are ranked (not unknown) in
+            evaluation and recommendation.
         show_progress: show a progress bar per epoch.
 
     Returns:
@@ -116,7 +130,10 @@ def train(
             f"{train_config.sampling} negatives per positive each epoch"
         )
     users = IdEncoder.fit(train_frame[USER].to_numpy())
-    items = IdEncoder.fit(train_frame[ITEM].to_numpy())
+    item_ids = train_frame[ITEM].to_numpy()
+    if items is not None:
+        item_ids = np.concatenate([item_ids, read_item_catalog(items, data_config)])
+    items = IdEncoder.fit(item_ids)
     train_set, _ = RecSysDataset.from_frame(train_frame, users, items)
     val_set, val_unknown = None, None
     if val_data is not None:
@@ -159,6 +176,18 @@ def train(
         plot_history(history, out_dir / CURVES)
         logger.info(f"saved the model to {out_dir}")
     return result
+
+
+def read_item_catalog(data: DataLike, config: DataConfig) -> np.ndarray:
+    """Item ids of a catalogue file or frame (only its item column is read)."""
+    frame = data if isinstance(data, pd.DataFrame) else read_table(Path(data))
+    if config.item_col not in frame.columns:
+        found = ", ".join(repr(str(c)) for c in frame.columns)
+        raise DataError(
+            _name(data), f"the item catalogue has no column {config.item_col!r}; found {found}"
+        )
+    is_csv = not isinstance(data, pd.DataFrame) and is_csv_path(Path(data))
+    return parse_ids(frame[config.item_col], Path(_name(data)), config.item_col, is_csv)
 
 
 def _name(data: DataLike) -> str:

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from hybridrec.data.encoding import UNKNOWN_INDEX, IdEncoder
-from hybridrec.data.io import _is_csv, _parse_ids, _read_table, _row_error
+from hybridrec.data.io import is_csv_path, parse_ids, read_table, row_error
 from hybridrec.errors import ConfigError, DataError
 
 #: Metrics reported at every cut-off K ("hr@10", ...); "mrr" and "auc" have no K.
@@ -370,8 +370,8 @@ def read_candidates(
             or a blank cell (named by row and column).
     """
     path = Path(path)
-    raw = _read_table(path)
-    is_csv = _is_csv(path)
+    raw = read_table(path)
+    is_csv = is_csv_path(path)
     columns = [str(c) for c in raw.columns]
     raw.columns = columns
     found = ", ".join(repr(c) for c in columns)
@@ -393,7 +393,7 @@ def read_candidates(
     if len(raw) == 0:
         raise DataError(path, "has a header but no rows", expected="at least one candidate")
 
-    users = _parse_ids(raw[user_col], path, user_col, is_csv)
+    users = parse_ids(raw[user_col], path, user_col, is_csv)
     cells = raw[others]
     if is_csv or any(cells[c].dtype == object for c in others):
         text = cells.astype(str).apply(lambda col: col.str.strip())
@@ -402,13 +402,13 @@ def read_candidates(
         blank = cells.isna().to_numpy()
     if blank.any():
         pos, col = np.argwhere(blank)[0]  # first in reading order (row-major)
-        raise _row_error(
+        raise row_error(
             path, int(pos), others[col], "blank candidate id", "a non-empty integer or string id"
         )
     # All candidate cells form one id column, so one non-integer id makes them all strings,
     # exactly as in a long file.
     stacked = pd.Series(cells.to_numpy().reshape(-1))
-    items = _parse_ids(stacked, path, others[0], is_csv)
+    items = parse_ids(stacked, path, others[0], is_csv)
     user_idx = np.repeat(user_encoder.transform(users), len(others))
     item_idx = item_encoder.transform(items)
     return torch.from_numpy(user_idx.astype(np.int64)), torch.from_numpy(item_idx.astype(np.int64))

@@ -44,7 +44,7 @@ def read_interactions(path: str | Path, config: DataConfig | None = None) -> pd.
     """
     config = config or DataConfig()
     path = Path(path)
-    raw = _read_table(path)
+    raw = read_table(path)
     return interactions_from_frame(raw, config, source=path)
 
 
@@ -54,7 +54,7 @@ def interactions_from_frame(
     """Validate an in-memory frame exactly as :func:`read_interactions` validates a file."""
     config = config or DataConfig()
     path = Path(source)
-    is_csv = _is_csv(path)
+    is_csv = is_csv_path(path)
     missing = [c for c in (config.user_col, config.item_col) if c not in raw.columns]
     if missing:
         found = ", ".join(repr(str(c)) for c in raw.columns)
@@ -68,8 +68,8 @@ def interactions_from_frame(
 
     out = pd.DataFrame(
         {
-            USER: _parse_ids(raw[config.user_col], path, config.user_col, is_csv),
-            ITEM: _parse_ids(raw[config.item_col], path, config.item_col, is_csv),
+            USER: parse_ids(raw[config.user_col], path, config.user_col, is_csv),
+            ITEM: parse_ids(raw[config.item_col], path, config.item_col, is_csv),
         }
     )
     has_target = config.target_col in raw.columns
@@ -86,7 +86,7 @@ def interactions_from_frame(
     return out
 
 
-def _read_table(path: Path) -> pd.DataFrame:
+def read_table(path: Path) -> pd.DataFrame:
     if not path.exists():
         raise DataError(path, f"file not found: {path}", expected="a CSV or Parquet file")
     if path.is_dir():
@@ -122,26 +122,26 @@ def _one_line(exc: BaseException) -> str:
     return text[0] if text else type(exc).__name__
 
 
-def _is_csv(path: Path) -> bool:
+def is_csv_path(path: Path) -> bool:
     return path.suffix.lower() not in PARQUET_SUFFIXES and path.name != FRAME_SOURCE
 
 
-def _row_error(path: Path, pos: int, column: str, message: str, expected: str) -> DataError:
-    line = pos + 2 if _is_csv(path) else None
+def row_error(path: Path, pos: int, column: str, message: str, expected: str) -> DataError:
+    line = pos + 2 if is_csv_path(path) else None
     return DataError(path, message, row=pos + 1, line=line, column=column, expected=expected)
 
 
-def _parse_ids(col: pd.Series, path: Path, name: str, is_csv: bool) -> np.ndarray:
+def parse_ids(col: pd.Series, path: Path, name: str, is_csv: bool) -> np.ndarray:
     expected = "a non-empty integer or string id"
     if is_csv or col.dtype == object or pd.api.types.is_string_dtype(col.dtype):
         nulls = col.isna().to_numpy()
         if nulls.any():
-            raise _row_error(path, int(np.argmax(nulls)), name, "missing id", expected)
+            raise row_error(path, int(np.argmax(nulls)), name, "missing id", expected)
         text = col.astype(str)
         stripped = text.str.strip()
         blank = (stripped == "").to_numpy()
         if blank.any():
-            raise _row_error(path, int(np.argmax(blank)), name, "blank id", expected)
+            raise row_error(path, int(np.argmax(blank)), name, "blank id", expected)
         if stripped.str.fullmatch(_CANONICAL_INT).all():
             return stripped.astype(np.int64).to_numpy()
         return stripped.to_numpy(dtype=object)
@@ -149,7 +149,7 @@ def _parse_ids(col: pd.Series, path: Path, name: str, is_csv: bool) -> np.ndarra
         raise DataError(path, f"ids are booleans ({col.dtype})", column=name, expected=expected)
     nulls = col.isna().to_numpy()
     if nulls.any():
-        raise _row_error(path, int(np.argmax(nulls)), name, "missing id", expected)
+        raise row_error(path, int(np.argmax(nulls)), name, "missing id", expected)
     if pd.api.types.is_integer_dtype(col.dtype):
         return col.to_numpy(dtype=np.int64)
     if pd.api.types.is_float_dtype(col.dtype):
@@ -157,7 +157,7 @@ def _parse_ids(col: pd.Series, path: Path, name: str, is_csv: bool) -> np.ndarra
         fractional = values != np.round(values)
         if fractional.any():
             pos = int(np.argmax(fractional))
-            raise _row_error(
+            raise row_error(
                 path, pos, name, f"id {_show(values[pos])} is not a whole number", expected
             )
         return values.astype(np.int64)
@@ -168,13 +168,13 @@ def _parse_target(col: pd.Series, path: Path, name: str, threshold: float | None
     text = col.astype(str).str.strip().str.lower()
     blank = (col.isna() | (text == "") | (text == "nan") | (text == "none")).to_numpy()
     if blank.any():
-        raise _row_error(path, int(np.argmax(blank)), name, "missing target", "0 or 1")
+        raise row_error(path, int(np.argmax(blank)), name, "missing target", "0 or 1")
     if threshold is not None:
         values = pd.to_numeric(col, errors="coerce").to_numpy(dtype=np.float64)
         bad = ~np.isfinite(values)
         if bad.any():
             pos = int(np.argmax(bad))
-            raise _row_error(
+            raise row_error(
                 path,
                 pos,
                 name,
@@ -187,7 +187,7 @@ def _parse_target(col: pd.Series, path: Path, name: str, threshold: float | None
     bad = ~(is_true | is_false)
     if bad.any():
         pos = int(np.argmax(bad))
-        raise _row_error(
+        raise row_error(
             path,
             pos,
             name,
@@ -204,7 +204,7 @@ def _parse_timestamp(col: pd.Series, path: Path) -> np.ndarray:
         as_dates = pd.to_datetime(col, errors="coerce", utc=True, format="ISO8601")
         if as_dates.isna().any():
             pos = int(np.argmax((values.isna() & as_dates.isna()).to_numpy()))
-            raise _row_error(
+            raise row_error(
                 path,
                 pos,
                 TIMESTAMP,
