@@ -1,4 +1,4 @@
-"""Command line: ``hybridrec train | evaluate | demo`` (and ``python RecSys.py``).
+"""Command line: ``hybridrec train | evaluate | demo | split | data`` and ``python RecSys.py``.
 
 Options are generated from the config dataclasses, so flags, defaults and help text always
 match the API. User mistakes (``HybridRecError``) print one clear line and exit with status 2.
@@ -18,8 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from hybridrec.config import DataConfig, TrainConfig
+from hybridrec.data.split import METHODS as SPLIT_METHODS
 from hybridrec.errors import ConfigError, HybridRecError
 from hybridrec.models import MODELS, model_class
+from hybridrec.ranking import format_metrics
 
 logger = logging.getLogger("hybridrec")
 
@@ -121,6 +123,12 @@ def _train_parser(
     parser.add_argument(
         "--model", default="hybrid", choices=sorted(MODELS), help="model to train (default: hybrid)"
     )
+    parser.add_argument(
+        "--items",
+        metavar="PATH",
+        help="item catalogue (a file with the item column): its items are ranked even "
+        "without training rows",
+    )
     _add_train_options(parser)
 
 
@@ -132,11 +140,81 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     p = sub.add_parser("train", help="train a model on interaction files and save it")
     _train_parser(p, train=None, val=None, out="model")
-    p = sub.add_parser("evaluate", help="loss, accuracy and AUC of a saved model on labelled rows")
+    p = sub.add_parser(
+        "evaluate",
+        help="evaluate a saved model: pointwise (--data) and/or ranking (--train + --test)",
+    )
     p.add_argument("--model", required=True, metavar="DIR", help="model directory")
-    p.add_argument("--data", required=True, metavar="PATH", help="rows to evaluate, CSV or Parquet")
+    p.add_argument(
+        "--data", metavar="PATH", help="labelled rows for loss, accuracy and AUC (CSV/Parquet)"
+    )
+    p.add_argument(
+        "--train", metavar="PATH", help="training interactions: their items are not candidates"
+    )
+    p.add_argument("--test", metavar="PATH", help="held-out positives to rank (userId,itemId)")
+    p.add_argument(
+        "--protocol",
+        choices=("full", "sampled"),
+        default="full",
+        help="full: rank against every item not in the user's training rows (default); "
+        "sampled: against N sampled negatives or a --candidates file",
+    )
+    p.add_argument("--k", type=_parse_sizes, default=(10,), help="cut-offs, e.g. 5,10,20")
+    p.add_argument(
+        "--candidates",
+        metavar="PATH",
+        help="sampled protocol: negatives per user, wide (userId,neg_1,...) or long "
+        "(userId,itemId)",
+    )
+    p.add_argument(
+        "--num-negatives", type=int, default=100, help="sampled negatives per test item (100)"
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed for sampled negatives (0)")
     add_config_arguments(p, DataConfig, "data columns")
     p.add_argument("--json", action="store_true", help="print the metrics as one JSON object")
+    p = sub.add_parser("split", help="split interactions into train.csv, val.csv and test.csv")
+    p.add_argument("--data", required=True, metavar="PATH", help="interactions to split")
+    p.add_argument("--out", required=True, metavar="DIR", help="folder for the three files")
+    p.add_argument(
+        "--method",
+        choices=sorted(SPLIT_METHODS),
+        default="loo",
+        help="loo: each user's latest interaction (needs timestamp); loo-random: a random one; "
+        "ratio: a per-user share; temporal: the globally latest share (default: loo)",
+    )
+    p.add_argument(
+        "--test-fraction", type=float, default=0.2, help="share for ratio/temporal (0.2)"
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed for random methods (0)")
+    p.add_argument(
+        "--movielens",
+        action="store_true",
+        help="read --data as a MovieLens ratings file (u.data, ratings.dat, ratings.csv, .inter)",
+    )
+    add_config_arguments(p, DataConfig, "data columns")
+    p = sub.add_parser(
+        "data", help="download a MovieLens dataset (cached) and write train-ready CSV files"
+    )
+    p.add_argument("name", choices=("movielens-100k", "movielens-1m"), help="dataset")
+    p.add_argument("--out", metavar="DIR", help="folder for the CSV files (default: ./NAME)")
+    p.add_argument("--cache", metavar="DIR", help="download cache (default: ~/.cache/hybridrec)")
+    p.add_argument(
+        "--data",
+        metavar="PATH",
+        help="use this local MovieLens ratings file (u.data, ratings.dat, ratings.csv, .inter) "
+        "instead of downloading",
+    )
+    p.add_argument(
+        "--min-rating",
+        type=float,
+        help="keep ratings >= this as positives (default: every rating is a positive)",
+    )
+    p.add_argument(
+        "--split",
+        choices=sorted(SPLIT_METHODS),
+        default="loo",
+        help="also write train/val/test with this method (default: loo)",
+    )
     p = sub.add_parser(
         "demo", help="generate synthetic data with planted structure, train, compare, save"
     )
@@ -173,15 +251,22 @@ def cmd_train(args: argparse.Namespace) -> int:
         model_options=_model_options(args),
         data_config=config_from_args(DataConfig, args),
         train_config=config_from_args(TrainConfig, args),
+        items=args.items,
         show_progress=not args.no_progress,
     )
     summary = result.summary()
     if args.json:
         _print_json(summary)
     else:
-        rows = [("model", summary)]
-        _print_table(rows, ["val_loss", "val_accuracy", "val_auc", "samples_per_second"])
-        print(f"saved to {args.out}/")
+        if summary.get("val_loss") is not None:
+            _print_table([("validation", summary)], ["val_loss", "val_accuracy", "val_auc"])
+        best = result.history.best
+        if best.ranking:
+            print(format_metrics(best.ranking, "full"))
+        print(
+            f"kept epoch {best.epoch} of {len(result.history.epochs)}; "
+            f"{summary['samples_per_second']:,.0f} samples/s; saved to {args.out}/"
+        )
     return 0
 
 
@@ -189,24 +274,103 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from hybridrec.data.dataset import RecSysDataset
     from hybridrec.evaluate import evaluate_pointwise
     from hybridrec.pipeline import load_data
+    from hybridrec.ranking import evaluate_full, evaluate_sampled, read_candidates
     from hybridrec.recommend import Recommender
 
+    if args.data is None and args.test is None:
+        raise ConfigError("evaluate needs --data (pointwise) or --train and --test (ranking)")
+    if args.test is not None and args.train is None:
+        raise ConfigError("--test needs --train: a user's training items are not candidates")
+    if args.candidates is not None and args.protocol != "sampled":
+        raise ConfigError("--candidates is for --protocol sampled")
     rec = Recommender.load(args.model)
-    frame = load_data(args.data, config_from_args(DataConfig, args))
-    data, unknown = RecSysDataset.from_frame(frame, rec.users, rec.items)
-    metrics = evaluate_pointwise(rec.model, data)
-    out = {
-        **metrics,
-        "rows": unknown.rows,
-        "rows_with_unknown": unknown.rows_with_unknown,
-        "unknown_users": unknown.unknown_users,
-        "unknown_items": unknown.unknown_items,
-    }
+    data_config = config_from_args(DataConfig, args)
+    out: dict[str, Any] = {}
+    if args.data is not None:
+        data, unknown = RecSysDataset.from_frame(
+            load_data(args.data, data_config), rec.users, rec.items
+        )
+        out.update(evaluate_pointwise(rec.model, data))
+        out.update(
+            rows=unknown.rows,
+            rows_with_unknown=unknown.rows_with_unknown,
+            unknown_users=unknown.unknown_users,
+            unknown_items=unknown.unknown_items,
+        )
+        if not args.json:
+            print(unknown.describe(Path(args.data).name))
+            _print_table([(args.model, out)], ["loss", "accuracy", "auc"])
+    if args.test is not None:
+        train, _ = RecSysDataset.from_frame(
+            load_data(args.train, data_config), rec.users, rec.items
+        )
+        test, _ = RecSysDataset.from_frame(load_data(args.test, data_config), rec.users, rec.items)
+        common = dict(
+            model=rec.model,
+            train_user_idx=train.user_idx,
+            train_item_idx=train.item_idx,
+            test_user_idx=test.user_idx,
+            test_item_idx=test.item_idx,
+            num_items=rec.items.num_embeddings,
+            ks=tuple(args.k),
+        )
+        if args.protocol == "full":
+            ranking = evaluate_full(**common)
+        else:
+            candidates = None
+            if args.candidates is not None:
+                candidates = read_candidates(
+                    args.candidates,
+                    rec.users,
+                    rec.items,
+                    data_config.user_col,
+                    data_config.item_col,
+                )
+            ranking = evaluate_sampled(
+                **common, candidates=candidates, num_negatives=args.num_negatives, seed=args.seed
+            )
+        out["protocol"] = args.protocol
+        out.update(ranking)
+        if not args.json:
+            print(format_metrics(ranking, args.protocol))
     if args.json:
         _print_json(out)
+    return 0
+
+
+def cmd_split(args: argparse.Namespace) -> int:
+    from hybridrec.data.movielens import read_movielens
+    from hybridrec.data.split import split_three_ways, write_split
+    from hybridrec.pipeline import load_data
+
+    data_config = config_from_args(DataConfig, args)
+    if args.movielens:
+        frame = read_movielens(args.data, data_config.threshold)
     else:
-        print(unknown.describe(Path(args.data).name))
-        _print_table([(args.model, out)], ["loss", "accuracy", "auc"])
+        frame = load_data(args.data, data_config)
+    train, val, test = split_three_ways(
+        frame, args.method, test_fraction=args.test_fraction, seed=args.seed
+    )
+    paths = write_split(
+        args.out, train, val, test, user_col=data_config.user_col, item_col=data_config.item_col
+    )
+    for path, part in zip(paths, (train, val, test), strict=True):
+        print(f"{path}: {len(part):,} rows")
+    return 0
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    from hybridrec.data.movielens import fetch_movielens, read_movielens
+    from hybridrec.data.split import split_three_ways, write_interactions_csv, write_split
+
+    source = Path(args.data) if args.data else fetch_movielens(args.name, args.cache)
+    frame = read_movielens(source, args.min_rating)
+    out = Path(args.out or args.name)
+    write_interactions_csv(frame, out / "interactions.csv")
+    print(f"{out / 'interactions.csv'}: {len(frame):,} positives from {source}")
+    train, val, test = split_three_ways(frame, args.split, seed=0)
+    for path, part in zip(write_split(out, train, val, test), (train, val, test), strict=True):
+        print(f"{path}: {len(part):,} rows")
     return 0
 
 
@@ -260,6 +424,8 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "train": cmd_train,
     "evaluate": cmd_evaluate,
     "demo": cmd_demo,
+    "split": cmd_split,
+    "data": cmd_data,
 }
 
 
