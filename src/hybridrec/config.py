@@ -117,7 +117,7 @@ class TrainConfig:
             if (
                 name not in STOP_METRICS
                 or (name in AT_K_METRICS) != bool(k)
-                or (k and not k.isdigit())
+                or (k and not (k.isdigit() and int(k) >= 1))
             ):
                 raise ConfigError(
                     f"--early-stop {self.early_stop!r} is not a validation metric; use one of "

@@ -8,6 +8,7 @@ from torch.nn import functional as F
 
 from hybridrec.data.dataset import RecSysDataset, iterate_batches
 from hybridrec.metrics import accuracy, auc
+from hybridrec.models import model_device
 
 
 @torch.no_grad()
@@ -15,7 +16,7 @@ def predict_logits(model: nn.Module, data: RecSysDataset, batch_size: int = 6553
     """Logits (N,) for every row, in ``eval()`` mode, on the model's device; returned on CPU."""
     was_training = model.training
     model.eval()
-    device = next(model.parameters()).device
+    device = model_device(model)
     try:
         parts = [
             model(b.user_idx.to(device), b.item_idx.to(device)).float().cpu()

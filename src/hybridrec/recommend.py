@@ -12,6 +12,7 @@ from torch import nn
 
 from hybridrec.artifact import load_artifact, read_metrics, save_artifact
 from hybridrec.data.encoding import IdEncoder
+from hybridrec.models import model_device
 
 IdsLike = Sequence[Any] | np.ndarray
 
@@ -66,7 +67,7 @@ class Recommender:
 
     @property
     def device(self) -> torch.device:
-        return next(self.model.parameters()).device
+        return model_device(self.model)
 
     @torch.no_grad()
     def score_indices(self, user_idx: np.ndarray, item_idx: np.ndarray) -> np.ndarray:

@@ -31,8 +31,9 @@ from tqdm.auto import tqdm
 from hybridrec.config import TrainConfig
 from hybridrec.data.dataset import Batch, RecSysDataset, iterate_batches
 from hybridrec.data.sampling import NegativeSampler
-from hybridrec.errors import TrainingDivergedError
+from hybridrec.errors import ConfigError, TrainingDivergedError
 from hybridrec.evaluate import evaluate_pointwise
+from hybridrec.models import model_device
 
 logger = logging.getLogger(__name__)
 
@@ -126,7 +127,12 @@ def fit(
     """
     if len(train) == 0:
         raise ValueError("the training data has no rows")
-    device = device or next(iter(model.parameters()), torch.zeros(())).device
+    if config.early_stop is not None and (val is None or len(val) == 0):
+        raise ConfigError(
+            f"--early-stop {config.early_stop} needs validation data: pass --val "
+            "(e.g. the val.csv of `hybridrec split`)"
+        )
+    device = device or model_device(model)
     model.to(device)
     prepare = getattr(model, "prepare", None)
     if prepare is not None:  # statistics-based models (popularity) read the data here
@@ -144,7 +150,9 @@ def fit(
         return history
 
     generator = torch.Generator().manual_seed(config.seed)
-    epoch_data = _EpochData(train, config, device)
+    config_of_model = getattr(model, "config", None)  # registered models have one
+    num_items = getattr(config_of_model, "num_items", int(train.item_idx.max()) + 1)
+    epoch_data = _EpochData(train, config, device, num_items=num_items)
     optimizer = torch.optim.Adam(
         params,
         lr=config.learning_rate,
@@ -213,7 +221,7 @@ def fit(
         if config.early_stop is not None:
             value = stats.metric(config.early_stop)
             if value is None or math.isnan(value):
-                raise ValueError(
+                raise ConfigError(
                     f"--early-stop {config.early_stop} needs validation data that provides it"
                 )
             if _improved(value, best_value, config.early_stop):
@@ -241,7 +249,9 @@ def fit(
 class _EpochData:
     """Builds each epoch's training rows: as given, or with freshly sampled negatives."""
 
-    def __init__(self, train: RecSysDataset, config: TrainConfig, device: torch.device) -> None:
+    def __init__(
+        self, train: RecSysDataset, config: TrainConfig, device: torch.device, num_items: int
+    ) -> None:
         self.config = config
         self.device = device
         labelled = bool((train.target < 0.5).any())
@@ -252,8 +262,11 @@ class _EpochData:
             self.num_rows = len(train)
             return
         positive = train.target > 0.5
+        if not bool(positive.any()):
+            raise ConfigError(
+                "the training data has no positive rows (target 1) to sample negatives against"
+            )
         self.users, self.items = train.user_idx[positive], train.item_idx[positive]
-        num_items = int(train.item_idx.max()) + 1
         self.sampler = NegativeSampler(self.users, self.items, num_items, config.sampling)  # type: ignore[arg-type]
         factor = config.negatives if self.pairwise else config.negatives + 1
         self.num_rows = len(self.users) * factor

@@ -13,8 +13,9 @@ import torch
 
 Distribution = Literal["uniform", "popularity"]
 
-#: Redraw rounds before giving up on users who have interacted with almost every item.
-MAX_ROUNDS = 50
+#: Random redraw rounds before the last collisions are drawn from each user's explicit
+#: complement (only users who interacted with almost every item get that far).
+MAX_ROUNDS = 20
 
 
 class NegativeSampler:
@@ -80,5 +81,25 @@ class NegativeSampler:
                 break
             items[todo] = self._draw(len(todo), generator)
             todo = todo[self.is_positive(users[todo], items[todo])]
-        # Users with (almost) every item as a positive keep what they drew: rare and harmless.
+        if len(todo):  # users with almost every item as a positive: draw from what is left
+            items[todo] = self._draw_exactly(users[todo], generator)
         return items.view(len(user_idx), num)
+
+    def _draw_exactly(self, users: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """One negative per row from the explicit complement of each user's positives.
+
+        Only reached for the few rows that kept colliding, so a loop over their users is fine.
+        """
+        out = torch.empty_like(users)
+        all_items = torch.arange(1, self.num_items)
+        for user in torch.unique(users).tolist():
+            rows = torch.nonzero(users == user).squeeze(-1)
+            lo, hi = torch.searchsorted(
+                self._positive_keys, torch.tensor([user, user + 1]) * self.num_items
+            ).tolist()
+            known = self._positive_keys[lo:hi] - user * self.num_items
+            free = all_items[~torch.isin(all_items, known)]
+            if len(free) == 0:
+                raise ValueError(f"user index {user} has every item as a positive: no negatives")
+            out[rows] = free[torch.randint(len(free), (len(rows),), generator=generator)]
+        return out

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import fields
 from typing import Any
 
+import torch
 from torch import nn
 
 from hybridrec.errors import ConfigError
@@ -26,6 +27,14 @@ MODELS: dict[str, type[nn.Module]] = {
     "neumf": NeuMF,
     "popularity": Popularity,
 }
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """Where a model lives: its first parameter or buffer (statistics-only models have no
+    parameters), else the CPU."""
+    for tensor in (*model.parameters(), *model.buffers()):
+        return tensor.device
+    return torch.device("cpu")
 
 
 def model_class(name: str) -> type[nn.Module]:
@@ -63,4 +72,5 @@ __all__ = [
     "PopularityConfig",
     "build_model",
     "model_class",
+    "model_device",
 ]

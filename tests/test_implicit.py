@@ -1,0 +1,734 @@
+"""Implicit feedback: negative sampling, positives-only training (BCE and BPR), ranking
+validation, early stopping, the model contract, popularity, training curves and the catalogue."""
+
+from __future__ import annotations
+
+import math
+import sys
+from collections import Counter
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import hybridrec
+from hybridrec import TrainConfig
+from hybridrec.data import RecSysDataset
+from hybridrec.data.sampling import NegativeSampler
+from hybridrec.errors import ConfigError
+from hybridrec.evaluate import evaluate_pointwise
+from hybridrec.models import MODELS, Popularity, PopularityConfig
+from hybridrec.plots import plot_history
+from hybridrec.ranking import evaluate_full
+from hybridrec.train import EpochStats, History, fit
+
+#: ``hybridrec.train`` is also the name of the pipeline function, so reach the module itself.
+train_module = sys.modules["hybridrec.train"]
+
+TINY = {"embedding_dim": 8, "mlp_layer_sizes": (16, 8)}
+#: Options each model accepts (mf has no MLP, popularity has no options at all).
+OPTIONS = {
+    "hybrid": TINY,
+    "gmf": TINY,
+    "mlp": TINY,
+    "neumf": TINY,
+    "mf": {"embedding_dim": 8},
+    "popularity": {},
+}
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+# ---------------------------------------------------------------- data with planted structure
+
+
+def planted(seed=0, num_users=40, num_items=40, groups=4, per_user=6):
+    """Positives-only ``(train, val)`` frames: each user likes ``per_user`` items of their own
+    group only; the last of them is held out as the user's validation positive."""
+    rng = np.random.default_rng(seed)
+    per_group = num_items // groups
+    train, val = [], []
+    for user in range(num_users):
+        group = user % groups
+        liked = group * per_group + rng.choice(per_group, per_user, replace=False) + 1
+        train += [(user + 1, int(item)) for item in liked[:-1]]
+        val.append((user + 1, int(liked[-1])))
+    columns = ["userId", "itemId"]
+    return pd.DataFrame(train, columns=columns), pd.DataFrame(val, columns=columns)
+
+
+def planted_labelled(seed=0, num_users=40, num_items=40, groups=4):
+    """Labelled ``(train, val)``: 6 in-group positives and 6 out-of-group negatives per user,
+    a random fifth of the rows held out."""
+    rng = np.random.default_rng(seed)
+    per_group = num_items // groups
+    rows = []
+    for user in range(num_users):
+        group = user % groups
+        positives = group * per_group + rng.choice(per_group, 6, replace=False) + 1
+        others = [i for i in range(1, num_items + 1) if (i - 1) // per_group != group]
+        negatives = rng.choice(others, 6, replace=False)
+        rows += [(user + 1, int(i), 1) for i in positives]
+        rows += [(user + 1, int(i), 0) for i in negatives]
+    frame = pd.DataFrame(rows, columns=["userId", "itemId", "target"])
+    is_val = rng.random(len(frame)) < 0.2
+    return frame[~is_val].reset_index(drop=True), frame[is_val].reset_index(drop=True)
+
+
+def config(**overrides):
+    base = {"epochs": 1, "batch_size": 64, "learning_rate": 0.02, "device": "cpu"}
+    return TrainConfig(**{**base, **overrides})
+
+
+def train(train_data, val_data=None, *, model="hybrid", **overrides):
+    out = overrides.pop("out", None)
+    items = overrides.pop("items", None)
+    return hybridrec.train(
+        train_data,
+        val_data,
+        out=out,
+        model=model,
+        model_options=OPTIONS[model],
+        train_config=config(**overrides),
+        items=items,
+    )
+
+
+def full_ranking(result, model=None, ks=(10,)):
+    """Full-ranking metrics of the validation rows, recomputed from the trained model."""
+    net = model if model is not None else result.recommender.model
+    return evaluate_full(
+        net,
+        result.train_data.user_idx,
+        result.train_data.item_idx,
+        result.val_data.user_idx,
+        result.val_data.item_idx,
+        num_items=net.config.num_items,
+        ks=ks,
+    )
+
+
+@pytest.fixture
+def epoch_rows(monkeypatch):
+    """Records every training batch ``fit`` draws: a list (one entry per epoch) of
+    ``(user_idx, item_idx, target)`` tensors concatenated over the epoch's batches."""
+    epochs = []
+    original = train_module.iterate_batches
+
+    def recording(data, batch_size, **kw):
+        parts = []
+        epochs.append(parts)
+        for batch in original(data, batch_size, **kw):
+            parts.append(tuple(t.clone() for t in batch))
+            yield batch
+
+    monkeypatch.setattr(train_module, "iterate_batches", recording)
+
+    def rows():
+        return [tuple(torch.cat(col) for col in zip(*parts, strict=True)) for parts in epochs]
+
+    return rows
+
+
+def keys(users, items, num_items=10_000):
+    return set((users.long() * num_items + items.long()).tolist())
+
+
+# ---------------------------------------------------------------- NegativeSampler
+
+
+@st.composite
+def interactions(draw):
+    """A small catalogue and users who each know at most half of its items, so every user
+    has negatives to draw (and the redraw loop cannot plausibly run out of rounds)."""
+    num_items = draw(st.integers(3, 15))
+    num_users = draw(st.integers(1, 6))
+    users, items = [], []
+    for user in range(1, num_users + 1):
+        known = draw(
+            st.sets(st.integers(1, num_items - 1), min_size=0, max_size=(num_items - 1) // 2)
+        )
+        users += [user] * len(known)
+        items += sorted(known)
+    if not users:  # the sampler needs at least one known positive
+        users, items = [1], [1]
+    return num_items, num_users, torch.tensor(users), torch.tensor(items)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    data=interactions(),
+    k=st.integers(1, 6),
+    seed=st.integers(0, 2**31 - 1),
+    distribution=st.sampled_from(["uniform", "popularity"]),
+)
+def test_sampler_never_returns_a_positive_or_the_unknown_item(data, k, seed, distribution):
+    num_items, num_users, users, items = data
+    sampler = NegativeSampler(users, items, num_items, distribution)
+    query = torch.arange(1, num_users + 1).repeat(3)  # every user, several times
+    negatives = sampler.sample(query, k, torch.Generator().manual_seed(seed))
+    assert negatives.shape == (len(query), k)
+    assert negatives.dtype == torch.int64
+    assert bool((negatives >= 1).all()) and bool((negatives < num_items).all())
+    known = keys(users, items)
+    drawn = keys(query.repeat_interleave(k), negatives.flatten())
+    assert not (drawn & known)
+    assert not sampler.is_positive(query.repeat_interleave(k), negatives.flatten()).any()
+
+
+def test_sampler_is_positive_matches_the_pairs():
+    sampler = NegativeSampler(torch.tensor([1, 1, 2]), torch.tensor([1, 3, 2]), num_items=4)
+    users = torch.tensor([1, 1, 1, 2, 2, 2, 3])
+    items = torch.tensor([1, 2, 3, 1, 2, 3, 3])
+    expected = [True, False, True, False, True, False, False]
+    assert sampler.is_positive(users, items).tolist() == expected
+
+
+def test_sampler_same_seed_same_draws_and_fresh_draws_next_call():
+    users, items = torch.tensor([1, 1, 2, 3]), torch.tensor([1, 2, 2, 5])
+    sampler = NegativeSampler(users, items, num_items=50)
+    query = torch.tensor([1, 2, 3] * 20)
+    first_gen, second_gen = torch.Generator().manual_seed(7), torch.Generator().manual_seed(7)
+    first = sampler.sample(query, 4, first_gen)
+    assert torch.equal(first, sampler.sample(query, 4, second_gen))
+    nxt = sampler.sample(query, 4, first_gen)
+    assert not torch.equal(first, nxt)  # 240 draws from 49 items: equal only by a miracle
+    assert torch.equal(nxt, sampler.sample(query, 4, second_gen))
+    other = sampler.sample(query, 4, torch.Generator().manual_seed(8))
+    assert not torch.equal(first, other)
+
+
+def test_popularity_sampling_follows_the_item_counts():
+    """Negatives are drawn with weight (count + 1), renormalised over the user's non-positives.
+
+    Item 1 has 60 positives, items 2..4 have 3, 2 and 1, items 5..9 none; user 100 knows item 9
+    only. Each empirical frequency must lie within 5 binomial standard deviations of its
+    expected value, and popular items must be drawn more often than rare ones.
+    """
+    num_items = 10
+    counts = {1: 60, 2: 3, 3: 2, 4: 1}
+    users, items, next_user = [], [], 1
+    for item, count in counts.items():
+        for _ in range(count):
+            users.append(next_user)
+            items.append(item)
+            next_user += 1
+    users.append(100)
+    items.append(9)  # the sampled user's only positive (so item 9 has count 1 too)
+    sampler = NegativeSampler(torch.tensor(users), torch.tensor(items), num_items, "popularity")
+
+    n = 40_000
+    drawn = sampler.sample(torch.tensor([100]), n, torch.Generator().manual_seed(0)).flatten()
+    frequency = torch.bincount(drawn, minlength=num_items).double() / n
+
+    weight = torch.ones(num_items, dtype=torch.float64)
+    for item, count in counts.items():
+        weight[item] += count
+    weight[9] += 1
+    weight[0] = 0.0  # never the unknown item
+    weight[9] = 0.0  # never the user's own positive
+    expected = weight / weight.sum()
+    bound = 5 * torch.sqrt(expected * (1 - expected) / n) + 1e-12
+    assert frequency[0] == 0 and frequency[9] == 0
+    assert bool(((frequency - expected).abs() <= bound).all()), (frequency, expected)
+    assert frequency[1] > frequency[2] > frequency[3] > frequency[4] > frequency[5]
+    # under uniform sampling item 1 would get ~1/8 of the draws; here it gets most of them
+    assert frequency[1] > 0.5
+
+
+def test_uniform_sampling_is_uniform_over_non_positives():
+    sampler = NegativeSampler(torch.tensor([1] * 30 + [2]), torch.tensor([1] * 30 + [3]), 6)
+    n = 20_000
+    drawn = sampler.sample(torch.tensor([2]), n, torch.Generator().manual_seed(1)).flatten()
+    frequency = torch.bincount(drawn, minlength=6).double() / n
+    p = 1 / 4  # items 1, 2, 4, 5: the popular item 1 gets no extra weight
+    bound = 5 * math.sqrt(p * (1 - p) / n)
+    assert frequency[0] == 0 and frequency[3] == 0
+    assert bool(((frequency[[1, 2, 4, 5]] - p).abs() <= bound).all()), frequency
+
+
+def test_user_with_every_item_but_one_gets_that_one_small_catalogue():
+    num_items = 6  # items 1..5; user 1 knows all but item 4
+    sampler = NegativeSampler(torch.tensor([1, 1, 1, 1]), torch.tensor([1, 2, 3, 5]), num_items)
+    negatives = sampler.sample(torch.tensor([1, 1, 1]), 10, torch.Generator().manual_seed(0))
+    assert negatives.shape == (3, 10)
+    assert bool((negatives == 4).all())
+
+
+def test_user_with_every_item_but_one_gets_that_one_large_catalogue():
+    num_items = 100  # items 1..99; user 1 knows all but item 42
+    known = torch.tensor([i for i in range(1, num_items) if i != 42])
+    sampler = NegativeSampler(torch.ones_like(known), known, num_items)
+    negatives = sampler.sample(torch.tensor([1, 1]), 10, torch.Generator().manual_seed(0))
+    assert bool((negatives == 42).all()), negatives
+
+
+def test_sampler_rejects_a_bad_distribution_and_a_tiny_catalogue():
+    with pytest.raises(ValueError, match="distribution"):
+        NegativeSampler(torch.tensor([1]), torch.tensor([1]), 3, "zipf")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="at least one known item"):
+        NegativeSampler(torch.tensor([1]), torch.tensor([0]), 1)
+
+
+# ---------------------------------------------------------------- positives-only training
+
+
+@pytest.mark.parametrize(("loss", "negatives"), [("bce", 3), ("bpr", 2)])
+def test_positives_only_epochs_sample_fresh_negatives(epoch_rows, loss, negatives):
+    train_frame, _ = planted(seed=1)
+    result = train(train_frame, loss=loss, negatives=negatives, epochs=2, batch_size=50)
+    data = result.train_data
+    positives = len(data)
+    assert bool((data.target == 1).all())  # no target column: all positives
+    known = keys(data.user_idx, data.item_idx)
+    epochs = epoch_rows()
+    assert len(epochs) == 2
+    drawn = []
+    for stats, (users, items, target) in zip(result.history.epochs, epochs, strict=True):
+        if loss == "bce":
+            assert len(users) == positives * (negatives + 1)
+            pos, neg = target == 1, target == 0
+            assert bool((pos | neg).all())
+            assert int(pos.sum()) == positives
+            # the positive rows are exactly the training rows, once each
+            assert Counter(zip(users[pos].tolist(), items[pos].tolist(), strict=True)) == Counter(
+                zip(data.user_idx.tolist(), data.item_idx.tolist(), strict=True)
+            )
+            neg_users, neg_items = users[neg], items[neg]
+        else:  # (user, positive, negative) triples; the negative rides in `target`
+            assert len(users) == positives * negatives
+            # each training positive appears once per negative
+            pairs = Counter(zip(data.user_idx.tolist(), data.item_idx.tolist(), strict=True))
+            assert Counter(zip(users.tolist(), items.tolist(), strict=True)) == Counter(
+                {pair: count * negatives for pair, count in pairs.items()}
+            )
+            neg_users, neg_items = users, target.long()
+            assert torch.equal(neg_items.float(), target)  # item ids, exactly representable
+        assert not (keys(neg_users, neg_items) & known)
+        assert bool((neg_items >= 1).all())
+        assert Counter(neg_users.tolist()) == Counter(
+            {u: c * negatives for u, c in Counter(data.user_idx.tolist()).items()}
+        )
+        # what the epoch reports it trained on is what it trained on
+        assert stats.samples_per_second * stats.seconds == pytest.approx(len(users), rel=1e-9)
+        drawn.append(sorted(zip(neg_users.tolist(), neg_items.tolist(), strict=True)))
+    assert drawn[0] != drawn[1]  # fresh negatives every epoch
+
+
+def test_labelled_data_trains_on_its_rows_without_sampling(epoch_rows, monkeypatch):
+    def no_sampler(*a, **k):
+        raise AssertionError("labelled data must not be negative-sampled")
+
+    monkeypatch.setattr(train_module, "NegativeSampler", no_sampler)
+    train_frame, _ = planted_labelled()
+    result = train(train_frame, epochs=2, negatives=4)
+    data = result.train_data
+    assert bool((data.target == 0).any())
+    expected = Counter(
+        zip(data.user_idx.tolist(), data.item_idx.tolist(), data.target.tolist(), strict=True)
+    )
+    for stats, (users, items, target) in zip(result.history.epochs, epoch_rows(), strict=True):
+        assert len(users) == len(train_frame)
+        assert (
+            Counter(zip(users.tolist(), items.tolist(), target.tolist(), strict=True)) == expected
+        )
+        assert stats.samples_per_second * stats.seconds == pytest.approx(len(users), rel=1e-9)
+
+
+def test_bpr_on_labelled_data_pairs_only_the_positives(epoch_rows):
+    train_frame, _ = planted_labelled()
+    result = train(train_frame, loss="bpr", negatives=2)
+    data = result.train_data
+    positives = int((data.target == 1).sum())
+    ((users, items, target),) = epoch_rows()
+    assert len(users) == 2 * positives
+    positive_pairs = keys(data.user_idx[data.target == 1], data.item_idx[data.target == 1])
+    assert keys(users, items) == positive_pairs
+    assert not (keys(users, target.long()) & positive_pairs)
+
+
+def test_sampling_option_reaches_the_sampler(monkeypatch):
+    built = []
+    original = train_module.NegativeSampler
+
+    def recording(user_idx, item_idx, num_items, distribution="uniform"):
+        built.append(distribution)
+        return original(user_idx, item_idx, num_items, distribution)
+
+    monkeypatch.setattr(train_module, "NegativeSampler", recording)
+    train_frame, _ = planted()
+    train(train_frame, sampling="popularity")
+    train(train_frame, sampling="uniform")
+    assert built == ["popularity", "uniform"]
+
+
+def test_catalogue_only_items_are_drawn_as_negatives(epoch_rows):
+    train_frame, _ = planted(seed=2)
+    catalogue = pd.DataFrame({"itemId": [0, *range(1, 41), 999]})  # 0 and 999: never trained
+    result = train(train_frame, items=catalogue, negatives=8, epochs=1)
+    ((users, items, target),) = epoch_rows()
+    drawn = set(items[target == 0].tolist())
+    low, high = result.recommender.items.transform([0, 999]).tolist()
+    assert low in drawn  # index 1: inside the training range, drawn
+    assert high in drawn  # index 42: after every training item
+
+
+@pytest.mark.parametrize("loss", ["bce", "bpr"])
+def test_positives_only_training_learns_the_planted_groups(loss):
+    """Each user likes items of their own group only, so a model that learned the groups puts
+    the held-out item among the user's 5 unseen in-group items: HR@10 = 1. Random ranking of
+    the 34 candidates gives 10/34; popularity cannot see the groups."""
+    train_frame, val_frame = planted(seed=0)
+    result = train(train_frame, val_frame, loss=loss, epochs=20, negatives=4)
+    hr = result.history.last.ranking["hr@10"]
+    assert hr == full_ranking(result)["hr@10"]
+
+    num_items = 40
+    per_user = train_frame.groupby("userId").size()
+    candidates = num_items - per_user  # the user's training items are excluded
+    p_random = float((10 / candidates).mean())
+    users = len(per_user)
+    margin = 4 * math.sqrt(p_random * (1 - p_random) / users)  # 4 binomial std of a mean
+    popularity = train(train_frame, val_frame, model="popularity").history.last.ranking["hr@10"]
+    assert hr > p_random + margin
+    assert hr > popularity + margin
+
+
+# ---------------------------------------------------------------- early stopping
+
+
+def test_early_stopping_keeps_the_best_epoch_weights():
+    train_frame, val_frame = planted(seed=0)
+    result = train(
+        train_frame,
+        val_frame,
+        epochs=40,
+        batch_size=32,
+        learning_rate=0.1,  # large: validation quality peaks early, then wobbles
+        weight_decay=0.0,
+        early_stop="ndcg@10",
+        patience=2,
+    )
+    history = result.history
+    values = [e.metric("ndcg@10") for e in history.epochs]
+    assert history.stopped_early
+    assert len(history.epochs) < 40
+    best = max(values)
+    assert history.best_epoch == history.epochs[values.index(best)].epoch  # first argmax
+    assert history.best.epoch == history.best_epoch
+    assert history.best_epoch == history.last.epoch - 2  # patience 2: stopped two epochs later
+    assert values[-1] < best  # the last epoch is worse, so keeping the best is observable
+    # the model holds the best epoch's weights, not the last epoch's
+    assert full_ranking(result)["ndcg@10"] == history.best.ranking["ndcg@10"]
+    assert result.summary()["best_epoch"] == history.best_epoch
+    assert result.summary()["val_ndcg@10"] == best
+
+
+def test_early_stopping_on_loss_minimises():
+    train_frame, val_frame = planted_labelled(seed=0)
+    result = train(
+        train_frame,
+        val_frame,
+        epochs=30,
+        batch_size=16,
+        learning_rate=0.05,
+        weight_decay=0.0,
+        early_stop="loss",
+        patience=2,
+    )
+    history = result.history
+    losses = [e.val_loss for e in history.epochs]
+    assert history.stopped_early
+    assert history.best_epoch == history.epochs[losses.index(min(losses))].epoch
+    assert losses[history.best_epoch - 1] < losses[0]  # a maximiser would have kept epoch 1
+    assert losses[-1] > min(losses)
+    model = result.recommender.model
+    assert evaluate_pointwise(model, result.val_data)["loss"] == pytest.approx(
+        history.best.val_loss, rel=1e-6
+    )
+
+
+def test_early_stop_cut_off_joins_the_validation_ks():
+    cfg = TrainConfig(early_stop="HR@5", ks=(10, 20))
+    assert cfg.early_stop == "hr@5"
+    assert sorted(cfg.ks) == [5, 10, 20]
+    train_frame, val_frame = planted()
+    result = train(train_frame, val_frame, early_stop="hr@5", ks=(10,), epochs=2)
+    assert {"hr@5", "hr@10", "ndcg@5", "ndcg@10"} <= set(result.history.last.ranking)
+
+
+@pytest.mark.parametrize("name", ["foo", "hr", "ndcg@x", "mrr@10", "loss@5", "ndcg@-1", "@10"])
+def test_invalid_early_stop_names(name):
+    with pytest.raises(ConfigError, match="--early-stop"):
+        TrainConfig(early_stop=name)
+
+
+def test_early_stop_with_a_zero_cut_off_is_rejected():
+    with pytest.raises(ConfigError, match="--early-stop"):
+        TrainConfig(early_stop="hr@0")
+
+
+def test_early_stop_without_validation_data_is_an_error():
+    train_frame, _ = planted()
+    with pytest.raises(ValueError, match="--early-stop ndcg@10"):
+        train(train_frame, None, early_stop="ndcg@10", epochs=3)
+
+
+def test_early_stop_on_loss_with_positives_only_validation_is_an_error():
+    train_frame, val_frame = planted()  # positives-only validation has no loss
+    with pytest.raises(ValueError, match="--early-stop loss"):
+        train(train_frame, val_frame, early_stop="loss", epochs=3)
+
+
+def test_epoch_metric_prefers_ranking_except_pointwise_auc():
+    stats = EpochStats(1, 0.5, 0.5, 1.0, 1.0, val_loss=0.4, val_accuracy=0.8, val_auc=0.6)
+    stats.ranking = {"auc": 0.9, "hr@10": 0.3}
+    assert stats.metric("auc") == 0.6  # the pointwise AUC when there is one
+    assert stats.metric("hr@10") == 0.3
+    assert stats.metric("loss") == 0.4 and stats.metric("accuracy") == 0.8
+    assert stats.metric("ndcg@10") is None
+    stats.val_auc = None
+    assert stats.metric("auc") == 0.9
+
+
+# ---------------------------------------------------------------- contract over every model
+
+
+@pytest.fixture(scope="module")
+def trained_models(tmp_path_factory):
+    """Every registered model trained for one epoch on positives-only data and saved."""
+    root = tmp_path_factory.mktemp("models")
+    train_frame, val_frame = planted(seed=3)
+    results = {}
+    for name in MODELS:
+        results[name] = train(train_frame, val_frame, model=name, out=root / name)
+    return results
+
+
+@pytest.mark.parametrize(
+    "name",
+    list(MODELS),
+)
+def test_saved_model_reloads_with_identical_scores(trained_models, name):
+    result = trained_models[name]
+    loaded = hybridrec.load(result.out)
+    assert loaded.model_name == name
+    users = result.train_data.user_idx
+    raw_users = result.recommender.users.inverse_transform(users.numpy())
+    raw_items = result.recommender.items.inverse_transform(result.train_data.item_idx.numpy())
+    before = result.recommender.score(raw_users, raw_items)
+    after = loaded.score(raw_users, raw_items)
+    assert np.array_equal(before, after)
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_reloaded_model_gives_identical_logits(trained_models, name):
+    result = trained_models[name]
+    loaded = hybridrec.load(result.out)
+    assert type(loaded.model) is MODELS[name]
+    users = torch.arange(1, result.recommender.users.num_embeddings)
+    with torch.no_grad():
+        assert torch.equal(result.recommender.model.score_all(users), loaded.model.score_all(users))
+    state, reloaded = result.recommender.model.state_dict(), loaded.model.state_dict()
+    assert state.keys() == reloaded.keys()
+    assert all(torch.equal(state[k], reloaded[k]) for k in state)
+    assert loaded.items == result.recommender.items and loaded.users == result.recommender.users
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_score_all_equals_forward_on_every_pair(trained_models, name):
+    model = trained_models[name].recommender.model
+    num_users, num_items = model.config.num_users, model.config.num_items
+    users = torch.arange(num_users)
+    with torch.no_grad():
+        table = model.score_all(users)
+        grid_u = users.repeat_interleave(num_items)
+        grid_i = torch.arange(num_items).repeat(num_users)
+        pairs = model(grid_u, grid_i).reshape(num_users, num_items)
+    assert table.shape == (num_users, num_items)
+    torch.testing.assert_close(table, pairs, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_validation_ranking_matches_the_saved_model(trained_models, name):
+    result = trained_models[name]
+    loaded = hybridrec.load(result.out)
+    recomputed = full_ranking(result, model=loaded.model)
+    assert recomputed["hr@10"] == result.history.best.ranking["hr@10"]
+    assert recomputed["ndcg@10"] == result.history.best.ranking["ndcg@10"]
+
+
+def test_popularity_ranks_by_training_count_and_learns_nothing():
+    # items: 1 has 3 positives, 2 has 2 (and a labelled negative), 3 has 1, 4 only negatives
+    users = torch.tensor([1, 2, 3, 1, 2, 4, 4, 3, 2])
+    items = torch.tensor([1, 1, 1, 2, 2, 2, 3, 4, 4])
+    target = torch.tensor([1, 1, 1, 1, 1, 0, 1, 0, 0]).float()
+    model = Popularity(PopularityConfig(num_users=5, num_items=5))
+    assert list(model.parameters()) == []
+    history = fit(model, RecSysDataset(users, items, target), None, config(epochs=5))
+    assert [e.epoch for e in history.epochs] == [0]  # no training epochs at all
+    assert math.isnan(history.last.train_loss)
+    assert model.item_counts.tolist() == [0.0, 3.0, 2.0, 1.0, 0.0]
+    scores = model.score_all(torch.tensor([1, 4]))
+    assert torch.equal(scores[0], scores[1])  # the same for every user
+    order = torch.argsort(scores[0, 1:], descending=True, stable=True) + 1
+    assert order.tolist() == [1, 2, 3, 4]
+    assert torch.equal(
+        model(torch.tensor([3, 3]), torch.tensor([1, 4])), torch.log1p(torch.tensor([3.0, 0.0]))
+    )
+    # evaluation ranks by count too: user 4 (trained on item 3) finds item 1 first
+    metrics = evaluate_full(model, users, items, torch.tensor([4]), torch.tensor([1]), 5, ks=(1,))
+    assert metrics["hr@1"] == 1.0
+
+
+def test_popularity_through_train_counts_positives_only():
+    train_frame, val_frame = planted_labelled()
+    result = train(train_frame, val_frame.query("target == 1"), model="popularity", epochs=3)
+    model = result.recommender.model
+    data = result.train_data
+    expected = torch.bincount(data.item_idx[data.target == 1], minlength=model.config.num_items)
+    assert torch.equal(model.item_counts, expected.float())
+    assert result.summary()["best_epoch"] == 0 and result.summary()["epochs"] == 1
+
+
+def test_popularity_with_labelled_validation():
+    train_frame, val_frame = planted_labelled()
+    result = train(train_frame, val_frame, model="popularity")
+    assert 0.0 <= result.summary()["val_auc"] <= 1.0
+
+
+# ---------------------------------------------------------------- configuration
+
+
+@pytest.mark.parametrize(
+    ("options", "flag"),
+    [
+        ({"loss": "hinge"}, "--loss"),
+        ({"loss": "BCE"}, "--loss"),
+        ({"negatives": 0}, "--negatives"),
+        ({"negatives": -2}, "--negatives"),
+        ({"sampling": "zipf"}, "--sampling"),
+        ({"patience": 0}, "--patience"),
+        ({"ks": ()}, "--k"),
+        ({"ks": (10, 0)}, "--k"),
+        ({"ks": (-5,)}, "--k"),
+    ],
+)
+def test_train_config_validation(options, flag):
+    with pytest.raises(ConfigError, match=flag):
+        TrainConfig(**options)
+
+
+def test_train_config_defaults_and_normalisation():
+    cfg = TrainConfig(ks=("5", 20))
+    assert cfg.ks == (5, 20)
+    default = TrainConfig()
+    assert (default.loss, default.sampling, default.early_stop) == ("bce", "uniform", None)
+    assert default.negatives >= 1 and default.patience >= 1
+
+
+# ---------------------------------------------------------------- training curves
+
+
+def test_training_curves_png_next_to_the_model(tmp_path):
+    train_frame, val_frame = planted()
+    out = tmp_path / "model"
+    result = train(train_frame, val_frame, epochs=3, early_stop="hr@10", patience=1, out=out)
+    png = out / "training_curves.png"
+    assert png.is_file()
+    assert png.read_bytes()[:8] == PNG_MAGIC
+    assert (out / "config.json").is_file()
+    again = plot_history(result.history, tmp_path / "again.png")
+    assert again == tmp_path / "again.png" and again.read_bytes()[:8] == PNG_MAGIC
+
+
+def test_plot_history_without_epochs_returns_none(tmp_path):
+    assert plot_history(History(), tmp_path / "empty.png") is None
+    only_validation = History(epochs=[EpochStats(0, math.nan, math.nan, 0.0, 0.0)])
+    assert plot_history(only_validation, tmp_path / "zero.png") is None
+    assert not (tmp_path / "empty.png").exists() and not (tmp_path / "zero.png").exists()
+
+
+def test_popularity_saves_without_a_curve(tmp_path):
+    train_frame, val_frame = planted()
+    train(train_frame, val_frame, model="popularity", out=tmp_path / "pop")
+    assert (tmp_path / "pop" / "config.json").is_file()
+    assert not (tmp_path / "pop" / "training_curves.png").exists()
+
+
+# ---------------------------------------------------------------- item catalogue
+
+
+def test_catalogue_items_get_an_index_and_are_ranked(tmp_path):
+    train_frame, val_frame = planted(seed=4)
+    catalogue = tmp_path / "items.csv"
+    pd.DataFrame({"itemId": [*range(1, 41), 500, 501], "title": ["t"] * 42}).to_csv(
+        catalogue, index=False
+    )
+    plain = train(train_frame, val_frame)
+    result = train(train_frame, val_frame, items=catalogue)
+    encoder = result.recommender.items
+    assert plain.recommender.items.transform([500, 501]).tolist() == [0, 0]
+    new = encoder.transform([500, 501])
+    assert bool((new > 0).all()) and len(set(new.tolist())) == 2
+    assert result.recommender.model.config.num_items == plain.recommender.model.config.num_items + 2
+    user = int(train_frame["userId"].iloc[0])
+    scores = result.recommender.score([user, user, user], [500, 501, 12345])
+    assert bool(np.isfinite(scores).all()) and bool(((scores > 0) & (scores < 1)).all())
+    assert scores[0] != scores[2]  # a catalogue item is not scored as the unknown item
+    # a held-out catalogue item is ranked, not counted as unknown
+    metrics = evaluate_full(
+        result.recommender.model,
+        result.train_data.user_idx,
+        result.train_data.item_idx,
+        torch.tensor([1]),
+        torch.from_numpy(new[:1]),
+        num_items=result.recommender.model.config.num_items,
+    )
+    assert metrics["unknown_test_items"] == 0.0 and metrics["users"] == 1.0
+
+
+def test_catalogue_without_the_item_column_is_a_data_error():
+    train_frame, _ = planted()
+    with pytest.raises(hybridrec.DataError, match="item catalogue has no column 'itemId'"):
+        train(train_frame, items=pd.DataFrame({"movieId": [1, 2]}))
+
+
+# ---------------------------------------------------------------- summary
+
+
+def test_summary_with_positives_only_validation():
+    train_frame, val_frame = planted()
+    result = train(train_frame, val_frame, epochs=2, ks=(5, 10))
+    summary = result.summary()
+    for key in ("val_hr@10", "val_ndcg@10", "val_hr@5", "val_mrr", "val_ranking_auc"):
+        assert isinstance(summary[key], float), key
+        assert 0.0 <= summary[key] <= 1.0, key
+    assert summary["val_hr@10"] == result.history.last.ranking["hr@10"]
+    assert summary["val_ranking_auc"] == result.history.last.ranking["auc"]
+    assert summary["val_auc"] is None and summary["val_loss"] is None
+    assert summary["val_ranking_users"] == 40.0
+    assert "val_users" not in summary and "val_auc@10" not in summary
+
+
+def test_summary_with_labelled_validation_keeps_the_pointwise_auc():
+    train_frame, val_frame = planted_labelled()
+    result = train(train_frame, val_frame, epochs=2)
+    summary = result.summary()
+    pointwise = evaluate_pointwise(result.recommender.model, result.val_data)
+    assert summary["val_auc"] == pytest.approx(pointwise["auc"], rel=1e-9)
+    assert summary["val_loss"] == pytest.approx(pointwise["loss"], rel=1e-6)
+    positives = result.val_data.target == 1
+    ranking = evaluate_full(
+        result.recommender.model,
+        result.train_data.user_idx,
+        result.train_data.item_idx,
+        result.val_data.user_idx[positives],
+        result.val_data.item_idx[positives],
+        num_items=result.recommender.model.config.num_items,
+    )
+    assert summary["val_ranking_auc"] == ranking["auc"]
+    assert summary["val_hr@10"] == ranking["hr@10"]
+    assert summary["val_auc"] != summary["val_ranking_auc"]
