@@ -382,7 +382,7 @@ def test_positives_only_training_learns_the_planted_groups(loss):
     the 34 candidates gives 10/34; popularity cannot see the groups."""
     train_frame, val_frame = planted(seed=0)
     result = train(train_frame, val_frame, loss=loss, epochs=20, negatives=4)
-    hr = result.history.last.ranking["hr@10"]
+    hr = result.history.best.ranking["hr@10"]  # early stopping (auto) keeps the best epoch
     assert hr == full_ranking(result)["hr@10"]
 
     num_items = 40
@@ -625,7 +625,9 @@ def test_train_config_defaults_and_normalisation():
     cfg = TrainConfig(ks=("5", 20))
     assert cfg.ks == (5, 20)
     default = TrainConfig()
-    assert (default.loss, default.sampling, default.early_stop) == ("bce", "uniform", None)
+    assert (default.loss, default.sampling, default.early_stop) == ("bce", "uniform", "auto")
+    assert TrainConfig(early_stop="none").early_stop is None
+    assert TrainConfig(early_stop="NDCG@5").early_stop == "ndcg@5"
     assert default.negatives >= 1 and default.patience >= 1
 
 
@@ -706,8 +708,8 @@ def test_summary_with_positives_only_validation():
     for key in ("val_hr@10", "val_ndcg@10", "val_hr@5", "val_mrr", "val_ranking_auc"):
         assert isinstance(summary[key], float), key
         assert 0.0 <= summary[key] <= 1.0, key
-    assert summary["val_hr@10"] == result.history.last.ranking["hr@10"]
-    assert summary["val_ranking_auc"] == result.history.last.ranking["auc"]
+    assert summary["val_hr@10"] == result.history.best.ranking["hr@10"]
+    assert summary["val_ranking_auc"] == result.history.best.ranking["auc"]
     assert summary["val_auc"] is None and summary["val_loss"] is None
     assert summary["val_ranking_users"] == 40.0
     assert "val_users" not in summary and "val_auc@10" not in summary
@@ -732,3 +734,17 @@ def test_summary_with_labelled_validation_keeps_the_pointwise_auc():
     assert summary["val_ranking_auc"] == ranking["auc"]
     assert summary["val_hr@10"] == ranking["hr@10"]
     assert summary["val_auc"] != summary["val_ranking_auc"]
+
+
+def test_auto_early_stop_picks_a_metric_that_fits_the_validation_data():
+    """auto: NDCG@first-k for positives-only validation, loss for 0/1 labels, off without."""
+    from hybridrec.train import resolve_early_stop
+
+    positives = RecSysDataset(torch.tensor([1]), torch.tensor([2]), torch.tensor([1.0]))
+    labelled = RecSysDataset(torch.tensor([1, 1]), torch.tensor([2, 3]), torch.tensor([1.0, 0.0]))
+    auto = TrainConfig(ks=(20, 5))
+    assert resolve_early_stop(auto, positives) == "ndcg@20"
+    assert resolve_early_stop(auto, labelled) == "loss"
+    assert resolve_early_stop(auto, None) is None
+    assert resolve_early_stop(TrainConfig(early_stop="none"), positives) is None
+    assert resolve_early_stop(TrainConfig(early_stop="mrr"), labelled) == "mrr"

@@ -400,11 +400,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     baseline = pointwise_metrics(
         popularity_logits(result.train_data, result.val_data), result.val_data.target
     )
-    model_metrics = {
-        "loss": result.history.last.val_loss,
-        "accuracy": result.history.last.val_accuracy,
-        "auc": result.history.last.val_auc,
-    }
+    kept = result.history.best  # the epoch whose weights were saved
+    model_metrics = {"loss": kept.val_loss, "accuracy": kept.val_accuracy, "auc": kept.val_auc}
     if args.json:
         _print_json({"model": model_metrics, "popularity": baseline, **result.summary()})
     else:
@@ -414,6 +411,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             ["loss", "accuracy", "auc"],
         )
         print(
+            f"kept epoch {kept.epoch} of {len(result.history.epochs)} (best validation loss); "
             f"trained at {result.history.last.samples_per_second:,.0f} samples/s; "
             f"model saved to {out / 'model'}/ (load it with hybridrec.load)"
         )

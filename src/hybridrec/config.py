@@ -58,7 +58,7 @@ class DataConfig:
 class TrainConfig:
     """How to train: optimisation, batching, hardware and randomness."""
 
-    epochs: int = option(5, "passes over the training data")
+    epochs: int = option(20, "most passes over the training data (early stopping may end sooner)")
     batch_size: int = option(2048, "samples per optimisation step")
     learning_rate: float = option(5e-3, "Adam learning rate", flag="--lr")
     weight_decay: float = option(1e-5, "L2 penalty on all weights (Adam weight_decay)")
@@ -80,8 +80,10 @@ class TrainConfig:
         "uniform", "negative distribution: uniform over items, or popularity-weighted"
     )
     early_stop: str | None = option(
-        None,
-        "validation metric to stop on and keep the best epoch of, e.g. ndcg@10, hr@10, auc, loss",
+        "auto",
+        "validation metric to stop on, keeping its best epoch: ndcg@10, hr@10, mrr, auc, loss, "
+        "...; auto = ndcg@K (first --k) for positives-only validation, loss for 0/1 labels; "
+        "none = train every epoch and keep the last",
     )
     patience: int = option(3, "epochs without improvement before early stopping")
     ks: tuple[int, ...] = option(
@@ -112,7 +114,9 @@ class TrainConfig:
             )
         if self.patience < 1:
             raise ConfigError(f"--patience must be at least 1, got {self.patience}")
-        if self.early_stop is not None:
+        if self.early_stop is not None and self.early_stop.lower() == "none":
+            self.early_stop = None
+        if self.early_stop is not None and self.early_stop.lower() != "auto":
             name, _, k = self.early_stop.lower().partition("@")
             if (
                 name not in STOP_METRICS
@@ -123,7 +127,9 @@ class TrainConfig:
                     f"--early-stop {self.early_stop!r} is not a validation metric; use one of "
                     "hr@K, ndcg@K, recall@K, precision@K, map@K, mrr, auc, accuracy, loss"
                 )
+        if self.early_stop is not None:
             self.early_stop = self.early_stop.lower()
+            _, _, k = self.early_stop.partition("@")
             if k and int(k) not in self.ks:
                 self.ks = (*self.ks, int(k))
         if self.num_threads < 0:

@@ -119,15 +119,17 @@ def fit(
         on_epoch_end: called as ``on_epoch_end(stats, history)`` after each epoch.
 
     Returns:
-        The :class:`History`. With ``config.early_stop`` the model ends holding the weights
-        of ``history.best_epoch``.
+        The :class:`History`. With early stopping (``config.early_stop``, by default on
+        whenever there is validation data) the model ends holding the weights of
+        ``history.best_epoch``.
 
     Raises:
         TrainingDivergedError: the loss became NaN or infinite.
     """
     if len(train) == 0:
         raise ValueError("the training data has no rows")
-    if config.early_stop is not None and (val is None or len(val) == 0):
+    early_stop = resolve_early_stop(config, val)
+    if early_stop is not None and (val is None or len(val) == 0):
         raise ConfigError(
             f"--early-stop {config.early_stop} needs validation data: pass --val "
             "(e.g. the val.csv of `hybridrec split`)"
@@ -218,13 +220,13 @@ def fit(
         history.epochs.append(stats)
         logger.info(_describe(stats, config.epochs))
         stop = False
-        if config.early_stop is not None:
-            value = stats.metric(config.early_stop)
+        if early_stop is not None:
+            value = stats.metric(early_stop)
             if value is None or math.isnan(value):
                 raise ConfigError(
-                    f"--early-stop {config.early_stop} needs validation data that provides it"
+                    f"--early-stop {early_stop} needs validation data that provides it"
                 )
-            if _improved(value, best_value, config.early_stop):
+            if _improved(value, best_value, early_stop):
                 best_value, waited = value, 0
                 history.best_epoch = epoch
                 best_state = copy.deepcopy(model.state_dict())
@@ -236,7 +238,7 @@ def fit(
         if stop:
             history.stopped_early = True
             logger.info(
-                f"early stopping: no better {config.early_stop} for {config.patience} epochs; "
+                f"early stopping: no better {early_stop} for {config.patience} epochs; "
                 f"keeping epoch {history.best_epoch}"
             )
             break
@@ -325,6 +327,21 @@ class _Validator:
                 num_items=self.model.config.num_items,  # type: ignore[union-attr]
                 ks=self.config.ks,
             )
+
+
+def resolve_early_stop(config: TrainConfig, val: RecSysDataset | None) -> str | None:
+    """The metric early stopping watches: ``auto`` picks one that fits the validation data.
+
+    ``auto`` means: no validation data, no early stopping; 0/1-labelled validation rows,
+    their loss; positives-only validation rows, full-ranking NDCG at the first ``--k``.
+    """
+    if config.early_stop != "auto":
+        return config.early_stop
+    if val is None or len(val) == 0:
+        return None
+    if bool((val.target < 0.5).any()):
+        return "loss"
+    return f"ndcg@{config.ks[0]}"
 
 
 def _improved(value: float, best: float | None, metric: str) -> bool:
