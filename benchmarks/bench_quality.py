@@ -32,10 +32,10 @@ DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "moviel
 #: docs/benchmarks.md for the search). An empty dict means the library defaults.
 SETTINGS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "popularity": ({}, {}),
-    "mf": ({"embedding_dim": 64}, {}),
-    "gmf": ({"embedding_dim": 64}, {}),
+    "mf": ({}, {}),
+    "gmf": ({}, {}),
     "mlp": ({"mlp_layer_sizes": (128, 64, 32)}, {}),
-    "neumf": ({"embedding_dim": 64, "mlp_layer_sizes": (128, 64)}, {}),
+    "neumf": ({"mlp_layer_sizes": (128, 64)}, {}),  # 64-dim GMF + 64+64 MLP, as RecBole's row
     "hybrid": ({}, {}),
 }
 

@@ -14,7 +14,7 @@ from hybridrec.models import HybridRecSysConfig
 SYNTHETIC = SyntheticConfig(num_users=300, num_items=150, num_positives=6000, seed=0)
 
 #: Model options for ``hybridrec.train`` that keep every test model tiny.
-TINY_MODEL = {"embedding_dim": 8, "mlp_layer_sizes": (16, 8)}
+TINY_MODEL = {"embedding_dim": 8, "mlp_layer_sizes": (16, 8), "init_std": 0.05}
 
 
 @pytest.fixture

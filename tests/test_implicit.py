@@ -28,14 +28,14 @@ from hybridrec.train import EpochStats, History, fit
 #: ``hybridrec.train`` is also the name of the pipeline function, so reach the module itself.
 train_module = sys.modules["hybridrec.train"]
 
-TINY = {"embedding_dim": 8, "mlp_layer_sizes": (16, 8)}
+TINY = {"embedding_dim": 8, "mlp_layer_sizes": (16, 8), "init_std": 0.05}
 #: Options each model accepts (mf has no MLP, popularity has no options at all).
 OPTIONS = {
     "hybrid": TINY,
     "gmf": TINY,
     "mlp": TINY,
     "neumf": TINY,
-    "mf": {"embedding_dim": 8},
+    "mf": {"embedding_dim": 8, "init_std": 0.05},
     "popularity": {},
 }
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

@@ -61,7 +61,7 @@ class TrainConfig:
     epochs: int = option(20, "most passes over the training data (early stopping may end sooner)")
     batch_size: int = option(2048, "samples per optimisation step")
     learning_rate: float = option(5e-3, "Adam learning rate", flag="--lr")
-    weight_decay: float = option(1e-5, "L2 penalty on all weights (Adam weight_decay)")
+    weight_decay: float = option(0.0, "L2 penalty on all weights (Adam weight_decay)")
     seed: int = option(0, "seed for initialisation, shuffling and dropout")
     device: str = option("auto", "auto (cuda, else mps, else cpu), cpu, cuda, cuda:N or mps")
     num_threads: int = option(
@@ -75,7 +75,7 @@ class TrainConfig:
         "bce: pointwise, positives vs sampled negatives (or the file's 0/1 labels); "
         "bpr: pairwise, each positive against a sampled negative",
     )
-    negatives: int = option(4, "sampled negatives per positive for positives-only data")
+    negatives: int = option(8, "sampled negatives per positive for positives-only data")
     sampling: str = option(
         "uniform", "negative distribution: uniform over items, or popularity-weighted"
     )

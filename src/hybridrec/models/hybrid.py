@@ -23,14 +23,14 @@ class HybridRecSysConfig:
 
     num_users: int = field(default=1, metadata={"cli": False})
     num_items: int = field(default=1, metadata={"cli": False})
-    embedding_dim: int = option(32, "size of the user and item embeddings")
+    embedding_dim: int = option(64, "size of the user and item embeddings")
     mlp_layer_sizes: tuple[int, ...] = option(
         (64, 32, 16),
         "hidden sizes of the MLP on [user || item], comma-separated",
         flag="--mlp-layers",
     )
     dropout: float = option(0.0, "dropout after each MLP hidden layer (0 disables it)")
-    init_std: float = option(0.05, "standard deviation of the initial embeddings")
+    init_std: float = option(0.01, "standard deviation of the initial embeddings")
 
     def __post_init__(self) -> None:
         self.mlp_layer_sizes = tuple(int(s) for s in self.mlp_layer_sizes)

@@ -19,8 +19,8 @@ class MFConfig:
 
     num_users: int = field(default=1, metadata={"cli": False})
     num_items: int = field(default=1, metadata={"cli": False})
-    embedding_dim: int = option(32, "size of the user and item embeddings")
-    init_std: float = option(0.05, "standard deviation of the initial embeddings")
+    embedding_dim: int = option(64, "size of the user and item embeddings")
+    init_std: float = option(0.01, "standard deviation of the initial embeddings")
 
     def __post_init__(self) -> None:
         if self.num_users < 1 or self.num_items < 1:
