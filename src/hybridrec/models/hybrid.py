@@ -10,7 +10,7 @@ from torch import nn
 from hybridrec.config import option
 from hybridrec.data.encoding import UNKNOWN_INDEX
 from hybridrec.errors import ConfigError
-from hybridrec.models.layers import MLP, init_embedding
+from hybridrec.models.layers import MLP, all_pairs, init_embedding
 
 
 @dataclass
@@ -86,18 +86,8 @@ class HybridRecSys(nn.Module):
         return mlp_score + dot_score
 
     def score_all(self, user_idx: torch.Tensor) -> torch.Tensor:
-        """Logits (B, num_items) of every item for each user, item index 0 included.
-
-        The first MLP layer is split into its user and item halves, W[u || i] = W_u u + W_i i,
-        so it costs O(B + I) instead of O(B * I); the remaining layers run on all pairs.
-        """
+        """Logits (B, num_items) of every item for each user, item index 0 included."""
         u = self.user_embedding(user_idx)  # (B, D)
         items = self.item_embedding.weight  # (I, D)
-        layers = list(self.mlp.layers)
-        first: nn.Linear = layers[0]  # type: ignore[assignment]
-        dim = self.config.embedding_dim
-        w_user, w_item = first.weight[:, :dim], first.weight[:, dim:]  # (H, D) each
-        hidden = (u @ w_user.T)[:, None, :] + (items @ w_item.T + first.bias)[None, :, :]
-        for layer in layers[1:]:
-            hidden = layer(hidden)  # (B, I, H') ... -> (B, I, 1)
-        return hidden.squeeze(-1) + u @ items.T
+        mlp_score = all_pairs(list(self.mlp.layers), u, items).squeeze(-1)  # (B, I)
+        return mlp_score + u @ items.T

@@ -36,6 +36,37 @@ class MLP(nn.Module):
         return self.layers(x)
 
 
+def all_pairs(
+    layers: Sequence[nn.Module], users: torch.Tensor, items: torch.Tensor
+) -> torch.Tensor:
+    """Run ``layers`` (starting with a ``Linear``) on ``[u || i]`` for every user-item pair.
+
+    The first layer is split into its user and item halves, W [u || i] = W_u u + W_i i, so
+    it costs O(B + I) products instead of O(B * I); the rest runs on all pairs.
+
+    Args:
+        layers: the layers of an MLP on concatenated embeddings; may be empty.
+        users: (B, Du) user vectors.
+        items: (I, Di) item vectors.
+
+    Returns:
+        (B, I, H) outputs, or (B, I, Du + Di) concatenations when ``layers`` is empty.
+    """
+    b, i = users.shape[0], items.shape[0]
+    if not layers:
+        return torch.cat([users[:, None].expand(b, i, -1), items[None].expand(b, i, -1)], -1)
+    first = layers[0]
+    if not isinstance(first, nn.Linear):
+        raise TypeError(f"all_pairs needs a Linear first layer, got {type(first).__name__}")
+    d = users.shape[-1]
+    hidden = (users @ first.weight[:, :d].T)[:, None] + (
+        items @ first.weight[:, d:].T + first.bias
+    )[None]
+    for layer in layers[1:]:
+        hidden = layer(hidden)
+    return hidden
+
+
 def init_embedding(embedding: nn.Embedding, std: float) -> None:
     """Small normal init; the padding (unknown) row stays zero so unknown ids score neutrally."""
     nn.init.normal_(embedding.weight, mean=0.0, std=std)

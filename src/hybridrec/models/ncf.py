@@ -15,7 +15,7 @@ from torch import nn
 from hybridrec.config import option
 from hybridrec.data.encoding import UNKNOWN_INDEX
 from hybridrec.errors import ConfigError
-from hybridrec.models.layers import init_embedding
+from hybridrec.models.layers import all_pairs, init_embedding
 
 
 @dataclass
@@ -83,20 +83,9 @@ class _Tower(nn.Module):
         return self.layers(x)  # (B, out_dim)
 
     def all_items(self, user_idx: torch.Tensor) -> torch.Tensor:
-        """Hidden output (B, I, out_dim) for every item, first layer split into halves."""
+        """Hidden output (B, I, out_dim) for every item."""
         u = self.user_embedding(user_idx)  # (B, D)
-        items = self.item_embedding.weight  # (I, D)
-        layers = list(self.layers)
-        if not layers:
-            b, i = u.shape[0], items.shape[0]
-            return torch.cat([u[:, None].expand(b, i, -1), items[None].expand(b, i, -1)], -1)
-        first: nn.Linear = layers[0]  # type: ignore[assignment]
-        d = u.shape[-1]
-        hidden = (u @ first.weight[:, :d].T)[:, None] + (items @ first.weight[:, d:].T)[None]
-        hidden = hidden + first.bias
-        for layer in layers[1:]:
-            hidden = layer(hidden)
-        return hidden
+        return all_pairs(list(self.layers), u, self.item_embedding.weight)
 
 
 class GMF(nn.Module):
