@@ -1,0 +1,60 @@
+"""Exported scorers give the same logits as the model they came from."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import numpy as np
+import pytest
+import torch
+
+from hybridrec.errors import ConfigError
+from hybridrec.export import export_model
+from hybridrec.models import MODELS, build_model
+
+HAS_ONNX = all(
+    importlib.util.find_spec(m) is not None for m in ("onnx", "onnxscript", "onnxruntime")
+)
+
+
+def small_model(name: str) -> torch.nn.Module:
+    torch.manual_seed(0)
+    options = {} if name in ("popularity", "mf") else {"mlp_layer_sizes": (16, 8)}
+    model = build_model(name, num_users=7, num_items=9, **options)
+    if name == "popularity":
+        model.prepare(torch.tensor([1, 2, 2]), torch.tensor([3, 3, 5]), torch.ones(3))
+    return model.eval()
+
+
+def pairs(n: int = 40) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(1)
+    return torch.randint(0, 7, (n,), generator=g), torch.randint(0, 9, (n,), generator=g)
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_torchscript_scores_like_the_model(tmp_path, name):
+    model = small_model(name)
+    path = export_model(model, tmp_path / "scorer.pt", "torchscript")
+    loaded = torch.jit.load(str(path))
+    u, i = pairs()  # a batch size other than the tracing example's
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(u, i), model(u, i), rtol=0, atol=1e-6)
+
+
+@pytest.mark.skipif(not HAS_ONNX, reason="onnx, onnxscript and onnxruntime are not installed")
+def test_onnx_scores_like_the_model(tmp_path):
+    import onnxruntime
+
+    model = small_model("hybrid")
+    path = export_model(model, tmp_path / "scorer.onnx", "onnx")
+    session = onnxruntime.InferenceSession(str(path))
+    u, i = pairs()
+    (logits,) = session.run(None, {"user_idx": u.numpy(), "item_idx": i.numpy()})
+    with torch.no_grad():
+        expected = model(u, i).numpy()
+    np.testing.assert_allclose(logits, expected, rtol=0, atol=1e-5)
+
+
+def test_unknown_format_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match="--format must be one of torchscript, onnx"):
+        export_model(small_model("hybrid"), tmp_path / "x", "pickle")  # type: ignore[arg-type]
