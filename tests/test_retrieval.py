@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from hybridrec.models import build_model
-from hybridrec.retrieval import exhaustive_topk, recall_at_k, two_stage_topk
+from hybridrec.retrieval import exhaustive_topk, item_prior, recall_at_k, two_stage_topk
 
 
 def model(name: str = "hybrid") -> nn.Module:
@@ -50,3 +50,20 @@ def test_models_without_embeddings_are_refused():
     net = build_model("popularity", num_users=3, num_items=5)
     with pytest.raises(ValueError, match="no user/item embeddings"):
         two_stage_topk(net, torch.tensor([1]), k=2)
+
+
+def test_item_prior_recovers_what_the_dot_product_misses():
+    """For mf the non-dot part of a score is the item bias plus user and global biases, so
+    the prior must rank items exactly like their item biases."""
+    net = model("mf")
+    with torch.no_grad():
+        net.item_bias.weight.copy_(torch.randn(200, 1, generator=torch.Generator().manual_seed(3)))
+    prior = item_prior(net)
+    assert torch.equal(torch.argsort(prior[1:]), torch.argsort(net.item_bias.weight[1:, 0]))
+
+
+def test_prior_with_all_candidates_is_still_exhaustive():
+    net = model()
+    users = torch.arange(1, 20)
+    found, _ = two_stage_topk(net, users, 10, 10_000, prior=item_prior(net))
+    assert torch.equal(found, exhaustive_topk(net, users, 10)[0])

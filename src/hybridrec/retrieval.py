@@ -39,8 +39,30 @@ def exhaustive_topk(
 
 
 @torch.no_grad()
+def item_prior(model: nn.Module, num_users: int = 64, seed: int = 0) -> torch.Tensor:
+    """(I,) the part of each item's score that the dot product misses, for a typical user.
+
+    Averaged over a sample of users: ``score_all(u) - u . i``. For ``hybrid`` this is the
+    MLP's item effect (popularity and the like), which a pure dot product cannot retrieve.
+    Computed once per model; stage 1 then ranks by ``[u, 1] . [i, prior(i)]``, still one
+    matrix product.
+    """
+    users, items = retrieval_factors(model)
+    generator = torch.Generator().manual_seed(seed)
+    n = min(num_users, users.num_embeddings - 1)
+    sample = torch.randperm(users.num_embeddings - 1, generator=generator)[:n] + 1
+    sample = sample.to(items.weight.device)
+    residual = model.score_all(sample) - users(sample) @ items.weight.T  # (n, I)
+    return residual.mean(dim=0)
+
+
+@torch.no_grad()
 def two_stage_topk(
-    model: nn.Module, user_idx: torch.Tensor, k: int, num_candidates: int = 1000
+    model: nn.Module,
+    user_idx: torch.Tensor,
+    k: int,
+    num_candidates: int = 1000,
+    prior: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Top-``k`` (items, logits), each (B, k): dot-product retrieval, then full re-ranking.
 
@@ -49,10 +71,14 @@ def two_stage_topk(
         user_idx: (B,) users.
         k: results per user.
         num_candidates: items kept by stage 1 per user (at least ``k``).
+        prior: optional (I,) item term added to the dot product in stage 1
+            (:func:`item_prior`); compute it once and reuse it.
     """
     users, items = retrieval_factors(model)
     num_candidates = max(k, min(num_candidates, items.num_embeddings - 1))
     dots = users(user_idx) @ items.weight.T  # (B, I): one matrix product
+    if prior is not None:
+        dots = dots + prior
     dots[:, UNKNOWN_INDEX] = float("-inf")
     candidates = torch.topk(dots, num_candidates, dim=1).indices  # (B, N)
     b, n = candidates.shape
