@@ -52,8 +52,11 @@ def item_prior(model: nn.Module, num_users: int = 64, seed: int = 0) -> torch.Te
     n = min(num_users, users.num_embeddings - 1)
     sample = torch.randperm(users.num_embeddings - 1, generator=generator)[:n] + 1
     sample = sample.to(items.weight.device)
-    residual = model.score_all(sample) - users(sample) @ items.weight.T  # (n, I)
-    return residual.mean(dim=0)
+    total = torch.zeros(items.num_embeddings, device=items.weight.device)
+    for user in sample:  # one user at a time: score_all may build (B, I, hidden) tensors
+        u = user.view(1)
+        total += (model.score_all(u) - users(u) @ items.weight.T)[0]
+    return total / n
 
 
 @torch.no_grad()
