@@ -36,6 +36,10 @@ class MLP(nn.Module):
         return self.layers(x)
 
 
+#: Elements of the largest intermediate tensor ``all_pairs`` builds (64 MiB of float32).
+PAIR_BUDGET = 1 << 24
+
+
 def all_pairs(
     layers: Sequence[nn.Module], users: torch.Tensor, items: torch.Tensor
 ) -> torch.Tensor:
@@ -59,12 +63,17 @@ def all_pairs(
     if not isinstance(first, nn.Linear):
         raise TypeError(f"all_pairs needs a Linear first layer, got {type(first).__name__}")
     d = users.shape[-1]
-    hidden = (users @ first.weight[:, :d].T)[:, None] + (
-        items @ first.weight[:, d:].T + first.bias
-    )[None]
-    for layer in layers[1:]:
-        hidden = layer(hidden)
-    return hidden
+    item_part = items @ first.weight[:, d:].T + first.bias  # (I, H), shared by every user
+    user_part = users @ first.weight[:, :d].T  # (B, H)
+    # Users in chunks so the (chunk, I, H) intermediates stay around PAIR_BUDGET elements.
+    step = max(1, PAIR_BUDGET // max(1, i * item_part.shape[-1]))
+    outputs = []
+    for start in range(0, b, step):
+        hidden = user_part[start : start + step, None] + item_part[None]
+        for layer in layers[1:]:
+            hidden = layer(hidden)
+        outputs.append(hidden)
+    return torch.cat(outputs) if len(outputs) > 1 else outputs[0]
 
 
 def init_embedding(embedding: nn.Embedding, std: float) -> None:
