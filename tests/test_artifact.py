@@ -52,6 +52,7 @@ def test_files_written(trained):
         "config.json",
         "id_maps.json",
         "metrics.json",
+        "seen.npz",
         "training_curves.png",
         "weights.pt",
     ]
@@ -119,7 +120,7 @@ def test_config_json_contents(trained):
     assert config["model_config"]["embedding_dim"] == 8
     assert config["model_config"]["mlp_layer_sizes"] == [16, 8]
     assert config["settings"]["train"]["batch_size"] == 256
-    assert set(config["sha256"]) == {"weights.pt", "id_maps.json", "metrics.json"}
+    assert set(config["sha256"]) == {"weights.pt", "id_maps.json", "metrics.json", "seen.npz"}
 
 
 def test_loaded_recommender_exposes_metrics(trained):

@@ -5,6 +5,9 @@ Layout (``FORMAT_VERSION`` 1):
 - ``weights.pt``    the model's ``state_dict`` only, read back with ``weights_only=True``;
 - ``id_maps.json``  raw id <-> index maps for users and items;
 - ``metrics.json``  per-epoch training history and final validation metrics;
+- ``seen.npz``      optional: each user's training positives (CSR ``indptr``/``items``) and
+  each item's positive count (``item_counts``), so recommendations can leave out what a user
+  already has and fall back to popularity; artifacts saved before it existed load without it;
 - ``config.json``   written last: format version, model name and hyper-parameters, data and
   training settings, and the SHA-256 of every other file, so a truncated file or a mix of two
   saves is detected on load instead of producing wrong scores.
@@ -15,11 +18,12 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -31,6 +35,120 @@ from hybridrec.models import model_class
 FORMAT = "hybridrec-model"
 FORMAT_VERSION = 1
 CONFIG, WEIGHTS, ID_MAPS, METRICS = "config.json", "weights.pt", "id_maps.json", "metrics.json"
+SEEN = "seen.npz"
+
+
+@dataclass(frozen=True, eq=False)
+class SeenItems:
+    """Each user's training positives as CSR arrays, and each item's positive count.
+
+    Row ``u`` (a user index, 0 = unknown and always empty) holds the item indices
+    ``items[indptr[u]:indptr[u + 1]]``, sorted and without duplicates. Recommendations
+    exclude them; ``item_counts`` ranks items for users the model does not know.
+
+    Attributes:
+        indptr: int64 (num_users + 1,), ``num_users`` counting the unknown row 0.
+        items: int32 item indices of all users, row after row.
+        item_counts: int64 (num_items,) training positives per item index (repeated rows
+            count each time, as the popularity model counts them).
+
+    Example:
+        >>> seen = SeenItems.from_pairs([1, 1, 2, 1], [3, 2, 3, 3], num_users=3, num_items=4)
+        >>> seen.of(1).tolist(), seen.of(2).tolist(), seen.item_counts.tolist()
+        ([2, 3], [3], [0, 0, 1, 3])
+    """
+
+    indptr: np.ndarray
+    items: np.ndarray
+    item_counts: np.ndarray
+
+    @classmethod
+    def from_pairs(
+        cls, user_idx: Any, item_idx: Any, *, num_users: int, num_items: int
+    ) -> SeenItems:
+        """Build from encoded positive ``(user, item)`` pairs; duplicates are allowed.
+
+        Args:
+            user_idx, item_idx: (N,) indices of the positive training rows.
+            num_users, num_items: embedding rows (``IdEncoder.num_embeddings``).
+        """
+        users = np.asarray(user_idx, dtype=np.int64).reshape(-1)
+        items = np.asarray(item_idx, dtype=np.int64).reshape(-1)
+        if len(users) != len(items):
+            raise ValueError(f"got {len(users)} user indices but {len(items)} item indices")
+        if len(users) and (users.min() < 0 or users.max() >= num_users):
+            raise ValueError(f"user indices must lie in 0..{num_users - 1}")
+        if len(items) and (items.min() < 0 or items.max() >= num_items):
+            raise ValueError(f"item indices must lie in 0..{num_items - 1}")
+        # one sorted key per pair: sorts by user, then item, and drops repeated pairs
+        keys = np.unique(users * num_items + items)
+        row, col = keys // num_items, keys % num_items
+        indptr = np.zeros(num_users + 1, dtype=np.int64)
+        np.cumsum(np.bincount(row, minlength=num_users), out=indptr[1:])
+        counts = np.bincount(items, minlength=num_items).astype(np.int64)
+        return cls(indptr, col.astype(np.int32), counts)
+
+    @classmethod
+    def empty(cls, num_users: int, num_items: int) -> SeenItems:
+        """Nothing seen, every count zero: what a model saved without ``seen.npz`` gets."""
+        return cls(
+            np.zeros(num_users + 1, dtype=np.int64),
+            np.zeros(0, dtype=np.int32),
+            np.zeros(num_items, dtype=np.int64),
+        )
+
+    @property
+    def num_users(self) -> int:
+        return len(self.indptr) - 1
+
+    @property
+    def num_items(self) -> int:
+        return len(self.item_counts)
+
+    def of(self, user: int) -> np.ndarray:
+        """Sorted item indices user index ``user`` has as training positives."""
+        return self.items[self.indptr[user] : self.indptr[user + 1]]
+
+    def to_bytes(self) -> bytes:
+        """The ``seen.npz`` payload (numpy arrays only, so loading runs no code)."""
+        buffer = io.BytesIO()
+        np.savez(buffer, indptr=self.indptr, items=self.items, item_counts=self.item_counts)
+        return buffer.getvalue()
+
+    @classmethod
+    def from_bytes(cls, data: bytes, *, num_users: int, num_items: int) -> SeenItems:
+        """Parse and check a ``seen.npz`` payload against the model's table sizes.
+
+        Raises:
+            ValueError: the payload is not such a file or does not fit the sizes.
+        """
+        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+            missing = {"indptr", "items", "item_counts"} - set(npz.files)
+            if missing:
+                raise ValueError(f"it has no array(s) {', '.join(sorted(missing))}")
+            indptr = npz["indptr"].astype(np.int64, copy=False)
+            items = npz["items"].astype(np.int32, copy=False)
+            counts = npz["item_counts"].astype(np.int64, copy=False)
+        if indptr.shape != (num_users + 1,) or counts.shape != (num_items,):
+            raise ValueError(
+                f"it is sized for {len(indptr) - 1} users and {len(counts)} items, "
+                f"the id maps for {num_users} and {num_items}"
+            )
+        if indptr[0] != 0 or indptr[-1] != len(items) or (np.diff(indptr) < 0).any():
+            raise ValueError("its indptr is not a valid CSR row index")
+        if len(items) and (items.min() < 0 or items.max() >= num_items):
+            raise ValueError(f"its item indices do not all lie in 0..{num_items - 1}")
+        return cls(indptr, items, counts)
+
+
+class Artifact(NamedTuple):
+    """What :func:`load_artifact` returns."""
+
+    model: nn.Module
+    users: IdEncoder
+    items: IdEncoder
+    config: dict[str, Any]
+    seen: SeenItems | None  # None for artifacts saved without seen.npz
 
 
 def save_artifact(
@@ -42,8 +160,12 @@ def save_artifact(
     items: IdEncoder,
     metrics: dict[str, Any] | None = None,
     settings: dict[str, Any] | None = None,
+    seen: SeenItems | None = None,
 ) -> Path:
-    """Write the artifact; each file atomically, ``config.json`` (with checksums) last."""
+    """Write the artifact; each file atomically, ``config.json`` (with checksums) last.
+
+    ``seen`` (the users' training positives) is written as ``seen.npz`` when given.
+    """
     from hybridrec import __version__
 
     directory = Path(directory)
@@ -56,6 +178,8 @@ def save_artifact(
         ID_MAPS: _json_bytes({"users": users.to_dict(), "items": items.to_dict()}),
         METRICS: _json_bytes(metrics or {}),
     }
+    if seen is not None:
+        payloads[SEEN] = seen.to_bytes()
     for name, payload in payloads.items():
         atomic_write(directory / name, lambda f, p=payload: f.write(p))
     config = {
@@ -72,8 +196,10 @@ def save_artifact(
     return directory
 
 
-def load_artifact(directory: str | Path) -> tuple[nn.Module, IdEncoder, IdEncoder, dict[str, Any]]:
-    """Read an artifact back: ``(model in eval mode on CPU, users, items, config dict)``.
+def load_artifact(directory: str | Path) -> Artifact:
+    """Read an artifact back: ``(model in eval mode on CPU, users, items, config, seen)``.
+
+    ``seen`` is None when the artifact has no ``seen.npz`` (saved before it existed).
 
     Raises:
         ArtifactError: the directory is missing, is not an artifact, is damaged or was
@@ -122,8 +248,18 @@ def load_artifact(directory: str | Path) -> tuple[nn.Module, IdEncoder, IdEncode
         raise ArtifactError(f"{directory / WEIGHTS} does not fit the model: {exc}") from exc
     maps = json.loads(blobs[ID_MAPS])
     users, items = IdEncoder.from_dict(maps["users"]), IdEncoder.from_dict(maps["items"])
+    seen = None
+    if SEEN in blobs:
+        try:
+            seen = SeenItems.from_bytes(
+                blobs[SEEN], num_users=users.num_embeddings, num_items=items.num_embeddings
+            )
+        except Exception as exc:  # numpy raises several types for a bad .npz
+            raise ArtifactError(
+                f"{directory / SEEN} does not fit the model ({exc}); save the model again"
+            ) from exc
     model.eval()
-    return model, users, items, config
+    return Artifact(model, users, items, config, seen)
 
 
 def read_metrics(directory: str | Path) -> dict[str, Any]:

@@ -172,6 +172,40 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed for sampled negatives (0)")
     add_config_arguments(p, DataConfig, "data columns")
     p.add_argument("--json", action="store_true", help="print the metrics as one JSON object")
+    p = sub.add_parser(
+        "recommend", help="write the top-k items of many users to a CSV, JSONL or Parquet file"
+    )
+    p.add_argument("--model", required=True, metavar="DIR", help="model directory")
+    who = p.add_mutually_exclusive_group(required=True)
+    who.add_argument(
+        "--users",
+        metavar="PATH",
+        help="CSV/Parquet file with a userId column; users the model does not know get the "
+        "most popular items",
+    )
+    who.add_argument(
+        "--all", action="store_true", help="every user the model knows, in its id order"
+    )
+    p.add_argument("--k", type=int, default=10, help="items per user (default: 10)")
+    p.add_argument(
+        "--include-seen",
+        action="store_true",
+        help="also recommend the items a user has in the training data (left out by default)",
+    )
+    p.add_argument(
+        "--output",
+        required=True,
+        metavar="PATH",
+        help="rows userId,rank,itemId,score,source; format from the suffix: "
+        ".csv, .jsonl or .parquet",
+    )
+    p.add_argument(
+        "--chunk-users",
+        type=int,
+        metavar="N",
+        help="users scored and written per step (default: sized to the model and catalogue)",
+    )
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p = sub.add_parser("split", help="split interactions into train.csv, val.csv and test.csv")
     p.add_argument("--data", required=True, metavar="PATH", help="interactions to split")
     p.add_argument("--out", required=True, metavar="DIR", help="folder for the three files")
@@ -338,6 +372,30 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_recommend(args: argparse.Namespace) -> int:
+    from hybridrec.recommend import (
+        Recommender,
+        output_format,
+        read_user_ids,
+        write_recommendations,
+    )
+
+    output_format(args.output)  # a bad suffix fails before the model is loaded
+    rec = Recommender.load(args.model)
+    users = rec.users.ids if args.all else read_user_ids(args.users)
+    rows = write_recommendations(
+        rec,
+        users,
+        args.output,
+        k=args.k,
+        exclude_seen=not args.include_seen,
+        chunk_users=args.chunk_users,
+        show_progress=not args.no_progress,
+    )
+    print(f"{args.output}: {rows:,} recommendations for {len(users):,} users")
+    return 0
+
+
 def cmd_split(args: argparse.Namespace) -> int:
     from hybridrec.data.movielens import read_movielens
     from hybridrec.data.split import split_three_ways, write_split
@@ -421,6 +479,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "train": cmd_train,
     "evaluate": cmd_evaluate,
+    "recommend": cmd_recommend,
     "demo": cmd_demo,
     "split": cmd_split,
     "data": cmd_data,

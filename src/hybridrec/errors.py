@@ -59,6 +59,17 @@ class ConfigError(HybridRecError, ValueError):
     """An option has a value outside its allowed range."""
 
 
+class UnknownIdError(HybridRecError, KeyError):
+    """A raw id the model does not know was used where only a known one makes sense.
+
+    A ``KeyError`` too, so ``except KeyError`` (a missing key) catches it as well.
+    """
+
+    def __str__(self) -> str:
+        # KeyError would show the message quoted, as if it were the key itself
+        return str(self.args[0]) if len(self.args) == 1 else super().__str__()
+
+
 class TrainingDivergedError(HybridRecError):
     """The loss became NaN or infinite, so the weights are no longer meaningful."""
 

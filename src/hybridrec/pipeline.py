@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from hybridrec.artifact import METRICS
+from hybridrec.artifact import METRICS, SeenItems
 from hybridrec.config import DataConfig, TrainConfig
 from hybridrec.data.dataset import RecSysDataset, UnknownCounts
 from hybridrec.data.encoding import IdEncoder
@@ -135,6 +135,14 @@ def train(
         item_ids = np.concatenate([item_ids, read_item_catalog(items, data_config)])
     items = IdEncoder.fit(item_ids)
     train_set, _ = RecSysDataset.from_frame(train_frame, users, items)
+    # the training positives: excluded from a user's recommendations, counted for popularity
+    positive = train_set.target > 0.5
+    seen = SeenItems.from_pairs(
+        train_set.user_idx[positive].cpu().numpy(),
+        train_set.item_idx[positive].cpu().numpy(),
+        num_users=users.num_embeddings,
+        num_items=items.num_embeddings,
+    )
     val_set, val_unknown = None, None
     if val_data is not None:
         val_set, val_unknown = RecSysDataset.from_frame(
@@ -166,7 +174,9 @@ def train(
         on_epoch_end=write_progress,
     )
     net.cpu()
-    recommender = Recommender(net, users, items, model_name=model, config={"settings": settings})
+    recommender = Recommender(
+        net, users, items, model_name=model, config={"settings": settings}, seen=seen
+    )
     result = TrainResult(recommender, history, train_set, val_set, val_unknown, out_dir)
     if out_dir is not None:
         metrics = {"history": history.to_list(), "final": result.summary()}

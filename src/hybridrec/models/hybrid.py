@@ -66,6 +66,8 @@ class HybridRecSys(nn.Module):
     """
 
     config_class = HybridRecSysConfig
+    #: Per-user tables (``named_parameters`` names): what a new user's vector replaces.
+    user_parameters: tuple[str, ...] = ("user_embedding.weight",)
 
     def __init__(self, config: HybridRecSysConfig) -> None:
         super().__init__()

@@ -41,6 +41,8 @@ class MatrixFactorization(nn.Module):
     """
 
     config_class = MFConfig
+    #: Per-user tables (``named_parameters`` names): what a new user's vector replaces.
+    user_parameters: tuple[str, ...] = ("user_embedding.weight", "user_bias.weight")
 
     def __init__(self, config: MFConfig) -> None:
         super().__init__()

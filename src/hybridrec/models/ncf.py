@@ -97,6 +97,8 @@ class GMF(nn.Module):
     """
 
     config_class = NCFConfig
+    #: Per-user tables (``named_parameters`` names): what a new user's vector replaces.
+    user_parameters: tuple[str, ...] = ("user_embedding.weight",)
 
     def __init__(self, config: NCFConfig) -> None:
         super().__init__()
@@ -122,6 +124,8 @@ class NCFMLP(nn.Module):
     """
 
     config_class = NCFConfig
+    #: Per-user tables (``named_parameters`` names): what a new user's vector replaces.
+    user_parameters: tuple[str, ...] = ("tower.user_embedding.weight",)
 
     def __init__(self, config: NCFConfig) -> None:
         super().__init__()
@@ -145,6 +149,8 @@ class NeuMF(nn.Module):
     """
 
     config_class = NCFConfig
+    #: Per-user tables (``named_parameters`` names): what a new user's vector replaces.
+    user_parameters: tuple[str, ...] = ("user_embedding.weight", "tower.user_embedding.weight")
 
     def __init__(self, config: NCFConfig) -> None:
         super().__init__()

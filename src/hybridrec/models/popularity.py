@@ -37,6 +37,8 @@ class Popularity(nn.Module):
 
     config_class = PopularityConfig
     trainable = False
+    #: No per-user tables: every user gets the same scores.
+    user_parameters: tuple[str, ...] = ()
 
     def __init__(self, config: PopularityConfig) -> None:
         super().__init__()
