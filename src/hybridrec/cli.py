@@ -1,4 +1,5 @@
-"""Command line: ``hybridrec train | evaluate | demo | split | data`` and ``python RecSys.py``.
+"""Command line: ``hybridrec train | evaluate | recommend | serve | export | demo | split |
+data`` and ``python RecSys.py``.
 
 Options are generated from the config dataclasses, so flags, defaults and help text always
 match the API. User mistakes (``HybridRecError``) print one clear line and exit with status 2.
@@ -206,6 +207,24 @@ def build_parser() -> argparse.ArgumentParser:
         help="users scored and written per step (default: sized to the model and catalogue)",
     )
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p = sub.add_parser("serve", help="serve a model over HTTP (FastAPI + uvicorn)")
+    p.add_argument("--model", required=True, metavar="DIR", help="model directory")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000, help="port (8000)")
+    p.add_argument(
+        "--log-level", default="info", choices=("critical", "error", "warning", "info", "debug")
+    )
+    p.add_argument(
+        "--threads", type=int, default=1, help="PyTorch CPU threads for scoring (default: 1)"
+    )
+    p = sub.add_parser(
+        "export", help="write a model as a TorchScript or ONNX scorer of (user_idx, item_idx)"
+    )
+    p.add_argument("--model", required=True, metavar="DIR", help="model directory")
+    p.add_argument("--format", choices=("torchscript", "onnx"), default="torchscript")
+    p.add_argument(
+        "--out", metavar="PATH", help="output file (default: DIR/model.pt or DIR/model.onnx)"
+    )
     p = sub.add_parser("split", help="split interactions into train.csv, val.csv and test.csv")
     p.add_argument("--data", required=True, metavar="PATH", help="interactions to split")
     p.add_argument("--out", required=True, metavar="DIR", help="folder for the three files")
@@ -476,10 +495,34 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from hybridrec.artifact import load_artifact
+    from hybridrec.runtime import set_num_threads
+    from hybridrec.serve import serve
+
+    set_num_threads(args.threads)
+    load_artifact(args.model)  # fail here, with a clear error, before the server starts
+    serve(args.model, host=args.host, port=args.port, log_level=args.log_level)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from hybridrec.export import FORMATS, export_model
+    from hybridrec.recommend import Recommender
+
+    rec = Recommender.load(args.model)
+    out = Path(args.out) if args.out else Path(args.model) / f"model{FORMATS[args.format]}"
+    export_model(rec.model, out, args.format)
+    print(f"wrote {out}: {args.format} scorer of (user_idx, item_idx) -> logits")
+    return 0
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "train": cmd_train,
     "evaluate": cmd_evaluate,
     "recommend": cmd_recommend,
+    "serve": cmd_serve,
+    "export": cmd_export,
     "demo": cmd_demo,
     "split": cmd_split,
     "data": cmd_data,
