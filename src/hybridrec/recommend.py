@@ -39,10 +39,7 @@ Source = Literal["model", "popularity", "items", "similar"]
 
 #: Elements of the (users, items, widest layer) activations per ``score_all`` call.
 _CHUNK_ELEMENTS = 20_000_000
-#: Users per ``score_all`` call are padded to a multiple of this. CPU matrix products give
-#: bit-different rows for 1-3 rows (a matrix-vector kernel) and for odd row counts than for
-#: aligned ones, so one user alone would score a hair differently than inside a batch; with
-#: aligned calls ``recommend`` and ``recommend_many`` agree exactly.
+#: On an accelerator, users per ``score_all`` call are padded to a multiple of this.
 _ROW_ALIGN = 8
 #: Negatives sampled per given item when fitting a new user's vector.
 _NEGATIVES_PER_ITEM = 4
@@ -381,7 +378,19 @@ class Recommender:
         return max(_ROW_ALIGN, users // _ROW_ALIGN * _ROW_ALIGN)
 
     def _score_users(self, users: np.ndarray) -> torch.Tensor:
-        """float32 logits (len(users), num_items), from a row-aligned ``score_all`` call."""
+        """float32 logits (len(users), num_items).
+
+        On CPU each user is scored by its own ``score_all`` call. CPU matrix products round a
+        row differently depending on how many rows they multiply (a matrix-vector kernel for
+        one row, remainder blocks for odd counts), so this is what makes ``recommend`` and
+        ``recommend_many`` agree bit for bit; it also keeps a single request cheap (padding
+        one user to an aligned batch cost 8x the work). Accelerators get one padded call.
+        """
+        if self.device.type == "cpu":
+            rows = [
+                self.model.score_all(torch.as_tensor(users[j : j + 1])) for j in range(len(users))
+            ]
+            return torch.cat(rows).float() if rows else torch.zeros(0, self.model.config.num_items)
         padded = np.zeros(-(-len(users) // _ROW_ALIGN) * _ROW_ALIGN, dtype=np.int64)
         padded[: len(users)] = users  # padding rows are the unknown user, then dropped
         logits = self.model.score_all(torch.as_tensor(padded, device=self.device))
