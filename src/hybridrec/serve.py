@@ -288,11 +288,16 @@ def to_out(rec: Recommendation, user_id: Any = None) -> RecommendationOut:
     )
 
 
+#: One model call at a time: on a small CPU, requests scoring in parallel threads only fight
+#: over the cores (measured: 16 concurrent clients got 286 requests/s in parallel).
+_MODEL_LOCK = threading.Lock()
+
+
 @contextmanager
 def _model_call() -> Iterator[None]:
     """Run recommender code without autograd, and turn the user's errors into 404/422."""
     try:
-        with torch.inference_mode():
+        with _MODEL_LOCK, torch.inference_mode():
             yield
     except KeyError as exc:  # UnknownIdError is a KeyError
         raise HTTPException(status_code=404, detail=_message(exc)) from exc
