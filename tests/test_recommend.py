@@ -507,3 +507,59 @@ def test_recommendation_equality():
     b = Recommendation(1, np.array([3, 4]), np.array([0.5, 0.2], np.float32), "model")
     assert a == b and len(a) == 2
     assert a != Recommendation(1, np.array([4, 3]), a.scores, "model")
+
+
+def test_cli_users_file_uses_the_training_user_column(tmp_path, capsys, monkeypatch):
+    """A model trained with --user-col user reads its --users file's 'user' column too."""
+    from hybridrec.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    rows = pd.DataFrame(
+        {"user": [f"u{i % 7}" for i in range(70)], "item": [f"i{i % 31}" for i in range(70)]}
+    )
+    rows.to_csv("train.csv", index=False)
+    pd.DataFrame({"user": ["u1", "nobody"]}).to_csv("users.csv", index=False)
+    assert (
+        main(
+            [
+                "train",
+                "--train",
+                "train.csv",
+                "--user-col",
+                "user",
+                "--item-col",
+                "item",
+                "--epochs",
+                "1",
+                "--embedding-dim",
+                "4",
+                "--device",
+                "cpu",
+                "--out",
+                "m",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "recommend",
+                "--model",
+                "m",
+                "--users",
+                "users.csv",
+                "--k",
+                "3",
+                "--output",
+                "r.csv",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
+    out = pd.read_csv("r.csv")
+    assert list(out["userId"]) == ["u1"] * 3 + ["nobody"] * 3
+    assert list(out["source"]) == ["model"] * 3 + ["popularity"] * 3
+    capsys.readouterr()

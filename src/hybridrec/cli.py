@@ -187,6 +187,11 @@ def build_parser() -> argparse.ArgumentParser:
     who.add_argument(
         "--all", action="store_true", help="every user the model knows, in its id order"
     )
+    p.add_argument(
+        "--user-col",
+        metavar="COL",
+        help="user column of --users (default: the one the model was trained with)",
+    )
     p.add_argument("--k", type=int, default=10, help="items per user (default: 10)")
     p.add_argument(
         "--include-seen",
@@ -401,7 +406,9 @@ def cmd_recommend(args: argparse.Namespace) -> int:
 
     output_format(args.output)  # a bad suffix fails before the model is loaded
     rec = Recommender.load(args.model)
-    users = rec.users.ids if args.all else read_user_ids(args.users)
+    # the users file names its column like the training data did (--user-col at training)
+    trained_col = rec.config.get("settings", {}).get("data", {}).get("user_col", "userId")
+    users = rec.users.ids if args.all else read_user_ids(args.users, args.user_col or trained_col)
     rows = write_recommendations(
         rec,
         users,
