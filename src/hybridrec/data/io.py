@@ -86,18 +86,23 @@ def interactions_from_frame(
     return out
 
 
-def read_table(path: Path) -> pd.DataFrame:
+def check_file(path: Path, kind: str, content: str) -> None:
+    """A ``DataError`` unless ``path`` is an existing, non-empty file (``kind`` names it)."""
     if not path.exists():
-        raise DataError(path, f"file not found: {path}", expected="a CSV or Parquet file")
+        raise DataError(path, f"file not found: {path}", expected=kind)
     if path.is_dir():
-        raise DataError(path, f"{path} is a directory", expected="a CSV or Parquet file")
+        raise DataError(path, f"{path} is a directory", expected=kind)
     if path.stat().st_size == 0:
-        raise DataError(path, "the file is empty", expected="a header row and interactions")
+        raise DataError(path, "the file is empty", expected=content)
+
+
+def read_table(path: Path) -> pd.DataFrame:
+    check_file(path, "a CSV or Parquet file", "a header row and interactions")
     if path.suffix.lower() in PARQUET_SUFFIXES:
         try:
             return pd.read_parquet(path)
         except Exception as exc:  # pyarrow raises many types; all mean "not valid Parquet"
-            raise DataError(path, f"cannot be parsed as Parquet: {_one_line(exc)}") from exc
+            raise DataError(path, f"cannot be parsed as Parquet: {one_line(exc)}") from exc
     sep = "\t" if path.suffix.lower() == ".tsv" else ","
     try:
         # Read everything as text so ids stay exact and bad cells can be reported by row.
@@ -105,9 +110,9 @@ def read_table(path: Path) -> pd.DataFrame:
     except pd.errors.EmptyDataError as exc:
         raise DataError(path, "the file is empty", expected="a header row") from exc
     except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as exc:
-        raise DataError(path, f"cannot be parsed as CSV: {_one_line(exc)}") from exc
+        raise DataError(path, f"cannot be parsed as CSV: {one_line(exc)}") from exc
     except OSError as exc:
-        raise DataError(path, f"cannot be read: {_one_line(exc)}") from exc
+        raise DataError(path, f"cannot be read: {one_line(exc)}") from exc
 
 
 def _show(value: object) -> str:
@@ -117,7 +122,7 @@ def _show(value: object) -> str:
     return repr(value)
 
 
-def _one_line(exc: BaseException) -> str:
+def one_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__
 

@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 
 from hybridrec.data.encoding import CANONICAL_INT
-from hybridrec.data.io import ITEM, TARGET, TIMESTAMP, USER
+from hybridrec.data.io import ITEM, TARGET, TIMESTAMP, USER, check_file, one_line
 from hybridrec.data.split import write_interactions_csv
 from hybridrec.errors import DataError, HybridRecError
 from hybridrec.files import atomic_write
@@ -266,25 +266,11 @@ def _extract(zip_path: Path, member: str, target: Path) -> None:
 # ---------------------------------------------------------------- parsing helpers
 
 
-def _check_file(path: Path) -> None:
-    if not path.exists():
-        raise DataError(path, f"file not found: {path}", expected="a MovieLens ratings file")
-    if path.is_dir():
-        raise DataError(path, f"{path} is a directory", expected="a MovieLens ratings file")
-    if path.stat().st_size == 0:
-        raise DataError(path, "the file is empty", expected="ratings")
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
-
-
 def _parser_error(path: Path, exc: Exception, header_lines: int, expected: str) -> DataError:
     """Turn pandas' "Expected 4 fields in line 3, saw 5" into a DataError at that row."""
     found = re.search(r"Expected (\d+) fields in line (\d+), saw (\d+)", str(exc))
     if not found:
-        return DataError(path, f"cannot be parsed: {_one_line(exc)}", expected=expected)
+        return DataError(path, f"cannot be parsed: {one_line(exc)}", expected=expected)
     want, line, saw = (int(g) for g in found.groups())
     return DataError(
         path,
@@ -303,9 +289,9 @@ def _read_csv(path: Path, header_lines: int, expected: str, **kw) -> pd.DataFram
     except pd.errors.EmptyDataError as exc:
         raise DataError(path, "the file is empty", expected=expected) from exc
     except UnicodeDecodeError as exc:
-        raise DataError(path, f"is not a text file: {_one_line(exc)}", expected=expected) from exc
+        raise DataError(path, f"is not a text file: {one_line(exc)}", expected=expected) from exc
     except OSError as exc:
-        raise DataError(path, f"cannot be read: {_one_line(exc)}") from exc
+        raise DataError(path, f"cannot be read: {one_line(exc)}") from exc
 
 
 def _read_headerless(
@@ -315,7 +301,7 @@ def _read_headerless(
 
     Fields not in ``names`` (the empty ones between the colons of ``::``) must be empty.
     """
-    _check_file(path)
+    check_file(path, "a MovieLens ratings file", "ratings")
     ncols = ncols or len(names)
     dtypes = {pos: np.float64 for pos in range(ncols)}
     dtypes.update({pos: np.int64 for pos, name in names.items() if name in (_USER, _ITEM)})
@@ -365,12 +351,12 @@ def _read_headed(
     ids are read as text (to keep ``"007"`` apart from ``"7"``). Other columns are read
     but ignored; every row must have as many fields as the header.
     """
-    _check_file(path)
+    check_file(path, "a MovieLens ratings file", "ratings")
     try:
         with open(path, encoding="utf-8") as f:
             header = [h.strip() for h in f.readline().rstrip("\r\n").split(sep)]
     except UnicodeDecodeError as exc:
-        raise DataError(path, f"is not a text file: {_one_line(exc)}", expected=expected) from exc
+        raise DataError(path, f"is not a text file: {one_line(exc)}", expected=expected) from exc
     plain = [h.split(":", 1)[0] if string_ids else h for h in header]
     missing = [c for c in required if c not in plain]
     if missing:
