@@ -17,7 +17,7 @@ import pandas as pd
 import torch
 
 from hybridrec.data.encoding import UNKNOWN_INDEX, IdEncoder
-from hybridrec.data.io import ITEM, TARGET, USER
+from hybridrec.data.io import ITEM, TARGET, TIMESTAMP, USER
 
 
 class Batch(NamedTuple):
@@ -54,6 +54,8 @@ class RecSysDataset(torch.utils.data.Dataset):
         user_idx: (N,) dense user indices (0 = unknown user).
         item_idx: (N,) dense item indices (0 = unknown item).
         target: (N,) 0/1 labels.
+        timestamp: (N,) float64 interaction times, or ``None`` when the data has none
+            (sequence models then take each user's rows in file order).
 
     Example:
         >>> ds = RecSysDataset(torch.tensor([1, 2]), torch.tensor([3, 1]), torch.tensor([1.0, 0.0]))
@@ -65,16 +67,24 @@ class RecSysDataset(torch.utils.data.Dataset):
     """
 
     def __init__(
-        self, user_idx: torch.Tensor, item_idx: torch.Tensor, target: torch.Tensor
+        self,
+        user_idx: torch.Tensor,
+        item_idx: torch.Tensor,
+        target: torch.Tensor,
+        timestamp: torch.Tensor | None = None,
     ) -> None:
-        if not (len(user_idx) == len(item_idx) == len(target)):
+        if not (len(user_idx) == len(item_idx) == len(target)) or (
+            timestamp is not None and len(timestamp) != len(target)
+        ):
             raise ValueError(
                 f"column lengths differ: {len(user_idx)} users, {len(item_idx)} items, "
                 f"{len(target)} targets"
+                + ("" if timestamp is None else f", {len(timestamp)} timestamps")
             )
         self.user_idx = user_idx.to(torch.int64)
         self.item_idx = item_idx.to(torch.int64)
         self.target = target.to(torch.float32)
+        self.timestamp = None if timestamp is None else timestamp.to(torch.float64)
 
     @classmethod
     def from_frame(
@@ -94,6 +104,9 @@ class RecSysDataset(torch.utils.data.Dataset):
             torch.from_numpy(u),
             torch.from_numpy(i),
             torch.from_numpy(np.array(frame[TARGET], dtype=np.float32)),
+            torch.from_numpy(np.array(frame[TIMESTAMP], dtype=np.float64))
+            if TIMESTAMP in frame.columns
+            else None,
         )
         return ds, counts
 
@@ -111,7 +124,10 @@ class RecSysDataset(torch.utils.data.Dataset):
     def to(self, device: torch.device | str) -> RecSysDataset:
         """The same data on another device (training keeps it there for the whole run)."""
         return RecSysDataset(
-            self.user_idx.to(device), self.item_idx.to(device), self.target.to(device)
+            self.user_idx.to(device),
+            self.item_idx.to(device),
+            self.target.to(device),
+            None if self.timestamp is None else self.timestamp.to(device),
         )
 
 
