@@ -28,7 +28,7 @@ FAST = [
     "--device", "cpu", "--no-progress",
 ]  # fmt: skip
 
-MODEL_NAMES = ("hybrid", "mf", "gmf", "mlp", "neumf", "popularity")
+MODEL_NAMES = ("hybrid", "mf", "gmf", "mlp", "neumf", "popularity", "sasrec")
 
 
 @pytest.fixture(autouse=True)

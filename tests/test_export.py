@@ -19,10 +19,15 @@ HAS_ONNX = all(
 
 def small_model(name: str) -> torch.nn.Module:
     torch.manual_seed(0)
-    options = {} if name in ("popularity", "mf") else {"mlp_layer_sizes": (16, 8)}
+    options = {
+        "popularity": {},
+        "mf": {},
+        "sasrec": {"hidden_dim": 8, "max_len": 4, "num_heads": 2},
+    }.get(name, {"mlp_layer_sizes": (16, 8)})
     model = build_model(name, num_users=7, num_items=9, **options)
-    if name == "popularity":
-        model.prepare(torch.tensor([1, 2, 2]), torch.tensor([3, 3, 5]), torch.ones(3))
+    if hasattr(model, "prepare"):  # count-based and sequence models read their data
+        users, items = torch.tensor([1, 2, 2, 2, 3, 1]), torch.tensor([3, 3, 5, 1, 8, 2])
+        model.prepare(users, items, torch.ones(6))
     return model.eval()
 
 
@@ -42,10 +47,11 @@ def test_torchscript_scores_like_the_model(tmp_path, name):
 
 
 @pytest.mark.skipif(not HAS_ONNX, reason="onnx, onnxscript and onnxruntime are not installed")
-def test_onnx_scores_like_the_model(tmp_path):
+@pytest.mark.parametrize("name", ["hybrid", "sasrec"])
+def test_onnx_scores_like_the_model(tmp_path, name):
     import onnxruntime
 
-    model = small_model("hybrid")
+    model = small_model(name)
     path = export_model(model, tmp_path / "scorer.onnx", "onnx")
     session = onnxruntime.InferenceSession(str(path))
     u, i = pairs()

@@ -26,7 +26,7 @@ from hybridrec.ranking import evaluate_full
 from hybridrec.train import EpochStats, History, fit
 
 #: ``hybridrec.train`` is also the name of the pipeline function, so reach the module itself.
-train_module = sys.modules["hybridrec.train"]
+objectives_module = sys.modules["hybridrec.objectives"]
 
 TINY = {"embedding_dim": 8, "mlp_layer_sizes": (16, 8), "init_std": 0.05}
 #: Options each model accepts (mf has no MLP, popularity has no options at all).
@@ -37,6 +37,7 @@ OPTIONS = {
     "neumf": TINY,
     "mf": {"embedding_dim": 8, "init_std": 0.05},
     "popularity": {},
+    "sasrec": {"hidden_dim": 8, "max_len": 8, "num_heads": 2, "dropout": 0.1},
 }
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -115,7 +116,7 @@ def epoch_rows(monkeypatch):
     """Records every training batch ``fit`` draws: a list (one entry per epoch) of
     ``(user_idx, item_idx, target)`` tensors concatenated over the epoch's batches."""
     epochs = []
-    original = train_module.iterate_batches
+    original = objectives_module.iterate_batches
 
     def recording(data, batch_size, **kw):
         parts = []
@@ -124,7 +125,7 @@ def epoch_rows(monkeypatch):
             parts.append(tuple(t.clone() for t in batch))
             yield batch
 
-    monkeypatch.setattr(train_module, "iterate_batches", recording)
+    monkeypatch.setattr(objectives_module, "iterate_batches", recording)
 
     def rows():
         return [tuple(torch.cat(col) for col in zip(*parts, strict=True)) for parts in epochs]
@@ -321,7 +322,7 @@ def test_labelled_data_trains_on_its_rows_without_sampling(epoch_rows, monkeypat
     def no_sampler(*a, **k):
         raise AssertionError("labelled data must not be negative-sampled")
 
-    monkeypatch.setattr(train_module, "NegativeSampler", no_sampler)
+    monkeypatch.setattr(objectives_module, "NegativeSampler", no_sampler)
     train_frame, _ = planted_labelled()
     result = train(train_frame, epochs=2, negatives=4)
     data = result.train_data
@@ -351,13 +352,13 @@ def test_bpr_on_labelled_data_pairs_only_the_positives(epoch_rows):
 
 def test_sampling_option_reaches_the_sampler(monkeypatch):
     built = []
-    original = train_module.NegativeSampler
+    original = objectives_module.NegativeSampler
 
     def recording(user_idx, item_idx, num_items, distribution="uniform"):
         built.append(distribution)
         return original(user_idx, item_idx, num_items, distribution)
 
-    monkeypatch.setattr(train_module, "NegativeSampler", recording)
+    monkeypatch.setattr(objectives_module, "NegativeSampler", recording)
     train_frame, _ = planted()
     train(train_frame, sampling="popularity")
     train(train_frame, sampling="uniform")

@@ -107,7 +107,7 @@ def test_unknown_embedding_stays_zero_after_training_steps(model_name):
 
 
 def test_gradients_flow_to_all_parameters(model_name):
-    model = tiny(model_name).train()
+    model = prepared(tiny(model_name)).train()
     if not trainable(model):
         pytest.skip(f"{model_name} is not trained by gradient descent")
     users = torch.tensor([1, 2, 3, 4, 5, 6])

@@ -33,6 +33,8 @@ def options(model: str) -> dict:
         return {}
     if model == "mf":
         return {"embedding_dim": 8}
+    if model == "sasrec":
+        return {"hidden_dim": 8, "max_len": 8, "num_heads": 2}
     return {"embedding_dim": 8, "mlp_layer_sizes": (16, 8)}
 
 

@@ -44,10 +44,18 @@ def add_config_arguments(
     title: str,
     defaults: dict[str, Any] | None = None,
 ) -> None:
-    """Add one ``--flag`` per field with help text in its metadata (first class wins)."""
+    """Add one ``--flag`` per field with help text in its metadata (first class wins).
+
+    A field several classes share with different defaults (``--dropout`` of two models) gets
+    ``None`` as its flag default, meaning "the class's own default"; the help lists them.
+    """
     group = parser.add_argument_group(title)
     defaults = defaults or {}
     classes = cls if isinstance(cls, Sequence) else [cls]
+    owners: dict[str, dict[str, Any]] = {}  # field name -> {class name: its default}
+    for c in classes:
+        for f in fields(c):
+            owners.setdefault(f.name, {})[c.__name__] = f.default
     seen: set[str] = set()
     for f in (f for c in classes for f in fields(c)):
         if "help" not in f.metadata or f.name in seen:
@@ -65,6 +73,9 @@ def add_config_arguments(
             parse, shown = int, default
         else:
             parse, shown = str, default
+        if f.name not in defaults and len(set(map(repr, owners[f.name].values()))) > 1:
+            default = None
+            shown = ", ".join(f"{name} {value}" for name, value in owners[f.name].items())
         group.add_argument(
             flag,
             dest=f.name,
@@ -83,7 +94,12 @@ def config_from_args(cls: type, args: argparse.Namespace) -> Any:
 
 def _model_options(args: argparse.Namespace) -> dict[str, Any]:
     cls = model_class(args.model).config_class  # type: ignore[attr-defined]
-    return {f.name: getattr(args, f.name) for f in fields(cls) if hasattr(args, f.name)}
+    # None: a flag shared by models with different defaults, not given: the model's own
+    return {
+        f.name: getattr(args, f.name)
+        for f in fields(cls)
+        if getattr(args, f.name, None) is not None
+    }
 
 
 # ---------------------------------------------------------------- parsers

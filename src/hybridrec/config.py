@@ -21,7 +21,7 @@ def option(default: object, help: str, *, flag: str | None = None, **kw: object)
     return field(default=default, metadata=meta)
 
 
-LOSSES = ("bce", "bpr")
+LOSSES = ("bce", "bpr", "ce")
 SAMPLINGS = ("uniform", "popularity")
 AT_K_METRICS = ("hr", "ndcg", "recall", "precision", "map")
 STOP_METRICS = (*AT_K_METRICS, "mrr", "auc", "accuracy", "loss")
@@ -73,7 +73,8 @@ class TrainConfig:
     loss: str = option(
         "bce",
         "bce: pointwise, positives vs sampled negatives (or the file's 0/1 labels); "
-        "bpr: pairwise, each positive against a sampled negative",
+        "bpr: pairwise, each positive against a sampled negative; "
+        "ce: softmax over the whole catalogue (sequence models: sasrec)",
     )
     negatives: int = option(8, "sampled negatives per positive for positives-only data")
     sampling: str = option(

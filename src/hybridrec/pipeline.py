@@ -124,7 +124,7 @@ def train(
     device = resolve_device(train_config.device)
 
     train_frame = load_data(train_data, data_config)
-    if train_frame["target"].min() == 1:
+    if train_frame["target"].min() == 1 and model != "sasrec" and train_config.loss != "ce":
         logger.info(
             f"{_name(train_data)} holds only positives: sampling {train_config.negatives} "
             f"{train_config.sampling} negatives per positive each epoch"

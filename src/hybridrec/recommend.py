@@ -284,7 +284,9 @@ class Recommender:
     ) -> Recommendation:
         """The ``k`` best items for a new user who interacted with ``item_ids``.
 
-        A user vector is fitted to those items: ``steps`` Adam steps on fresh rows of the
+        Sequence models (``score_sequences``, e.g. sasrec) read the items as the user's
+        history, oldest first, and rank directly. For other models a user vector is fitted
+        to those items: ``steps`` Adam steps on fresh rows of the
         model's per-user tables (``model.user_parameters``, started at the mean known
         user) with the given items as positives against uniformly sampled other items as
         negatives (4 per positive, fresh each step, seeded), all other weights frozen. The
@@ -312,8 +314,15 @@ class Recommender:
         raw = _id_list(item_ids, "item_ids")
         index = self.items.transform(raw) if raw else np.zeros(0, dtype=np.int64)
         unknown_items = _unique(raw[j] for j in np.flatnonzero(index == UNKNOWN_INDEX))
-        given = np.unique(index[index != UNKNOWN_INDEX])
+        known = index[index != UNKNOWN_INDEX]
+        given = np.unique(known)
         exclude = given if exclude_seen else None
+        if len(given) and hasattr(self.model, "score_sequences"):
+            # sequence models read the items themselves, in the order given: no fitting
+            with torch.no_grad():
+                sequence = torch.as_tensor(known, dtype=torch.int64, device=self.device)[None]
+                logits = self.model.score_sequences(sequence).float()
+            return self._top_of(logits, k, exclude, unknown_items)
         if len(given) == 0 or not self._user_parameters():
             item_out, scores = self._popular(k, None, exclude=exclude)
             return Recommendation(None, item_out, scores, "popularity", unknown_items)
@@ -323,11 +332,17 @@ class Recommender:
             with torch.no_grad():
                 one = torch.ones(1, dtype=torch.int64, device=self.device)
                 logits = torch.func.functional_call(scorer, tables, (one,)).float()
-                mask = torch.zeros_like(logits, dtype=torch.bool)
-                mask[:, UNKNOWN_INDEX] = True
-                if exclude is not None:
-                    mask[0, torch.as_tensor(exclude, device=mask.device)] = True
-                ((top, values),) = _top_k(logits.masked_fill(mask, -torch.inf), k)
+        return self._top_of(logits, k, exclude, unknown_items)
+
+    def _top_of(
+        self, logits: torch.Tensor, k: int, exclude: np.ndarray | None, unknown_items: list[Any]
+    ) -> Recommendation:
+        """The item-based result from one row of logits (1, num_items)."""
+        mask = torch.zeros_like(logits, dtype=torch.bool)
+        mask[:, UNKNOWN_INDEX] = True
+        if exclude is not None:
+            mask[0, torch.as_tensor(exclude, device=mask.device)] = True
+        ((top, values),) = _top_k(logits.masked_fill(mask, -torch.inf), k)
         return Recommendation(
             None,
             _frozen(self.items.inverse_transform(top)),

@@ -1,17 +1,20 @@
 """The training loop: a plain function over a model and encoded data.
 
-The model knows nothing of losses, optimisers, sampling or devices; ``fit`` owns all of them.
-The loop avoids the per-batch overheads that dominate small models on CPU: no ``DataLoader``
-(each epoch's rows are gathered once in shuffled order and sliced), fused Adam, and no host
-synchronisation per step.
+The model knows nothing of losses, optimisers, sampling or devices; ``fit`` owns the
+optimiser and the loop, and the model's objective (:mod:`hybridrec.objectives`) owns each
+epoch's batches and the loss. The loop avoids the per-batch overheads that dominate small
+models on CPU: no ``DataLoader`` (each epoch's rows are gathered once in shuffled order and
+sliced), fused Adam, and no host synchronisation per step.
 
-Two regimes, chosen from the data:
+Pointwise models (the default objective) have two regimes, chosen from the data:
 
 - **labelled** rows (the file has 0 and 1 targets): pointwise BCE on the rows as they are;
 - **positives only** (implicit feedback): each epoch draws ``negatives`` fresh negatives per
   positive (:class:`~hybridrec.data.sampling.NegativeSampler`) for BCE, or scores each
   positive against a sampled negative for BPR. ``--loss bpr`` always uses this regime, with
   the positive rows of labelled data.
+
+Sequence models (``sasrec``) learn next-item prediction along each user's history instead.
 """
 
 from __future__ import annotations
@@ -20,20 +23,19 @@ import copy
 import logging
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from hybridrec.config import TrainConfig
-from hybridrec.data.dataset import Batch, RecSysDataset, iterate_batches
-from hybridrec.data.sampling import NegativeSampler
+from hybridrec.data.dataset import RecSysDataset
 from hybridrec.errors import ConfigError, TrainingDivergedError
 from hybridrec.evaluate import evaluate_pointwise
 from hybridrec.models import model_device
+from hybridrec.objectives import Objective, make_objective
 
 logger = logging.getLogger(__name__)
 
@@ -138,7 +140,10 @@ def fit(
     model.to(device)
     prepare = getattr(model, "prepare", None)
     if prepare is not None:  # statistics-based models (popularity) read the data here
-        prepare(train.user_idx.to(device), train.item_idx.to(device), train.target.to(device))
+        on_device = train.to(device)
+        prepare(
+            on_device.user_idx, on_device.item_idx, on_device.target, timestamp=on_device.timestamp
+        )
     history = History()
     validator = _Validator(model, train, val, config)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -152,9 +157,7 @@ def fit(
         return history
 
     generator = torch.Generator().manual_seed(config.seed)
-    config_of_model = getattr(model, "config", None)  # registered models have one
-    num_items = getattr(config_of_model, "num_items", int(train.item_idx.max()) + 1)
-    epoch_data = _EpochData(train, config, device, num_items=num_items)
+    objective = make_objective(model, train, config, device)
     optimizer = torch.optim.Adam(
         params,
         lr=config.learning_rate,
@@ -168,8 +171,8 @@ def fit(
         correct = torch.zeros((), device=device)
         seen = 0
         start = time.perf_counter()
-        batches = epoch_data.batches(generator)
-        num_batches = math.ceil(epoch_data.num_rows / config.batch_size)
+        batches = objective.batches(generator)
+        num_batches = _num_batches(objective, config)
         bar = tqdm(
             total=num_batches,
             desc=f"epoch {epoch}/{config.epochs}",
@@ -178,24 +181,14 @@ def fit(
             leave=False,
         )
         for step, batch in enumerate(batches, 1):
-            if epoch_data.pairwise:
-                pos = model(batch.user_idx, batch.item_idx)
-                neg = model(batch.user_idx, batch.target.long())  # target holds the negative
-                margin = pos - neg
-                loss = -F.logsigmoid(margin).mean()
-                hits = (margin.detach() > 0).sum()
-            else:
-                logits = model(batch.user_idx, batch.item_idx)
-                loss = F.binary_cross_entropy_with_logits(logits, batch.target)
-                hits = ((logits.detach() > 0) == (batch.target > 0.5)).sum()
+            loss, hits, n = objective.step(model, batch)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            n = len(batch.user_idx)
             seen += n
             loss_sum += loss.detach() * n
             correct += hits
-            if step % PROGRESS_EVERY == 0 or step == num_batches:
+            if step % PROGRESS_EVERY == 0 or step >= num_batches:
                 running = loss_sum.item() / seen
                 _check_finite(running, epoch, config)
                 bar.update(step - bar.n)
@@ -248,52 +241,6 @@ def fit(
     return history
 
 
-class _EpochData:
-    """Builds each epoch's training rows: as given, or with freshly sampled negatives."""
-
-    def __init__(
-        self, train: RecSysDataset, config: TrainConfig, device: torch.device, num_items: int
-    ) -> None:
-        self.config = config
-        self.device = device
-        labelled = bool((train.target < 0.5).any())
-        self.pairwise = config.loss == "bpr"
-        self.sampled = self.pairwise or not labelled
-        if not self.sampled:
-            self.data = train.to(device)
-            self.num_rows = len(train)
-            return
-        positive = train.target > 0.5
-        if not bool(positive.any()):
-            raise ConfigError(
-                "the training data has no positive rows (target 1) to sample negatives against"
-            )
-        self.users, self.items = train.user_idx[positive], train.item_idx[positive]
-        self.sampler = NegativeSampler(self.users, self.items, num_items, config.sampling)  # type: ignore[arg-type]
-        factor = config.negatives if self.pairwise else config.negatives + 1
-        self.num_rows = len(self.users) * factor
-
-    def batches(self, generator: torch.Generator) -> Iterator[Batch]:
-        if not self.sampled:
-            return iterate_batches(
-                self.data, self.config.batch_size, shuffle=True, generator=generator
-            )
-        k = self.config.negatives
-        negatives = self.sampler.sample(self.users, k, generator).flatten()  # (P * k,)
-        users = self.users.repeat_interleave(k)
-        if self.pairwise:  # (user, positive, negative) triples; the negative rides in `target`
-            rows = RecSysDataset(users, self.items.repeat_interleave(k), negatives.float())
-        else:
-            rows = RecSysDataset(
-                torch.cat([self.users, users]),
-                torch.cat([self.items, negatives]),
-                torch.cat([torch.ones(len(self.users)), torch.zeros(len(users))]),
-            )
-        return iterate_batches(
-            rows.to(self.device), self.config.batch_size, shuffle=True, generator=generator
-        )
-
-
 class _Validator:
     """Fills an epoch's validation metrics: pointwise on labelled rows, ranking on positives."""
 
@@ -327,6 +274,14 @@ class _Validator:
                 num_items=self.model.config.num_items,  # type: ignore[union-attr]
                 ks=self.config.ks,
             )
+
+
+def _num_batches(objective: Objective, config: TrainConfig) -> int:
+    """Batches per epoch for the progress bar (objectives may batch by something else)."""
+    per_batch = getattr(objective, "per_batch", None)
+    if per_batch is not None:  # batches of whole histories
+        return math.ceil(len(objective.histories) / per_batch)  # type: ignore[attr-defined]
+    return math.ceil(objective.num_samples / config.batch_size)
 
 
 def resolve_early_stop(config: TrainConfig, val: RecSysDataset | None) -> str | None:

@@ -3,6 +3,11 @@
 A registered model is an ``nn.Module`` built from a single config dataclass
 (``cls.config_class``) with ``num_users``/``num_items`` fields, and provides
 ``forward(user_idx, item_idx) -> (B,)`` logits and ``score_all(user_idx) -> (B, num_items)``.
+Optional hooks: ``prepare(user_idx, item_idx, target, timestamp=None)`` reads the training
+data before training (popularity counts, sasrec histories); ``objective`` names how
+``fit`` trains it (see :mod:`hybridrec.objectives`); ``user_parameters`` lists per-user tables
+(what a new user's fitted vector replaces); ``score_sequences`` scores item histories
+directly (new users of sequence models).
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from hybridrec.models.hybrid import HybridRecSys, HybridRecSysConfig
 from hybridrec.models.mf import MatrixFactorization, MFConfig
 from hybridrec.models.ncf import GMF, NCFMLP, NCFConfig, NeuMF
 from hybridrec.models.popularity import Popularity, PopularityConfig
+from hybridrec.models.sasrec import SASRec, SASRecConfig
 
 MODELS: dict[str, type[nn.Module]] = {
     "hybrid": HybridRecSys,
@@ -26,6 +32,7 @@ MODELS: dict[str, type[nn.Module]] = {
     "mlp": NCFMLP,
     "neumf": NeuMF,
     "popularity": Popularity,
+    "sasrec": SASRec,
 }
 
 
@@ -70,6 +77,8 @@ __all__ = [
     "NeuMF",
     "Popularity",
     "PopularityConfig",
+    "SASRec",
+    "SASRecConfig",
     "build_model",
     "model_class",
     "model_device",

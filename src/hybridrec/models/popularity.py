@@ -45,7 +45,13 @@ class Popularity(nn.Module):
         self.config = config
         self.register_buffer("item_counts", torch.zeros(config.num_items))
 
-    def prepare(self, user_idx: torch.Tensor, item_idx: torch.Tensor, target: torch.Tensor) -> None:
+    def prepare(
+        self,
+        user_idx: torch.Tensor,
+        item_idx: torch.Tensor,
+        target: torch.Tensor,
+        timestamp: torch.Tensor | None = None,
+    ) -> None:
         """Count each item's positives in the training rows."""
         counts = torch.bincount(
             item_idx, weights=(target > 0.5).double(), minlength=self.config.num_items

@@ -1,0 +1,165 @@
+"""SASRec: causal self-attention over each user's ordered history (Kang & McAuley, 2018).
+
+A user is represented not by a learned embedding but by the sequence of items they interacted
+with: the transformer's output at the last position is the user's state, and an item's score
+is its dot product with that state. A new user is therefore just a new sequence: no
+retraining, no fitted vector (see :meth:`SASRec.score_sequences`).
+
+The training histories are a buffer filled by :meth:`SASRec.prepare`, so they are saved and
+reloaded with the artifact like any weights and ``forward``/``score_all`` keep the registry's
+``(user_idx, ...)`` contract. Training is next-item prediction at every position of every
+history; ``hybridrec.train`` runs it (``objective = "next_item"``), the model only encodes.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from hybridrec.config import option
+from hybridrec.data.encoding import UNKNOWN_INDEX
+from hybridrec.data.sequences import append_items, pack_histories
+from hybridrec.errors import ConfigError
+
+
+@dataclass
+class SASRecConfig:
+    """Hyper-parameters of :class:`SASRec` (``num_users``/``num_items`` come from the data)."""
+
+    num_users: int = field(default=1, metadata={"cli": False})
+    num_items: int = field(default=1, metadata={"cli": False})
+    hidden_dim: int = option(64, "size of item embeddings and of the transformer's states")
+    max_len: int = option(200, "most recent items of a history the model reads")
+    num_blocks: int = option(2, "transformer blocks")
+    num_heads: int = option(1, "attention heads per block (must divide --hidden-dim)")
+    dropout: float = option(0.2, "dropout on embeddings, attention and feed-forward layers")
+
+    def __post_init__(self) -> None:
+        if self.num_users < 1 or self.num_items < 1:
+            raise ConfigError(
+                f"num_users and num_items must be >= 1, got {self.num_users}, {self.num_items}"
+            )
+        for name in ("hidden_dim", "max_len", "num_blocks", "num_heads"):
+            if getattr(self, name) < 1:
+                flag = "--" + name.replace("_", "-")
+                raise ConfigError(f"{flag} must be >= 1, got {getattr(self, name)}")
+        if self.hidden_dim % self.num_heads:
+            raise ConfigError(
+                f"--num-heads ({self.num_heads}) must divide --hidden-dim ({self.hidden_dim})"
+            )
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"--dropout must be in [0, 1), got {self.dropout}")
+
+
+class SASRec(nn.Module):
+    """Score = <last transformer state of the user's history, item embedding>.
+
+    Example:
+        >>> model = SASRec(SASRecConfig(num_users=3, num_items=5, hidden_dim=8, max_len=4))
+        >>> model.prepare(torch.tensor([1, 1, 2]), torch.tensor([3, 4, 2]), torch.ones(3))
+        >>> model.score_all(torch.tensor([1, 2])).shape
+        torch.Size([2, 5])
+        >>> model.score_sequences(torch.tensor([[0, 0, 3, 4]])).shape
+        torch.Size([1, 5])
+    """
+
+    config_class = SASRecConfig
+    #: No per-user tables: a user is their history, so a new user needs no fitted vector.
+    user_parameters: tuple[str, ...] = ()
+    #: How ``hybridrec.train.fit`` trains it: next-item prediction along each history.
+    objective = "next_item"
+
+    def __init__(self, config: SASRecConfig) -> None:
+        super().__init__()
+        self.config = config
+        dim = config.hidden_dim
+        self.item_embedding = nn.Embedding(config.num_items, dim, padding_idx=UNKNOWN_INDEX)
+        # learned positions, counted from the right: the latest item always has the last row
+        self.positions = nn.Parameter(torch.empty(config.max_len, dim))
+        self.dropout = nn.Dropout(config.dropout)
+        block = nn.TransformerEncoderLayer(
+            d_model=dim,
+            nhead=config.num_heads,
+            dim_feedforward=dim,
+            dropout=config.dropout,
+            batch_first=True,
+            norm_first=True,
+        )
+        self.encoder = nn.TransformerEncoder(
+            block, config.num_blocks, norm=nn.LayerNorm(dim), enable_nested_tensor=False
+        )
+        # Each user's latest max_len training items; filled by prepare().
+        self.register_buffer(
+            "histories", torch.zeros(config.num_users, config.max_len, dtype=torch.int64)
+        )
+        nn.init.normal_(self.item_embedding.weight, std=dim**-0.5)
+        nn.init.normal_(self.positions, std=dim**-0.5)
+        with torch.no_grad():
+            self.item_embedding.weight[UNKNOWN_INDEX].zero_()
+
+    def prepare(
+        self,
+        user_idx: torch.Tensor,
+        item_idx: torch.Tensor,
+        target: torch.Tensor,
+        timestamp: torch.Tensor | None = None,
+    ) -> None:
+        """Store each user's positive training items in time order (file order without
+        timestamps): the histories ``score_all`` reads."""
+        positive = target > 0.5
+        packed = pack_histories(
+            user_idx[positive],
+            item_idx[positive],
+            self.config.num_users,
+            self.config.max_len,
+            None if timestamp is None else timestamp[positive],
+        )
+        self.histories.copy_(packed)
+
+    def encode(self, sequences: torch.Tensor) -> torch.Tensor:
+        """States (B, L, D) for left-padded item sequences (B, L), L <= max_len.
+
+        Position ``t`` sees items ``0..t`` only. Padding is masked as a key; a padded
+        position still attends to itself, so no softmax row is empty (no NaN).
+        """
+        length = sequences.shape[1]
+        if length > self.config.max_len:
+            sequences, length = sequences[:, -self.config.max_len :], self.config.max_len
+        real = sequences != UNKNOWN_INDEX  # (B, L)
+        x = self.item_embedding(sequences) * math.sqrt(self.config.hidden_dim)
+        x = self.dropout(x + self.positions[-length:]) * real.unsqueeze(-1)
+        # blocked[b, t, s]: position t may not attend to s (s in the future, or padding)
+        eye = torch.eye(length, dtype=torch.bool, device=sequences.device)
+        future = torch.ones(length, length, dtype=torch.bool, device=sequences.device).triu(1)
+        blocked = future | (~real.unsqueeze(1) & ~eye)  # (B, L, L)
+        mask = blocked.repeat_interleave(self.config.num_heads, dim=0)
+        states = self.encoder(x, mask=mask)
+        return states * real.unsqueeze(-1)
+
+    def user_state(self, sequences: torch.Tensor) -> torch.Tensor:
+        """The state (B, D) after each sequence's latest item."""
+        return self.encode(sequences)[:, -1]
+
+    def forward(self, user_idx: torch.Tensor, item_idx: torch.Tensor) -> torch.Tensor:
+        """Logits (B,) of ``item_idx[b]`` coming next in user ``user_idx[b]``'s history."""
+        state = self.user_state(self.histories[user_idx])
+        return (state * self.item_embedding(item_idx)).sum(-1)
+
+    def score_all(self, user_idx: torch.Tensor) -> torch.Tensor:
+        """Logits (B, num_items) of every item for each user: one matrix product."""
+        return self.score_sequences(self.histories[user_idx])
+
+    def score_sequences(
+        self, sequences: torch.Tensor, user_idx: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Logits (B, num_items) for left-padded item sequences (B, n).
+
+        With ``user_idx``, each sequence is appended to that user's training history first
+        (a known user with new interactions); otherwise it is the whole history (a new user).
+        """
+        if user_idx is not None:
+            sequences = append_items(self.histories[user_idx], sequences)
+        return self.user_state(sequences) @ self.item_embedding.weight.T
