@@ -5,6 +5,7 @@ Everything runs in-process through FastAPI's TestClient: no server, no sockets, 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import signal
@@ -13,14 +14,26 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
 import hybridrec
+import hybridrec.serve
 from hybridrec import TrainConfig
+from hybridrec.data.encoding import IdEncoder
 from hybridrec.data.synthetic import SyntheticConfig, write_synthetic_data
 from hybridrec.errors import ConfigError, HybridRecError, UnknownIdError
-from hybridrec.serve import ModelHolder, create_app, install_reload_signal, serve
+from hybridrec.recommend import Recommendation
+from hybridrec.serve import (
+    CachedRecommendations,
+    ModelHolder,
+    _fast_query,
+    build_cache,
+    create_app,
+    install_reload_signal,
+    serve,
+)
 
 TINY = {"embedding_dim": 8, "mlp_layer_sizes": (16, 8)}
 UNKNOWN_USER = "nobody-like-this"
@@ -310,7 +323,8 @@ class Failing(hybridrec.Recommender):
 def test_recommender_errors_map_to_4xx(rec, error, status):
     failing = Failing(rec.model, rec.users, rec.items)
     failing.error = error
-    with TestClient(create_app(failing)) as client:
+    # uncached: the cache is filled by recommend_many and would answer without recommend
+    with TestClient(create_app(failing, cache_top=0)) as client:
         r = client.get("/recommend/1")
     assert r.status_code == status
     assert r.json() == {"detail": error.args[0]}
@@ -319,8 +333,208 @@ def test_recommender_errors_map_to_4xx(rec, error, status):
 def test_bugs_are_not_disguised_as_user_errors(rec):
     failing = Failing(rec.model, rec.users, rec.items)
     failing.error = RuntimeError("a bug")
-    with TestClient(create_app(failing), raise_server_exceptions=False) as client:
+    app = create_app(failing, cache_top=0)
+    with TestClient(app, raise_server_exceptions=False) as client:
         assert client.get("/recommend/1").status_code == 500
+
+
+# --------------------------------------------------------------------------- the top-k cache
+# GET /recommend/{user_id} is answered from lists computed at load (TopCache), by a middleware
+# in front of FastAPI for canonical queries and by the endpoint for the rest. Every answer
+# must be exactly the Recommender's, bit for bit, for every user, k and exclude_seen.
+
+
+@pytest.fixture(scope="module")
+def uncached(rec):
+    """The same service with the cache off: every request goes through the model."""
+    with TestClient(create_app(rec, cache_top=0)) as c:
+        yield c
+
+
+def text_id_recommender(rec) -> hybridrec.Recommender:
+    """``rec``'s model with text ids that need JSON escaping (quotes, backslashes, accents)."""
+    users = IdEncoder(np.array(sorted(f'user "{u}"' for u in rec.users.ids), dtype=object))
+    items = IdEncoder(np.array(sorted(f"ítem\\{i}" for i in rec.items.ids), dtype=object))
+    return hybridrec.Recommender(rec.model, users, items, model_name="hybrid", seen=rec.seen)
+
+
+@pytest.mark.parametrize("exclude_seen", [True, False])
+def test_cache_equals_recommend_for_every_user_and_k(rec, exclude_seen):
+    cache = build_cache(rec, depth=12)
+    assert cache is not None
+    users = [*rec.users.ids.tolist(), UNKNOWN_USER]
+    for user in users:
+        for k in (1, 2, 3, 7, 8, 9, 10, 11, 12):
+            body = cache.body(str(user), k, exclude_seen)
+            want = rec.recommend(str(user), k=k, exclude_seen=exclude_seen)
+            assert json.loads(body) == expected(want, user), (user, k)
+        assert cache.body(str(user), 13, exclude_seen) is None  # deeper than kept: the model
+
+
+def test_cache_with_text_ids(rec):
+    text = text_id_recommender(rec)
+    cache = build_cache(text, depth=10)
+    for user in [*text.users.ids.tolist(), UNKNOWN_USER, "1"]:
+        for exclude_seen in (True, False):
+            want = text.recommend(user, k=10, exclude_seen=exclude_seen)
+            assert json.loads(cache.body(user, 10, exclude_seen)) == expected(want, user)
+    with TestClient(create_app(text)) as c:
+        user = text.users.ids[3]
+        r = c.get(f"/recommend/{user}", params={"k": 4})
+        assert r.status_code == 200
+        assert r.json() == expected(text.recommend(user, k=4), user)
+
+
+def test_cache_keeps_the_whole_ranking_of_small_catalogues(rec):
+    cache = build_cache(rec)  # default depth 100 > 60 items: every k is answered
+    user = str(rec.users.ids[0])
+    want = rec.recommend(user, k=1000, exclude_seen=False)
+    assert json.loads(cache.body(user, 1000, False)) == expected(want, rec.users.ids[0])
+    assert len(want) == len(rec.items)
+
+
+@pytest.mark.parametrize("model", ["mf", "neumf", "popularity"])
+def test_cache_equals_recommend_for_other_models(tmp_path, model):
+    config = SyntheticConfig(num_users=40, num_items=30, num_positives=600, seed=2)
+    train_csv, _ = write_synthetic_data(tmp_path, config)
+    options = {} if model == "popularity" else {"embedding_dim": 4}
+    if model == "neumf":
+        options["mlp_layer_sizes"] = (8, 4)
+    other = hybridrec.train(
+        train_csv,
+        model=model,
+        model_options=options,
+        train_config=TrainConfig(epochs=1, device="cpu"),
+    ).recommender
+    cache = build_cache(other, depth=6)
+    assert cache is not None
+    for user in [*other.users.ids.tolist(), UNKNOWN_USER]:
+        for exclude_seen in (True, False):
+            for k in (1, 5, 6):
+                want = other.recommend(str(user), k=k, exclude_seen=exclude_seen)
+                assert json.loads(cache.body(str(user), k, exclude_seen)) == expected(want, user)
+
+
+def test_cache_refuses_logits_that_are_not_the_rankings(rec, monkeypatch, caplog):
+    """A model whose scores the cache cannot reproduce is served uncached, never wrongly."""
+    other = hybridrec.Recommender(rec.model, rec.users, rec.items, seen=rec.seen)
+    real = other.recommend_many
+
+    def ranked_another_way(*args: Any, **kwargs: Any) -> list[Any]:
+        return [
+            Recommendation(r.user_id, r.item_ids, r.scores / 2, r.source, r.unknown_items)
+            for r in real(*args, **kwargs)
+        ]
+
+    monkeypatch.setattr(other, "recommend_many", ranked_another_way)
+    assert build_cache(other) is None
+    assert "not caching" in caplog.text
+
+
+def test_cache_is_skipped_beyond_its_budget(rec, monkeypatch):
+    assert build_cache(rec, depth=0) is None
+    monkeypatch.setattr(hybridrec.serve, "CACHE_MAX_PAIRS", len(rec.users) * len(rec.items) - 1)
+    assert build_cache(rec) is None
+    with TestClient(create_app(rec)) as c:
+        assert c.app.state.holder.get().cache is None
+        user = known_users(rec, 1)[0]
+        assert c.get(f"/recommend/{user}").json() == expected(rec.recommend(str(user)), user)
+
+
+QUERIES = [
+    "",
+    "k=1",
+    "k=7",
+    "k=8&exclude_seen=false",
+    "exclude_seen=true&k=9",
+    "exclude_seen=false",
+    # not canonical: the middleware leaves these to FastAPI (cache or model behind it)
+    "k=07",
+    "exclude_seen=False",
+    "exclude_seen=0",
+    "k=5&k=6",
+    "k=5&other=1",
+    "k=5&",
+    "k=%35",
+    # deeper than the cache of depth 8: the model answers
+    "k=9",
+    "k=1000",
+    # errors
+    "k=0",
+    "k=1001",
+    "k=99999999999999999999",
+    "k=",
+    "k=x",
+    "exclude_seen=maybe",
+]
+
+
+@pytest.mark.parametrize("query", QUERIES)
+def test_cached_service_answers_as_the_model_does(rec, uncached, query):
+    users = [*known_users(rec, 5), UNKNOWN_USER, "%201", "1%2F2", "ü"]
+    with TestClient(create_app(rec, cache_top=8)) as cached:
+        for user in users:
+            url = f"/recommend/{user}?{query}"
+            a, b = cached.get(url), uncached.get(url)
+            assert a.status_code == b.status_code, url
+            assert a.json() == b.json(), url
+            if a.status_code == 200:
+                assert a.headers["content-type"] == "application/json"
+                assert int(a.headers["content-length"]) == len(a.content)
+
+
+@pytest.mark.parametrize(
+    ("query", "parsed"),
+    [
+        (b"", (10, True)),
+        (b"k=3", (3, True)),
+        (b"exclude_seen=false&k=1000", (1000, False)),
+        (b"k=1001", None),
+        (b"k=0", None),
+        (b"k=03", None),
+        (b"k=3&k=3", None),
+        (b"exclude_seen=1", None),
+        (b"k=3&x=1", None),
+        (b"k=%33", None),
+    ],
+)
+def test_fast_query(query, parsed):
+    assert _fast_query(query) == parsed
+
+
+def call_middleware(holder: ModelHolder, path: str, query: bytes) -> list[dict[str, Any]]:
+    """Run one GET through the middleware alone; the app behind it only records the call."""
+    sent: list[dict[str, Any]] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        sent.append({"type": "passed on"})
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "method": "GET", "path": path, "query_string": query}
+    asyncio.run(CachedRecommendations(app, holder)(scope, None, send))
+    return sent
+
+
+def test_middleware_answers_canonical_requests_itself(rec):
+    holder = ModelHolder(rec)
+    start, body = call_middleware(holder, "/recommend/1", b"k=3&exclude_seen=false")
+    assert start["status"] == 200
+    assert json.loads(body["body"]) == expected(rec.recommend("1", k=3, exclude_seen=False), 1)
+    for path, query in [
+        ("/recommend/1", b"k=3&exclude_seen=0"),
+        ("/recommend/", b""),
+        ("/similar/1", b""),
+        ("/recommend/1/x", b""),
+    ]:
+        assert call_middleware(holder, path, query) == [{"type": "passed on"}]
+    assert call_middleware(ModelHolder(), "/recommend/1", b"") == [{"type": "passed on"}]
+
+
+def test_cached_service_before_startup_is_503(model_dirs):
+    client = TestClient(create_app(model_dir=model_dirs[0]))  # lifespan not run: no model
+    assert client.get("/recommend/1").status_code == 503
 
 
 # --------------------------------------------------------------------------- reloading
@@ -349,6 +563,12 @@ def test_reload_swaps_model(reload_client, model_dirs, rec, rec_b):
     after = reload_client.get(f"/recommend/{user}").json()
     assert after == expected(rec_b.recommend(str(user)), user)
     assert after != before
+    # the cached lists were rebuilt for B: every user and both settings answer as B does
+    for u in known_users(rec_b, len(rec_b.users)):
+        for exclude_seen in (True, False):
+            flag = str(exclude_seen).lower()
+            got = reload_client.get(f"/recommend/{u}?k=10&exclude_seen={flag}").json()
+            assert got == expected(rec_b.recommend(str(u), exclude_seen=exclude_seen), u)
     # no body: reload the directory now served
     r = reload_client.post("/admin/reload")
     assert r.status_code == 200

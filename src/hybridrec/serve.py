@@ -4,8 +4,16 @@ One process serves one model at a time. The model lives in a :class:`ModelHolder
 reference is replaced in one assignment on reload, so a request that has read it keeps a
 consistent model to the end, and a failed reload never disturbs the model being served.
 
-Endpoints are plain ``def`` functions: FastAPI runs them in its threadpool, so PyTorch work
-never blocks the event loop. Each model call runs under ``torch.inference_mode()``.
+Endpoints that may call the model are plain ``def`` functions: FastAPI runs them in its
+threadpool, so PyTorch work never blocks the event loop. Each model call runs under
+``torch.inference_mode()``, one at a time.
+
+The hot path, ``GET /recommend/{user_id}``, is a lookup: at every load each known user's top
+``CACHE_TOP`` items are ranked once (:class:`TopCache`, for catalogues up to
+``CACHE_MAX_PAIRS`` users x items), and a small ASGI middleware
+(:class:`CachedRecommendations`) answers canonical requests from it on the event loop, with
+JSON built from pre-encoded pieces, before FastAPI's routing and validation. Answers are
+exactly :meth:`Recommender.recommend`'s; anything the cache cannot answer goes to the model.
 
 Threads: PyTorch's intra-op thread count is process-wide and is not set here. Callers set it
 once at startup, before :func:`serve` (``hybridrec.runtime.set_num_threads(1)``): with many
@@ -23,20 +31,24 @@ Example:
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import signal
 import threading
+import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
+import numpy as np
 import torch
-from fastapi import FastAPI, HTTPException, Query
+from fastapi import FastAPI, HTTPException, Query, Response
 from fastapi import Path as PathParam
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, model_validator
+from starlette.concurrency import run_in_threadpool
 
 from hybridrec.errors import HybridRecError
 from hybridrec.recommend import Recommender
@@ -51,6 +63,12 @@ MAX_K = 1000
 #: Most users per batch request and pairs per score request: one request cannot hog a worker.
 MAX_BATCH = 10_000
 MAX_PAIRS = 100_000
+#: Items per user kept ready for ``GET /recommend/{user_id}`` (see :class:`TopCache`).
+CACHE_TOP = 100
+#: Largest ``users x items`` scored to fill the cache at load (two passes over every known
+#: user, with and without seen items: about 0.3 s per million pairs on one CPU core for the
+#: default hybrid model, so at most a few seconds). Bigger models are served uncached.
+CACHE_MAX_PAIRS = 25_000_000
 
 #: A raw id as it appears in JSON: integers stay integers, text stays text (never coerced, so
 #: ``1.5`` or ``true`` is a 422 rather than a silent wrong id).
@@ -176,6 +194,147 @@ class ReloadOut(BaseModel):
 # --------------------------------------------------------------------------- the served model
 
 
+class TopCache:
+    """Every known user's top items, computed once at load, for ``GET /recommend/{user_id}``.
+
+    For each known user and both ``exclude_seen`` settings it keeps the first ``depth`` items
+    of :meth:`Recommender.recommend_many` with their logits, and the popularity list that
+    unknown users get. The top ``k`` of a ranking is the first ``k`` of its top ``depth``
+    (ties are broken by item index, whatever ``torch.topk`` does), so any ``k <= depth`` is
+    answered exactly as :meth:`Recommender.recommend` answers it, as JSON built from
+    pre-encoded pieces: no model call, no pydantic models. Deeper requests get None here
+    and go to the model.
+
+    Scores are the sigmoid of the first ``k`` logits, taken per request: PyTorch's sigmoid
+    can round an element differently depending on the length of the vector it is part of
+    (SIMD blocks and a scalar tail), so a stored top-``depth`` score may differ from the
+    top-``k`` one in the last bit. The logits are ``Recommender._score_users``' own, the
+    numbers its ranking used.
+
+    Built before a model is swapped in, and swapped with it (:class:`Served`), so a reload
+    never serves one model's cache with another's weights.
+    """
+
+    def __init__(self, recommender: Recommender, depth: int) -> None:
+        self.depth = depth
+        self._users = users = recommender.users
+        known = users.ids.tolist()
+        #: canonical text of each known user id (what a URL holds) -> its user index
+        self.index = {str(u): i for i, u in enumerate(known, start=1)}
+        self.user_json = [b"null", *(_json(u) for u in known)]
+        items = recommender.items
+        # '{"item_id":<id>,"score":' per item index; the score and '}' follow per request
+        self.item_head = [b""] + [
+            b'{"item_id":' + _json(i) + b',"score":' for i in items.ids.tolist()
+        ]
+        rows = len(known) + 1  # row r: user index r (row 0, the unknown user, is never read)
+        self.top = {flag: np.zeros((rows, depth), dtype=np.int64) for flag in (True, False)}
+        self.count = {flag: np.zeros(rows, dtype=np.int64) for flag in (True, False)}
+        self.logits = {flag: np.zeros((rows, depth), dtype=np.float32) for flag in (True, False)}
+        scores = {flag: np.zeros((rows, depth), dtype=np.float32) for flag in (True, False)}
+        with torch.inference_mode():
+            for flag in (True, False):  # the ranking: exactly recommend_many's
+                results = recommender.recommend_many(known, k=depth, exclude_seen=flag)
+                for row, result in enumerate(results, start=1):
+                    self.count[flag][row] = len(result)
+                    self.top[flag][row, : len(result)] = items.transform(result.item_ids)
+                    scores[flag][row, : len(result)] = result.scores
+            chunk = recommender.default_chunk_users()
+            for first in range(1, rows, chunk):  # the logits of the ranked items
+                block = np.arange(first, min(first + chunk, rows))
+                logits = recommender._score_users(block).cpu().numpy()
+                for flag in (True, False):
+                    picked = self.top[flag][block]
+                    self.logits[flag][block] = np.take_along_axis(logits, picked, axis=1)
+            unknown = recommender.recommend_many([_unknown_id(recommender)], k=depth)[0]
+            for flag in (True, False):  # the logits must be the ones the ranking was made of
+                again = torch.sigmoid(torch.from_numpy(self.logits[flag])).numpy()
+                filled = np.arange(depth) < self.count[flag][:, None]
+                if not np.allclose(again[filled], scores[flag][filled], rtol=1e-5, atol=1e-7):
+                    raise CacheMismatchError(
+                        f"{recommender.model_name}: the logits of _score_users do not give "
+                        "recommend_many's scores"
+                    )
+        if unknown.source != "popularity":  # pragma: no cover - _unknown_id makes sure
+            raise RuntimeError(f"expected the popularity ranking, got {unknown.source}")
+        # popularity shares are divided in numpy (exactly rounded), so prefixes are exact
+        self.popular = (items.transform(unknown.item_ids).tolist(), unknown.scores.tolist())
+
+    def lookup(self, user_id: str) -> int:
+        """The user index of ``user_id`` as text from a URL (0: unknown to the model)."""
+        index = self.index.get(user_id)
+        if index is None:  # unknown, or a non-canonical spelling the encoder accepts (" 42")
+            return int(self._users.transform([user_id])[0])
+        return index
+
+    def body(self, user_id: str, k: int, exclude_seen: bool) -> bytes | None:
+        """The JSON of ``GET /recommend/{user_id}?k=&exclude_seen=``, or None when ``k`` is
+        deeper than what is kept for this user."""
+        index = self.lookup(user_id)
+        if index == 0:
+            top, scores = self.popular
+            if k > len(top) == self.depth:
+                return None
+            user, source = _json(user_id), b"popularity"
+            top, scores = top[:k], scores[:k]
+        else:
+            n = int(self.count[exclude_seen][index])
+            if k > n == self.depth:
+                return None
+            m = min(k, n)
+            user, source = self.user_json[index], b"model"
+            top = self.top[exclude_seen][index, :m].tolist()
+            logits = torch.from_numpy(self.logits[exclude_seen][index, :m])
+            scores = torch.sigmoid(logits).tolist()  # as recommend does, on these k logits
+        head = self.item_head
+        items = b",".join(
+            [head[i] + _score_json(s) + b"}" for i, s in zip(top, scores, strict=True)]
+        )
+        return (
+            b'{"user_id":'
+            + user
+            + b',"items":['
+            + items
+            + b'],"source":"'
+            + source
+            + b'","unknown_items":[]}'
+        )
+
+
+def build_cache(recommender: Recommender, depth: int = CACHE_TOP) -> TopCache | None:
+    """A :class:`TopCache` of ``depth`` items per user, or None when ``depth`` is 0, the
+    model knows no users, or scoring every user would exceed ``CACHE_MAX_PAIRS``."""
+    pairs = len(recommender.users) * len(recommender.items)
+    if depth <= 0 or len(recommender.users) == 0 or pairs > CACHE_MAX_PAIRS:
+        return None
+    try:
+        return TopCache(recommender, min(depth, MAX_K))
+    except CacheMismatchError:  # a model scored another way: serve it uncached, correctly
+        logger.warning("not caching recommendations", exc_info=True)
+        return None
+
+
+class CacheMismatchError(RuntimeError):
+    """The cache could not reproduce :meth:`Recommender.recommend`'s scores."""
+
+
+def _json(value: Any) -> bytes:
+    return json.dumps(value).encode()
+
+
+def _score_json(score: float) -> bytes:
+    # what the pydantic response models write: the shortest repr, null for NaN/infinity
+    return repr(score).encode() if math.isfinite(score) else b"null"
+
+
+def _unknown_id(recommender: Recommender) -> str:
+    """An id the model does not know, to ask for the popularity ranking unknown users get."""
+    candidate = "unknown user"
+    while recommender.users.transform([candidate])[0] != 0:
+        candidate += "?"
+    return candidate
+
+
 @dataclass(frozen=True)
 class Served:
     """Everything a request needs about the current model, swapped as one object."""
@@ -183,6 +342,7 @@ class Served:
     recommender: Recommender
     model_dir: str | None
     metrics: dict[str, Any]  # final metrics, read once at load so they match the weights
+    cache: TopCache | None = None  # this model's precomputed top lists
 
 
 class ModelHolder:
@@ -193,8 +353,11 @@ class ModelHolder:
     racing each other; the load happens before the swap, so a failure leaves the old model.
     """
 
-    def __init__(self, recommender: Recommender | None = None) -> None:
-        self.current: Served | None = _served(recommender) if recommender is not None else None
+    def __init__(self, recommender: Recommender | None = None, cache_top: int = CACHE_TOP) -> None:
+        self.cache_top = cache_top
+        self.current: Served | None = (
+            _served(recommender, cache_top) if recommender is not None else None
+        )
         self._reload_lock = threading.Lock()
 
     def get(self) -> Served:
@@ -216,7 +379,7 @@ class ModelHolder:
                 model_dir = self.current.model_dir if self.current is not None else None
             if model_dir is None:
                 raise ValueError("no model_dir given and the served model has no directory")
-            served = _served(Recommender.load(model_dir))
+            served = _served(Recommender.load(model_dir), self.cache_top)
             self.current = served
         logger.info(f"serving {served.recommender!r} from {served.model_dir}")
         return served
@@ -236,14 +399,21 @@ class ModelHolder:
         return thread
 
 
-def _served(recommender: Recommender) -> Served:
+def _served(recommender: Recommender, cache_top: int) -> Served:
     try:
         final = recommender.metrics.get("final", {})
     except (OSError, ValueError):  # an unreadable metrics.json must not stop serving
         logger.warning("could not read the model's metrics.json", exc_info=True)
         final = {}
     directory = recommender.config.get("directory")
-    return Served(recommender, str(directory) if directory else None, _json_safe(final))
+    started = time.perf_counter()
+    cache = build_cache(recommender, cache_top)
+    if cache is not None:
+        logger.info(
+            f"cached the top {cache.depth} items of {len(recommender.users)} users "
+            f"in {time.perf_counter() - started:.2f} s"
+        )
+    return Served(recommender, str(directory) if directory else None, _json_safe(final), cache)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -313,8 +483,79 @@ def _message(exc: BaseException) -> str:
 # --------------------------------------------------------------------------- the app
 
 
+class CachedRecommendations:
+    """ASGI middleware: answers ``GET /recommend/{user_id}`` from the :class:`TopCache`.
+
+    The hot path of the service skips FastAPI's routing, parameter validation and response
+    machinery (most of a cached request's cost), but only for requests whose meaning is
+    beyond doubt: a path ``/recommend/<id>`` and a query of at most ``k=<1..MAX_K>`` and
+    ``exclude_seen=true|false``, each once, in canonical spelling. Everything else (other
+    spellings, extra parameters, bad values, a ``k`` deeper than the cache, no model yet)
+    goes on to the app, which answers as it always has. Both give the same JSON.
+    """
+
+    def __init__(self, app: Any, holder: ModelHolder) -> None:
+        self.app = app
+        self.holder = holder
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["method"] == "GET":
+            body = self._answer(scope)
+            if body is not None:
+                await send(
+                    {
+                        "type": "http.response.start",
+                        "status": 200,
+                        "headers": [
+                            (b"content-length", b"%d" % len(body)),
+                            (b"content-type", b"application/json"),
+                        ],
+                    }
+                )
+                await send({"type": "http.response.body", "body": body})
+                return
+        await self.app(scope, receive, send)
+
+    def _answer(self, scope: Any) -> bytes | None:
+        path = scope["path"]
+        if not path.startswith("/recommend/") or scope.get("root_path"):
+            return None
+        user_id = path[11:]  # len("/recommend/")
+        served = self.holder.current
+        if not user_id or "/" in user_id or served is None or served.cache is None:
+            return None
+        params = _fast_query(scope["query_string"])
+        if params is None:
+            return None
+        return served.cache.body(user_id, *params)
+
+
+def _fast_query(query: bytes) -> tuple[int, bool] | None:
+    """``(k, exclude_seen)`` from a query in canonical form (``k=10&exclude_seen=false``, in
+    any order, each at most once), else None: the app parses anything else."""
+    k, exclude_seen = None, None
+    if query:
+        for part in query.split(b"&"):
+            name, _, value = part.partition(b"=")
+            if name == b"k" and k is None and value.isdigit() and value[:1] != b"0":
+                k = int(value) if len(value) <= 4 else MAX_K + 1
+                if k > MAX_K:
+                    return None
+            elif name == b"exclude_seen" and exclude_seen is None and value in _BOOLS:
+                exclude_seen = _BOOLS[value]
+            else:  # an unknown, repeated or unusually written parameter
+                return None
+    return (10 if k is None else k), (True if exclude_seen is None else exclude_seen)
+
+
+_BOOLS = {b"true": True, b"false": False}
+
+
 def create_app(
-    recommender: Recommender | None = None, model_dir: str | Path | None = None
+    recommender: Recommender | None = None,
+    model_dir: str | Path | None = None,
+    *,
+    cache_top: int = CACHE_TOP,
 ) -> FastAPI:
     """Build the service around a recommender, or one loaded from ``model_dir`` at startup.
 
@@ -322,13 +563,15 @@ def create_app(
         recommender: serve this object (tests, embedding in another app).
         model_dir: load this artifact once when the app starts (its lifespan), so a broken
             artifact stops the server at startup rather than failing requests.
+        cache_top: items per user precomputed for ``GET /recommend/{user_id}`` at every
+            load (:class:`TopCache`); 0 scores every request with the model.
 
     Raises:
         ValueError: neither or both of ``recommender`` and ``model_dir`` were given.
     """
     if (recommender is None) == (model_dir is None):
         raise ValueError("create_app needs exactly one of recommender or model_dir")
-    holder = ModelHolder(recommender)
+    holder = ModelHolder(recommender, cache_top)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -342,6 +585,7 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.holder = holder
+    app.add_middleware(CachedRecommendations, holder=holder)
 
     @app.get("/health", tags=["service"])
     def health() -> HealthOut:
@@ -364,17 +608,28 @@ def create_app(
             metrics=served.metrics,
         )
 
-    @app.get("/recommend/{user_id}", tags=["recommend"])
-    def recommend_user(
-        user_id: Annotated[str, PathParam(description="raw user id; unknown users get popular")],
-        k: K = 10,
-        exclude_seen: Annotated[bool, Query(description="skip items seen in training")] = True,
+    def recommend_one(
+        rec: Recommender, user_id: str, k: int, exclude_seen: bool
     ) -> RecommendationOut:
-        """Top-k items for one user (an unknown user gets the most popular items)."""
-        rec = holder.get().recommender
         with _model_call():
             result = rec.recommend(user_id, k=k, exclude_seen=exclude_seen)
         return to_out(result, _known_ids(rec, [user_id])[0])
+
+    @app.get("/recommend/{user_id}", tags=["recommend"], response_model=RecommendationOut)
+    async def recommend_user(
+        user_id: Annotated[str, PathParam(description="raw user id; unknown users get popular")],
+        k: K = 10,
+        exclude_seen: Annotated[bool, Query(description="skip items seen in training")] = True,
+    ) -> Any:
+        """Top-k items for one user (an unknown user gets the most popular items)."""
+        served = holder.get()
+        # The cached answer is a lookup, cheap enough for the event loop; the model runs in
+        # the threadpool so it never blocks the loop.
+        if served.cache is not None:
+            body = served.cache.body(user_id, k, exclude_seen)
+            if body is not None:
+                return Response(body, media_type="application/json")
+        return await run_in_threadpool(recommend_one, served.recommender, user_id, k, exclude_seen)
 
     @app.post("/recommend", tags=["recommend"])
     def recommend_batch(body: RecommendRequest) -> BatchOut | RecommendationOut:
