@@ -431,6 +431,16 @@ def test_cache_refuses_logits_that_are_not_the_rankings(rec, monkeypatch, caplog
     assert "not caching" in caplog.text
 
 
+def test_cache_memory_of_finished_responses_is_bounded(rec, monkeypatch):
+    monkeypatch.setattr(hybridrec.serve, "_MEMO_BYTES", 2000)
+    cache = build_cache(rec, depth=10)
+    for _ in range(2):  # the second round answers from memory, or after starting afresh
+        for user in [*known_users(rec, 20), UNKNOWN_USER, "another unknown"]:
+            want = expected(rec.recommend(str(user), k=10), user)
+            assert json.loads(cache.body(str(user), 10, True)) == want
+            assert cache._memo_bytes <= 2000
+
+
 def test_cache_is_skipped_beyond_its_budget(rec, monkeypatch):
     assert build_cache(rec, depth=0) is None
     monkeypatch.setattr(hybridrec.serve, "CACHE_MAX_PAIRS", len(rec.users) * len(rec.items) - 1)
@@ -680,12 +690,29 @@ def test_serve_runs_uvicorn_with_sighup(monkeypatch, model_dirs):
 
     def fake_run(self, sockets=None):
         seen["host"], seen["port"] = self.config.host, self.config.port
+        seen["access_log"] = self.config.access_log
         seen["handler"] = signal.getsignal(signal.SIGHUP) if hasattr(signal, "SIGHUP") else None
 
     before = signal.getsignal(signal.SIGHUP) if hasattr(signal, "SIGHUP") else None
     monkeypatch.setattr(uvicorn.Server, "run", fake_run)
     serve(model_dirs[0], host="127.0.0.1", port=8123, log_level="warning")
     assert (seen["host"], seen["port"]) == ("127.0.0.1", 8123)
+    assert seen["access_log"] is False
     if hasattr(signal, "SIGHUP"):
         assert seen["handler"] is not before  # installed while serving
         assert signal.getsignal(signal.SIGHUP) == before  # and restored afterwards
+
+
+def test_cli_serve_options(monkeypatch, model_dirs, capsys):
+    from hybridrec.cli import main
+
+    calls = []
+    monkeypatch.setattr(hybridrec.serve, "serve", lambda *a, **kw: calls.append((a, kw)))
+    model = str(model_dirs[0])
+    assert main(["serve", "--model", model, "--port", "8124"]) == 0
+    assert main(["serve", "--model", model, "--cache-top", "0", "--access-log"]) == 0
+    assert [kw["cache_top"] for _, kw in calls] == [100, 0]
+    assert [kw["access_log"] for _, kw in calls] == [False, True]
+    assert main(["serve", "--model", model, "--cache-top", "-1"]) == 2
+    assert "--cache-top must be >= 0" in capsys.readouterr().err
+    assert len(calls) == 2

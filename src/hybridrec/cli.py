@@ -238,6 +238,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--threads", type=int, default=1, help="PyTorch CPU threads for scoring (default: 1)"
     )
+    p.add_argument(
+        "--cache-top",
+        type=int,
+        default=100,
+        metavar="N",
+        help="rank every known user's top N items at each load, so GET /recommend with "
+        "k <= N is a lookup; 0 = score every request (default: 100; skipped for catalogues "
+        "over 25M users x items)",
+    )
+    p.add_argument(
+        "--access-log",
+        action="store_true",
+        help="log every request (off by default: it nearly doubles the cost of a cached request)",
+    )
     p = sub.add_parser(
         "export", help="write a model as a TorchScript or ONNX scorer of (user_idx, item_idx)"
     )
@@ -525,7 +539,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     set_num_threads(args.threads)
     load_artifact(args.model)  # fail here, with a clear error, before the server starts
-    serve(args.model, host=args.host, port=args.port, log_level=args.log_level)
+    if args.cache_top < 0:
+        raise ConfigError(f"--cache-top must be >= 0, got {args.cache_top}")
+    serve(
+        args.model,
+        host=args.host,
+        port=args.port,
+        log_level=args.log_level,
+        cache_top=args.cache_top,
+        access_log=args.access_log,
+    )
     return 0
 
 
