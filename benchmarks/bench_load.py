@@ -48,7 +48,9 @@ def write_data(directory: Path, rows: int, timestamp: bool, seed: int = 0) -> di
     schema = pa.schema([(c, pa.int64() if c != "target" else pa.int8()) for c in columns])
     chunk = 2_000_000
     with (
-        pacsv.CSVWriter(paths["csv"], schema) as csv_out,
+        pacsv.CSVWriter(
+            paths["csv"], schema, write_options=pacsv.WriteOptions(quoting_header="none")
+        ) as csv_out,
         pq.ParquetWriter(paths["parquet"], schema) as pq_out,
     ):
         for start in range(0, rows, chunk):

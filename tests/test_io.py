@@ -337,3 +337,18 @@ def test_data_error_is_a_value_error(tmp_path):
     """Callers that catch ValueError (the usual pandas habit) still catch bad data."""
     with pytest.raises(ValueError):
         read_interactions(tmp_path / "missing.csv")
+
+
+def test_repeated_column_names_are_read_as_pandas_names_them(tiny_csv):
+    """pyarrow keeps repeated names; pandas' reader (the fallback) renames them 'a.1'."""
+    path = tiny_csv("userId,itemId,itemId\n1,2,3\n")
+    frame = read_interactions(path)
+    assert frame["item_id"].tolist() == [2]
+
+
+def test_utf8_bom_and_quoted_header(tiny_csv, tmp_path):
+    path = tmp_path / "bom.csv"
+    path.write_bytes('\ufeff"userId","itemId",target\n"1",2,1\n'.encode())
+    frame = read_interactions(path)
+    assert frame["user_id"].tolist() == [1]
+    assert frame["item_id"].tolist() == [2]
