@@ -25,6 +25,10 @@ from hybridrec.data.sequences import append_items, pack_histories
 from hybridrec.errors import ConfigError
 
 
+#: Histories encoded per transformer call: bounds the (users, L, L) attention memory.
+STATE_CHUNK = 256
+
+
 @dataclass
 class SASRecConfig:
     """Hyper-parameters of :class:`SASRec` (``num_users``/``num_items`` come from the data)."""
@@ -140,13 +144,29 @@ class SASRec(nn.Module):
         return states * real.unsqueeze(-1)
 
     def user_state(self, sequences: torch.Tensor) -> torch.Tensor:
-        """The state (B, D) after each sequence's latest item."""
-        return self.encode(sequences)[:, -1]
+        """The state (B, D) after each sequence's latest item, ``STATE_CHUNK`` rows at a time."""
+        if len(sequences) <= STATE_CHUNK or torch.jit.is_tracing():
+            return self.encode(sequences)[:, -1]
+        return torch.cat(
+            [
+                self.encode(sequences[start : start + STATE_CHUNK])[:, -1]
+                for start in range(0, len(sequences), STATE_CHUNK)
+            ]
+        )
 
     def forward(self, user_idx: torch.Tensor, item_idx: torch.Tensor) -> torch.Tensor:
-        """Logits (B,) of ``item_idx[b]`` coming next in user ``user_idx[b]``'s history."""
-        state = self.user_state(self.histories[user_idx])
-        return (state * self.item_embedding(item_idx)).sum(-1)
+        """Logits (B,) of ``item_idx[b]`` coming next in user ``user_idx[b]``'s history.
+
+        Each distinct user's history is encoded once: callers score many pairs per user (the sampled protocol sends 101 per user), and
+        attention costs ``max_len**2`` per history. Export traces the plain path instead
+        (``torch.unique`` has a data-dependent size).
+        """
+        if torch.jit.is_tracing() or torch.compiler.is_exporting():
+            states = self.user_state(self.histories[user_idx])
+        else:
+            users, inverse = torch.unique(user_idx, return_inverse=True)
+            states = self.user_state(self.histories[users])[inverse]
+        return (states * self.item_embedding(item_idx)).sum(-1)
 
     def score_all(self, user_idx: torch.Tensor) -> torch.Tensor:
         """Logits (B, num_items) of every item for each user: one matrix product."""
