@@ -350,27 +350,38 @@ def _parse_numeric_target(
 def _parse_text_target(
     text: pa.ChunkedArray, col: pd.Series, path: Path, name: str, threshold: float | None
 ) -> np.ndarray:
-    """:func:`_parse_target` for Arrow text, with Arrow's vectorised kernels (same rules)."""
-    lowered = pc.utf8_lower(pc.utf8_trim_whitespace(text))
-    blank = pc.or_kleene(text.is_null(), pc.is_in(lowered, pa.array(["", "nan", "none"])))
-    pos = _first(blank)
+    """:func:`_parse_target` for Arrow text (same rules), checking each distinct cell once.
+
+    A target column holds a handful of distinct texts ("0"/"1", "yes"/"no", ratings), so
+    the rules run on those and the labels reach the rows by one integer gather.
+    """
+    distinct = text.unique()  # includes a null when there is one
+    row_of = pc.index_in(text, value_set=distinct, skip_nulls=False).to_numpy()
+
+    def first_row(bad: np.ndarray) -> int | None:
+        """First row whose cell is one of the ``bad`` distinct texts."""
+        return int(np.argmax(bad[row_of])) if bad.any() else None
+
+    lowered = pc.utf8_lower(pc.utf8_trim_whitespace(distinct))
+    blank = pc.or_kleene(distinct.is_null(), pc.is_in(lowered, pa.array(["", "nan", "none"])))
+    pos = first_row(blank.to_numpy(zero_copy_only=False))
     if pos is not None:
         raise row_error(path, pos, name, "missing target", "0 or 1")
     if threshold is not None:
         try:
-            values = pc.cast(text, pa.float64()).to_numpy()
+            values = pc.cast(distinct, pa.float64()).to_numpy(zero_copy_only=False)
         except pa.ArrowInvalid:  # let pandas decide what is a number, as it always has
-            values = pd.to_numeric(col, errors="coerce").to_numpy(dtype=np.float64)
-        bad = ~np.isfinite(values)
-        if bad.any():
-            raise _bad_target(col, path, name, int(np.argmax(bad)), threshold)
-        return (values >= threshold).astype(np.float32)
-    is_true = pc.is_in(lowered, pa.array(sorted(TRUE_WORDS)))
-    is_false = pc.is_in(lowered, pa.array(sorted(FALSE_WORDS)))
-    pos = _first(pc.invert(pc.or_(is_true, is_false)))
+            values = pd.to_numeric(distinct.to_pandas(), errors="coerce").to_numpy(np.float64)
+        pos = first_row(~np.isfinite(values))
+        if pos is not None:
+            raise _bad_target(col, path, name, pos, threshold)
+        return (values >= threshold).astype(np.float32)[row_of]
+    is_true = pc.is_in(lowered, pa.array(sorted(TRUE_WORDS))).to_numpy(zero_copy_only=False)
+    is_false = pc.is_in(lowered, pa.array(sorted(FALSE_WORDS))).to_numpy(zero_copy_only=False)
+    pos = first_row(~(is_true | is_false))
     if pos is not None:
         raise _bad_target(col, path, name, pos, threshold)
-    return is_true.to_numpy(zero_copy_only=False).astype(np.float32)
+    return is_true.astype(np.float32)[row_of]
 
 
 def _parse_timestamp(col: pd.Series, path: Path) -> np.ndarray:
