@@ -24,7 +24,6 @@ from hybridrec.data.encoding import UNKNOWN_INDEX
 from hybridrec.data.sequences import append_items, pack_histories
 from hybridrec.errors import ConfigError
 
-
 #: Histories encoded per transformer call: bounds the (users, L, L) attention memory.
 STATE_CHUNK = 256
 
@@ -145,7 +144,7 @@ class SASRec(nn.Module):
 
     def user_state(self, sequences: torch.Tensor) -> torch.Tensor:
         """The state (B, D) after each sequence's latest item, ``STATE_CHUNK`` rows at a time."""
-        if len(sequences) <= STATE_CHUNK or torch.jit.is_tracing():
+        if _exporting() or len(sequences) <= STATE_CHUNK:
             return self.encode(sequences)[:, -1]
         return torch.cat(
             [
@@ -157,11 +156,11 @@ class SASRec(nn.Module):
     def forward(self, user_idx: torch.Tensor, item_idx: torch.Tensor) -> torch.Tensor:
         """Logits (B,) of ``item_idx[b]`` coming next in user ``user_idx[b]``'s history.
 
-        Each distinct user's history is encoded once: callers score many pairs per user (the sampled protocol sends 101 per user), and
-        attention costs ``max_len**2`` per history. Export traces the plain path instead
-        (``torch.unique`` has a data-dependent size).
+        Each distinct user's history is encoded once: callers score many pairs per user
+        (the sampled protocol sends 101 per user), and attention costs ``max_len**2`` per
+        history. Export traces the plain path (``torch.unique`` has a data-dependent size).
         """
-        if torch.jit.is_tracing() or torch.compiler.is_exporting():
+        if _exporting():
             states = self.user_state(self.histories[user_idx])
         else:
             users, inverse = torch.unique(user_idx, return_inverse=True)
@@ -183,3 +182,8 @@ class SASRec(nn.Module):
         if user_idx is not None:
             sequences = append_items(self.histories[user_idx], sequences)
         return self.user_state(sequences) @ self.item_embedding.weight.T
+
+
+def _exporting() -> bool:
+    """Tracing or exporting: no branches on tensor sizes (they would freeze the batch size)."""
+    return torch.jit.is_tracing() or torch.compiler.is_exporting()
