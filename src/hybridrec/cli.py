@@ -342,6 +342,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         items=args.items,
         show_progress=not args.no_progress,
     )
+    if not result.is_main:  # a rank other than 0 of `torchrun ... -m hybridrec train`
+        return 0
     summary = result.summary()
     if args.json:
         _print_json(summary)

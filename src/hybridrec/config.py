@@ -21,7 +21,7 @@ def option(default: object, help: str, *, flag: str | None = None, **kw: object)
     return field(default=default, metadata=meta)
 
 
-LOSSES = ("bce", "bpr", "ce")
+LOSSES = ("auto", "bce", "bpr", "ce")
 SAMPLINGS = ("uniform", "popularity")
 AT_K_METRICS = ("hr", "ndcg", "recall", "precision", "map")
 STOP_METRICS = (*AT_K_METRICS, "mrr", "auc", "accuracy", "loss")
@@ -71,7 +71,8 @@ class TrainConfig:
     )
     eval_batch_size: int = option(65536, "samples per batch when validating")
     loss: str = option(
-        "bce",
+        "auto",
+        "auto: the model's own (ce for sasrec, bce for the others); "
         "bce: pointwise, positives vs sampled negatives (or the file's 0/1 labels); "
         "bpr: pairwise, each positive against a sampled negative; "
         "ce: softmax over the whole catalogue (sequence models: sasrec)",
@@ -89,6 +90,19 @@ class TrainConfig:
     patience: int = option(3, "epochs without improvement before early stopping")
     ks: tuple[int, ...] = option(
         (10,), "cut-offs for validation ranking metrics, e.g. 5,10,20", flag="--k"
+    )
+    checkpoint_every: int = option(
+        0,
+        "write a training checkpoint (model, optimizer, RNG and early-stopping state) every N "
+        "epochs and after the last; 0 = never",
+    )
+    checkpoint_dir: str | None = option(
+        None, "folder for checkpoint.pt (default: the --out model directory)"
+    )
+    resume: str | None = option(
+        None,
+        "continue the interrupted run whose checkpoint.pt is in this folder (pass the same "
+        "options as that run; --epochs is the total)",
     )
 
     def __post_init__(self) -> None:
@@ -133,6 +147,10 @@ class TrainConfig:
             _, _, k = self.early_stop.partition("@")
             if k and int(k) not in self.ks:
                 self.ks = (*self.ks, int(k))
+        if self.checkpoint_every < 0:
+            raise ConfigError(
+                f"--checkpoint-every must be >= 0 (0 = no checkpoints), got {self.checkpoint_every}"
+            )
         if self.num_threads < 0:
             raise ConfigError(
                 f"--threads must be >= 0 (0 = PyTorch default), got {self.num_threads}"

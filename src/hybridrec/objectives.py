@@ -9,10 +9,19 @@ with a new way to learn is one class here and one entry in :data:`OBJECTIVES`.
   freshly sampled negatives every epoch (BCE), or (positive, negative) pairs (BPR).
 - :class:`NextItem`: each user's ordered history; at every position the model predicts the
   next item, against sampled negatives (BCE/BPR) or the whole catalogue (``ce``).
+
+Multi-process training (``torchrun``): ``batches(generator, rank=r, world=w)`` gives rank
+``r`` its share of each epoch. Every rank shuffles with the same ``generator`` (same seed,
+same permutation), and each global batch of ``batch_size`` samples is split into ``w``
+contiguous parts (:func:`shard_order`); rank ``r`` trains on part ``r``. The ranks' parts are
+disjoint, cover the epoch, and a step's parts together are exactly the single-process batch,
+so with gradients averaged over ranks the total batch is unchanged. Sampled negatives come
+from ``sample_generator``, which each rank seeds differently.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from typing import Any, Protocol
 
@@ -34,13 +43,77 @@ class Objective(Protocol):
     #: Samples (rows, or predicted positions) in one epoch: sizes the progress bar.
     num_samples: int
 
-    def batches(self, generator: torch.Generator) -> Iterator[Any]:
-        """One epoch of batches, shuffled with ``generator``."""
+    def batches(
+        self,
+        generator: torch.Generator,
+        *,
+        rank: int = 0,
+        world: int = 1,
+        sample_generator: torch.Generator | None = None,
+    ) -> Iterator[Any]:
+        """Rank ``rank``'s share of one epoch of batches, shuffled with ``generator`` (the
+        same on every rank); negatives drawn with ``sample_generator`` (default:
+        ``generator``)."""
         ...
 
     def step(self, model: nn.Module, batch: Any) -> tuple[torch.Tensor, torch.Tensor, int]:
         """``(mean loss, correct predictions, samples)`` of a batch; the loss has a graph."""
         ...
+
+
+def shard_order(
+    order: torch.Tensor, batch_size: int, rank: int = 0, world: int = 1
+) -> tuple[torch.Tensor, list[int]]:
+    """Rank ``rank``'s part of each global batch of ``order``: ``(indices, sizes per step)``.
+
+    ``order`` (an epoch's shuffled sample indices) is cut into global batches of
+    ``batch_size``; each is split into ``world`` near-equal contiguous parts
+    (``torch.tensor_split``) and part ``rank`` is kept. Every rank gets the same number of
+    steps (DDP needs that); a last global batch smaller than ``world`` is dropped so that no
+    rank gets an empty one. ``world == 1`` returns ``order`` itself.
+
+    Example:
+        >>> idx, sizes = shard_order(torch.arange(10), 4, rank=1, world=2)
+        >>> idx.tolist(), sizes
+        ([2, 3, 6, 7, 9], [2, 2, 1])
+    """
+    n = len(order)
+    if world == 1:
+        return order, [min(batch_size, n - start) for start in range(0, n, batch_size)]
+    if batch_size < world:
+        raise ConfigError(
+            f"--batch-size {batch_size} is smaller than the {world} training processes; "
+            "each process needs at least one sample per step"
+        )
+    full = n // batch_size
+    # part `rank` of every full batch at once: the same columns of a (full, batch) view
+    lo = _split_start(batch_size, world, rank)
+    hi = lo + _split_size(batch_size, world, rank)
+    parts = [order[: full * batch_size].view(full, batch_size)[:, lo:hi].reshape(-1)]
+    sizes = [hi - lo] * full
+    tail = order[full * batch_size :]
+    if len(tail) >= world:
+        part = tail.tensor_split(world)[rank]
+        parts.append(part)
+        sizes.append(len(part))
+    return torch.cat(parts), sizes
+
+
+def _split_size(n: int, parts: int, index: int) -> int:
+    """Size of part ``index`` when ``torch.tensor_split`` cuts ``n`` into ``parts``."""
+    return n // parts + (1 if index < n % parts else 0)
+
+
+def _split_start(n: int, parts: int, index: int) -> int:
+    return index * (n // parts) + min(index, n % parts)
+
+
+def _slices(tensors: tuple[torch.Tensor, ...], sizes: list[int]) -> Iterator[Batch]:
+    """Consecutive slices of the columns ``tensors`` (already in this rank's order)."""
+    start = 0
+    for size in sizes:
+        yield Batch(*(t[start : start + size] for t in tensors))
+        start += size
 
 
 class Pointwise:
@@ -73,14 +146,27 @@ class Pointwise:
         factor = config.negatives if self.pairwise else config.negatives + 1
         self.num_samples = len(self.users) * factor
 
-    def batches(self, generator: torch.Generator) -> Iterator[Batch]:
-        if not self.sampled:
-            return iterate_batches(
-                self.data, self.config.batch_size, shuffle=True, generator=generator
-            )
+    def batches(
+        self,
+        generator: torch.Generator,
+        *,
+        rank: int = 0,
+        world: int = 1,
+        sample_generator: torch.Generator | None = None,
+    ) -> Iterator[Batch]:
+        bs = self.config.batch_size
+        if not self.sampled and world == 1:
+            return iterate_batches(self.data, bs, shuffle=True, generator=generator)
+        if not self.sampled:  # the same permutation as iterate_batches, then this rank's part
+            order = torch.randperm(len(self.data), generator=generator).to(self.device)
+            mine, sizes = shard_order(order, bs, rank, world)
+            data = self.data
+            return _slices((data.user_idx[mine], data.item_idx[mine], data.target[mine]), sizes)
+        if world > 1:
+            return self._sharded_sampled(generator, rank, world, sample_generator or generator)
         k = self.config.negatives
-        negatives = self.sampler.sample(self.users, k, generator).flatten()  # (P * k,)
-        users = self.users.repeat_interleave(k)
+        negatives = self.sampler.sample(self.users, k, sample_generator or generator).flatten()
+        users = self.users.repeat_interleave(k)  # (P * k,)
         if self.pairwise:  # (user, positive, negative) triples; the negative rides in `target`
             rows = RecSysDataset(users, self.items.repeat_interleave(k), negatives.float())
         else:
@@ -89,9 +175,36 @@ class Pointwise:
                 torch.cat([self.items, negatives]),
                 torch.cat([torch.ones(len(self.users)), torch.zeros(len(users))]),
             )
-        return iterate_batches(
-            rows.to(self.device), self.config.batch_size, shuffle=True, generator=generator
-        )
+        return iterate_batches(rows.to(self.device), bs, shuffle=True, generator=generator)
+
+    def _sharded_sampled(
+        self, generator: torch.Generator, rank: int, world: int, sample_generator: torch.Generator
+    ) -> Iterator[Batch]:
+        """This rank's rows of the epoch, drawing negatives only for them.
+
+        The epoch's rows are numbered as in the single-process layout (BCE: the ``P``
+        positives, then ``k`` negatives of positive ``j`` at ``P + j*k ... P + j*k + k-1``;
+        BPR: ``k`` pairs per positive). The shared permutation of those numbers is sharded,
+        and negatives are sampled, with this rank's generator, only for the rows it got.
+        """
+        k, num_pos = self.config.negatives, len(self.users)
+        total = num_pos * (k if self.pairwise else k + 1)
+        order = torch.randperm(total, generator=generator)
+        mine, sizes = shard_order(order, self.config.batch_size, rank, world)
+        if self.pairwise:
+            source = mine // k
+            users, items = self.users[source], self.items[source]
+            negatives = self.sampler.sample(users, 1, sample_generator).flatten()
+            rows = RecSysDataset(users, items, negatives.float())
+        else:
+            is_positive = mine < num_pos
+            source = torch.where(is_positive, mine, (mine - num_pos) // k)
+            users, items = self.users[source], self.items[source].clone()
+            negative = ~is_positive
+            items[negative] = self.sampler.sample(users[negative], 1, sample_generator).flatten()
+            rows = RecSysDataset(users, items, is_positive.float())
+        rows = rows.to(self.device)
+        return _slices((rows.user_idx, rows.item_idx, rows.target), sizes)
 
     def step(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, int]:
         if self.pairwise:
@@ -151,10 +264,21 @@ class NextItem:
         self.num_samples = int((self.histories[:, 1:] != UNKNOWN_INDEX).sum())
         self.per_batch = max(1, config.batch_size // max_len)
 
-    def batches(self, generator: torch.Generator) -> Iterator[torch.Tensor]:
+    def batches(
+        self,
+        generator: torch.Generator,
+        *,
+        rank: int = 0,
+        world: int = 1,
+        sample_generator: torch.Generator | None = None,
+    ) -> Iterator[torch.Tensor]:
+        # negatives are drawn in step() from the global RNG, which fit seeds per rank
         order = torch.randperm(len(self.histories), generator=generator).to(self.device)
-        for start in range(0, len(order), self.per_batch):
-            batch = self.histories[order[start : start + self.per_batch]]
+        mine, sizes = shard_order(order, max(self.per_batch, world), rank, world)
+        start = 0
+        for size in sizes:
+            batch = self.histories[mine[start : start + size]]
+            start += size
             # drop columns that are padding in every row: shorter attention, same result
             # (data-dependent, so skipped on accelerators to avoid a host sync per step)
             if self.device.type == "cpu":
@@ -198,6 +322,8 @@ def make_objective(
 ) -> Objective:
     """The objective ``model`` declares (``model.objective``), built on ``train``."""
     name = getattr(model, "objective", "pointwise")
+    if config.loss == "auto":  # the loss the model trains best with
+        config = dataclasses.replace(config, loss=getattr(model, "default_loss", "bce"))
     model_config = getattr(model, "config", None)
     num_items = getattr(model_config, "num_items", int(train.item_idx.max()) + 1)
     if name == "pointwise":

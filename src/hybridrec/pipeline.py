@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from hybridrec import distributed
 from hybridrec.artifact import METRICS, SeenItems
 from hybridrec.config import DataConfig, TrainConfig
 from hybridrec.data.dataset import RecSysDataset, UnknownCounts
@@ -50,6 +51,9 @@ class TrainResult:
     val_data: RecSysDataset | None
     val_unknown: UnknownCounts | None
     out: Path | None
+    #: False on the ranks other than 0 of a multi-process run: they saved nothing and their
+    #: history has no validation metrics.
+    is_main: bool = True
 
     def summary(self) -> dict[str, Any]:
         """Metrics of the epoch whose weights were kept (the last one unless early stopping
@@ -111,6 +115,12 @@ def train(
             evaluation and recommendation.
         show_progress: show a progress bar per epoch.
 
+    Under ``torchrun`` (``WORLD_SIZE > 1`` in the environment) every process calls this;
+    they train together with DistributedDataParallel and only rank 0 logs, validates and
+    writes ``out`` (see :func:`hybridrec.train.fit`). ``train_config.checkpoint_every`` writes
+    ``checkpoint.pt`` to ``train_config.checkpoint_dir`` or ``out``; ``train_config.resume``
+    continues from one.
+
     Returns:
         A :class:`TrainResult` with the ready-to-use :class:`Recommender` and the history.
 
@@ -122,7 +132,39 @@ def train(
     train_config = train_config or TrainConfig()
     set_num_threads(train_config.num_threads)
     device = resolve_device(train_config.device)
+    # under torchrun (WORLD_SIZE > 1): join the process group; each rank runs all of this
+    device = distributed.init_from_env(device)
+    try:
+        return _train(
+            train_data,
+            val_data,
+            out=out,
+            model=model,
+            model_options=model_options,
+            data_config=data_config,
+            train_config=train_config,
+            items=items,
+            show_progress=show_progress,
+            device=device,
+        )
+    finally:
+        distributed.cleanup()
 
+
+def _train(
+    train_data: DataLike,
+    val_data: DataLike | None,
+    *,
+    out: str | Path | None,
+    model: str,
+    model_options: dict[str, Any] | None,
+    data_config: DataConfig,
+    train_config: TrainConfig,
+    items: DataLike | None,
+    show_progress: bool,
+    device: torch.device,
+) -> TrainResult:
+    main = distributed.is_main()
     train_frame = load_data(train_data, data_config)
     if train_frame["target"].min() == 1 and model != "sasrec" and train_config.loss != "ce":
         logger.info(
@@ -161,7 +203,7 @@ def train(
     out_dir = Path(out) if out is not None else None
 
     def write_progress(stats: EpochStats, history: History) -> None:
-        if out_dir is not None:
+        if out_dir is not None:  # fit calls this on rank 0 only
             atomic_write_json(out_dir / METRICS, {"history": history.to_list()})
 
     history = fit(
@@ -172,13 +214,16 @@ def train(
         device=device,
         show_progress=show_progress,
         on_epoch_end=write_progress,
+        checkpoint_dir=out_dir,
     )
     net.cpu()
     recommender = Recommender(
         net, users, items, model_name=model, config={"settings": settings}, seen=seen
     )
-    result = TrainResult(recommender, history, train_set, val_set, val_unknown, out_dir)
-    if out_dir is not None:
+    result = TrainResult(
+        recommender, history, train_set, val_set, val_unknown, out_dir, is_main=main
+    )
+    if out_dir is not None and main:  # one artifact, written by rank 0
         metrics = {"history": history.to_list(), "final": result.summary()}
         if val_unknown is not None:
             metrics["val_unknown"] = asdict(val_unknown)

@@ -20,19 +20,30 @@ Sequence models (``sasrec``) learn next-item prediction along each user's histor
 from __future__ import annotations
 
 import copy
+import inspect
 import logging
 import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from hybridrec import distributed
+from hybridrec.checkpoint import (
+    CheckpointError,
+    check_compatible,
+    config_dict,
+    load_checkpoint,
+    save_checkpoint,
+)
 from hybridrec.config import TrainConfig
 from hybridrec.data.dataset import RecSysDataset
-from hybridrec.errors import ConfigError, TrainingDivergedError
+from hybridrec.errors import ConfigError, HybridRecError, TrainingDivergedError
 from hybridrec.evaluate import evaluate_pointwise
 from hybridrec.models import model_device
 from hybridrec.objectives import Objective, make_objective
@@ -107,6 +118,7 @@ def fit(
     device: torch.device | None = None,
     show_progress: bool = True,
     on_epoch_end: Callable[[EpochStats, History], None] | None = None,
+    checkpoint_dir: str | Path | None = None,
 ) -> History:
     """Train ``model`` in place with Adam, validating after every epoch.
 
@@ -116,9 +128,18 @@ def fit(
         val: validation rows, or ``None``. Labelled rows (0 and 1) get loss/accuracy/AUC;
             positive rows get full-ranking metrics at ``config.ks``.
         config: optimisation settings; ``config.seed`` fixes shuffling, sampling and dropout.
+            ``config.checkpoint_every``/``config.resume`` write and read checkpoints.
         device: where to train (default: the model's current device).
         show_progress: show a tqdm bar with running loss, accuracy and samples/s.
-        on_epoch_end: called as ``on_epoch_end(stats, history)`` after each epoch.
+        on_epoch_end: called as ``on_epoch_end(stats, history)`` after each epoch (on rank
+            0 only when training with several processes).
+        checkpoint_dir: where ``checkpoint.pt`` goes when ``config.checkpoint_dir`` is unset.
+
+    With a ``torch.distributed`` process group (``torchrun``; see
+    :mod:`hybridrec.distributed`) every rank trains on its shard of each epoch under
+    DistributedDataParallel; the epoch's loss and accuracy are summed over ranks; rank 0
+    alone validates, decides early stopping (sent to the others) and ends up with the kept
+    weights; all ranks return.
 
     Returns:
         The :class:`History`. With early stopping (``config.early_stop``, by default on
@@ -127,6 +148,7 @@ def fit(
 
     Raises:
         TrainingDivergedError: the loss became NaN or infinite.
+        CheckpointError: ``config.resume`` names a missing or damaged checkpoint.
     """
     if len(train) == 0:
         raise ValueError("the training data has no rows")
@@ -136,6 +158,11 @@ def fit(
             f"--early-stop {config.early_stop} needs validation data: pass --val "
             "(e.g. the val.csv of `hybridrec split`)"
         )
+    checkpoint_dir = config.checkpoint_dir or checkpoint_dir
+    if config.checkpoint_every and checkpoint_dir is None:
+        raise ConfigError("--checkpoint-every needs a folder: pass --out or --checkpoint-dir")
+    rank, world = distributed.rank(), distributed.world_size()
+    main = rank == 0
     device = device or model_device(model)
     model.to(device)
     prepare = getattr(model, "prepare", None)
@@ -149,14 +176,21 @@ def fit(
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:  # nothing to learn: report validation once
         stats = EpochStats(0, math.nan, math.nan, 0.0, 0.0)
-        validator(stats)
+        if main:
+            validator(stats)
         history.epochs.append(stats)
-        if on_epoch_end is not None:
+        if on_epoch_end is not None and main:
             on_epoch_end(stats, history)
         model.eval()
         return history
 
+    # The shuffling generator is the same on every rank (same permutation, then sharded);
+    # negatives, dropout and sequence negatives use rank-distinct seeds.
     generator = torch.Generator().manual_seed(config.seed)
+    sample_generator = generator
+    if world > 1:
+        sample_generator = torch.Generator().manual_seed(distributed.rank_seed(config.seed, rank))
+        torch.manual_seed(distributed.rank_seed(config.seed, rank))
     objective = make_objective(model, train, config, device)
     optimizer = torch.optim.Adam(
         params,
@@ -164,81 +198,289 @@ def fit(
         weight_decay=config.weight_decay,
         **_fast_adam_options(device),
     )
-    best_value, best_state, waited = None, None, 0
-    for epoch in range(1, config.epochs + 1):
+    step = _step_function(model, objective, device, world)
+    stopper = _EarlyStopping(early_stop, config.patience)
+    first_epoch = 1
+    if config.resume is not None:
+        first_epoch = _resume(
+            config, model, optimizer, generator, sample_generator, stopper, history, device
+        )
+    for epoch in range(first_epoch, config.epochs + 1):
         model.train()
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device)
         seen = 0
         start = time.perf_counter()
-        batches = objective.batches(generator)
+        batches = objective.batches(
+            generator, rank=rank, world=world, sample_generator=sample_generator
+        )
         num_batches = _num_batches(objective, config)
         bar = tqdm(
             total=num_batches,
             desc=f"epoch {epoch}/{config.epochs}",
             unit="batch",
-            disable=not show_progress,
+            disable=not (show_progress and main),
             leave=False,
         )
-        for step, batch in enumerate(batches, 1):
-            loss, hits, n = objective.step(model, batch)
+        for index, batch in enumerate(batches, 1):
+            loss, hits, n = step(batch)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             seen += n
             loss_sum += loss.detach() * n
             correct += hits
-            if step % PROGRESS_EVERY == 0 or step >= num_batches:
+            if main and (index % PROGRESS_EVERY == 0 or index >= num_batches):
                 running = loss_sum.item() / seen
-                _check_finite(running, epoch, config)
-                bar.update(step - bar.n)
+                if world == 1:  # with several ranks only the summed epoch loss is checked
+                    _check_finite(running, epoch, config)
+                bar.update(index - bar.n)
                 bar.set_postfix(
                     loss=f"{running:.4f}",
                     acc=f"{correct.item() / seen:.4f}",
-                    samples_s=f"{seen / (time.perf_counter() - start):,.0f}",
+                    samples_s=f"{world * seen / (time.perf_counter() - start):,.0f}",
                     refresh=False,
                 )
         bar.close()
+        totals = torch.tensor(  # summed over ranks (NCCL reduces CUDA tensors, gloo CPU ones)
+            [loss_sum.item(), correct.item(), float(seen)],
+            dtype=torch.float64,
+            device=device if device.type == "cuda" else "cpu",
+        )
+        loss_total, correct_total, seen_total = distributed.all_reduce_sum(totals).tolist()
         seconds = time.perf_counter() - start
-        train_loss = loss_sum.item() / seen
-        _check_finite(train_loss, epoch, config)
+        train_loss = loss_total / seen_total
+        _check_finite(train_loss, epoch, config)  # the same summed loss on every rank
         stats = EpochStats(
             epoch=epoch,
             train_loss=train_loss,
-            train_accuracy=correct.item() / seen,
-            samples_per_second=seen / seconds,
+            train_accuracy=correct_total / seen_total,
+            samples_per_second=seen_total / seconds,
             seconds=seconds,
         )
-        validator(stats)
+        decision = _CONTINUE
+        if main:  # rank 0 validates and decides; the others wait for its decision
+            try:
+                validator(stats)
+                logger.info(_describe(stats, config.epochs))
+                if stopper.update(stats, model, history):
+                    decision = _STOP
+            except BaseException:
+                distributed.broadcast_flag(_FAILED, device)
+                raise
+        decision = distributed.broadcast_flag(decision, device)
+        if decision == _FAILED:
+            raise HybridRecError("training stopped: rank 0 failed (its error is above)")
         history.epochs.append(stats)
-        logger.info(_describe(stats, config.epochs))
-        stop = False
-        if early_stop is not None:
-            value = stats.metric(early_stop)
-            if value is None or math.isnan(value):
-                raise ConfigError(
-                    f"--early-stop {early_stop} needs validation data that provides it"
-                )
-            if _improved(value, best_value, early_stop):
-                best_value, waited = value, 0
-                history.best_epoch = epoch
-                best_state = copy.deepcopy(model.state_dict())
-            else:
-                waited += 1
-                stop = waited >= config.patience
-        if on_epoch_end is not None:
+        history.stopped_early = decision == _STOP
+        every = config.checkpoint_every
+        if every and (epoch % every == 0 or epoch == config.epochs or decision == _STOP):
+            _save_checkpoint(
+                checkpoint_dir,  # type: ignore[arg-type]
+                epoch,
+                config,
+                model,
+                optimizer,
+                generator,
+                sample_generator,
+                stopper,
+                history,
+                device,
+            )
+        if on_epoch_end is not None and main:
             on_epoch_end(stats, history)
-        if stop:
-            history.stopped_early = True
+        if decision == _STOP:
             logger.info(
                 f"early stopping: no better {early_stop} for {config.patience} epochs; "
                 f"keeping epoch {history.best_epoch}"
             )
             break
-    if best_state is not None:
-        model.load_state_dict(best_state)
+    if main and stopper.best_state is not None:
+        model.load_state_dict(stopper.best_state)
     model.eval()
     return history
+
+
+#: Rank 0's end-of-epoch decision, broadcast to the other ranks.
+_CONTINUE, _STOP, _FAILED = 0, 1, 2
+
+
+class _LossModule(nn.Module):
+    """The model and its objective's loss as one module: what DDP wraps.
+
+    DistributedDataParallel averages gradients only for the work done inside its wrapper's
+    ``forward`` call. The objectives use the model in ways a plain ``model.forward`` does not
+    cover: BPR calls the model twice per step, and ``NextItem`` (sasrec) calls
+    ``model.encode`` and reads ``model.item_embedding`` directly. Wrapping the model itself
+    would silently leave those gradients unsynchronised, so the ranks would drift apart.
+    With the whole loss computed in this module's ``forward`` and *this* module wrapped,
+    every use of every parameter belongs to one DDP forward, for any model and any objective
+    with no per-model cases, and DDP keeps its bucketed all-reduce overlapped with backward
+    (a hand-written all-reduce after ``backward`` would also be correct, but serialises the
+    communication and loses DDP's cross-rank checks). Models without parameters
+    (popularity) never get here: ``fit`` returns before training them.
+    """
+
+    def __init__(self, model: nn.Module, objective: Objective) -> None:
+        super().__init__()
+        self.model = model
+        self.objective = objective
+
+    def forward(self, batch: Any) -> tuple[torch.Tensor, torch.Tensor, int]:
+        return self.objective.step(self.model, batch)
+
+
+def _step_function(
+    model: nn.Module, objective: Objective, device: torch.device, world: int
+) -> Callable[[Any], tuple[torch.Tensor, torch.Tensor, int]]:
+    """``step(batch) -> (loss, hits, n)``: the objective alone, or under DDP with several ranks."""
+    if world == 1:
+        return lambda batch: objective.step(model, batch)
+    from torch.nn.parallel import DistributedDataParallel
+
+    # buffers (sasrec's histories) are equal on all ranks and never trained: syncing them
+    # every step would only cost time (the option was renamed in recent PyTorch)
+    no_buffer_sync = (
+        {"forward_sync_buffers": False}
+        if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
+        else {"broadcast_buffers": False}
+    )
+    return DistributedDataParallel(
+        _LossModule(model, objective),
+        device_ids=[device.index] if device.type == "cuda" else None,
+        **no_buffer_sync,
+    )
+
+
+@dataclass
+class _EarlyStopping:
+    """Best validation value so far, its epoch's weights and the epochs since (rank 0)."""
+
+    metric: str | None
+    patience: int
+    best_value: float | None = None
+    best_state: dict[str, torch.Tensor] | None = None
+    waited: int = 0
+
+    def update(self, stats: EpochStats, model: nn.Module, history: History) -> bool:
+        """Record ``stats``; True when training should stop now."""
+        if self.metric is None:
+            return False
+        value = stats.metric(self.metric)
+        if value is None or math.isnan(value):
+            raise ConfigError(f"--early-stop {self.metric} needs validation data that provides it")
+        if _improved(value, self.best_value, self.metric):
+            self.best_value, self.waited = value, 0
+            history.best_epoch = stats.epoch
+            self.best_state = copy.deepcopy(model.state_dict())
+            return False
+        self.waited += 1
+        return self.waited >= self.patience
+
+
+def _rng_state(sample_generator: torch.Generator, device: torch.device, world: int) -> dict:
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+        "sample": sample_generator.get_state() if world > 1 else None,
+    }
+
+
+def _save_checkpoint(
+    directory: str | Path,
+    epoch: int,
+    config: TrainConfig,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    generator: torch.Generator,
+    sample_generator: torch.Generator,
+    stopper: _EarlyStopping,
+    history: History,
+    device: torch.device,
+) -> None:
+    """Every rank contributes its RNG state; rank 0 writes the file atomically."""
+    world = distributed.world_size()
+    ranks = distributed.gather_objects(_rng_state(sample_generator, device, world))
+    if not distributed.is_main():
+        return
+    path = save_checkpoint(
+        directory,
+        {
+            "epoch": epoch,
+            "stopped_early": history.stopped_early,
+            "model_name": type(model).__name__,
+            "world_size": world,
+            "train_config": config_dict(config),
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "rng": {"shuffle": generator.get_state(), "ranks": ranks},
+            "early_stopping": {
+                "best_value": stopper.best_value,
+                "best_epoch": history.best_epoch,
+                "best_state": stopper.best_state,
+                "waited": stopper.waited,
+            },
+            "history": history.to_list(),
+        },
+    )
+    logger.debug(f"checkpoint of epoch {epoch} written to {path}")
+
+
+def _resume(
+    config: TrainConfig,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    generator: torch.Generator,
+    sample_generator: torch.Generator,
+    stopper: _EarlyStopping,
+    history: History,
+    device: torch.device,
+) -> int:
+    """Restore a checkpoint into the run's objects; the first epoch still to train."""
+    where = config.resume
+    data = load_checkpoint(where)  # type: ignore[arg-type]
+    check_compatible(data, config, type(model).__name__, where)  # type: ignore[arg-type]
+    try:
+        model.load_state_dict(data["model"])
+        optimizer.load_state_dict(data["optimizer"])
+        generator.set_state(data["rng"]["shuffle"])
+    except (RuntimeError, ValueError, KeyError, TypeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(
+            f"--resume {where}: the checkpoint does not fit this model and data ({first[:200]}); "
+            "pass the interrupted run's data and model options"
+        ) from None
+    rank, world = distributed.rank(), distributed.world_size()
+    ranks = data["rng"].get("ranks") or []
+    epoch = int(data["epoch"])
+    if len(ranks) == world:
+        mine = ranks[rank]
+        torch.set_rng_state(mine["torch"])
+        if device.type == "cuda" and mine.get("cuda") is not None:
+            torch.cuda.set_rng_state(mine["cuda"], device)
+        if world > 1 and mine.get("sample") is not None:
+            sample_generator.set_state(mine["sample"])
+    else:  # another number of processes: fresh rank streams, the run is not bit-identical
+        logger.warning(
+            f"the checkpoint was written by {len(ranks)} process(es), this run has {world}: "
+            "negatives and dropout continue from new random streams"
+        )
+        seed = distributed.rank_seed(config.seed + epoch, rank)
+        torch.manual_seed(seed)
+        if world > 1:
+            sample_generator.manual_seed(seed)
+    early = data["early_stopping"]
+    stopper.best_value = early.get("best_value")
+    stopper.best_state = early.get("best_state")
+    stopper.waited = int(early.get("waited", 0))
+    history.epochs = [EpochStats(**row) for row in data["history"]]
+    history.best_epoch = early.get("best_epoch")
+    history.stopped_early = bool(data.get("stopped_early", False))
+    if history.stopped_early:
+        logger.info(f"resumed a run that early stopping had ended at epoch {epoch}")
+        return config.epochs + 1
+    logger.info(f"resuming after epoch {epoch} of {config.epochs} from {where}")
+    return epoch + 1
 
 
 class _Validator:

@@ -1,0 +1,139 @@
+"""Training checkpoints: everything ``fit`` needs to continue a run where it stopped.
+
+``--checkpoint-every N`` writes ``checkpoint.pt`` (in ``--checkpoint-dir``, by default the
+model directory) after every N-th epoch and after the last one; ``--resume DIR`` reads it
+back and continues. A checkpoint holds only plain data (tensors, numbers, strings, lists and
+dicts), so it is read with ``torch.load(weights_only=True)``: loading one never runs code
+from the file. It is written to a temporary file and renamed into place (see
+:mod:`hybridrec.files`), so a process killed mid-write leaves the previous checkpoint
+intact.
+
+Contents (format version 1):
+
+- ``epoch``: epochs completed; ``stopped_early``: whether early stopping ended the run;
+- ``model``, ``optimizer``: the ``state_dict`` of each;
+- ``rng``: the shuffling generator (identical on all ranks), and per rank the negative
+  sampling generator and torch's global CPU (and CUDA) RNG state (dropout, sequence-model
+  negatives);
+- ``early_stopping``: best value, best epoch, the best epoch's weights, epochs waited;
+- ``history``: the per-epoch statistics so far;
+- ``train_config``, ``model_name``, ``world_size``: to refuse a resume with different
+  settings, which would silently give a different run.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from hybridrec.config import TrainConfig
+from hybridrec.errors import ArtifactError, ConfigError
+from hybridrec.files import atomic_write
+
+CHECKPOINT = "checkpoint.pt"
+FORMAT = "hybridrec-checkpoint"
+FORMAT_VERSION = 1
+#: Training settings a resumed run may change: they do not alter the optimisation path.
+MAY_CHANGE = frozenset(
+    {
+        "epochs",
+        "device",
+        "num_threads",
+        "eval_batch_size",
+        "checkpoint_every",
+        "checkpoint_dir",
+        "resume",
+        "patience",
+    }
+)
+
+
+class CheckpointError(ArtifactError):
+    """A checkpoint is missing, damaged, or does not belong to this training run."""
+
+
+def checkpoint_file(path: str | Path) -> Path:
+    """``path`` itself if it names a file, else ``path / checkpoint.pt``."""
+    path = Path(path)
+    return path if path.suffix == ".pt" else path / CHECKPOINT
+
+
+def config_dict(config: TrainConfig) -> dict[str, Any]:
+    """The settings as plain JSON types (tuples become lists)."""
+    return json.loads(json.dumps(asdict(config)))
+
+
+def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
+    """Write ``payload`` (plain data only) atomically to ``path`` (a file or a directory)."""
+    path = checkpoint_file(path)
+    payload = {"format": FORMAT, "format_version": FORMAT_VERSION, **payload}
+    atomic_write(path, lambda f: torch.save(payload, f))
+    return path
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Read a checkpoint (a file, or a directory holding ``checkpoint.pt``) safely.
+
+    Raises:
+        CheckpointError: no such file, not a checkpoint, damaged or truncated.
+    """
+    file = checkpoint_file(path)
+    if not file.is_file():
+        raise CheckpointError(
+            f"--resume {path}: no checkpoint at {file}; train with --checkpoint-every N "
+            "to write one"
+        )
+    try:
+        data = torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as exc:  # zip, pickle and EOF errors alike: the file is unusable
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(
+            f"{file} is damaged or not a hybridrec checkpoint ({reason[:200]}); resume from "
+            "another checkpoint or train from the start"
+        ) from None
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise CheckpointError(f"{file} is not a hybridrec training checkpoint")
+    if data.get("format_version", 0) > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{file} was written by a newer hybridrec (format {data['format_version']}); "
+            "upgrade hybridrec to resume from it"
+        )
+    missing = {"epoch", "model", "optimizer", "rng", "early_stopping", "history"} - set(data)
+    if missing:
+        raise CheckpointError(f"{file} is incomplete (no {', '.join(sorted(missing))})")
+    return data
+
+
+def check_compatible(
+    data: dict[str, Any], config: TrainConfig, model_name: str, where: str | Path
+) -> None:
+    """Refuse to resume a checkpoint written with other settings or another model.
+
+    Raises:
+        ConfigError: naming the first options that differ and their saved values.
+    """
+    if data.get("model_name") != model_name:
+        raise ConfigError(
+            f"--resume {where}: the checkpoint is of a {data.get('model_name')} model, "
+            f"not {model_name}; pass the same --model as the interrupted run"
+        )
+    saved, now = data.get("train_config", {}), config_dict(config)
+    differ = [k for k in now if k not in MAY_CHANGE and k in saved and saved[k] != now[k]]
+    if differ:
+        shown = ", ".join(f"{_flag(k)} {saved[k]!r} (now {now[k]!r})" for k in differ)
+        raise ConfigError(
+            f"--resume {where}: the checkpoint was trained with {shown}; resume with the "
+            "interrupted run's options (only --epochs, --patience, --device, --threads and "
+            "checkpoint options may change)"
+        )
+
+
+def _flag(name: str) -> str:
+    for f in fields(TrainConfig):
+        if f.name == name:
+            return str(f.metadata.get("flag", "--" + name.replace("_", "-")))
+    return "--" + name.replace("_", "-")
