@@ -346,7 +346,7 @@ def test_train_items_catalogue(ranking_files, tmp_path, capsys):
 @pytest.mark.parametrize(
     ("flags", "fragment"),
     [
-        (["--loss", "hinge"], "--loss must be one of bce, bpr"),
+        (["--loss", "hinge"], "--loss must be one of auto, bce, bpr, ce"),
         (["--negatives", "0"], "--negatives"),
         (["--sampling", "zipf"], "--sampling"),
         (["--patience", "0"], "--patience"),

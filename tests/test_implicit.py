@@ -626,7 +626,7 @@ def test_train_config_defaults_and_normalisation():
     cfg = TrainConfig(ks=("5", 20))
     assert cfg.ks == (5, 20)
     default = TrainConfig()
-    assert (default.loss, default.sampling, default.early_stop) == ("bce", "uniform", "auto")
+    assert (default.loss, default.sampling, default.early_stop) == ("auto", "uniform", "auto")
     assert TrainConfig(early_stop="none").early_stop is None
     assert TrainConfig(early_stop="NDCG@5").early_stop == "ndcg@5"
     assert default.negatives >= 1 and default.patience >= 1

@@ -259,3 +259,26 @@ def test_cli_train_evaluate_recommend_export(tmp_path, capsys):
     u, i = torch.tensor([1, 2, 3]), torch.tensor([4, 5, 6])
     with torch.no_grad():
         torch.testing.assert_close(scorer(u, i), loaded.model(u, i))
+
+
+def test_auto_loss_is_the_models_own(monkeypatch):
+    """--loss auto (the default) trains sasrec with ce and pointwise models with bce."""
+    import sys
+
+    import hybridrec.objectives as objectives
+
+    seen = []
+    original = objectives.make_objective
+
+    def recording(model, train, config, device):
+        objective = original(model, train, config, device)
+        seen.append(objective.config.loss)
+        return objective
+
+    monkeypatch.setattr(objectives, "make_objective", recording)
+    monkeypatch.setattr(sys.modules["hybridrec.train"], "make_objective", recording)
+    train_frame, _ = cycles(num_users=10)
+    config = TrainConfig(epochs=1, device="cpu")
+    hybridrec.train(train_frame, model="sasrec", model_options=TINY, train_config=config)
+    hybridrec.train(train_frame, model="mf", train_config=config)
+    assert seen == ["ce", "bce"]
