@@ -542,6 +542,39 @@ def test_middleware_answers_canonical_requests_itself(rec):
     assert call_middleware(ModelHolder(), "/recommend/1", b"") == [{"type": "passed on"}]
 
 
+def batch_bodies(rec) -> list[dict[str, Any]]:
+    users = known_users(rec, 4)
+    return [
+        {"user_ids": users, "k": 5},
+        {"user_ids": [*users, *users[:2]], "k": 8, "exclude_seen": False},
+        {"user_ids": [str(users[0]), f" {users[1]}", f"0{users[2]}", UNKNOWN_USER], "k": 3},
+        {"user_ids": [users[0], 10**6, -1, 2**63, -(2**63) - 1, "ü"], "k": 2},
+        {"user_ids": [], "k": 3},
+        {"user_ids": users, "k": 9},  # deeper than the cache of depth 8: the model
+        {"user_ids": users, "k": 3, "items": known_items(rec, 6)},  # restricted: the model
+        {"item_ids": known_items(rec, 3), "k": 4},
+        {"user_ids": users, "k": 0},
+        {"user_ids": [1.5]},
+    ]
+
+
+def test_cached_batches_answer_as_the_model_does(rec, uncached):
+    with TestClient(create_app(rec, cache_top=8)) as cached:
+        cache = cached.app.state.holder.get().cache
+        assert cache.batch(known_users(rec, 4), 5, True) is not None  # answered by the cache
+        assert cache.batch(known_users(rec, 4), 9, True) is None  # too deep: the model
+        for body in batch_bodies(rec):
+            a, b = cached.post("/recommend", json=body), uncached.post("/recommend", json=body)
+            assert a.status_code == b.status_code, body
+            assert a.json() == b.json(), body
+    users = [*known_users(rec, 3), UNKNOWN_USER, 10**6]
+    want = [expected(x, u) for x, u in zip(rec.recommend_many(users, k=4), users, strict=True)]
+    with TestClient(create_app(rec)) as cached:
+        r = cached.post("/recommend", json={"user_ids": users, "k": 4})
+        assert r.json() == {"results": want}
+        assert r.headers["content-type"] == "application/json"
+
+
 def test_cached_service_before_startup_is_503(model_dirs):
     client = TestClient(create_app(model_dir=model_dirs[0]))  # lifespan not run: no model
     assert client.get("/recommend/1").status_code == 503

@@ -71,6 +71,7 @@ CACHE_TOP = 100
 CACHE_MAX_PAIRS = 25_000_000
 #: Bytes of finished responses a cache keeps for repeated requests (then it starts afresh).
 _MEMO_BYTES = 32 * 2**20
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 
 #: A raw id as it appears in JSON: integers stay integers, text stays text (never coerced, so
 #: ``1.5`` or ``true`` is a 422 rather than a silent wrong id).
@@ -272,12 +273,26 @@ class TopCache:
             return int(self._users.transform([user_id])[0])
         return index
 
-    def body(self, user_id: str, k: int, exclude_seen: bool) -> bytes | None:
+    def batch(self, user_ids: Sequence[Any], k: int, exclude_seen: bool) -> bytes | None:
+        """The JSON of ``POST /recommend`` for ``user_ids`` (ints or strings, as in the
+        request), or None when one of them needs the model."""
+        bodies = []
+        for raw in user_ids:
+            if isinstance(raw, int) and not _INT64_MIN <= raw <= _INT64_MAX:
+                return None  # not an id an encoder can hold: the model path decides
+            body = self.body(str(raw), k, exclude_seen, raw)
+            if body is None:
+                return None
+            bodies.append(body)
+        return b'{"results":[' + b",".join(bodies) + b"]}"
+
+    def body(self, user_id: str, k: int, exclude_seen: bool, as_given: Any = None) -> bytes | None:
         """The JSON of ``GET /recommend/{user_id}?k=&exclude_seen=``, or None when ``k`` is
-        deeper than what is kept for this user."""
+        deeper than what is kept for this user. ``as_given``: the id as the request wrote it
+        (an unknown user is answered with it), when not the text ``user_id``."""
         index = self.lookup(user_id)
         if index == 0:
-            n, user = len(self.popular[0]), _json(user_id)
+            n, user = len(self.popular[0]), _json(user_id if as_given is None else as_given)
             exclude_seen = False  # unknown users have nothing to exclude
         else:
             n, user = int(self.count[exclude_seen][index]), self.user_json[index]
@@ -641,11 +656,16 @@ def create_app(
                 return Response(body, media_type="application/json")
         return await run_in_threadpool(recommend_one, served.recommender, user_id, k, exclude_seen)
 
-    @app.post("/recommend", tags=["recommend"])
-    def recommend_batch(body: RecommendRequest) -> BatchOut | RecommendationOut:
+    @app.post("/recommend", tags=["recommend"], response_model=BatchOut | RecommendationOut)
+    def recommend_batch(body: RecommendRequest) -> Any:
         """Top-k items for several users (``user_ids``: ``{"results": [...]}``), or for a new
         user described by the items they interacted with (``item_ids``: one result)."""
-        rec = holder.get().recommender
+        served = holder.get()
+        rec = served.recommender
+        if body.user_ids is not None and body.items is None and served.cache is not None:
+            cached = served.cache.batch(body.user_ids, body.k, body.exclude_seen)
+            if cached is not None:
+                return Response(cached, media_type="application/json")
         if body.item_ids is not None:
             with _model_call():
                 result = rec.recommend_for_items(
