@@ -328,9 +328,13 @@ class TopCache:
 
 def build_cache(recommender: Recommender, depth: int = CACHE_TOP) -> TopCache | None:
     """A :class:`TopCache` of ``depth`` items per user, or None when ``depth`` is 0, the
-    model knows no users, or scoring every user would exceed ``CACHE_MAX_PAIRS``."""
+    model knows no users, scoring every user would exceed ``CACHE_MAX_PAIRS``, or the model
+    is not on the CPU (an accelerator scores users in padded batches, whose last bits may
+    differ from a single user's, and the cache must answer exactly as ``recommend``)."""
     pairs = len(recommender.users) * len(recommender.items)
     if depth <= 0 or len(recommender.users) == 0 or pairs > CACHE_MAX_PAIRS:
+        return None
+    if recommender.device.type != "cpu":
         return None
     try:
         return TopCache(recommender, min(depth, MAX_K))
