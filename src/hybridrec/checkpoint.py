@@ -11,7 +11,7 @@ intact.
 Contents (format version 1):
 
 - ``epoch``: epochs completed; ``stopped_early``: whether early stopping ended the run;
-- ``model``, ``optimizer``: the ``state_dict`` of each;
+- ``model``, ``optimizer`` (and ``scaler`` with ``--amp fp16``): their ``state_dict``;
 - ``rng``: the shuffling generator (identical on all ranks), and per rank the negative
   sampling generator and torch's global CPU (and CUDA) RNG state (dropout, sequence-model
   negatives);
@@ -48,6 +48,7 @@ MAY_CHANGE = frozenset(
         "checkpoint_dir",
         "resume",
         "patience",
+        "compile",
     }
 )
 

@@ -73,6 +73,11 @@ def add_config_arguments(
             parse, shown = int, default
         else:
             parse, shown = str, default
+        if kind == "bool":  # an on/off switch: --flag turns it on
+            group.add_argument(
+                flag, dest=f.name, action="store_true", default=default, help=f.metadata["help"]
+            )
+            continue
         if f.name not in defaults and len(set(map(repr, owners[f.name].values()))) > 1:
             default = None
             shown = ", ".join(f"{name} {value}" for name, value in owners[f.name].items())

@@ -23,6 +23,7 @@ def option(default: object, help: str, *, flag: str | None = None, **kw: object)
 
 LOSSES = ("auto", "bce", "bpr", "ce")
 SAMPLINGS = ("uniform", "popularity")
+AMP_MODES = ("off", "bf16", "fp16")
 AT_K_METRICS = ("hr", "ndcg", "recall", "precision", "map")
 STOP_METRICS = (*AT_K_METRICS, "mrr", "auc", "accuracy", "loss")
 
@@ -104,6 +105,11 @@ class TrainConfig:
         "continue the interrupted run whose checkpoint.pt is in this folder (pass the same "
         "options as that run; --epochs is the total)",
     )
+    amp: str = option(
+        "off",
+        "mixed precision autocast: off, bf16 (CPU or CUDA), or fp16 (CUDA, with a loss scaler)",
+    )
+    compile: bool = option(False, "compile the training step with torch.compile")
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
@@ -151,6 +157,8 @@ class TrainConfig:
             raise ConfigError(
                 f"--checkpoint-every must be >= 0 (0 = no checkpoints), got {self.checkpoint_every}"
             )
+        if self.amp not in AMP_MODES:
+            raise ConfigError(f"--amp must be one of {', '.join(AMP_MODES)}, got {self.amp!r}")
         if self.num_threads < 0:
             raise ConfigError(
                 f"--threads must be >= 0 (0 = PyTorch default), got {self.num_threads}"

@@ -19,6 +19,7 @@ Sequence models (``sasrec``) learn next-item prediction along each user's histor
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import inspect
 import logging
@@ -198,12 +199,13 @@ def fit(
         weight_decay=config.weight_decay,
         **_fast_adam_options(device),
     )
-    step = _step_function(model, objective, device, world)
+    step = _step_function(model, objective, device, world, compile=config.compile)
+    autocast, scaler = _mixed_precision(config.amp, device)
     stopper = _EarlyStopping(early_stop, config.patience)
     first_epoch = 1
     if config.resume is not None:
         first_epoch = _resume(
-            config, model, optimizer, generator, sample_generator, stopper, history, device
+            config, model, optimizer, scaler, generator, sample_generator, stopper, history, device
         )
     for epoch in range(first_epoch, config.epochs + 1):
         model.train()
@@ -223,10 +225,16 @@ def fit(
             leave=False,
         )
         for index, batch in enumerate(batches, 1):
-            loss, hits, n = step(batch)
+            with autocast():
+                loss, hits, n = step(batch)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            if scaler is None:
+                loss.backward()
+                optimizer.step()
+            else:  # fp16: scale the loss so small gradients do not flush to zero
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
             seen += n
             loss_sum += loss.detach() * n
             correct += hits
@@ -281,6 +289,7 @@ def fit(
                 config,
                 model,
                 optimizer,
+                scaler,
                 generator,
                 sample_generator,
                 stopper,
@@ -331,11 +340,41 @@ class _LossModule(nn.Module):
 
 
 def _step_function(
-    model: nn.Module, objective: Objective, device: torch.device, world: int
+    model: nn.Module, objective: Objective, device: torch.device, world: int, compile: bool
 ) -> Callable[[Any], tuple[torch.Tensor, torch.Tensor, int]]:
-    """``step(batch) -> (loss, hits, n)``: the objective alone, or under DDP with several ranks."""
+    """``step(batch) -> (loss, hits, n)``: the objective alone, or under DDP with several
+    ranks; with ``compile``, through ``torch.compile`` (batch sizes vary: dynamic shapes)."""
     if world == 1:
+        if compile:
+            return torch.compile(_LossModule(model, objective), dynamic=True)
         return lambda batch: objective.step(model, batch)
+    wrapped = _ddp(model, objective, device)
+    return torch.compile(wrapped, dynamic=True) if compile else wrapped
+
+
+def _mixed_precision(
+    amp: str, device: torch.device
+) -> tuple[Callable[[], Any], torch.amp.GradScaler | None]:
+    """``(autocast context factory, loss scaler or None)`` for ``--amp``.
+
+    bf16 has float32's range, so it needs no scaler (CPU and CUDA); fp16 does, and is
+    offered on CUDA only. Losses are computed in float32 either way (autocast's policy for
+    ``binary_cross_entropy_with_logits`` and ``cross_entropy``); validation runs unautocast.
+    """
+    if amp == "off":
+        return contextlib.nullcontext, None
+    if device.type not in ("cpu", "cuda") or (amp == "fp16" and device.type != "cuda"):
+        raise ConfigError(
+            f"--amp {amp} is not available on {device.type}; use --amp bf16 on the CPU or "
+            "CUDA, fp16 on CUDA only"
+        )
+    dtype = torch.bfloat16 if amp == "bf16" else torch.float16
+    scaler = torch.amp.GradScaler("cuda") if amp == "fp16" else None
+    return lambda: torch.autocast(device.type, dtype=dtype), scaler
+
+
+def _ddp(model: nn.Module, objective: Objective, device: torch.device) -> nn.Module:
+    """The DDP-wrapped :class:`_LossModule` of ``model`` and ``objective``."""
     from torch.nn.parallel import DistributedDataParallel
 
     # buffers (sasrec's histories) are equal on all ranks and never trained: syncing them
@@ -392,6 +431,7 @@ def _save_checkpoint(
     config: TrainConfig,
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler | None,
     generator: torch.Generator,
     sample_generator: torch.Generator,
     stopper: _EarlyStopping,
@@ -413,6 +453,7 @@ def _save_checkpoint(
             "train_config": config_dict(config),
             "model": model.state_dict(),
             "optimizer": optimizer.state_dict(),
+            "scaler": scaler.state_dict() if scaler is not None else None,
             "rng": {"shuffle": generator.get_state(), "ranks": ranks},
             "early_stopping": {
                 "best_value": stopper.best_value,
@@ -430,6 +471,7 @@ def _resume(
     config: TrainConfig,
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler | None,
     generator: torch.Generator,
     sample_generator: torch.Generator,
     stopper: _EarlyStopping,
@@ -444,6 +486,8 @@ def _resume(
         model.load_state_dict(data["model"])
         optimizer.load_state_dict(data["optimizer"])
         generator.set_state(data["rng"]["shuffle"])
+        if scaler is not None and data.get("scaler"):
+            scaler.load_state_dict(data["scaler"])
     except (RuntimeError, ValueError, KeyError, TypeError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(
