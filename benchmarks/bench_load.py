@@ -145,6 +145,7 @@ def main() -> None:
         return
 
     formats = args.formats.split(",")
+    load_before = os.getloadavg()
     rows = []
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
         for size in args.sizes.split(","):
@@ -169,7 +170,8 @@ def main() -> None:
 
     print(
         f"\nmachine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
-        f"load before: {os.getloadavg()[0]:.2f}; shape {NUM_USERS:,} users x {NUM_ITEMS:,} "
+        f"1-min load average before {load_before[0]:.2f}, after {os.getloadavg()[0]:.2f} "
+        f"(other processes share the machine); shape {NUM_USERS:,} users x {NUM_ITEMS:,} "
         f"items; timestamp column: {'no' if args.no_timestamp else 'yes'}\n"
     )
     print(

@@ -151,3 +151,17 @@ def test_fast_path_matches_general_path_on_odd_cells(tmp_path, seed):
         text = pd.read_csv(path, dtype=object, keep_default_na=False)
         general = outcome(lambda c=config, t=text: interactions_from_frame(t, c, source=path))
         assert fast == general
+
+
+def test_quoted_line_breaks_across_reader_blocks(tmp_path):
+    """Values with line breaks (a free-text column) are read as pandas reads them, even when
+    a value straddles two of pyarrow's 1 MiB blocks."""
+    rng = np.random.default_rng(0)
+    n = 100_000
+    notes = np.where(rng.random(n) < 0.3, 'line one\nline, "two"', "plain")
+    frame = pd.DataFrame({"userId": np.arange(n), "itemId": rng.integers(1, 99, n), "note": notes})
+    path = tmp_path / "notes.csv"
+    frame.to_csv(path, index=False)
+    expected = pd.read_csv(path, dtype=str, keep_default_na=False)
+    pd.testing.assert_frame_equal(io.read_table(path), expected)
+    assert read_interactions(path)["user_id"].tolist() == list(range(n))
