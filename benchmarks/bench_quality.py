@@ -37,6 +37,9 @@ SETTINGS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "mlp": ({"mlp_layer_sizes": (128, 64, 32)}, {}),
     "neumf": ({"mlp_layer_sizes": (128, 64)}, {}),  # 64-dim GMF + 64+64 MLP, as RecBole's row
     "hybrid": ({}, {}),
+    # sequence-aware (issue 6): its defaults (loss auto = ce, max_len 200, dropout 0.5) are
+    # the val/ choice
+    "sasrec": ({}, {}),
 }
 
 

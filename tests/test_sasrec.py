@@ -237,7 +237,7 @@ def test_cli_train_evaluate_recommend_export(tmp_path, capsys):
     assert code == 0
     assert "val_hr@10" in json.loads(out.strip().splitlines()[-1])
     loaded = hybridrec.load(model_dir)
-    assert loaded.model.config.dropout == 0.2  # the model's own default, not hybrid's 0.0
+    assert loaded.model.config.dropout == 0.5  # the model's own default, not hybrid's 0.0
     assert loaded.model.config.max_len == 6
     code = main([
         "evaluate", "--model", str(model_dir), "--train", str(tmp_path / "train.csv"),

@@ -38,7 +38,7 @@ class SASRecConfig:
     max_len: int = option(200, "most recent items of a history the model reads")
     num_blocks: int = option(2, "transformer blocks")
     num_heads: int = option(1, "attention heads per block (must divide --hidden-dim)")
-    dropout: float = option(0.2, "dropout on embeddings, attention and feed-forward layers")
+    dropout: float = option(0.5, "dropout on embeddings, attention and feed-forward layers")
 
     def __post_init__(self) -> None:
         if self.num_users < 1 or self.num_items < 1:
