@@ -393,13 +393,16 @@ def test_cache_keeps_the_whole_ranking_of_small_catalogues(rec):
     assert len(want) == len(rec.items)
 
 
-@pytest.mark.parametrize("model", ["mf", "neumf", "popularity"])
+@pytest.mark.parametrize("model", ["mf", "neumf", "popularity", "sasrec"])
 def test_cache_equals_recommend_for_other_models(tmp_path, model):
     config = SyntheticConfig(num_users=40, num_items=30, num_positives=600, seed=2)
     train_csv, _ = write_synthetic_data(tmp_path, config)
-    options = {} if model == "popularity" else {"embedding_dim": 4}
-    if model == "neumf":
-        options["mlp_layer_sizes"] = (8, 4)
+    options = {
+        "mf": {"embedding_dim": 4},
+        "neumf": {"embedding_dim": 4, "mlp_layer_sizes": (8, 4)},
+        "popularity": {},
+        "sasrec": {},
+    }[model]
     other = hybridrec.train(
         train_csv,
         model=model,

@@ -4,9 +4,10 @@ One process serves one model at a time. The model lives in a :class:`ModelHolder
 reference is replaced in one assignment on reload, so a request that has read it keeps a
 consistent model to the end, and a failed reload never disturbs the model being served.
 
-Endpoints that may call the model are plain ``def`` functions: FastAPI runs them in its
-threadpool, so PyTorch work never blocks the event loop. Each model call runs under
-``torch.inference_mode()``, one at a time.
+Model work never runs on the event loop: endpoints that may call the model are plain
+``def`` functions, which FastAPI runs in its threadpool, or, for ``/recommend``, ``async``
+functions that hand anything but a cache lookup to that threadpool. Each model call runs
+under ``torch.inference_mode()``, one at a time.
 
 The hot path, ``GET /recommend/{user_id}``, is a lookup: at every load each known user's top
 ``CACHE_TOP`` items are ranked once (:class:`TopCache`, for catalogues up to
@@ -72,6 +73,9 @@ CACHE_MAX_PAIRS = 25_000_000
 #: Bytes of finished responses a cache keeps for repeated requests (then it starts afresh).
 _MEMO_BYTES = 32 * 2**20
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+#: Most users of a cached batch answered on the event loop (about 1 µs each); larger
+#: batches are looked up in a worker thread.
+_LOOP_BATCH = 1000
 
 #: A raw id as it appears in JSON: integers stay integers, text stays text (never coerced, so
 #: ``1.5`` or ``true`` is a 422 rather than a silent wrong id).
@@ -475,6 +479,12 @@ def _known_ids(recommender: Recommender, user_ids: Sequence[Any]) -> list[Any]:
     return [_plain(known[i - 1]) if i > 0 else raw for raw, i in zip(user_ids, index, strict=True)]
 
 
+def _json_response(out: BaseModel) -> Response:
+    """A response model as JSON, serialised here (in the worker thread) rather than by
+    FastAPI on the event loop."""
+    return Response(out.model_dump_json(), media_type="application/json")
+
+
 def to_out(rec: Recommendation, user_id: Any = None) -> RecommendationOut:
     """A :class:`Recommendation` as its JSON response model, for ``user_id`` (None: items)."""
     # tolist() turns numpy scalars into Python ints/strs/floats: JSON keeps each id's type
@@ -637,19 +647,17 @@ def create_app(
             metrics=served.metrics,
         )
 
-    def recommend_one(
-        rec: Recommender, user_id: str, k: int, exclude_seen: bool
-    ) -> RecommendationOut:
+    def recommend_one(rec: Recommender, user_id: str, k: int, exclude_seen: bool) -> Response:
         with _model_call():
             result = rec.recommend(user_id, k=k, exclude_seen=exclude_seen)
-        return to_out(result, _known_ids(rec, [user_id])[0])
+        return _json_response(to_out(result, _known_ids(rec, [user_id])[0]))
 
     @app.get("/recommend/{user_id}", tags=["recommend"], response_model=RecommendationOut)
     async def recommend_user(
         user_id: Annotated[str, PathParam(description="raw user id; unknown users get popular")],
         k: K = 10,
         exclude_seen: Annotated[bool, Query(description="skip items seen in training")] = True,
-    ) -> Any:
+    ) -> Response:
         """Top-k items for one user (an unknown user gets the most popular items)."""
         served = holder.get()
         # The cached answer is a lookup, cheap enough for the event loop; the model runs in
@@ -660,11 +668,7 @@ def create_app(
                 return Response(body, media_type="application/json")
         return await run_in_threadpool(recommend_one, served.recommender, user_id, k, exclude_seen)
 
-    @app.post("/recommend", tags=["recommend"], response_model=BatchOut | RecommendationOut)
-    def recommend_batch(body: RecommendRequest) -> Any:
-        """Top-k items for several users (``user_ids``: ``{"results": [...]}``), or for a new
-        user described by the items they interacted with (``item_ids``: one result)."""
-        served = holder.get()
+    def recommend_batch_sync(served: Served, body: RecommendRequest) -> Response:
         rec = served.recommender
         if body.user_ids is not None and body.items is None and served.cache is not None:
             cached = served.cache.batch(body.user_ids, body.k, body.exclude_seen)
@@ -675,14 +679,34 @@ def create_app(
                 result = rec.recommend_for_items(
                     body.item_ids, k=body.k, exclude_seen=body.exclude_seen
                 )
-            return to_out(result)
+            return _json_response(to_out(result))
         users = body.user_ids or []
         with _model_call():
             results = rec.recommend_many(
                 users, k=body.k, exclude_seen=body.exclude_seen, items=body.items
             )
         known = _known_ids(rec, users)
-        return BatchOut(results=[to_out(r, u) for r, u in zip(results, known, strict=True)])
+        out = BatchOut(results=[to_out(r, u) for r, u in zip(results, known, strict=True)])
+        return _json_response(out)
+
+    @app.post("/recommend", tags=["recommend"], response_model=BatchOut | RecommendationOut)
+    async def recommend_batch(body: RecommendRequest) -> Response:
+        """Top-k items for several users (``user_ids``: ``{"results": [...]}``), or for a new
+        user described by the items they interacted with (``item_ids``: one result)."""
+        served = holder.get()
+        users = body.user_ids
+        # A small batch from the cache is answered on the event loop: in a worker thread it
+        # would wait for the GIL behind other requests (p95 60 ms at 16 clients, measured).
+        if (
+            users is not None
+            and len(users) <= _LOOP_BATCH
+            and body.items is None
+            and served.cache is not None
+        ):
+            cached = served.cache.batch(users, body.k, body.exclude_seen)
+            if cached is not None:
+                return Response(cached, media_type="application/json")
+        return await run_in_threadpool(recommend_batch_sync, served, body)
 
     @app.post("/score", tags=["recommend"])
     def score(body: ScoreRequest) -> ScoreOut:
