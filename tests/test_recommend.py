@@ -394,6 +394,139 @@ def test_seen_items_of_another_model_are_rejected(model_dir):
         hybridrec.load(model_dir)
 
 
+# ------------------------------------------------------------------ two-stage top-K
+
+TWO_STAGE = ["hybrid", "mf", "gmf", "neumf"]
+
+
+def fresh(rec: Recommender) -> Recommender:
+    """The same model and data in a new Recommender (nothing cached yet)."""
+    return Recommender(rec.model, rec.users, rec.items, model_name=rec.model_name, seen=rec.seen)
+
+
+@settings(max_examples=20, deadline=None)
+@given(
+    position=st.integers(0, SYNTHETIC.num_users - 1),
+    k=st.integers(1, 40),
+    n=st.integers(1, 150),
+)
+def test_two_stage_never_recommends_seen_items(rec, seen_by_user, position, k, n):
+    user = rec.users.ids[position % len(rec.users)]
+    result = rec.recommend(user, k=k, num_candidates=n)
+    seen = seen_by_user.get(user, set())
+    assert result.source == "model"
+    assert not set(result.item_ids.tolist()) & seen
+    # seen items are masked before the top-N is taken, so they never crowd out candidates
+    assert len(result) == min(k, len(rec.items) - len(seen))
+    assert len(set(result.item_ids.tolist())) == len(result)
+    assert np.all(np.diff(result.scores) <= 0)
+
+
+@pytest.mark.parametrize("name", TWO_STAGE)
+def test_two_stage_with_every_candidate_is_exhaustive(recs, name):
+    rec = recs[name]
+    users = rec.users.ids[:40]
+    candidates = rec.items.ids[::2]
+    for kwargs in ({}, {"exclude_seen": False}, {"items": candidates}):
+        exact = rec.recommend_many(users, k=10, **kwargs)
+        two = rec.recommend_many(users, k=10, num_candidates=len(rec.items), **kwargs)
+        for a, b in zip(exact, two, strict=True):
+            assert b.source == "model" and b.user_id == a.user_id
+            assert b.item_ids.tolist() == a.item_ids.tolist()
+            np.testing.assert_allclose(b.scores, a.scores, rtol=0, atol=1e-6)
+
+
+def test_two_stage_candidates_are_the_best_allowed_by_dot_product_and_prior(rec, seen_by_user):
+    """With N = k, the result is exactly stage 1's top k of the items that may be
+    recommended: the mask (seen items, item 0, ``items=``) applies before the top-N."""
+    from hybridrec.retrieval import item_prior
+
+    prior = item_prior(rec.model)
+    allowed = set(rec.items.ids[1::2].tolist())
+    for user in rec.users.ids[:15]:
+        u = torch.as_tensor(rec.users.transform([user]))
+        with torch.no_grad():
+            stage1 = (rec.model.user_embedding(u) @ rec.model.item_embedding.weight.T)[0] + prior
+        ids = rec.items.inverse_transform(np.arange(1, len(rec.items) + 1))
+        ranked = [i for _, i in sorted(zip((-stage1[1:]).tolist(), ids.tolist(), strict=True))]
+        for kwargs, keep in (({}, set(ids.tolist())), ({"items": sorted(allowed)}, allowed)):
+            best = [i for i in ranked if i in keep and i not in seen_by_user[user]][:6]
+            result = rec.recommend(user, k=6, num_candidates=6, **kwargs)
+            assert set(result.item_ids.tolist()) == set(best)
+
+
+def test_two_stage_respects_candidates(rec, seen_by_user):
+    user = rec.users.ids[10]
+    items = [*rec.items.ids[:12].tolist(), "x-1", -4, "x-1"]
+    result = rec.recommend(user, k=5, items=items, num_candidates=3)
+    assert len(result) == 5  # at least k candidates are kept
+    assert set(result.item_ids.tolist()) <= set(items[:12]) - seen_by_user[user]
+    assert result.unknown_items == ["x-1", -4]
+    everything = rec.recommend(user, k=50, items=items, num_candidates=2)
+    assert set(everything.item_ids.tolist()) == set(items[:12]) - seen_by_user[user]
+    assert rec.recommend(user, k=5, items=["x-1"], num_candidates=4).item_ids.size == 0
+
+
+@pytest.mark.parametrize("name", TWO_STAGE)
+@pytest.mark.parametrize("chunk_users", [None, 3])
+def test_two_stage_batch_equals_one_by_one(recs, name, chunk_users):
+    rec = recs[name]
+    ids = rec.users.ids
+    users = [*ids[:25], UNKNOWN_USERS[0], *ids[150:160], ids[5], UNKNOWN_USERS[1]]
+    candidates = [*rec.items.ids[::3], "no-such-item"]
+    for kwargs in ({}, {"exclude_seen": False}, {"items": candidates}):
+        many = rec.recommend_many(users, k=7, chunk_users=chunk_users, num_candidates=12, **kwargs)
+        one = [rec.recommend(u, k=7, num_candidates=12, **kwargs) for u in users]
+        for a, b in zip(many, one, strict=True):
+            assert a == b
+    assert [r.source for r in many].count("popularity") == 2
+
+
+def test_two_stage_unknown_users_get_popularity(rec):
+    assert rec.recommend("nobody", k=4, num_candidates=5) == rec.recommend("nobody", k=4)
+    assert rec.recommend("nobody", k=4, num_candidates=5).source == "popularity"
+
+
+def test_two_stage_scores_are_the_models_probabilities(rec):
+    user = rec.users.ids[3]
+    result = rec.recommend(user, k=8, num_candidates=20)
+    assert result.scores.dtype == np.float32
+    expected = rec.score([user] * len(result), result.item_ids)
+    np.testing.assert_allclose(result.scores, expected, rtol=0, atol=1e-6)
+
+
+def test_two_stage_prior_is_computed_once(rec, monkeypatch):
+    import hybridrec.recommend as module
+
+    calls = []
+    real = module.item_prior
+    monkeypatch.setattr(module, "item_prior", lambda model: calls.append(1) or real(model))
+    new = fresh(rec)
+    new.recommend_many(["nobody"], k=3, num_candidates=5)  # no known user: no prior needed
+    assert calls == []
+    first = new.recommend_many(new.users.ids[:5], k=3, num_candidates=5)
+    again = new.recommend_many(new.users.ids[:5], k=3, num_candidates=5)
+    assert first == again and calls == [1]
+
+
+@pytest.mark.parametrize("n", [0, -2, 2.5, True, "10"])
+def test_two_stage_bad_num_candidates(rec, n):
+    with pytest.raises(ConfigError, match="num_candidates") as info:
+        rec.recommend(rec.users.ids[0], k=3, num_candidates=n)
+    assert "\n" not in str(info.value)
+    with pytest.raises(ValueError, match="num_candidates"):
+        rec.recommend_many([], k=3, num_candidates=n)
+
+
+@pytest.mark.parametrize("name", ["mlp", "popularity", "sasrec"])
+def test_two_stage_needs_embeddings(recs, name):
+    rec = recs[name]
+    with pytest.raises(ConfigError, match="hybrid, mf, gmf, neumf") as info:
+        rec.recommend_many(rec.users.ids[:2], k=3, num_candidates=10)
+    assert name in str(info.value)
+    assert rec.recommend_many(rec.users.ids[:2], k=3)  # without it: exhaustive as before
+
+
 # ------------------------------------------------------------------ the command line
 
 
@@ -455,6 +588,49 @@ def test_cli_all_users_and_include_seen(trained, tmp_path, capsys, seen_by_user)
     assert got["itemId"].tolist() == [i for r in expected for i in r.item_ids.tolist()]
 
 
+@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+def test_cli_two_stage_writes_recommendations(trained, tmp_path, capsys, suffix):
+    rec, out = trained
+    users = [*rec.users.ids[:15].tolist(), 987654]
+    pd.DataFrame({"userId": users}).to_csv(tmp_path / "users.csv", index=False)
+    path = tmp_path / f"recs{suffix}"
+    code, stdout, _ = cli(
+        capsys, "recommend", "--model", out, "--users", tmp_path / "users.csv", "--k", 4,
+        "--output", path, "--two-stage", 9, "--chunk-users", 8, "--no-progress",
+    )  # fmt: skip
+    assert code == 0, stdout
+    assert "64 recommendations for 16 users" in stdout
+    got = read_back(path)
+    expected = rec.recommend_many(users, k=4, num_candidates=9)
+    assert got["itemId"].tolist() == [i for r in expected for i in r.item_ids.tolist()]
+    assert got["source"].tolist() == [r.source for r in expected for _ in range(4)]
+    assert np.array_equal(
+        got["score"].to_numpy(np.float32), np.concatenate([r.scores for r in expected])
+    )
+
+
+def test_cli_two_stage_needs_embeddings(frame, tmp_path, capsys):
+    directory = tmp_path / "mlp"
+    hybridrec.train(
+        frame, model="mlp", out=directory, model_options=options("mlp"), train_config=FAST
+    )
+    code, _, err = cli(
+        capsys, "recommend", "--model", directory, "--all", "--output", tmp_path / "r.csv",
+        "--two-stage", 10, "--no-progress",
+    )  # fmt: skip
+    assert code == 2 and err.startswith("error: model mlp") and err.count("\n") == 1
+    assert "hybrid, mf, gmf, neumf" in err and not (tmp_path / "r.csv").exists()
+
+
+def test_write_recommendations_two_stage_equals_recommend_many(rec, tmp_path):
+    users = rec.users.ids[:10]
+    path = tmp_path / "r.jsonl"
+    assert write_recommendations(rec, users, path, k=3, num_candidates=5, chunk_users=4) == 30
+    got = pd.read_json(path, lines=True)
+    expected = rec.recommend_many(users, k=3, num_candidates=5)
+    assert got["itemId"].tolist() == [i for r in expected for i in r.item_ids.tolist()]
+
+
 def test_cli_progress_bar_goes_to_stderr(trained, tmp_path, capsys):
     code, out, err = cli(
         capsys, "recommend", "--model", trained[1], "--all", "--output", tmp_path / "r.csv"
@@ -468,6 +644,8 @@ def test_cli_progress_bar_goes_to_stderr(trained, tmp_path, capsys):
         (["--all", "--output", "recs.txt"], ".csv, .jsonl, .parquet"),
         (["--all", "--output", "recs.csv", "--k", "0"], "k must be >= 1"),
         (["--all", "--output", "recs.csv", "--chunk-users", "0"], "chunk_users must be >= 1"),
+        (["--all", "--output", "recs.csv", "--two-stage", "0"], "num_candidates must be >= 1"),
+        (["--all", "--output", "recs.csv", "--two-stage", "-5"], "num_candidates must be >= 1"),
         (["--users", "missing.csv", "--output", "recs.csv"], "file not found"),
         (["--users", "bad.csv", "--output", "recs.csv"], "missing column 'userId'"),
     ],
@@ -478,6 +656,7 @@ def test_cli_user_mistakes_exit_2(trained, tmp_path, capsys, monkeypatch, argv, 
     code, _, err = cli(capsys, "recommend", "--model", trained[1], *argv, "--no-progress")
     assert code == 2
     assert err.startswith("error: ") and fragment in err and "Traceback" not in err
+    assert err.count("\n") == 1  # one line
     assert not (tmp_path / "recs.csv").exists() and not (tmp_path / "recs.txt").exists()
 
 

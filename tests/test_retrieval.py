@@ -7,7 +7,13 @@ import torch
 from torch import nn
 
 from hybridrec.models import build_model
-from hybridrec.retrieval import exhaustive_topk, item_prior, recall_at_k, two_stage_topk
+from hybridrec.retrieval import (
+    exhaustive_topk,
+    item_prior,
+    recall_at_k,
+    supports_retrieval,
+    two_stage_topk,
+)
 
 
 def model(name: str = "hybrid") -> nn.Module:
@@ -67,3 +73,16 @@ def test_prior_with_all_candidates_is_still_exhaustive():
     users = torch.arange(1, 20)
     found, _ = two_stage_topk(net, users, 10, 10_000, prior=item_prior(net))
     assert torch.equal(found, exhaustive_topk(net, users, 10)[0])
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [("hybrid", True), ("mf", True), ("gmf", True), ("neumf", True), ("mlp", False),
+     ("popularity", False), ("sasrec", False)],
+)  # fmt: skip
+def test_supports_retrieval_matches_retrieval_factors(name, expected):
+    net = build_model(name, num_users=3, num_items=5)
+    assert supports_retrieval(net) is expected
+    if not expected:
+        with pytest.raises(ValueError, match="no user/item embeddings"):
+            two_stage_topk(net, torch.tensor([1]), k=2)

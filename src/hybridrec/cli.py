@@ -232,6 +232,15 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="users scored and written per step (default: sized to the model and catalogue)",
     )
+    p.add_argument(
+        "--two-stage",
+        type=int,
+        metavar="N",
+        dest="num_candidates",
+        help="two-stage top-k for large catalogues: keep each user's best N items by the "
+        "embedding dot product (plus an item prior), re-rank only those with the full model "
+        "(hybrid, mf, gmf, neumf; default: score every item)",
+    )
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p = sub.add_parser("serve", help="serve a model over HTTP (FastAPI + uvicorn)")
     p.add_argument("--model", required=True, metavar="DIR", help="model directory")
@@ -454,6 +463,7 @@ def cmd_recommend(args: argparse.Namespace) -> int:
         exclude_seen=not args.include_seen,
         chunk_users=args.chunk_users,
         show_progress=not args.no_progress,
+        num_candidates=args.num_candidates,
     )
     print(f"{args.output}: {rows:,} recommendations for {len(users):,} users")
     return 0

@@ -7,7 +7,10 @@ Top-K recommendation ranks every item by the model's ``score_all`` and takes the
 - a user the model does not know gets the most popular items (training positives per item);
 - a new user described by a few items gets a user vector fitted to them on the spot
   (:meth:`Recommender.recommend_for_items`), everything else in the model frozen;
-- an item gets the items whose embeddings point the same way (:meth:`Recommender.similar_items`).
+- an item gets the items whose embeddings point the same way (:meth:`Recommender.similar_items`);
+- with ``num_candidates=N`` (two-stage top-K, for large catalogues) a known user's items are
+  first narrowed to ``N`` candidates by one matrix product, then only those are scored by the
+  model (see :mod:`hybridrec.retrieval`).
 
 Ties are broken by the lower item index, so results never depend on ``torch.topk``'s order.
 """
@@ -33,6 +36,7 @@ from hybridrec.data.io import PARQUET_SUFFIXES, is_csv_path, parse_ids, read_tab
 from hybridrec.errors import ConfigError, DataError, HybridRecError, UnknownIdError
 from hybridrec.files import atomic_write
 from hybridrec.models import model_device
+from hybridrec.retrieval import item_prior, retrieval_factors, supports_retrieval
 
 IdsLike = Sequence[Any] | np.ndarray
 Source = Literal["model", "popularity", "items", "similar"]
@@ -43,6 +47,9 @@ _CHUNK_ELEMENTS = 20_000_000
 _ROW_ALIGN = 8
 #: Negatives sampled per given item when fitting a new user's vector.
 _NEGATIVES_PER_ITEM = 4
+
+#: Models with the user and item embeddings two-stage top-K retrieves by.
+TWO_STAGE_MODELS = ("hybrid", "mf", "gmf", "neumf")
 
 #: Columns of the file :func:`write_recommendations` writes.
 RECOMMENDATION_COLUMNS = ("userId", "rank", "itemId", "score", "source")
@@ -141,6 +148,7 @@ class Recommender:
             )
         self.seen = seen
         self._seen = seen or SeenItems.empty(users.num_embeddings, items.num_embeddings)
+        self._item_prior: torch.Tensor | None = None  # two-stage stage 1, computed on first use
 
     @classmethod
     def load(cls, directory: str | Path) -> Recommender:
@@ -204,6 +212,8 @@ class Recommender:
         k: int = 10,
         exclude_seen: bool = True,
         items: IdsLike | None = None,
+        *,
+        num_candidates: int | None = None,
     ) -> Recommendation:
         """The ``k`` best items for one user, best first.
 
@@ -214,11 +224,27 @@ class Recommender:
             exclude_seen: leave out the user's training positives.
             items: rank only these raw item ids; unknown ones are reported in
                 ``unknown_items``, not an error.
+            num_candidates: two-stage top-K for large catalogues. None (the default) scores
+                every item with the full model. ``N`` ranks the items by the dot product
+                of the user and item embeddings plus a per-item prior
+                (:func:`hybridrec.retrieval.item_prior`, computed on first use and cached
+                for this recommender), keeps the best ``max(N, k)`` of the items that may
+                be recommended (never item 0, seen items or items outside ``items``), and
+                scores only those with the full model: ``source="model"``, the scores
+                are the model's probabilities as without it. The result can differ from the
+                exhaustive one only when an exhaustive top-k item falls outside the
+                candidates; with ``N`` >= the catalogue size it is the same. Only for
+                models with user and item embeddings (:data:`TWO_STAGE_MODELS`); unknown
+                users still get the popularity ranking.
 
         Raises:
-            ConfigError: ``k`` is not an integer >= 1 (a ``ValueError`` too).
+            ConfigError: ``k`` or ``num_candidates`` is not an integer >= 1 (a
+                ``ValueError`` too), or ``num_candidates`` is given for a model without
+                user and item embeddings (mlp, popularity, sasrec).
         """
-        return self.recommend_many([user_id], k, exclude_seen, items)[0]
+        return self.recommend_many(
+            [user_id], k, exclude_seen, items, num_candidates=num_candidates
+        )[0]
 
     @torch.no_grad()
     def recommend_many(
@@ -229,19 +255,22 @@ class Recommender:
         items: IdsLike | None = None,
         *,
         chunk_users: int | None = None,
+        num_candidates: int | None = None,
     ) -> list[Recommendation]:
         """:meth:`recommend` for many users at once, in their order: the same results, exactly.
 
-        Known users are scored through ``score_all`` a chunk of users at a time; unknown
-        users share one popularity ranking (nothing to exclude: they have no history).
+        Known users are scored through ``score_all`` a chunk of users at a time (with
+        ``num_candidates``: retrieved and re-ranked a chunk at a time); unknown users share
+        one popularity ranking (nothing to exclude: they have no history).
 
         Args:
             user_ids: raw user ids (known or not; repeats allowed).
-            k, exclude_seen, items: as in :meth:`recommend`.
+            k, exclude_seen, items, num_candidates: as in :meth:`recommend`.
             chunk_users: users per ``score_all`` call; by default enough to keep the
                 activations near 2e7 elements (:meth:`default_chunk_users`).
         """
         k = _check_k(k)
+        num_candidates = self._check_two_stage(num_candidates)
         ids = _id_list(user_ids, "user_ids")
         chunk = _check_chunk(chunk_users) if chunk_users is not None else None
         chunk = chunk or self.default_chunk_users()
@@ -261,8 +290,11 @@ class Recommender:
         for start in range(0, len(known), chunk):
             positions = known[start : start + chunk]
             users = user_idx[positions]
-            logits = self._score_users(users)
-            logits = logits.masked_fill(self._mask(users, exclude_seen, allowed), -torch.inf)
+            mask = self._mask(users, exclude_seen, allowed)
+            if num_candidates is None:
+                logits = self._score_users(users).masked_fill(mask, -torch.inf)
+            else:
+                logits = self._two_stage_logits(users, mask, max(num_candidates, k))
             for j, (top, values) in zip(positions, _top_k(logits, k), strict=True):
                 results[j] = Recommendation(
                     ids[j],
@@ -410,6 +442,78 @@ class Recommender:
         padded[: len(users)] = users  # padding rows are the unknown user, then dropped
         logits = self.model.score_all(torch.as_tensor(padded, device=self.device))
         return logits[: len(users)].float()
+
+    def _check_two_stage(self, num_candidates: Any) -> int | None:
+        """``num_candidates`` as an int (None: exhaustive), refused where it cannot work."""
+        if num_candidates is None:
+            return None
+        if isinstance(num_candidates, bool) or not isinstance(num_candidates, int | np.integer):
+            raise ConfigError(f"num_candidates must be an integer >= 1, got {num_candidates!r}")
+        if num_candidates < 1:
+            raise ConfigError(f"num_candidates must be >= 1, got num_candidates={num_candidates}")
+        if not supports_retrieval(self.model):
+            raise ConfigError(
+                f"model {self.model_name} has no user and item embeddings to retrieve "
+                f"candidates by; two-stage top-K (num_candidates) needs one of "
+                f"{', '.join(TWO_STAGE_MODELS)}: leave num_candidates unset to score every item"
+            )
+        return int(num_candidates)
+
+    def _stage1_prior(self) -> torch.Tensor:
+        """(num_items,) the per-item term added to the dot product in two-stage stage 1.
+
+        :func:`hybridrec.retrieval.item_prior` of the model, computed on first use and kept:
+        it is deterministic, so computing it twice (two threads at once) is only wasted work.
+        Changing the model's weights in place afterwards leaves it stale; load a new
+        :class:`Recommender` instead.
+        """
+        prior = self._item_prior
+        if prior is None:
+            with torch.no_grad():
+                prior = item_prior(self.model).float()
+            self._item_prior = prior
+        return prior
+
+    def _two_stage_logits(self, users: np.ndarray, mask: torch.Tensor, n: int) -> torch.Tensor:
+        """float32 (len(users), num_items): the model's logits for each user's ``n`` stage-1
+        candidates, ``-inf`` everywhere else.
+
+        Stage 1 ranks by ``u . i + prior(i)`` with ``mask`` applied first, so the candidates
+        are the best ``n`` items that may be recommended (ties: lower index). As in
+        :meth:`_score_users`, on CPU each user gets its own matrix product and model call,
+        so a user's result does not depend on the users beside it.
+        """
+        user_embedding, item_embedding = retrieval_factors(self.model)
+        prior = self._stage1_prior()
+        device = self.device
+        cpu = device.type == "cpu"
+        index = torch.as_tensor(users, dtype=torch.int64, device=device)
+        table = item_embedding.weight.T
+        if cpu:
+            dots = [user_embedding(index[j : j + 1]) @ table for j in range(len(users))]
+            stage1 = torch.cat(dots).float()
+        else:
+            stage1 = (user_embedding(index) @ table).float()
+        stage1 = (stage1 + prior).masked_fill(mask, -torch.inf)
+        candidates = [top for top, _ in _top_k(stage1, n)]
+        logits = torch.full_like(stage1, -torch.inf)
+        counts = np.array([len(c) for c in candidates], dtype=np.int64)
+        if counts.sum() == 0:
+            return logits
+        rows = torch.as_tensor(np.repeat(np.arange(len(users)), counts), device=device)
+        cols = torch.as_tensor(np.concatenate(candidates), dtype=torch.int64, device=device)
+        pair_users = index[rows]
+        if cpu:
+            bounds = np.concatenate([[0], np.cumsum(counts)])
+            calls = [
+                (int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:], strict=True) if b > a
+            ]
+        else:
+            total = int(counts.sum())
+            calls = [(a, min(a + self.batch_size, total)) for a in range(0, total, self.batch_size)]
+        for a, b in calls:
+            logits[rows[a:b], cols[a:b]] = self.model(pair_users[a:b], cols[a:b]).float()
+        return logits
 
     def _mask(
         self, users: np.ndarray, exclude_seen: bool, allowed: torch.Tensor | None
@@ -659,6 +763,7 @@ def write_recommendations(
     exclude_seen: bool = True,
     chunk_users: int | None = None,
     show_progress: bool = False,
+    num_candidates: int | None = None,
 ) -> int:
     """Write ``recommend_many(user_ids)`` as rows ``userId, rank, itemId, score, source``.
 
@@ -674,6 +779,8 @@ def write_recommendations(
         k, exclude_seen: as in :meth:`Recommender.recommend`.
         chunk_users: users per chunk; default :meth:`Recommender.default_chunk_users`.
         show_progress: a progress bar on stderr.
+        num_candidates: two-stage top-K with this many candidates per user, as in
+            :meth:`Recommender.recommend`; None scores every item.
 
     Returns:
         The number of rows written.
@@ -684,6 +791,7 @@ def write_recommendations(
     k = _check_k(k)
     chunk = _check_chunk(chunk_users) if chunk_users is not None else None
     chunk = chunk or recommender.default_chunk_users()
+    num_candidates = recommender._check_two_stage(num_candidates)
     users = np.asarray(user_ids)
     if users.dtype.kind not in "iu":  # text (or mixed) ids: keep each id as given
         users = np.asarray(_id_list(user_ids, "user_ids"), dtype=object)
@@ -697,7 +805,9 @@ def write_recommendations(
         ) as bar:  # fmt: skip
             for start in range(0, len(users), chunk):
                 part = users[start : start + chunk]
-                recs = recommender.recommend_many(part, k, exclude_seen, chunk_users=chunk)
+                recs = recommender.recommend_many(
+                    part, k, exclude_seen, chunk_users=chunk, num_candidates=num_candidates
+                )
                 frame = _frame(part, recs, recommender.items.ids.dtype)
                 written += len(frame)
                 bar.update(len(part))

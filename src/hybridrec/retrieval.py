@@ -15,6 +15,13 @@ from torch import nn
 from hybridrec.data.encoding import UNKNOWN_INDEX
 
 
+def supports_retrieval(model: nn.Module) -> bool:
+    """Whether ``model`` has the ``user_embedding``/``item_embedding`` tables stage 1 needs."""
+    return isinstance(getattr(model, "user_embedding", None), nn.Embedding) and isinstance(
+        getattr(model, "item_embedding", None), nn.Embedding
+    )
+
+
 def retrieval_factors(model: nn.Module) -> tuple[nn.Embedding, nn.Embedding]:
     """The user and item embeddings whose dot product stage 1 ranks by."""
     users = getattr(model, "user_embedding", None)
