@@ -73,3 +73,47 @@ def append_items(histories: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
     # stable sort moves padding to the left while keeping the order of the real items
     order = torch.argsort((joined != UNKNOWN_INDEX).to(torch.int8), dim=1, stable=True)
     return joined.gather(1, order)[:, -histories.shape[1] :]
+
+
+def pack_windows(
+    user_idx: torch.Tensor | np.ndarray,
+    item_idx: torch.Tensor | np.ndarray,
+    length: int,
+    timestamp: torch.Tensor | np.ndarray | None = None,
+) -> torch.Tensor:
+    """Every user's whole history cut into windows of ``length`` items, ``(W, length)`` int64.
+
+    Windows are cut from the latest item backwards and overlap by one item, so each
+    consecutive pair (item t, item t + 1) of a history is a (read, predict) pair in exactly
+    one window: training on windows uses all of a long history, not only its latest
+    ``length`` items. Each user's latest window equals their :func:`pack_histories` row;
+    older windows are full, a user's oldest may be left-padded. Users with fewer than two
+    items have no window.
+
+    Example:
+        >>> pack_windows([1, 1, 1, 1, 1, 2], [1, 2, 3, 4, 5, 9], length=3)
+        tensor([[3, 4, 5],
+                [1, 2, 3]])
+    """
+    if length < 2:
+        raise ValueError(f"length must be >= 2 (one item read, one predicted), got {length}")
+    users = np.asarray(torch.as_tensor(user_idx).cpu(), dtype=np.int64)
+    items = np.asarray(torch.as_tensor(item_idx).cpu(), dtype=np.int64)
+    ts = None if timestamp is None else np.asarray(torch.as_tensor(timestamp).cpu())
+    if len(users) == 0:
+        return torch.zeros(0, length, dtype=torch.int64)
+    order = chronological_order(users, ts)
+    users, items = users[order], items[order]
+    counts = np.bincount(users)
+    from_end = np.cumsum(counts)[users] - 1 - np.arange(len(users))  # 0 = latest
+    step = length - 1  # predictions per window
+    windows_of = -(-(counts - 1).clip(min=0) // step)  # ceil((count - 1) / step) per user
+    first_window = np.concatenate([[0], np.cumsum(windows_of)[:-1]])
+    out = np.full((int(windows_of.sum()), length), UNKNOWN_INDEX, dtype=np.int64)
+    window, offset = from_end // step, from_end % step
+    own = window < windows_of[users]  # a single-item user's row, or a last window's overlap
+    out[first_window[users[own]] + window[own], step - offset[own]] = items[own]
+    # the oldest item of each window is also the newest of the next older one
+    shared = (offset == 0) & (window > 0)
+    out[first_window[users[shared]] + window[shared] - 1, 0] = items[shared]
+    return torch.from_numpy(out)
