@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections import Counter
 
 import numpy as np
 import pandas as pd
@@ -13,7 +12,7 @@ import torch
 import hybridrec
 from hybridrec import TrainConfig
 from hybridrec.cli import main
-from hybridrec.data.sequences import append_items, pack_histories, pack_windows
+from hybridrec.data.sequences import append_items, pack_histories
 from hybridrec.errors import ConfigError
 from hybridrec.models import SASRec, SASRecConfig
 from hybridrec.ranking import evaluate_full
@@ -52,33 +51,6 @@ def test_pack_matches_a_per_user_loop_on_random_data():
         rows = sorted((times[j], j) for j in np.flatnonzero(users == u))
         expected = [items[j] for _, j in rows][-7:]
         assert packed[u].tolist() == [0] * (7 - len(expected)) + expected
-
-
-@pytest.mark.parametrize("length", [2, 3, 5, 8])
-def test_windows_hold_every_transition_exactly_once(length):
-    """Windows cover each (item t, item t + 1) pair of every history once, and a user's
-    latest window is their packed history."""
-    rng = np.random.default_rng(length)
-    users = rng.integers(1, 20, 500)
-    items = rng.integers(1, 100, 500)
-    times = rng.integers(0, 30, 500).astype(float)
-    windows = pack_windows(users, items, length, times)
-    assert ((windows != 0).sum(1) >= 2).all()
-    got = Counter(
-        (a, b)
-        for row in windows.tolist()
-        for a, b in zip(row[:-1], row[1:], strict=True)
-        if a and b
-    )
-    expected = Counter()
-    for u in range(20):
-        order = sorted((times[j], j) for j in np.flatnonzero(users == u))
-        history = [int(items[j]) for _, j in order]
-        expected.update(zip(history[:-1], history[1:], strict=True))
-    assert got == expected
-    latest = pack_histories(users, items, 20, length, times)
-    latest = latest[(latest != 0).sum(1) >= 2]
-    assert {tuple(r) for r in latest.tolist()} <= {tuple(r) for r in windows.tolist()}
 
 
 def test_append_items_skips_padding_and_keeps_the_length():
