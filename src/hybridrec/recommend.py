@@ -36,7 +36,7 @@ from hybridrec.data.io import PARQUET_SUFFIXES, is_csv_path, parse_ids, read_tab
 from hybridrec.errors import ConfigError, DataError, HybridRecError, UnknownIdError
 from hybridrec.files import atomic_write
 from hybridrec.models import model_device
-from hybridrec.retrieval import item_prior, retrieval_factors, supports_retrieval
+from hybridrec.retrieval import item_prior, query_vectors, retrieval_factors, supports_retrieval
 
 IdsLike = Sequence[Any] | np.ndarray
 Source = Literal["model", "popularity", "items", "similar"]
@@ -483,17 +483,17 @@ class Recommender:
         :meth:`_score_users`, on CPU each user gets its own matrix product and model call,
         so a user's result does not depend on the users beside it.
         """
-        user_embedding, item_embedding = retrieval_factors(self.model)
+        _, item_embedding = retrieval_factors(self.model)
         prior = self._stage1_prior()
         device = self.device
         cpu = device.type == "cpu"
         index = torch.as_tensor(users, dtype=torch.int64, device=device)
         table = item_embedding.weight.T
         if cpu:
-            dots = [user_embedding(index[j : j + 1]) @ table for j in range(len(users))]
+            dots = [query_vectors(self.model, index[j : j + 1]) @ table for j in range(len(users))]
             stage1 = torch.cat(dots).float()
         else:
-            stage1 = (user_embedding(index) @ table).float()
+            stage1 = (query_vectors(self.model, index) @ table).float()
         stage1 = (stage1 + prior).masked_fill(mask, -torch.inf)
         candidates = [top for top, _ in _top_k(stage1, n)]
         logits = torch.full_like(stage1, -torch.inf)

@@ -34,6 +34,19 @@ def retrieval_factors(model: nn.Module) -> tuple[nn.Embedding, nn.Embedding]:
     return users, items
 
 
+def query_vectors(model: nn.Module, user_idx: torch.Tensor) -> torch.Tensor:
+    """(B, D) user vectors whose dot product with the item embeddings stage 1 ranks by.
+
+    The user embedding, unless the model says better (``retrieval_query``): GMF weights
+    each dimension of ``u * i`` by its output layer, so its query is ``u * h``.
+    """
+    query = getattr(model, "retrieval_query", None)
+    if query is not None:
+        return query(user_idx)
+    users, _ = retrieval_factors(model)
+    return users(user_idx)
+
+
 @torch.no_grad()
 def exhaustive_topk(
     model: nn.Module, user_idx: torch.Tensor, k: int
@@ -62,7 +75,7 @@ def item_prior(model: nn.Module, num_users: int = 64, seed: int = 0) -> torch.Te
     total = torch.zeros(items.num_embeddings, device=items.weight.device)
     for user in sample:  # one user at a time: score_all may build (B, I, hidden) tensors
         u = user.view(1)
-        total += (model.score_all(u) - users(u) @ items.weight.T)[0]
+        total += (model.score_all(u) - query_vectors(model, u) @ items.weight.T)[0]
     return total / n
 
 
@@ -84,9 +97,9 @@ def two_stage_topk(
         prior: optional (I,) item term added to the dot product in stage 1
             (:func:`item_prior`); compute it once and reuse it.
     """
-    users, items = retrieval_factors(model)
+    _, items = retrieval_factors(model)
     num_candidates = max(k, min(num_candidates, items.num_embeddings - 1))
-    dots = users(user_idx) @ items.weight.T  # (B, I): one matrix product
+    dots = query_vectors(model, user_idx) @ items.weight.T  # (B, I): one matrix product
     if prior is not None:
         dots = dots + prior
     dots[:, UNKNOWN_INDEX] = float("-inf")

@@ -111,8 +111,12 @@ class GMF(nn.Module):
         return self.output(gmf).squeeze(-1)
 
     def score_all(self, user_idx: torch.Tensor) -> torch.Tensor:
-        u = self.user_embedding(user_idx) * self.output.weight  # (B, D): fold h into u
-        return u @ self.item_embedding.weight.T + self.output.bias  # (B, I)
+        return self.retrieval_query(user_idx) @ self.item_embedding.weight.T + self.output.bias
+
+    def retrieval_query(self, user_idx: torch.Tensor) -> torch.Tensor:
+        """(B, D) ``u * h``: its dot product with an item embedding is the logit minus the
+        bias, so two-stage retrieval ranks exactly as the model does."""
+        return self.user_embedding(user_idx) * self.output.weight  # fold h into u
 
 
 class NCFMLP(nn.Module):
