@@ -376,7 +376,7 @@ def test_catalogue_only_items_are_drawn_as_negatives(epoch_rows):
     assert high in drawn  # index 42: after every training item
 
 
-@pytest.mark.parametrize("loss", ["bce", "bpr"])
+@pytest.mark.parametrize("loss", ["bce", "bpr", "ce"])
 def test_positives_only_training_learns_the_planted_groups(loss):
     """Each user likes items of their own group only, so a model that learned the groups puts
     the held-out item among the user's 5 unseen in-group items: HR@10 = 1. Random ranking of
@@ -395,6 +395,34 @@ def test_positives_only_training_learns_the_planted_groups(loss):
     popularity = train(train_frame, val_frame, model="popularity").history.last.ranking["hr@10"]
     assert hr > p_random + margin
     assert hr > popularity + margin
+
+
+@pytest.mark.parametrize("name", sorted(set(MODELS) - {"sasrec"}))
+def test_softmax_loss_trains_every_pointwise_model(name):
+    """--loss ce: each positive against every item through score_all; one row per positive."""
+    train_frame, val_frame = planted(seed=1)
+    result = train(train_frame, val_frame, model=name, loss="ce", epochs=2, early_stop="none")
+    stats = result.history.epochs
+    if name != "popularity":  # nothing to learn
+        assert all(math.isfinite(e.train_loss) for e in stats)
+        assert stats[1].train_loss < stats[0].train_loss
+        assert stats[0].samples_per_second * stats[0].seconds == pytest.approx(len(train_frame))
+
+
+def test_softmax_rank_shards_partition_the_positives():
+    from hybridrec.objectives import Softmax
+
+    train_frame, _ = planted(num_users=30, per_user=6)
+    data = hybridrec.train(train_frame, train_config=config(epochs=1)).train_data
+    objective = Softmax(data, TrainConfig(batch_size=16, loss="ce"), torch.device("cpu"))
+    seen = []
+    for rank in range(2):
+        gen = torch.Generator().manual_seed(3)
+        seen += [b for b in objective.batches(gen, rank=rank, world=2)]
+    pairs = sorted(
+        (u, i) for b in seen for u, i in zip(b.user_idx.tolist(), b.item_idx.tolist(), strict=True)
+    )
+    assert pairs == sorted(zip(data.user_idx.tolist(), data.item_idx.tolist(), strict=True))
 
 
 # ---------------------------------------------------------------- early stopping

@@ -187,10 +187,6 @@ def test_sampled_losses_train(loss):
     assert all(np.isfinite(losses)) and losses[-1] < losses[0]
 
 
-def test_ce_is_only_for_sequence_models():
-    train_frame, _ = cycles(num_users=10)
-    with pytest.raises(ConfigError, match="--loss ce"):
-        hybridrec.train(train_frame, model="mf", train_config=TrainConfig(loss="ce", epochs=1))
 
 
 def test_single_interaction_users_cannot_train():

@@ -76,7 +76,7 @@ class TrainConfig:
         "auto: the model's own (ce for sasrec, bce for the others); "
         "bce: pointwise, positives vs sampled negatives (or the file's 0/1 labels); "
         "bpr: pairwise, each positive against a sampled negative; "
-        "ce: softmax over the whole catalogue (sequence models: sasrec)",
+        "ce: softmax over the whole catalogue (costly for MLP models: use a small --batch-size)",
     )
     negatives: int = option(8, "sampled negatives per positive for positives-only data")
     sampling: str = option(

@@ -7,6 +7,8 @@ with a new way to learn is one class here and one entry in :data:`OBJECTIVES`.
 
 - :class:`Pointwise`: (user, item) pairs. Labelled rows as they are (BCE), or positives with
   freshly sampled negatives every epoch (BCE), or (positive, negative) pairs (BPR).
+- :class:`Softmax`: the same models with ``--loss ce``: each positive against the whole
+  catalogue (cross-entropy over ``score_all``), no sampling.
 - :class:`NextItem`: each user's ordered history; at every position the model predicts the
   next item, against sampled negatives (BCE/BPR) or the whole catalogue (``ce``).
 
@@ -123,10 +125,7 @@ class Pointwise:
         self, train: RecSysDataset, config: TrainConfig, device: torch.device, num_items: int
     ) -> None:
         if config.loss not in ("bce", "bpr"):
-            raise ConfigError(
-                f"--loss {config.loss} is for sequence models (sasrec); "
-                "use --loss bce or --loss bpr with this model"
-            )
+            raise ConfigError(f"Pointwise trains with --loss bce or bpr, got {config.loss}")
         self.config = config
         self.device = device
         labelled = bool((train.target < 0.5).any())
@@ -216,6 +215,45 @@ class Pointwise:
         logits = model(batch.user_idx, batch.item_idx)
         loss = F.binary_cross_entropy_with_logits(logits, batch.target)
         hits = ((logits.detach() > 0) == (batch.target > 0.5)).sum()
+        return loss, hits, len(logits)
+
+
+class Softmax:
+    """Each positive (user, item) against the whole catalogue: cross-entropy over
+    ``score_all(user)`` (``--loss ce`` for the pointwise models).
+
+    No negatives are sampled: every other item is a negative, each step. A step costs one
+    ``score_all`` per row, which is a matrix product for ``mf``/``gmf`` but a full MLP pass
+    over every item for ``hybrid``/``mlp``/``neumf`` (use a small ``--batch-size`` there).
+    """
+
+    def __init__(self, train: RecSysDataset, config: TrainConfig, device: torch.device) -> None:
+        positive = train.target > 0.5
+        if not bool(positive.any()):
+            raise ConfigError("the training data has no positive rows (target 1) to learn from")
+        self.config = config
+        self.users = train.user_idx[positive].to(device)
+        self.items = train.item_idx[positive].to(device)
+        self.num_samples = len(self.users)
+
+    def batches(
+        self,
+        generator: torch.Generator,
+        *,
+        rank: int = 0,
+        world: int = 1,
+        sample_generator: torch.Generator | None = None,
+    ) -> Iterator[Batch]:
+        order = torch.randperm(self.num_samples, generator=generator).to(self.users.device)
+        mine, sizes = shard_order(order, self.config.batch_size, rank, world)
+        users, items = self.users[mine], self.items[mine]
+        return _slices((users, items, torch.ones_like(users, dtype=torch.float32)), sizes)
+
+    def step(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, int]:
+        logits = model.score_all(batch.user_idx)  # (B, I)
+        logits[:, UNKNOWN_INDEX] = -torch.inf
+        loss = F.cross_entropy(logits, batch.item_idx)
+        hits = (logits.detach().argmax(1) == batch.item_idx).sum()
         return loss, hits, len(logits)
 
 
@@ -326,6 +364,8 @@ def make_objective(
         config = dataclasses.replace(config, loss=getattr(model, "default_loss", "bce"))
     model_config = getattr(model, "config", None)
     num_items = getattr(model_config, "num_items", int(train.item_idx.max()) + 1)
+    if name == "pointwise" and config.loss == "ce":
+        return Softmax(train, config, device)
     if name == "pointwise":
         return Pointwise(train, config, device, num_items)
     if name == "next_item":
