@@ -37,6 +37,9 @@ SETTINGS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "mlp": ({"mlp_layer_sizes": (128, 64, 32)}, {}),
     "neumf": ({"mlp_layer_sizes": (128, 64)}, {}),  # 64-dim GMF + 64+64 MLP, as RecBole's row
     "hybrid": ({}, {}),
+    # softmax over the catalogue instead of sampled negatives; the best of mf/gmf/hybrid
+    # with --loss ce on val/ (see docs/benchmarks.md)
+    "mf+ce": ({"embedding_dim": 128}, {"loss": "ce", "batch_size": 512, "learning_rate": 1e-3}),
     # sequence-aware (issue 6): its defaults (loss auto = ce, max_len 200, dropout 0.5) are
     # the val/ choice
     "sasrec": ({}, {}),
@@ -94,16 +97,18 @@ def main() -> None:
     rows = []
     for name in args.models.split(","):
         options, overrides = SETTINGS[name]
+        model = name.split("+")[0]  # "mf+ce": the mf model with other settings
         per_seed = []
         for seed in seeds:
             base = replace(TrainConfig(seed=seed), **overrides)
             # 1) choose the number of epochs on val/ with early stopping
             tune = replace(base, epochs=args.max_epochs, early_stop="ndcg@10", patience=5)
-            _, _, tuned, _ = run_split(args.data / "val", name, options, tune)
+            _, _, tuned, _ = run_split(args.data / "val", model, options, tune)
             epochs = tuned.history.best.epoch or 1
             # 2) retrain on the full train split for that many epochs; score the test split
-            final = replace(base, epochs=max(epochs, 1))
-            full, sampled, result, seconds = run_split(args.data, name, options, final)
+            # (early stopping off: run_split must not see the test split as validation data)
+            final = replace(base, epochs=max(epochs, 1), early_stop=None)
+            full, sampled, result, seconds = run_split(args.data, model, options, final)
             speed = result.history.last.samples_per_second
             per_seed.append((full, sampled, epochs, seconds, speed))
             print(
