@@ -11,8 +11,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
 import pytest
 import torch
 
@@ -24,6 +22,7 @@ from hybridrec.config import DataConfig
 from hybridrec.data import RecSysDataset
 from hybridrec.data.encoding import IdEncoder
 from hybridrec.data.io import ITEM, USER
+from hybridrec.data.synthetic import planted_groups
 from hybridrec.errors import ConfigError
 from hybridrec.models import build_model
 from hybridrec.pipeline import load_data
@@ -32,19 +31,7 @@ from hybridrec.train import fit
 TIMING = ("seconds", "samples_per_second")
 
 
-def planted(seed=0, num_users=40, num_items=40, groups=4, per_user=6):
-    """Positives-only ``(train, val)`` frames (as in test_implicit): each user likes
-    ``per_user`` items of their group; the last one is the validation positive."""
-    rng = np.random.default_rng(seed)
-    per_group = num_items // groups
-    train, val = [], []
-    for user in range(num_users):
-        liked = (user % groups) * per_group + rng.choice(per_group, per_user, replace=False) + 1
-        train += [(user + 1, int(item)) for item in liked[:-1]]
-        val.append((user + 1, int(liked[-1])))
-    return pd.DataFrame(train, columns=["userId", "itemId"]), pd.DataFrame(
-        val, columns=["userId", "itemId"]
-    )
+planted = planted_groups
 
 
 MODELS = {
@@ -246,8 +233,10 @@ def test_sigkill_mid_run_then_resume_finishes_all_epochs(tmp_path):
         command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=tmp_path
     )
     try:
+        deadline = time.monotonic() + 120  # a hung child fails the test, not CI's clock
         while not (out / CHECKPOINT).exists() and proc.poll() is None:
-            time.sleep(0.005)
+            assert time.monotonic() < deadline, "no checkpoint within 120 s"
+            time.sleep(0.005)  # poll for the first checkpoint file, then kill at once
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=60)
     finally:

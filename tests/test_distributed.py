@@ -14,7 +14,6 @@ import sys
 import textwrap
 from collections import Counter
 
-import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -25,22 +24,11 @@ from hybridrec import TrainConfig
 from hybridrec.artifact import read_metrics
 from hybridrec.config import DataConfig
 from hybridrec.data import RecSysDataset
+from hybridrec.data.synthetic import planted_groups
 from hybridrec.distributed import rank_seed
 from hybridrec.objectives import NextItem, Pointwise, shard_order
 
-
-def planted(seed=0, num_users=40, num_items=40, groups=4, per_user=6):
-    """Positives-only ``(train, val)`` frames (as in test_implicit): each user likes
-    ``per_user`` items of their group; the last one is the validation positive."""
-    rng = np.random.default_rng(seed)
-    per_group = num_items // groups
-    train, val = [], []
-    for user in range(num_users):
-        liked = (user % groups) * per_group + rng.choice(per_group, per_user, replace=False) + 1
-        train += [(user + 1, int(item)) for item in liked[:-1]]
-        val.append((user + 1, int(liked[-1])))
-    columns = ["userId", "itemId"]
-    return pd.DataFrame(train, columns=columns), pd.DataFrame(val, columns=columns)
+planted = planted_groups
 
 
 def _loopback_ok() -> bool:

@@ -18,6 +18,7 @@ import hybridrec
 from hybridrec import TrainConfig
 from hybridrec.data import RecSysDataset
 from hybridrec.data.sampling import NegativeSampler
+from hybridrec.data.synthetic import planted_groups
 from hybridrec.errors import ConfigError
 from hybridrec.evaluate import evaluate_pointwise
 from hybridrec.models import MODELS, Popularity, PopularityConfig
@@ -45,19 +46,7 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 # ---------------------------------------------------------------- data with planted structure
 
 
-def planted(seed=0, num_users=40, num_items=40, groups=4, per_user=6):
-    """Positives-only ``(train, val)`` frames: each user likes ``per_user`` items of their own
-    group only; the last of them is held out as the user's validation positive."""
-    rng = np.random.default_rng(seed)
-    per_group = num_items // groups
-    train, val = [], []
-    for user in range(num_users):
-        group = user % groups
-        liked = group * per_group + rng.choice(per_group, per_user, replace=False) + 1
-        train += [(user + 1, int(item)) for item in liked[:-1]]
-        val.append((user + 1, int(liked[-1])))
-    columns = ["userId", "itemId"]
-    return pd.DataFrame(train, columns=columns), pd.DataFrame(val, columns=columns)
+planted = planted_groups
 
 
 def planted_labelled(seed=0, num_users=40, num_items=40, groups=4):

@@ -106,3 +106,24 @@ def write_synthetic_data(
     for frame, path in zip((train, val), paths, strict=True):
         atomic_write(path, lambda f, fr=frame: fr.to_csv(f, index=False))
     return paths
+
+
+def planted_groups(
+    seed: int = 0, num_users: int = 40, num_items: int = 40, groups: int = 4, per_user: int = 6
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Tiny positives-only ``(train, val)`` frames with a structure a model must learn.
+
+    Users and items fall into ``groups`` groups; each user likes ``per_user`` random items of
+    their own group only, and the last of them is held out as the user's validation
+    positive. A model that learned the groups ranks it among the user's few unseen in-group
+    items; popularity cannot. Columns ``userId, itemId`` (no target: all positives).
+    """
+    rng = np.random.default_rng(seed)
+    per_group = num_items // groups
+    train, val = [], []
+    for user in range(num_users):
+        liked = (user % groups) * per_group + rng.choice(per_group, per_user, replace=False) + 1
+        train += [(user + 1, int(item)) for item in liked[:-1]]
+        val.append((user + 1, int(liked[-1])))
+    columns = ["userId", "itemId"]
+    return pd.DataFrame(train, columns=columns), pd.DataFrame(val, columns=columns)
