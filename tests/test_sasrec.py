@@ -187,8 +187,6 @@ def test_sampled_losses_train(loss):
     assert all(np.isfinite(losses)) and losses[-1] < losses[0]
 
 
-
-
 def test_single_interaction_users_cannot_train():
     frame = pd.DataFrame({"userId": [1, 2], "itemId": [1, 2]})
     with pytest.raises(ConfigError, match="at least two"):
