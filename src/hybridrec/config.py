@@ -82,6 +82,21 @@ class TrainConfig:
     sampling: str = option(
         "uniform", "negative distribution: uniform over items, or popularity-weighted"
     )
+    recency_half_life: float = option(
+        15.0,
+        "positives-only data with timestamps: weight each positive by 0.5 ** (a / H), a = how "
+        "many of its user's interactions are newer, so the recent past is fitted best; 0 = "
+        "every positive weighs the same",
+    )
+    recency_floor: float = option(
+        0.05, "smallest recency weight (relative to the newest), so old positives still count"
+    )
+    catalogue_weight: float = option(
+        0.3,
+        "models with a user-item dot product (hybrid, mf, gmf, neumf) trained on sampled "
+        "negatives: add this times a softmax over the whole catalogue on that dot product "
+        "(what two-stage retrieval ranks by); 0 = off",
+    )
     early_stop: str | None = option(
         "auto",
         "validation metric to stop on, keeping its best epoch: ndcg@10, hr@10, mrr, auc, loss, "
@@ -132,6 +147,16 @@ class TrainConfig:
         if self.sampling not in SAMPLINGS:
             raise ConfigError(
                 f"--sampling must be one of {', '.join(SAMPLINGS)}, got {self.sampling!r}"
+            )
+        if self.recency_half_life < 0:
+            raise ConfigError(
+                f"--recency-half-life must be >= 0 (0 = off), got {self.recency_half_life}"
+            )
+        if not 0.0 < self.recency_floor <= 1.0:
+            raise ConfigError(f"--recency-floor must be in (0, 1], got {self.recency_floor}")
+        if self.catalogue_weight < 0:
+            raise ConfigError(
+                f"--catalogue-weight must be >= 0 (0 = off), got {self.catalogue_weight}"
             )
         if self.patience < 1:
             raise ConfigError(f"--patience must be at least 1, got {self.patience}")

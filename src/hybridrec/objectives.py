@@ -32,11 +32,12 @@ from torch import nn
 from torch.nn import functional as F
 
 from hybridrec.config import TrainConfig
-from hybridrec.data.dataset import Batch, RecSysDataset, iterate_batches
+from hybridrec.data.dataset import Batch, RecSysDataset
 from hybridrec.data.encoding import UNKNOWN_INDEX
 from hybridrec.data.sampling import NegativeSampler
-from hybridrec.data.sequences import pack_histories
+from hybridrec.data.sequences import pack_histories, recency_weights
 from hybridrec.errors import ConfigError
+from hybridrec.retrieval import query_vectors, retrieval_factors, supports_retrieval
 
 
 class Objective(Protocol):
@@ -118,16 +119,68 @@ def _slices(tensors: tuple[torch.Tensor, ...], sizes: list[int]) -> Iterator[Bat
         start += size
 
 
+def _shuffled(
+    columns: tuple[torch.Tensor, ...], batch_size: int, generator: torch.Generator
+) -> Iterator[Batch]:
+    """One epoch of batches over ``columns`` in a fresh random order (a single process)."""
+    n = len(columns[0])
+    order = torch.randperm(n, generator=generator).to(columns[0].device)
+    sizes = [min(batch_size, n - start) for start in range(0, n, batch_size)]
+    return _slices(tuple(c[order] for c in columns), sizes)
+
+
+def _weighted_mean(losses: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
+    """Mean of per-row ``losses``, each times its weight (weights have mean 1 overall)."""
+    return losses.mean() if weight is None else (losses * weight).mean()
+
+
+def positive_weights(
+    train: RecSysDataset, positive: torch.Tensor, config: TrainConfig
+) -> torch.Tensor | None:
+    """Recency weights of the positive rows (``--recency-half-life``), or ``None`` when the
+    option is off or the data has no timestamps to order by."""
+    if config.recency_half_life <= 0 or train.timestamp is None:
+        return None
+    return recency_weights(
+        train.user_idx[positive],
+        train.timestamp[positive],
+        config.recency_half_life,
+        config.recency_floor,
+    )
+
+
+def catalogue_loss(
+    model: nn.Module, user_idx: torch.Tensor, item_idx: torch.Tensor, weight: torch.Tensor | None
+) -> torch.Tensor:
+    """Softmax cross-entropy of each positive against the whole catalogue, on the model's
+    dot-product score (what two-stage retrieval ranks by).
+
+    Sampled negatives are mostly obscure items, so they rarely teach a model to rank the
+    positive above the *popular* items it competes with in a full ranking; a softmax over
+    every item does, and on a dot product it costs one matrix product.
+    """
+    _, items = retrieval_factors(model)
+    logits = query_vectors(model, user_idx) @ items.weight.T  # (P, I)
+    logits[:, UNKNOWN_INDEX] = -torch.inf
+    return _weighted_mean(F.cross_entropy(logits, item_idx, reduction="none"), weight)
+
+
 class Pointwise:
     """(user, item) rows: as labelled, or positives with fresh sampled negatives."""
 
     def __init__(
-        self, train: RecSysDataset, config: TrainConfig, device: torch.device, num_items: int
+        self,
+        train: RecSysDataset,
+        config: TrainConfig,
+        device: torch.device,
+        num_items: int,
+        catalogue_weight: float = 0.0,
     ) -> None:
         if config.loss not in ("bce", "bpr"):
             raise ConfigError(f"Pointwise trains with --loss bce or bpr, got {config.loss}")
         self.config = config
         self.device = device
+        self.catalogue_weight = 0.0
         labelled = bool((train.target < 0.5).any())
         self.pairwise = config.loss == "bpr"
         self.sampled = self.pairwise or not labelled
@@ -141,6 +194,8 @@ class Pointwise:
                 "the training data has no positive rows (target 1) to sample negatives against"
             )
         self.users, self.items = train.user_idx[positive], train.item_idx[positive]
+        self.weights = positive_weights(train, positive, config)  # (P,) or None
+        self.catalogue_weight = catalogue_weight
         self.sampler = NegativeSampler(self.users, self.items, num_items, config.sampling)  # type: ignore[arg-type]
         factor = config.negatives if self.pairwise else config.negatives + 1
         self.num_samples = len(self.users) * factor
@@ -155,8 +210,10 @@ class Pointwise:
     ) -> Iterator[Batch]:
         bs = self.config.batch_size
         if not self.sampled and world == 1:
-            return iterate_batches(self.data, bs, shuffle=True, generator=generator)
-        if not self.sampled:  # the same permutation as iterate_batches, then this rank's part
+            return _shuffled(
+                (self.data.user_idx, self.data.item_idx, self.data.target), bs, generator
+            )
+        if not self.sampled:  # the same permutation as with one process, then this rank's part
             order = torch.randperm(len(self.data), generator=generator).to(self.device)
             mine, sizes = shard_order(order, bs, rank, world)
             data = self.data
@@ -166,15 +223,20 @@ class Pointwise:
         k = self.config.negatives
         negatives = self.sampler.sample(self.users, k, sample_generator or generator).flatten()
         users = self.users.repeat_interleave(k)  # (P * k,)
+        w = self.weights
         if self.pairwise:  # (user, positive, negative) triples; the negative rides in `target`
-            rows = RecSysDataset(users, self.items.repeat_interleave(k), negatives.float())
-        else:
-            rows = RecSysDataset(
+            columns = [users, self.items.repeat_interleave(k), negatives.float()]
+            weights = None if w is None else w.repeat_interleave(k)
+        else:  # a negative weighs what the positive it was drawn for weighs
+            columns = [
                 torch.cat([self.users, users]),
                 torch.cat([self.items, negatives]),
                 torch.cat([torch.ones(len(self.users)), torch.zeros(len(users))]),
-            )
-        return iterate_batches(rows.to(self.device), bs, shuffle=True, generator=generator)
+            ]
+            weights = None if w is None else torch.cat([w, w.repeat_interleave(k)])
+        if weights is not None:
+            columns.append(weights)
+        return _shuffled(tuple(c.to(self.device) for c in columns), bs, generator)
 
     def _sharded_sampled(
         self, generator: torch.Generator, rank: int, world: int, sample_generator: torch.Generator
@@ -194,16 +256,17 @@ class Pointwise:
             source = mine // k
             users, items = self.users[source], self.items[source]
             negatives = self.sampler.sample(users, 1, sample_generator).flatten()
-            rows = RecSysDataset(users, items, negatives.float())
+            columns = [users, items, negatives.float()]
         else:
             is_positive = mine < num_pos
             source = torch.where(is_positive, mine, (mine - num_pos) // k)
             users, items = self.users[source], self.items[source].clone()
             negative = ~is_positive
             items[negative] = self.sampler.sample(users[negative], 1, sample_generator).flatten()
-            rows = RecSysDataset(users, items, is_positive.float())
-        rows = rows.to(self.device)
-        return _slices((rows.user_idx, rows.item_idx, rows.target), sizes)
+            columns = [users, items, is_positive.float()]
+        if self.weights is not None:
+            columns.append(self.weights[source])
+        return _slices(tuple(c.to(self.device) for c in columns), sizes)
 
     def step(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, int]:
         if self.pairwise:
@@ -211,11 +274,21 @@ class Pointwise:
                 batch.user_idx,
                 batch.target.long(),  # target holds the negative
             )
-            return -F.logsigmoid(margin).mean(), (margin.detach() > 0).sum(), len(margin)
-        logits = model(batch.user_idx, batch.item_idx)
-        loss = F.binary_cross_entropy_with_logits(logits, batch.target)
-        hits = ((logits.detach() > 0) == (batch.target > 0.5)).sum()
-        return loss, hits, len(logits)
+            loss = _weighted_mean(-F.logsigmoid(margin), batch.weight)
+            hits = (margin.detach() > 0).sum()
+            positive = torch.ones_like(margin, dtype=torch.bool)
+        else:
+            margin = model(batch.user_idx, batch.item_idx)
+            losses = F.binary_cross_entropy_with_logits(margin, batch.target, reduction="none")
+            loss = _weighted_mean(losses, batch.weight)
+            hits = ((margin.detach() > 0) == (batch.target > 0.5)).sum()
+            positive = batch.target > 0.5
+        if self.catalogue_weight > 0 and self.sampled:
+            users, items = batch.user_idx[positive], batch.item_idx[positive]
+            if len(users):
+                weight = None if batch.weight is None else batch.weight[positive]
+                loss = loss + self.catalogue_weight * catalogue_loss(model, users, items, weight)
+        return loss, hits, len(margin)
 
 
 class Softmax:
@@ -234,6 +307,8 @@ class Softmax:
         self.config = config
         self.users = train.user_idx[positive].to(device)
         self.items = train.item_idx[positive].to(device)
+        weights = positive_weights(train, positive, config)
+        self.weights = None if weights is None else weights.to(device)
         self.num_samples = len(self.users)
 
     def batches(
@@ -246,13 +321,18 @@ class Softmax:
     ) -> Iterator[Batch]:
         order = torch.randperm(self.num_samples, generator=generator).to(self.users.device)
         mine, sizes = shard_order(order, self.config.batch_size, rank, world)
-        users, items = self.users[mine], self.items[mine]
-        return _slices((users, items, torch.ones_like(users, dtype=torch.float32)), sizes)
+        columns = [self.users[mine], self.items[mine]]
+        columns.append(torch.ones_like(columns[0], dtype=torch.float32))
+        if self.weights is not None:
+            columns.append(self.weights[mine])
+        return _slices(tuple(columns), sizes)
 
     def step(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, int]:
         logits = model.score_all(batch.user_idx)  # (B, I)
         logits[:, UNKNOWN_INDEX] = -torch.inf
-        loss = F.cross_entropy(logits, batch.item_idx)
+        loss = _weighted_mean(
+            F.cross_entropy(logits, batch.item_idx, reduction="none"), batch.weight
+        )
         hits = (logits.detach().argmax(1) == batch.item_idx).sum()
         return loss, hits, len(logits)
 
@@ -367,7 +447,8 @@ def make_objective(
     if name == "pointwise" and config.loss == "ce":
         return Softmax(train, config, device)
     if name == "pointwise":
-        return Pointwise(train, config, device, num_items)
+        catalogue = config.catalogue_weight if supports_retrieval(model) else 0.0
+        return Pointwise(train, config, device, num_items, catalogue_weight=catalogue)
     if name == "next_item":
         return NextItem(train, config, device, num_items, model_config.max_len)  # type: ignore[union-attr]
     raise ConfigError(f"{type(model).__name__} asks for an unknown objective {name!r}")

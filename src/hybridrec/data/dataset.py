@@ -21,11 +21,13 @@ from hybridrec.data.io import ITEM, TARGET, TIMESTAMP, USER
 
 
 class Batch(NamedTuple):
-    """A mini-batch: ``user_idx`` and ``item_idx`` (B,) int64, ``target`` (B,) float32."""
+    """A mini-batch: ``user_idx`` and ``item_idx`` (B,) int64, ``target`` (B,) float32, and
+    optional per-row loss weights ``weight`` (B,) float32 (``None``: all rows weigh 1)."""
 
     user_idx: torch.Tensor
     item_idx: torch.Tensor
     target: torch.Tensor
+    weight: torch.Tensor | None = None
 
 
 @dataclass(frozen=True)
