@@ -1,0 +1,195 @@
+"""Do the library defaults carry over to other leave-latest-out tasks? hybrid against ALS.
+
+The defaults were chosen on one task (../shared/data/movielens-100k-loo/val). This script
+builds other tasks of the same kind from a MovieLens ratings file, each with the NCF
+protocol of that task (every user's latest interaction held out, ties by the largest item
+id; 100 negatives per user drawn uniformly from the items they never rated, seed 0; a
+``val/`` split made by the same rule from the training rows, seed 1), and scores:
+
+- ``hybrid`` with the library defaults unchanged, its epochs chosen on ``val/`` (early
+  stopping on full NDCG@10) and then retrained on the whole training split;
+- implicit's ALS (64 factors, 15 iterations) with regularisation and alpha chosen on
+  ``val/`` by full NDCG@10, when the ``implicit`` package is installed
+  (``pip install implicit``; it is not a dependency of hybridrec).
+
+    python benchmarks/bench_generalise.py [--inter ../shared/data/movielens-100k/ml-100k.inter]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench_quality  # noqa: E402  (the same train/score procedure as the main table)
+
+from hybridrec import TrainConfig  # noqa: E402
+from hybridrec.data.io import ITEM, TIMESTAMP, USER  # noqa: E402
+from hybridrec.data.movielens import read_movielens  # noqa: E402
+from hybridrec.data.split import leave_one_out, write_interactions_csv  # noqa: E402
+
+DEFAULT_INTER = (
+    Path(__file__).resolve().parents[2] / "shared" / "data" / "movielens-100k" / "ml-100k.inter"
+)
+
+
+def write_task(frame: pd.DataFrame, directory: Path, items: np.ndarray, seed: int) -> None:
+    """train.csv, test.csv, test_negatives.csv (wide) and items.csv, as in the shared task."""
+    train, test = leave_one_out(frame)
+    directory.mkdir(parents=True, exist_ok=True)
+    write_interactions_csv(train, directory / "train.csv")
+    pd.DataFrame({"userId": test[USER], "itemId": test[ITEM]}).to_csv(
+        directory / "test.csv", index=False
+    )
+    pd.DataFrame({"itemId": items}).to_csv(directory / "items.csv", index=False)
+    rng = np.random.default_rng(seed)
+    rated = frame.groupby(USER)[ITEM].agg(set)
+    rows = []
+    for user in np.sort(test[USER].unique()):
+        pool = np.setdiff1d(items, np.fromiter(rated[user], dtype=items.dtype))
+        rows.append([user, *rng.choice(pool, 100, replace=False)])
+    columns = ["userId", *(f"neg_{j}" for j in range(1, 101))]
+    pd.DataFrame(rows, columns=columns).to_csv(directory / "test_negatives.csv", index=False)
+    if seed == 0:  # the val/ split: the same rule on the training rows alone
+        write_task(train, directory / "val", items, seed=1)
+
+
+class Factors(nn.Module):
+    """Fixed user/item factor tables (ALS's), scored as hybridrec scores a model."""
+
+    def __init__(self, users: np.ndarray, items: np.ndarray) -> None:
+        super().__init__()
+        self.register_buffer("users", torch.from_numpy(users).float())
+        self.register_buffer("items", torch.from_numpy(items).float())
+
+    def forward(self, user_idx: torch.Tensor, item_idx: torch.Tensor) -> torch.Tensor:
+        return (self.users[user_idx] * self.items[item_idx]).sum(-1)
+
+    def score_all(self, user_idx: torch.Tensor) -> torch.Tensor:
+        return self.users[user_idx] @ self.items.T
+
+
+def als_scores(directory: Path, regularization: float, alpha: float):
+    """Fit ALS on directory/train.csv; (full, sampled) metrics on directory/test.csv."""
+    import scipy.sparse as sp
+    from implicit.als import AlternatingLeastSquares
+
+    from hybridrec.ranking import evaluate_full, evaluate_sampled
+
+    train = pd.read_csv(directory / "train.csv")
+    test = pd.read_csv(directory / "test.csv")
+    negatives = pd.read_csv(directory / "test_negatives.csv")
+    items = pd.read_csv(directory / "items.csv")["itemId"].to_numpy()
+    user_ids = np.sort(train["userId"].unique())
+    u_of = {u: k + 1 for k, u in enumerate(user_ids)}  # index 0 = unknown, as in hybridrec
+    i_of = {i: k + 1 for k, i in enumerate(np.sort(items))}
+    tu = train["userId"].map(u_of).to_numpy()
+    ti = train["itemId"].map(i_of).to_numpy()
+    matrix = sp.csr_matrix(
+        (np.full(len(tu), alpha, dtype=np.float32), (tu, ti)),
+        shape=(len(user_ids) + 1, len(items) + 1),
+    )
+    model = AlternatingLeastSquares(
+        factors=64, regularization=regularization, iterations=15, random_state=0
+    )
+    model.fit(matrix, show_progress=False)
+    net = Factors(np.asarray(model.user_factors), np.asarray(model.item_factors))
+    test_u = torch.tensor(test["userId"].map(u_of).to_numpy())
+    test_i = torch.tensor(test["itemId"].map(lambda i: i_of.get(i, 0)).to_numpy())
+    cand_u = torch.tensor(np.repeat(negatives["userId"].map(u_of).to_numpy(), 100))
+    cand_i = torch.tensor(
+        np.vectorize(i_of.get)(negatives.iloc[:, 1:].to_numpy()).reshape(-1).astype(np.int64)
+    )
+    train_u, train_i = torch.tensor(tu), torch.tensor(ti)
+    num_items = len(items) + 1
+    full = evaluate_full(net, train_u, train_i, test_u, test_i, num_items)
+    sampled = evaluate_sampled(
+        net, train_u, train_i, test_u, test_i, num_items, candidates=(cand_u, cand_i)
+    )
+    return full, sampled
+
+
+def run_als(directory: Path) -> tuple[dict, dict, str]:
+    best = None
+    for regularization in (0.01, 0.1, 1.0):
+        for alpha in (1.0, 5.0, 20.0, 40.0):
+            full, _ = als_scores(directory / "val", regularization, alpha)
+            if best is None or full["ndcg@10"] > best[0]:
+                best = (full["ndcg@10"], regularization, alpha)
+    _, regularization, alpha = best
+    full, sampled = als_scores(directory, regularization, alpha)
+    return full, sampled, f"reg {regularization}, alpha {alpha} (val)"
+
+
+def run_hybrid(directory: Path, max_epochs: int) -> tuple[dict, dict, str, float]:
+    base = TrainConfig(seed=0)
+    tune = replace(base, epochs=max_epochs, early_stop="ndcg@10", patience=5)
+    _, _, tuned, _ = bench_quality.run_split(directory / "val", "hybrid", {}, tune)
+    epochs = tuned.history.best.epoch or 1
+    final = replace(base, epochs=epochs, early_stop=None)
+    full, sampled, _, seconds = bench_quality.run_split(directory, "hybrid", {}, final)
+    return full, sampled, f"defaults, {epochs} epochs (val)", seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--inter", type=Path, default=DEFAULT_INTER)
+    parser.add_argument("--max-epochs", type=int, default=40)
+    args = parser.parse_args()
+    if not args.inter.is_file():
+        sys.exit(f"no ratings file at {args.inter} (MovieLens is not shipped; see README)")
+    torch.set_num_threads(1)
+    ratings = read_movielens(args.inter)
+    tasks = {
+        "ML-100K, ratings >= 4 as positives": read_movielens(args.inter, min_rating=4),
+        "ML-100K, users with >= 50 ratings": ratings[
+            ratings.groupby(USER)[ITEM].transform("size") >= 50
+        ],
+        "ML-100K, first 4 months only": ratings[
+            ratings[TIMESTAMP] < ratings[TIMESTAMP].min() + 120 * 86400
+        ],
+    }
+    try:
+        import implicit  # noqa: F401
+
+        have_als = True
+    except ImportError:
+        have_als = False
+        print("implicit is not installed: ALS rows skipped (pip install implicit)", file=sys.stderr)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for number, (name, frame) in enumerate(tasks.items()):
+            directory = Path(tmp) / f"task{number}"
+            frame = frame.reset_index(drop=True)
+            items = np.sort(frame[ITEM].unique())
+            write_task(frame, directory, items, seed=0)
+            users = frame[USER].nunique()
+            shape = f"{users} users, {len(items)} items, {len(frame)} positives"
+            start = time.perf_counter()
+            full, sampled, how, _ = run_hybrid(directory, args.max_epochs)
+            rows.append((name, shape, "hybridrec hybrid", sampled, full, how))
+            print(f"{name}: hybrid done in {time.perf_counter() - start:.0f}s", file=sys.stderr)
+            if have_als:
+                full, sampled, how = run_als(directory)
+                rows.append((name, shape, "implicit ALS (64 factors)", sampled, full, how))
+    print("\n| task | size | method | HR@10 sampled | NDCG@10 sampled | HR@10 full | "
+          "NDCG@10 full | settings |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|")
+    for name, shape, method, sampled, full, how in rows:
+        print(
+            f"| {name} | {shape} | {method} | {sampled['hr@10']:.4f} | {sampled['ndcg@10']:.4f} "
+            f"| {full['hr@10']:.4f} | {full['ndcg@10']:.4f} | {how} |"
+        )
+
+
+if __name__ == "__main__":
+    main()
