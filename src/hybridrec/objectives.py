@@ -12,6 +12,12 @@ with a new way to learn is one class here and one entry in :data:`OBJECTIVES`.
 - :class:`NextItem`: each user's ordered history; at every position the model predicts the
   next item, against sampled negatives (BCE/BPR) or the whole catalogue (``ce``).
 
+Positives-only data is shaped by two options of :class:`~hybridrec.config.TrainConfig`:
+with timestamps, each positive (and each negative drawn for it) carries a recency weight
+(:func:`~hybridrec.data.sequences.recency_weights`, ``--recency-half-life``), and models
+with a user-item dot product add :func:`catalogue_loss` (``--catalogue-weight``) to their
+sampled loss. Labelled 0/1 rows are trained as they are.
+
 Multi-process training (``torchrun``): ``batches(generator, rank=r, world=w)`` gives rank
 ``r`` its share of each epoch. Every rank shuffles with the same ``generator`` (same seed,
 same permutation), and each global batch of ``batch_size`` samples is split into ``w``
@@ -283,7 +289,7 @@ class Pointwise:
             loss = _weighted_mean(losses, batch.weight)
             hits = ((margin.detach() > 0) == (batch.target > 0.5)).sum()
             positive = batch.target > 0.5
-        if self.catalogue_weight > 0 and self.sampled:
+        if self.catalogue_weight > 0:  # only ever set for sampled training
             users, items = batch.user_idx[positive], batch.item_idx[positive]
             if len(users):
                 weight = None if batch.weight is None else batch.weight[positive]
