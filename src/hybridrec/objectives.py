@@ -284,17 +284,17 @@ class Pointwise:
             hits = (margin.detach() > 0).sum()
             positive = torch.ones_like(margin, dtype=torch.bool)
         else:
-            margin = model(batch.user_idx, batch.item_idx)
-            losses = F.binary_cross_entropy_with_logits(margin, batch.target, reduction="none")
+            logits = model(batch.user_idx, batch.item_idx)
+            losses = F.binary_cross_entropy_with_logits(logits, batch.target, reduction="none")
             loss = _weighted_mean(losses, batch.weight)
-            hits = ((margin.detach() > 0) == (batch.target > 0.5)).sum()
+            hits = ((logits.detach() > 0) == (batch.target > 0.5)).sum()
             positive = batch.target > 0.5
         if self.catalogue_weight > 0:  # only ever set for sampled training
             users, items = batch.user_idx[positive], batch.item_idx[positive]
             if len(users):
                 weight = None if batch.weight is None else batch.weight[positive]
                 loss = loss + self.catalogue_weight * catalogue_loss(model, users, items, weight)
-        return loss, hits, len(margin)
+        return loss, hits, len(batch.user_idx)
 
 
 class Softmax:
