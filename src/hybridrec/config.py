@@ -97,6 +97,11 @@ class TrainConfig:
         "negatives: add this times a softmax over the whole catalogue on that dot product "
         "(what two-stage retrieval ranks by); 0 = off",
     )
+    ema_decay: float = option(
+        0.999,
+        "validate and keep an exponential moving average of the weights (0.999: about the "
+        "last 1000 steps, fewer early in training) instead of the last step's; 0 = off",
+    )
     early_stop: str | None = option(
         "auto",
         "validation metric to stop on, keeping its best epoch: ndcg@10, hr@10, mrr, auc, loss, "
@@ -131,6 +136,8 @@ class TrainConfig:
             raise ConfigError(f"--epochs must be at least 1, got {self.epochs}")
         if self.batch_size < 1:
             raise ConfigError(f"--batch-size must be at least 1, got {self.batch_size}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ConfigError(f"--ema-decay must be in [0, 1), got {self.ema_decay}")
         if self.eval_batch_size < 1:
             raise ConfigError(f"--eval-batch-size must be at least 1, got {self.eval_batch_size}")
         if not self.learning_rate > 0:

@@ -25,7 +25,7 @@ import inspect
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -202,10 +202,20 @@ def fit(
     step = _step_function(model, objective, device, world, compile=config.compile)
     autocast, scaler = _mixed_precision(config.amp, device)
     stopper = _EarlyStopping(early_stop, config.patience)
+    average = _WeightAverage(params, config.ema_decay) if config.ema_decay > 0 else None
     first_epoch = 1
     if config.resume is not None:
         first_epoch = _resume(
-            config, model, optimizer, scaler, generator, sample_generator, stopper, history, device
+            config,
+            model,
+            optimizer,
+            scaler,
+            generator,
+            sample_generator,
+            stopper,
+            history,
+            device,
+            average,
         )
     for epoch in range(first_epoch, config.epochs + 1):
         model.train()
@@ -235,6 +245,8 @@ def fit(
                 scaler.scale(loss).backward()
                 scaler.step(optimizer)
                 scaler.update()
+            if average is not None:
+                average.update()
             seen += n
             loss_sum += loss.detach() * n
             correct += hits
@@ -269,10 +281,11 @@ def fit(
         decision = _CONTINUE
         if main:  # rank 0 validates and decides; the others wait for its decision
             try:
-                validator(stats)
-                logger.info(_describe(stats, config.epochs))
-                if stopper.update(stats, model, history):
-                    decision = _STOP
+                with average.swapped_in() if average is not None else contextlib.nullcontext():
+                    validator(stats)
+                    logger.info(_describe(stats, config.epochs))
+                    if stopper.update(stats, model, history):
+                        decision = _STOP
             except BaseException:
                 distributed.broadcast_flag(_FAILED, device)
                 raise
@@ -295,6 +308,7 @@ def fit(
                 stopper,
                 history,
                 device,
+                average,
             )
         if on_epoch_end is not None and main:
             on_epoch_end(stats, history)
@@ -306,8 +320,60 @@ def fit(
             break
     if main and stopper.best_state is not None:
         model.load_state_dict(stopper.best_state)
+    elif average is not None:  # no early stopping: keep the average, as validated
+        average.copy_to_model()
     model.eval()
     return history
+
+
+class _WeightAverage:
+    """Exponential moving average of the trainable weights (``--ema-decay``).
+
+    The last step's weights carry the noise of the last few batches; an average over the
+    recent steps is a smoother estimate of the same optimum, so it is what gets validated,
+    kept by early stopping and returned. Early on the decay is capped at
+    ``(1 + t) / (10 + t)`` so the average is not dominated by the random initialisation.
+    """
+
+    def __init__(self, params: list[torch.Tensor], decay: float) -> None:
+        self.params, self.decay, self.steps = params, decay, 0
+        self.average = [p.detach().clone() for p in params]
+
+    @torch.no_grad()
+    def update(self) -> None:
+        self.steps += 1
+        decay = min(self.decay, (1 + self.steps) / (10 + self.steps))
+        torch._foreach_lerp_(self.average, [p.detach() for p in self.params], 1.0 - decay)
+
+    @contextlib.contextmanager
+    def swapped_in(self) -> Iterator[None]:
+        """The model holds the averaged weights inside the block, its own after it."""
+        own = [p.detach().clone() for p in self.params]
+        self.copy_to_model()
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                torch._foreach_copy_([p.detach() for p in self.params], own)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"steps": self.steps, "average": [a.clone() for a in self.average]}
+
+    @torch.no_grad()
+    def load_state_dict(self, state: dict[str, Any] | None) -> None:
+        """Restore a checkpoint's average; one without (written with --ema-decay 0) restarts
+        the average from the restored weights."""
+        if state is None:
+            self.steps, self.average = 0, [p.detach().clone() for p in self.params]
+            return
+        if len(state["average"]) != len(self.average):
+            raise ValueError("the checkpoint's weight average has another number of tensors")
+        torch._foreach_copy_(self.average, [a.to(self.average[0].device) for a in state["average"]])
+        self.steps = int(state["steps"])
+
+    @torch.no_grad()
+    def copy_to_model(self) -> None:
+        torch._foreach_copy_([p.detach() for p in self.params], self.average)
 
 
 #: Rank 0's end-of-epoch decision, broadcast to the other ranks.
@@ -437,6 +503,7 @@ def _save_checkpoint(
     stopper: _EarlyStopping,
     history: History,
     device: torch.device,
+    average: _WeightAverage | None,
 ) -> None:
     """Every rank contributes its RNG state; rank 0 writes the file atomically."""
     world = distributed.world_size()
@@ -462,6 +529,7 @@ def _save_checkpoint(
                 "waited": stopper.waited,
             },
             "history": history.to_list(),
+            "weight_average": average.state_dict() if average is not None else None,
         },
     )
     logger.debug(f"checkpoint of epoch {epoch} written to {path}")
@@ -477,6 +545,7 @@ def _resume(
     stopper: _EarlyStopping,
     history: History,
     device: torch.device,
+    average: _WeightAverage | None,
 ) -> int:
     """Restore a checkpoint into the run's objects; the first epoch still to train."""
     where = config.resume
@@ -488,6 +557,8 @@ def _resume(
         generator.set_state(data["rng"]["shuffle"])
         if scaler is not None and data.get("scaler"):
             scaler.load_state_dict(data["scaler"])
+        if average is not None:
+            average.load_state_dict(data.get("weight_average"))
     except (RuntimeError, ValueError, KeyError, TypeError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(
