@@ -40,8 +40,8 @@ SETTINGS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     # softmax over the catalogue instead of sampled negatives; the best of mf/gmf/hybrid
     # with --loss ce on val/ (see docs/benchmarks.md)
     "mf+ce": ({"embedding_dim": 128}, {"loss": "ce", "batch_size": 512, "learning_rate": 1e-3}),
-    # sequence-aware (issue 6): its defaults (loss auto = ce, max_len 200, dropout 0.5) are
-    # the val/ choice
+    # sequence-aware (issue 6): its defaults (loss auto = ce, hidden 96, max_len 200,
+    # dropout 0.5) are the val/ choice
     "sasrec": ({}, {}),
 }
 

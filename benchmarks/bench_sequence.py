@@ -64,10 +64,11 @@ def main() -> None:
         per_epoch = sum(e.seconds for e in epochs) / len(epochs)
         speed = sum(e.samples_per_second for e in epochs) / len(epochs)
         rows.append((length, per_epoch, speed, rank_seconds, metrics, train_seconds))
+        hidden, blocks = rec.model.config.hidden_dim, rec.model.config.num_blocks
         print(f"max_len {length}: {per_epoch:.2f} s/epoch", file=sys.stderr, flush=True)
     print(
         f"\nmachine: {platform.machine()}, torch {torch.__version__}, 1 thread; "
-        f"data: {directory}; {args.epochs} epochs, loss ce, hidden 64, 2 blocks\n"
+        f"data: {directory}; {args.epochs} epochs, loss ce, hidden {hidden}, {blocks} blocks\n"
     )
     print(
         "| max_len | s/epoch | samples/s | rank all users (s) | val HR@10 full | val NDCG@10 full |"

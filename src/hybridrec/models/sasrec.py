@@ -34,7 +34,7 @@ class SASRecConfig:
 
     num_users: int = field(default=1, metadata={"cli": False})
     num_items: int = field(default=1, metadata={"cli": False})
-    hidden_dim: int = option(64, "size of item embeddings and of the transformer's states")
+    hidden_dim: int = option(96, "size of item embeddings and of the transformer's states")
     max_len: int = option(200, "most recent items of a history the model reads")
     num_blocks: int = option(2, "transformer blocks")
     num_heads: int = option(1, "attention heads per block (must divide --hidden-dim)")
