@@ -336,25 +336,27 @@ class _WeightAverage:
     """
 
     def __init__(self, params: list[torch.Tensor], decay: float) -> None:
-        self.params, self.decay, self.steps = params, decay, 0
-        self.average = [p.detach().clone() for p in params]
+        # detached views share the parameters' storage: built once, not per step
+        self.params, self.decay, self.steps = [p.detach() for p in params], decay, 0
+        self.average = [p.clone() for p in self.params]
 
     @torch.no_grad()
     def update(self) -> None:
+        """One step of the average: a single fused lerp over all weights."""
         self.steps += 1
         decay = min(self.decay, (1 + self.steps) / (10 + self.steps))
-        torch._foreach_lerp_(self.average, [p.detach() for p in self.params], 1.0 - decay)
+        torch._foreach_lerp_(self.average, self.params, 1.0 - decay)
 
     @contextlib.contextmanager
     def swapped_in(self) -> Iterator[None]:
         """The model holds the averaged weights inside the block, its own after it."""
-        own = [p.detach().clone() for p in self.params]
+        own = [p.clone() for p in self.params]
         self.copy_to_model()
         try:
             yield
         finally:
             with torch.no_grad():
-                torch._foreach_copy_([p.detach() for p in self.params], own)
+                torch._foreach_copy_(self.params, own)
 
     def state_dict(self) -> dict[str, Any]:
         return {"steps": self.steps, "average": [a.clone() for a in self.average]}
@@ -364,7 +366,7 @@ class _WeightAverage:
         """Restore a checkpoint's average; one without (written with --ema-decay 0) restarts
         the average from the restored weights."""
         if state is None:
-            self.steps, self.average = 0, [p.detach().clone() for p in self.params]
+            self.steps, self.average = 0, [p.clone() for p in self.params]
             return
         if len(state["average"]) != len(self.average):
             raise ValueError("the checkpoint's weight average has another number of tensors")
@@ -373,7 +375,7 @@ class _WeightAverage:
 
     @torch.no_grad()
     def copy_to_model(self) -> None:
-        torch._foreach_copy_([p.detach() for p in self.params], self.average)
+        torch._foreach_copy_(self.params, self.average)
 
 
 #: Rank 0's end-of-epoch decision, broadcast to the other ranks.
