@@ -6,9 +6,15 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 
-from hybridrec.data.synthetic import SyntheticConfig, write_synthetic_data
+from hybridrec.config import DataConfig
+from hybridrec.data import RecSysDataset
+from hybridrec.data.encoding import IdEncoder
+from hybridrec.data.io import ITEM, USER
+from hybridrec.data.synthetic import SyntheticConfig, planted_groups, write_synthetic_data
 from hybridrec.models import HybridRecSysConfig
+from hybridrec.pipeline import load_data
 
 #: Small enough to train in well under a second, large enough to beat item popularity.
 SYNTHETIC = SyntheticConfig(num_users=300, num_items=150, num_positives=6000, seed=0)
@@ -55,3 +61,25 @@ def tiny_model_config() -> HybridRecSysConfig:
 @pytest.fixture
 def tiny_model_options() -> dict:
     return dict(TINY_MODEL)
+
+
+@pytest.fixture
+def one_thread():
+    """Like ``hybridrec.train``'s default: several threads crawl when other work shares the
+    cores, and tests that call ``fit`` directly skip the pipeline that sets it."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
+def planted_encoded() -> tuple[RecSysDataset, RecSysDataset, int, int]:
+    """Planted-taste positives (48 users, 40 items) with one held-out positive per user,
+    encoded: ``(train, val, num_users, num_items)``."""
+    train, val = planted_groups(seed=0, num_users=48, num_items=40, per_user=7)
+    train, val = load_data(train, DataConfig()), load_data(val, DataConfig())
+    users, items = IdEncoder.fit(train[USER].to_numpy()), IdEncoder.fit(train[ITEM].to_numpy())
+    train_set, _ = RecSysDataset.from_frame(train, users, items)
+    val_set, _ = RecSysDataset.from_frame(val, users, items)
+    return train_set, val_set, users.num_embeddings, items.num_embeddings

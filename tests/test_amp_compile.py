@@ -15,13 +15,7 @@ from hybridrec.errors import ConfigError
 from hybridrec.models import build_model
 from hybridrec.train import fit
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def data():

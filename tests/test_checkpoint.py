@@ -18,14 +18,9 @@ import hybridrec
 from hybridrec import TrainConfig
 from hybridrec.checkpoint import CHECKPOINT, CheckpointError, load_checkpoint
 from hybridrec.cli import main as cli_main
-from hybridrec.config import DataConfig
-from hybridrec.data import RecSysDataset
-from hybridrec.data.encoding import IdEncoder
-from hybridrec.data.io import ITEM, USER
 from hybridrec.data.synthetic import planted_groups
 from hybridrec.errors import ConfigError
 from hybridrec.models import build_model
-from hybridrec.pipeline import load_data
 from hybridrec.train import fit
 
 TIMING = ("seconds", "samples_per_second")
@@ -40,27 +35,11 @@ MODELS = {
 }
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Like ``hybridrec.train``'s default: several threads crawl when other work shares the
-    cores, and these tests call ``fit`` directly."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class Interrupted(Exception):
     pass
-
-
-def encoded(seed=0):
-    train, val = planted(seed=seed, num_users=48, num_items=40, per_user=7)
-    train, val = load_data(train, DataConfig()), load_data(val, DataConfig())
-    users, items = IdEncoder.fit(train[USER].to_numpy()), IdEncoder.fit(train[ITEM].to_numpy())
-    train_set, _ = RecSysDataset.from_frame(train, users, items)
-    val_set, _ = RecSysDataset.from_frame(val, users, items)
-    return train_set, val_set, users.num_embeddings, items.num_embeddings
 
 
 def run_fit(name, config, data, on_epoch_end=None):
@@ -78,12 +57,12 @@ def metrics(history):
 @pytest.mark.parametrize(
     ("name", "loss"), [("hybrid", "bce"), ("hybrid", "bpr"), ("sasrec", "bce")]
 )
-def test_resumed_run_is_bit_identical_to_uninterrupted(tmp_path, name, loss):
+def test_resumed_run_is_bit_identical_to_uninterrupted(tmp_path, name, loss, planted_encoded):
     """Interrupted after epoch 2 (the callback raises), resumed: same weights and metrics.
 
     Dropout (global RNG), sampled negatives (the shuffling generator; sasrec: global RNG),
     Adam's moments and the early-stopping state all have to be restored exactly for this."""
-    data = encoded()
+    data = planted_encoded
     common = dict(
         epochs=5, batch_size=32, learning_rate=1e-2, seed=3, device="cpu", loss=loss, patience=2
     )
@@ -132,8 +111,8 @@ def test_shorter_run_continued_with_more_epochs_equals_one_long_run(tmp_path):
     assert [row["epoch"] for row in saved["history"]] == [1, 2, 3, 4]
 
 
-def test_checkpoint_loads_with_weights_only(tmp_path):
-    data = encoded()
+def test_checkpoint_loads_with_weights_only(tmp_path, planted_encoded):
+    data = planted_encoded
     config = TrainConfig(epochs=1, batch_size=64, device="cpu", checkpoint_every=1)
     run_fit(
         "hybrid", config.__class__(**{**config.__dict__, "checkpoint_dir": str(tmp_path)}), data
@@ -143,8 +122,8 @@ def test_checkpoint_loads_with_weights_only(tmp_path):
     assert {"model", "optimizer", "rng", "early_stopping", "history"} <= raw.keys()
 
 
-def test_resume_refuses_other_settings(tmp_path):
-    data = encoded()
+def test_resume_refuses_other_settings(tmp_path, planted_encoded):
+    data = planted_encoded
     common = dict(epochs=2, batch_size=64, device="cpu", checkpoint_every=1)
     run_fit("hybrid", TrainConfig(**common, checkpoint_dir=str(tmp_path)), data)
     changed = TrainConfig(
@@ -154,9 +133,9 @@ def test_resume_refuses_other_settings(tmp_path):
         run_fit("hybrid", changed, data)
 
 
-def test_checkpoint_every_needs_a_folder():
+def test_checkpoint_every_needs_a_folder(planted_encoded):
     with pytest.raises(ConfigError, match="--checkpoint-every needs a folder"):
-        run_fit("hybrid", TrainConfig(epochs=1, device="cpu", checkpoint_every=1), encoded())
+        run_fit("hybrid", TrainConfig(epochs=1, device="cpu", checkpoint_every=1), planted_encoded)
     with pytest.raises(ConfigError, match="--checkpoint-every must be >= 0"):
         TrainConfig(checkpoint_every=-1)
 

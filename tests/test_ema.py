@@ -9,38 +9,14 @@ import pytest
 import torch
 
 from hybridrec import TrainConfig
-from hybridrec.config import DataConfig
-from hybridrec.data import RecSysDataset
-from hybridrec.data.encoding import IdEncoder
-from hybridrec.data.io import ITEM, USER
-from hybridrec.data.synthetic import planted_groups
 from hybridrec.errors import ConfigError
 from hybridrec.models import build_model
-from hybridrec.pipeline import load_data
 from hybridrec.train import _Validator, _WeightAverage, fit
 
 MODELS = {
     "hybrid": {"embedding_dim": 8, "mlp_layer_sizes": (16, 8), "dropout": 0.2},
     "sasrec": {"hidden_dim": 8, "max_len": 8, "num_heads": 2, "dropout": 0.1},
 }
-
-
-def encoded(seed=0):
-    """Planted-taste positives with a held-out positive per user, encoded."""
-    train, val = planted_groups(seed=seed, num_users=48, num_items=40, per_user=7)
-    train, val = load_data(train, DataConfig()), load_data(val, DataConfig())
-    users, items = IdEncoder.fit(train[USER].to_numpy()), IdEncoder.fit(train[ITEM].to_numpy())
-    train_set, _ = RecSysDataset.from_frame(train, users, items)
-    val_set, _ = RecSysDataset.from_frame(val, users, items)
-    return train_set, val_set, users.num_embeddings, items.num_embeddings
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def test_average_follows_the_capped_decay_by_hand():
@@ -93,8 +69,8 @@ def _fit(name, ema_decay, early_stop, data):
 
 
 @pytest.mark.parametrize("name", ["hybrid", "sasrec"])
-def test_averaging_changes_what_is_kept_not_how_it_trains(name):
-    data = encoded()
+def test_averaging_changes_what_is_kept_not_how_it_trains(name, planted_encoded):
+    data = planted_encoded
     plain, plain_history = _fit(name, 0.0, None, data)
     averaged, averaged_history = _fit(name, 0.99, None, data)
     # the same steps: validating the average in between must not leak into training
@@ -117,16 +93,16 @@ def _scores(stats):
     return (stats.val_loss, stats.val_auc, stats.ranking)
 
 
-def test_a_negligible_decay_is_the_plain_run():
-    data = encoded()
+def test_a_negligible_decay_is_the_plain_run(planted_encoded):
+    data = planted_encoded
     plain, _ = _fit("hybrid", 0.0, None, data)
     averaged, _ = _fit("hybrid", 1e-12, None, data)
     for a, b in zip(plain.parameters(), averaged.parameters(), strict=True):
         assert torch.allclose(a, b, atol=1e-6)
 
 
-def test_early_stopping_keeps_the_average_of_its_best_epoch():
-    data = encoded()
+def test_early_stopping_keeps_the_average_of_its_best_epoch(planted_encoded):
+    data = planted_encoded
     model, history = _fit("hybrid", 0.9, "auto", data)
     # scoring the returned model again gives the best epoch's validation figures
     train_set, val_set, _, _ = data
