@@ -363,9 +363,10 @@ def test_train_bad_implicit_options(ranking_files, capsys, flags, fragment):
 
 
 def test_train_early_stop_without_val_is_a_user_error(ranking_files, capsys):
+    # without --val the holdout supplies validation data; --val none takes it away
     code, _, err = call(
-        capsys, "train", "--train", ranking_files["train"], "--early-stop", "ndcg@10",
-        "--epochs", "2", *FAST,
+        capsys, "train", "--train", ranking_files["train"], "--val", "none",
+        "--early-stop", "ndcg@10", "--epochs", "2", *FAST,
     )  # fmt: skip
     assert_user_error(code, err, "--early-stop")
 

@@ -105,16 +105,19 @@ def epoch_rows(monkeypatch):
     """Records every training batch ``fit`` draws: a list (one entry per epoch) of
     ``(user_idx, item_idx, target)`` tensors concatenated over the epoch's batches."""
     epochs = []
-    original = objectives_module._slices  # every objective's batches come from here
 
-    def recording(tensors, sizes):
-        parts = []
-        epochs.append(parts)
-        for batch in original(tensors, sizes):
-            parts.append(tuple(t.clone() for t in batch[:3]))
-            yield batch
+    def recording(original):
+        def batches(self, *args, **kwargs):
+            parts = []
+            epochs.append(parts)
+            for batch in original(self, *args, **kwargs):
+                parts.append(tuple(t.clone() for t in batch[:3]))
+                yield batch
 
-    monkeypatch.setattr(objectives_module, "_slices", recording)
+        return batches
+
+    for cls in (objectives_module.Pointwise, objectives_module.Softmax):
+        monkeypatch.setattr(cls, "batches", recording(cls.batches))
 
     def rows():
         return [tuple(torch.cat(col) for col in zip(*parts, strict=True)) for parts in epochs]

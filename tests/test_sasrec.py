@@ -276,6 +276,6 @@ def test_auto_loss_is_the_models_own(monkeypatch):
     monkeypatch.setattr(sys.modules["hybridrec.train"], "make_objective", recording)
     train_frame, _ = cycles(num_users=10)
     config = TrainConfig(epochs=1, device="cpu")
-    hybridrec.train(train_frame, model="sasrec", model_options=TINY, train_config=config)
-    hybridrec.train(train_frame, model="mf", train_config=config)
+    hybridrec.train(train_frame, None, model="sasrec", model_options=TINY, train_config=config)
+    hybridrec.train(train_frame, None, model="mf", train_config=config)
     assert seen == ["ce", "bce"]

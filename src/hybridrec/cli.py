@@ -134,10 +134,13 @@ def _train_parser(
     )
     parser.add_argument(
         "--val",
-        default=val,
+        default=val or "auto",
         metavar="PATH",
-        help="validation interactions, evaluated after every epoch"
-        + (f" (default: {val} when it exists)" if val else ""),
+        help="validation interactions, evaluated after every epoch; 'auto' (the default"
+        + (f" when {val} does not exist" if val else "")
+        + ") holds each user's latest interaction out of --train, chooses the number of "
+        "epochs on it and retrains on everything (see --refit); 'none' trains without "
+        "validation",
     )
     parser.add_argument(
         "--out", default=out, metavar="DIR", help=f"model directory (default: {out})"
@@ -347,7 +350,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     result = train(
         args.train,
-        args.val,
+        None if args.val == "none" else args.val,
         out=args.out,
         model=args.model,
         model_options=_model_options(args),
@@ -367,6 +370,16 @@ def cmd_train(args: argparse.Namespace) -> int:
         best = result.history.best
         if best.ranking:
             print(format_metrics(best.ranking, "full"))
+        held = result.holdout
+        if held and held.get("held_out_rows"):
+            shown = " ".join(
+                f"{k} {v:.4f}" for k, v in held["val"].items() if k.startswith(("hr@", "ndcg@"))
+            )
+            print(
+                f"validation: {held['held_out_rows']:,} rows held out ({held['rule']}); "
+                f"best epoch {held['best_epoch']} by {held['metric']}"
+                + (f": {shown}" if shown else "")
+            )
         print(
             f"kept epoch {best.epoch} of {len(result.history.epochs)}; "
             f"{summary['samples_per_second']:,.0f} samples/s; saved to {args.out}/"
@@ -659,7 +672,7 @@ def recsys_main(argv: Sequence[str] | None = None) -> int:
     _train_parser(parser, train="train.csv", val="val.csv", out="model")
     args = parser.parse_args(argv)
     if args.val == "val.csv" and not Path("val.csv").exists():
-        args.val = None
-        print("note: no val.csv here, training without validation", file=sys.stderr)
+        args.val = "auto"
+        print("note: no val.csv here, holding validation rows out of train.csv", file=sys.stderr)
     args.command = "train"
     return run(args)

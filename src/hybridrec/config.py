@@ -23,6 +23,7 @@ def option(default: object, help: str, *, flag: str | None = None, **kw: object)
 
 LOSSES = ("auto", "bce", "bpr", "ce")
 SAMPLINGS = ("uniform", "popularity")
+SPARSE_MODES = ("auto", "on", "off")
 AMP_MODES = ("off", "bf16", "fp16")
 AT_K_METRICS = ("hr", "ndcg", "recall", "precision", "map")
 STOP_METRICS = (*AT_K_METRICS, "mrr", "auc", "accuracy", "loss")
@@ -97,6 +98,20 @@ class TrainConfig:
         "negatives: add this times a softmax over the whole catalogue on that dot product "
         "(what two-stage retrieval ranks by); 0 = off",
     )
+    softmax_negatives: int = option(
+        2048,
+        "items in a catalogue softmax (--catalogue-weight, and --loss ce of sasrec): a "
+        "catalogue of at most this many items is used whole; a larger one is sampled, this "
+        "many shared, popularity-drawn, log-Q-corrected negatives per batch, so the cost "
+        "per sample does not grow with the catalogue",
+    )
+    sparse_embeddings: str = option(
+        "auto",
+        "update only the embedding rows a batch touches (sparse gradients, lazy Adam), so a "
+        "step costs what the batch touches, not the table size; auto = on unless "
+        "--weight-decay, --loss ce of a pointwise model or several CUDA processes "
+        "need dense gradients; on; off",
+    )
     ema_decay: float = option(
         0.999,
         "validate and keep an exponential moving average of the weights (0.999: about the "
@@ -107,6 +122,12 @@ class TrainConfig:
         "validation metric to stop on, keeping its best epoch: ndcg@10, hr@10, mrr, auc, loss, "
         "...; auto = ndcg@K (first --k) for positives-only validation, loss for 0/1 labels; "
         "none = train every epoch and keep the last",
+    )
+    refit: str = option(
+        "all",
+        "without --val: after choosing the number of epochs on rows held out of the training "
+        "data, all = retrain on every row for that many epochs; none = keep the model "
+        "trained without the held-out rows",
     )
     patience: int = option(3, "epochs without improvement before early stopping")
     ks: tuple[int, ...] = option(
@@ -151,6 +172,17 @@ class TrainConfig:
             raise ConfigError(f"--loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
         if self.negatives < 1:
             raise ConfigError(f"--negatives must be at least 1, got {self.negatives}")
+        if self.softmax_negatives < 1:
+            raise ConfigError(
+                f"--softmax-negatives must be at least 1, got {self.softmax_negatives}"
+            )
+        if self.refit not in ("all", "none"):
+            raise ConfigError(f"--refit must be all or none, got {self.refit!r}")
+        if self.sparse_embeddings not in SPARSE_MODES:
+            raise ConfigError(
+                f"--sparse-embeddings must be one of {', '.join(SPARSE_MODES)}, "
+                f"got {self.sparse_embeddings!r}"
+            )
         if self.sampling not in SAMPLINGS:
             raise ConfigError(
                 f"--sampling must be one of {', '.join(SAMPLINGS)}, got {self.sampling!r}"

@@ -30,6 +30,7 @@ from ``sample_generator``, which each rank seeds differently.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Iterator
 from typing import Any, Protocol
 
@@ -44,6 +45,11 @@ from hybridrec.data.sampling import NegativeSampler
 from hybridrec.data.sequences import pack_histories, recency_weights
 from hybridrec.errors import ConfigError
 from hybridrec.retrieval import query_vectors, retrieval_factors, supports_retrieval
+from hybridrec.sampled_softmax import SharedNegatives, item_counts
+
+#: Positives whose negatives are drawn in one call: bounds an epoch's memory to a chunk
+#: (not the whole epoch's rows) while keeping the sampler's per-call overhead amortised.
+SAMPLE_CHUNK = 1 << 16
 
 
 class Objective(Protocol):
@@ -156,23 +162,41 @@ def positive_weights(
 
 
 def catalogue_loss(
-    model: nn.Module, user_idx: torch.Tensor, item_idx: torch.Tensor, weight: torch.Tensor | None
+    model: nn.Module,
+    user_idx: torch.Tensor,
+    item_idx: torch.Tensor,
+    weight: torch.Tensor | None,
+    negatives: SharedNegatives | None = None,
 ) -> torch.Tensor:
-    """Softmax cross-entropy of each positive against the whole catalogue, on the model's
+    """Softmax cross-entropy of each positive against the catalogue, on the model's
     dot-product score (what two-stage retrieval ranks by).
 
     Sampled negatives are mostly obscure items, so they rarely teach a model to rank the
     positive above the *popular* items it competes with in a full ranking; a softmax over
-    every item does, and on a dot product it costs one matrix product.
+    the catalogue does. ``negatives`` makes it a sampled softmax whose cost per row does
+    not grow with the catalogue (:mod:`hybridrec.sampled_softmax`); without it the softmax
+    is exact over every item.
     """
     _, items = retrieval_factors(model)
-    logits = query_vectors(model, user_idx) @ items.weight.T  # (P, I)
-    logits[:, UNKNOWN_INDEX] = -torch.inf
-    return _weighted_mean(F.cross_entropy(logits, item_idx, reduction="none"), weight)
+    if negatives is None:
+        negatives = SharedNegatives(torch.zeros(items.num_embeddings), items.num_embeddings)
+        negatives.to(items.weight.device)
+    loss, _ = negatives.loss(query_vectors(model, user_idx), items, item_idx, weight)
+    return loss
 
 
 class Pointwise:
-    """(user, item) rows: as labelled, or positives with fresh sampled negatives."""
+    """(user, item) rows: as labelled, or positives with fresh sampled negatives.
+
+    Sampled epochs are generated as they are consumed: the positives are shuffled, and each
+    batch holds ``ceil(batch_size / (k + 1))`` of them with their ``k`` negatives (BPR:
+    ``k`` pairs per positive), drawn :data:`SAMPLE_CHUNK` positives at a time. Memory is
+    bounded by a chunk, not by the epoch's ``(k + 1) * positives`` rows.
+    """
+
+    #: Every parameter is reached through embedding lookups or dense layers: the tables can
+    #: take sparse gradients.
+    supports_sparse = True
 
     def __init__(
         self,
@@ -187,6 +211,7 @@ class Pointwise:
         self.config = config
         self.device = device
         self.catalogue_weight = 0.0
+        self.softmax: SharedNegatives | None = None
         labelled = bool((train.target < 0.5).any())
         self.pairwise = config.loss == "bpr"
         self.sampled = self.pairwise or not labelled
@@ -202,9 +227,13 @@ class Pointwise:
         self.users, self.items = train.user_idx[positive], train.item_idx[positive]
         self.weights = positive_weights(train, positive, config)  # (P,) or None
         self.catalogue_weight = catalogue_weight
+        if catalogue_weight > 0:
+            counts = item_counts(self.items, num_items)
+            self.softmax = SharedNegatives(counts, config.softmax_negatives).to(device)
         self.sampler = NegativeSampler(self.users, self.items, num_items, config.sampling)  # type: ignore[arg-type]
-        factor = config.negatives if self.pairwise else config.negatives + 1
-        self.num_samples = len(self.users) * factor
+        self.factor = config.negatives if self.pairwise else config.negatives + 1
+        self.num_samples = len(self.users) * self.factor
+        self.per_batch = max(1, math.ceil(config.batch_size / self.factor))
 
     def batches(
         self,
@@ -224,55 +253,66 @@ class Pointwise:
             mine, sizes = shard_order(order, bs, rank, world)
             data = self.data
             return _slices((data.user_idx[mine], data.item_idx[mine], data.target[mine]), sizes)
-        if world > 1:
-            return self._sharded_sampled(generator, rank, world, sample_generator or generator)
-        k = self.config.negatives
-        negatives = self.sampler.sample(self.users, k, sample_generator or generator).flatten()
-        users = self.users.repeat_interleave(k)  # (P * k,)
-        w = self.weights
-        if self.pairwise:  # (user, positive, negative) triples; the negative rides in `target`
-            columns = [users, self.items.repeat_interleave(k), negatives.float()]
-            weights = None if w is None else w.repeat_interleave(k)
-        else:  # a negative weighs what the positive it was drawn for weighs
-            columns = [
-                torch.cat([self.users, users]),
-                torch.cat([self.items, negatives]),
-                torch.cat([torch.ones(len(self.users)), torch.zeros(len(users))]),
-            ]
-            weights = None if w is None else torch.cat([w, w.repeat_interleave(k)])
-        if weights is not None:
-            columns.append(weights)
-        return _shuffled(tuple(c.to(self.device) for c in columns), bs, generator)
+        # every rank shuffles the positives alike and takes its part of each global batch
+        order = torch.randperm(len(self.users), generator=generator)
+        mine, sizes = shard_order(order, max(self.per_batch, world), rank, world)
+        return self._sampled(mine, sizes, sample_generator or generator)
 
-    def _sharded_sampled(
-        self, generator: torch.Generator, rank: int, world: int, sample_generator: torch.Generator
+    @property
+    def num_batches(self) -> int:
+        """Steps of one single-process epoch."""
+        if not self.sampled:
+            return math.ceil(self.num_samples / self.config.batch_size)
+        return math.ceil(len(self.users) / self.per_batch)
+
+    def _sampled(
+        self, mine: torch.Tensor, sizes: list[int], generator: torch.Generator
     ) -> Iterator[Batch]:
-        """This rank's rows of the epoch, drawing negatives only for them.
+        """Batches of the positives ``mine`` (cut by ``sizes``) with negatives drawn for
+        them, a chunk of batches at a time."""
+        k, start, index = self.config.negatives, 0, 0
+        while index < len(sizes):
+            group = [sizes[index]]
+            while index + len(group) < len(sizes) and sum(group) < SAMPLE_CHUNK:
+                group.append(sizes[index + len(group)])
+            index += len(group)
+            rows = mine[start : start + sum(group)]
+            start += sum(group)
+            users, items = self.users[rows], self.items[rows]
+            negatives = self.sampler.sample(users, k, generator)  # (n, k)
+            weights = None if self.weights is None else self.weights[rows]
+            offset = 0
+            for size in group:
+                part = slice(offset, offset + size)
+                offset += size
+                yield self._batch(users[part], items[part], negatives[part], weights, part)
 
-        The epoch's rows are numbered as in the single-process layout (BCE: the ``P``
-        positives, then ``k`` negatives of positive ``j`` at ``P + j*k ... P + j*k + k-1``;
-        BPR: ``k`` pairs per positive). The shared permutation of those numbers is sharded,
-        and negatives are sampled, with this rank's generator, only for the rows it got.
-        """
-        k, num_pos = self.config.negatives, len(self.users)
-        total = num_pos * (k if self.pairwise else k + 1)
-        order = torch.randperm(total, generator=generator)
-        mine, sizes = shard_order(order, self.config.batch_size, rank, world)
-        if self.pairwise:
-            source = mine // k
-            users, items = self.users[source], self.items[source]
-            negatives = self.sampler.sample(users, 1, sample_generator).flatten()
-            columns = [users, items, negatives.float()]
-        else:
-            is_positive = mine < num_pos
-            source = torch.where(is_positive, mine, (mine - num_pos) // k)
-            users, items = self.users[source], self.items[source].clone()
-            negative = ~is_positive
-            items[negative] = self.sampler.sample(users[negative], 1, sample_generator).flatten()
-            columns = [users, items, is_positive.float()]
-        if self.weights is not None:
-            columns.append(self.weights[source])
-        return _slices(tuple(c.to(self.device) for c in columns), sizes)
+    def _batch(
+        self,
+        users: torch.Tensor,
+        items: torch.Tensor,
+        negatives: torch.Tensor,
+        weights: torch.Tensor | None,
+        part: slice,
+    ) -> Batch:
+        """One batch: BCE rows (positives, then their negatives) or BPR triples."""
+        k = negatives.shape[1]
+        w = None if weights is None else weights[part]
+        repeated = users.repeat_interleave(k)
+        if self.pairwise:  # (user, positive, negative) triples; the negative rides in `target`
+            columns = [repeated, items.repeat_interleave(k), negatives.flatten().float()]
+            weight = None if w is None else w.repeat_interleave(k)
+        else:  # a negative weighs what the positive it was drawn for weighs
+            n = len(users)
+            columns = [
+                torch.cat([users, repeated]),
+                torch.cat([items, negatives.flatten()]),
+                torch.cat([torch.ones(n), torch.zeros(n * k)]),
+            ]
+            weight = None if w is None else torch.cat([w, w.repeat_interleave(k)])
+        if weight is not None:
+            columns.append(weight)
+        return Batch(*(c.to(self.device) for c in columns))
 
     def step(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, int]:
         if self.pairwise:
@@ -293,7 +333,8 @@ class Pointwise:
             users, items = batch.user_idx[positive], batch.item_idx[positive]
             if len(users):
                 weight = None if batch.weight is None else batch.weight[positive]
-                loss = loss + self.catalogue_weight * catalogue_loss(model, users, items, weight)
+                term = catalogue_loss(model, users, items, weight, self.softmax)
+                loss = loss + self.catalogue_weight * term
         return loss, hits, len(batch.user_idx)
 
 
@@ -304,7 +345,10 @@ class Softmax:
     No negatives are sampled: every other item is a negative, each step. A step costs one
     ``score_all`` per row, which is a matrix product for ``mf``/``gmf`` but a full MLP pass
     over every item for ``hybrid``/``mlp``/``neumf`` (use a small ``--batch-size`` there).
+    ``score_all`` reads whole tables, so the tables take dense gradients.
     """
+
+    supports_sparse = False
 
     def __init__(self, train: RecSysDataset, config: TrainConfig, device: torch.device) -> None:
         positive = train.target > 0.5
@@ -351,12 +395,17 @@ class NextItem:
     predicted positions, so samples/s compare with pointwise models; a batch holds
     ``batch_size // max_len`` histories (at least one).
 
-    Losses: ``bce`` (default) scores the next item against ``--negatives`` uniformly sampled
-    items per position; ``bpr`` uses the same negatives pairwise; ``ce`` is a softmax over
-    the whole catalogue. Sampled negatives are not filtered against the user's history (an
-    accidental hit on one of the ~N_user/N_items of the catalogue they know is rare and
+    Losses: ``bce`` scores the next item against ``--negatives`` uniformly sampled items per
+    position; ``bpr`` uses the same negatives pairwise; ``ce`` (sasrec's default) is a
+    softmax over the catalogue: exact up to ``--softmax-negatives`` items, a sampled softmax
+    with shared, log-Q-corrected negatives above (:mod:`hybridrec.sampled_softmax`), so a
+    position's cost does not grow with the catalogue. Sampled negatives are not filtered
+    against the user's history (an accidental hit on one of the ~N_user/N_items of the catalogue they know is rare and
     costs only noise); a negative equal to the target itself is dropped.
     """
+
+    #: Items are looked up through the embedding module: the table can be sparse.
+    supports_sparse = True
 
     def __init__(
         self,
@@ -387,6 +436,13 @@ class NextItem:
             )
         self.num_samples = int((self.histories[:, 1:] != UNKNOWN_INDEX).sum())
         self.per_batch = max(1, config.batch_size // max_len)
+        counts = item_counts(train.item_idx[positive], num_items)
+        self.softmax = SharedNegatives(counts, config.softmax_negatives).to(device)
+
+    @property
+    def num_batches(self) -> int:
+        """Steps of one single-process epoch (batches of whole histories)."""
+        return math.ceil(len(self.histories) / self.per_batch)
 
     def batches(
         self,
@@ -416,17 +472,14 @@ class NextItem:
         states = model.encode(inputs)[valid]  # (N, D) states that have a next item
         targets = targets[valid]  # (N,)
         n = len(targets)
-        items = model.item_embedding.weight
+        items = model.item_embedding
         if self.config.loss == "ce":
-            logits = states @ items.T  # (N, I)
-            logits[:, UNKNOWN_INDEX] = -torch.inf
-            loss = F.cross_entropy(logits, targets)
-            hits = (logits.detach().argmax(1) == targets).sum()
+            loss, hits = self.softmax.loss(states, items, targets)
             return loss, hits, n
         k = self.config.negatives
         negatives = torch.randint(1, self.num_items, (n, k), device=states.device)
-        pos = (states * items[targets]).sum(-1)  # (N,)
-        neg = torch.einsum("nd,nkd->nk", states, items[negatives])  # (N, k)
+        pos = (states * items(targets)).sum(-1)  # (N,)
+        neg = torch.einsum("nd,nkd->nk", states, items(negatives))  # (N, k)
         keep = negatives != targets[:, None]
         if self.config.loss == "bpr":
             margin = pos[:, None] - neg

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +16,7 @@ from hybridrec.artifact import METRICS, SeenItems
 from hybridrec.config import DataConfig, TrainConfig
 from hybridrec.data.dataset import RecSysDataset, UnknownCounts
 from hybridrec.data.encoding import IdEncoder
+from hybridrec.data.holdout import holdout, subset
 from hybridrec.data.io import (
     ITEM,
     USER,
@@ -31,7 +32,7 @@ from hybridrec.models import build_model
 from hybridrec.plots import plot_history
 from hybridrec.recommend import Recommender
 from hybridrec.runtime import resolve_device, set_num_threads
-from hybridrec.train import EpochStats, History, fit
+from hybridrec.train import EpochStats, History, fit, resolve_early_stop
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +40,10 @@ logger = logging.getLogger(__name__)
 CURVES = "training_curves.png"
 
 DataLike = str | Path | pd.DataFrame
+
+#: ``val_data`` value (and ``--val`` default) that holds validation rows out of the
+#: training data itself (:mod:`hybridrec.data.holdout`).
+AUTO = "auto"
 
 
 @dataclass
@@ -54,6 +59,9 @@ class TrainResult:
     #: False on the ranks other than 0 of a multi-process run: they saved nothing and their
     #: history has no validation metrics.
     is_main: bool = True
+    #: With the automatic holdout: its rule, size, the epoch it chose and that epoch's
+    #: validation metrics (``history`` is then the retraining run's).
+    holdout: dict[str, Any] | None = None
 
     def summary(self) -> dict[str, Any]:
         """Metrics of the epoch whose weights were kept (the last one unless early stopping
@@ -78,6 +86,9 @@ class TrainResult:
             out["val_rows_with_unknown"] = self.val_unknown.rows_with_unknown
         if self.out is not None:
             out["model_dir"] = str(self.out)
+        for name, value in (self.holdout or {}).items():
+            if not isinstance(value, dict):
+                out[f"holdout_{name}"] = value
         return out
 
 
@@ -90,7 +101,7 @@ def load_data(data: DataLike, config: DataConfig) -> pd.DataFrame:
 
 def train(
     train_data: DataLike,
-    val_data: DataLike | None = None,
+    val_data: DataLike | None = AUTO,
     *,
     out: str | Path | None = None,
     model: str = "hybrid",
@@ -104,7 +115,11 @@ def train(
 
     Args:
         train_data: path to a CSV/Parquet file, or a frame with the configured columns.
-        val_data: validation rows (same format), evaluated after every epoch; optional.
+        val_data: validation rows (same format), evaluated after every epoch. ``"auto"``
+            (the default) holds them out of ``train_data`` (each user's latest interaction,
+            see :mod:`hybridrec.data.holdout`), chooses the epochs on them and, with
+            ``train_config.refit == "all"``, retrains on every row for that many epochs;
+            ``None`` trains without validation.
         out: directory for the artifact; ``metrics.json`` there is updated every epoch.
         model: registered model name (see ``hybridrec.models.MODELS``).
         model_options: hyper-parameters of that model, e.g. ``{"embedding_dim": 64}``.
@@ -186,52 +201,116 @@ def _train(
         num_users=users.num_embeddings,
         num_items=items.num_embeddings,
     )
+    auto = isinstance(val_data, str) and val_data == AUTO
     val_set, val_unknown = None, None
-    if val_data is not None:
+    if val_data is not None and not auto:
         val_set, val_unknown = RecSysDataset.from_frame(
             load_data(val_data, data_config), users, items
         )
         logger.info(val_unknown.describe(_name(val_data)))
 
-    torch.manual_seed(train_config.seed)  # model initialisation and dropout
-    net = build_model(
-        model,
-        num_users=users.num_embeddings,
-        num_items=items.num_embeddings,
-        **(model_options or {}),
-    )
-    settings = {"data": asdict(data_config), "train": asdict(train_config)}
+    def new_model() -> torch.nn.Module:
+        torch.manual_seed(train_config.seed)  # model initialisation and dropout
+        return build_model(
+            model,
+            num_users=users.num_embeddings,
+            num_items=items.num_embeddings,
+            **(model_options or {}),
+        )
+
+    settings: dict[str, Any] = {"data": asdict(data_config), "train": asdict(train_config)}
     out_dir = Path(out) if out is not None else None
 
     def write_progress(stats: EpochStats, history: History) -> None:
         if out_dir is not None:  # fit calls this on rank 0 only
             atomic_write_json(out_dir / METRICS, {"history": history.to_list()})
 
-    history = fit(
-        net,
-        train_set,
-        val_set,
-        train_config,
-        device=device,
-        show_progress=show_progress,
-        on_epoch_end=write_progress,
-        checkpoint_dir=out_dir,
-    )
+    def run(config: TrainConfig, data: RecSysDataset, val: RecSysDataset | None, **kw: Any):
+        net = new_model()
+        history = fit(
+            net, data, val, config, device=device, show_progress=show_progress,
+            on_epoch_end=write_progress, checkpoint_dir=out_dir, **kw,
+        )  # fmt: skip
+        return net, history
+
+    holdout_info = None
+    if auto and train_config.early_stop is not None:
+        net, history, val_set, holdout_info = _holdout_then_refit(train_set, train_config, run)
+        settings["holdout"] = holdout_info
+    else:
+        net, history = run(train_config, train_set, val_set)
     net.cpu()
     recommender = Recommender(
         net, users, items, model_name=model, config={"settings": settings}, seen=seen
     )
     result = TrainResult(
-        recommender, history, train_set, val_set, val_unknown, out_dir, is_main=main
+        recommender,
+        history,
+        train_set,
+        val_set,
+        val_unknown,
+        out_dir,
+        is_main=main,
+        holdout=holdout_info,
     )
     if out_dir is not None and main:  # one artifact, written by rank 0
         metrics = {"history": history.to_list(), "final": result.summary()}
         if val_unknown is not None:
             metrics["val_unknown"] = asdict(val_unknown)
+        if holdout_info is not None:
+            metrics["holdout"] = holdout_info
         recommender.save(out_dir, metrics=metrics)
         plot_history(history, out_dir / CURVES)
         logger.info(f"saved the model to {out_dir}")
     return result
+
+
+def _holdout_then_refit(
+    train_set: RecSysDataset, config: TrainConfig, run: Any
+) -> tuple[torch.nn.Module, History, RecSysDataset | None, dict[str, Any]]:
+    """No validation file: choose the epochs on rows held out of the training data, then
+    (``config.refit == "all"``) retrain on every row for that many epochs.
+
+    Returns ``(model, history of the run whose model is returned, held-out rows, what was
+    held out and chosen)``. Checkpoints (``--checkpoint-every``/``--resume``) cover the
+    returned run only; the epoch-choosing run is repeated, with the same seed and result,
+    when a refit is resumed.
+    """
+    split = holdout(train_set, config.seed)
+    if len(split.val_rows) == 0:
+        logger.info("no user has two interactions to hold one out: training without validation")
+        net, history = run(replace(config, early_stop=None), train_set, None)
+        return net, history, None, {"rule": split.rule, "held_out_rows": 0}
+    fit_rows, val_rows = subset(train_set, split.train_rows), subset(train_set, split.val_rows)
+    logger.info(
+        f"no --val given: holding out {len(val_rows):,} rows ({split.rule}) of "
+        f"{len(train_set):,} to choose the number of epochs (--val none turns this off)"
+    )
+    choose = replace(config, checkpoint_every=0, resume=None)
+    net, history = run(choose, fit_rows, val_rows)
+    # rank 0 validated; every rank needs the chosen epoch count
+    best = max(1, distributed.broadcast_flag(history.best.epoch, distributed_device(net)))
+    best_stats = history.best
+    info: dict[str, Any] = {
+        **split.describe(),
+        "best_epoch": best,
+        "metric": resolve_early_stop(choose, val_rows),
+        "val": {k: v for k, v in (best_stats.ranking or {}).items()},
+    }
+    if best_stats.val_loss is not None:
+        info["val"].update(loss=best_stats.val_loss, auc=best_stats.val_auc)
+    if config.refit == "none":
+        logger.info(f"kept the holdout run's epoch {best} (--refit none)")
+        return net, history, val_rows, info
+    logger.info(f"chose {best} epoch(s); retraining on all {len(train_set):,} rows")
+    refit = replace(config, epochs=best, early_stop=None)
+    net, history = run(refit, train_set, None)
+    return net, history, val_rows, info
+
+
+def distributed_device(net: torch.nn.Module) -> torch.device:
+    """Where a model's tensors live (what a broadcast between ranks must use)."""
+    return next(iter(net.parameters()), torch.zeros(())).device
 
 
 def read_item_catalog(data: DataLike, config: DataConfig) -> np.ndarray:

@@ -193,12 +193,38 @@ def fit(
         sample_generator = torch.Generator().manual_seed(distributed.rank_seed(config.seed, rank))
         torch.manual_seed(distributed.rank_seed(config.seed, rank))
     objective = make_objective(model, train, config, device)
-    optimizer = torch.optim.Adam(
-        params,
-        lr=config.learning_rate,
-        weight_decay=config.weight_decay,
-        **_fast_adam_options(device),
-    )
+    tables = _sparse_tables(model, objective, config, device, world)
+    try:
+        return _train_loop(
+            model, objective, params, tables, validator, history, config, device, early_stop,
+            show_progress, on_epoch_end, checkpoint_dir, generator, sample_generator,
+        )  # fmt: skip
+    finally:
+        for table in tables:  # sparse gradients are a training setting, not the model's
+            table.sparse = False
+        model.zero_grad(set_to_none=True)  # the last step's gradients are of no further use
+
+
+def _train_loop(
+    model: nn.Module,
+    objective: Objective,
+    params: list[nn.Parameter],
+    tables: list[nn.Embedding],
+    validator: _Validator,
+    history: History,
+    config: TrainConfig,
+    device: torch.device,
+    early_stop: str | None,
+    show_progress: bool,
+    on_epoch_end: Callable[[EpochStats, History], None] | None,
+    checkpoint_dir: str | Path | None,
+    generator: torch.Generator,
+    sample_generator: torch.Generator,
+) -> History:
+    """The epochs of :func:`fit`, once the run's objects exist."""
+    rank, world = distributed.rank(), distributed.world_size()
+    main = rank == 0
+    optimizer = _Optimizer(params, tables, config, device)
     step = _step_function(model, objective, device, world, compile=config.compile)
     autocast, scaler = _mixed_precision(config.amp, device)
     stopper = _EarlyStopping(early_stop, config.patience)
@@ -243,7 +269,7 @@ def fit(
                 optimizer.step()
             else:  # fp16: scale the loss so small gradients do not flush to zero
                 scaler.scale(loss).backward()
-                scaler.step(optimizer)
+                optimizer.step(scaler)
                 scaler.update()
             if average is not None:
                 average.update()
@@ -326,6 +352,12 @@ def fit(
     return history
 
 
+#: Weights the average lerps per training step, at most: a larger model updates its
+#: average every ``ceil(size / EMA_STEP_ELEMENTS)`` steps (with the decay raised to that
+#: power), so the average costs a bounded amount per step whatever the table sizes.
+EMA_STEP_ELEMENTS = 1 << 19
+
+
 class _WeightAverage:
     """Exponential moving average of the trainable weights (``--ema-decay``).
 
@@ -333,18 +365,29 @@ class _WeightAverage:
     recent steps is a smoother estimate of the same optimum, so it is what gets validated,
     kept by early stopping and returned. Early on the decay is capped at
     ``(1 + t) / (10 + t)`` so the average is not dominated by the random initialisation.
+
+    A lerp touches every weight, so for large embedding tables it would cost more than the
+    (sparse) step itself. The average is therefore updated every ``every`` steps with the
+    decay raised to the power ``every``: the same horizon (``1 / (1 - decay)`` steps) at
+    ``1 / every`` of the cost. Models of up to :data:`EMA_STEP_ELEMENTS` weights (all of
+    MovieLens-100K's) update it every step, exactly as before.
     """
 
-    def __init__(self, params: list[torch.Tensor], decay: float) -> None:
+    def __init__(self, params: list[torch.Tensor], decay: float, every: int | None = None) -> None:
         # detached views share the parameters' storage: built once, not per step
         self.params, self.decay, self.steps = [p.detach() for p in params], decay, 0
         self.average = [p.clone() for p in self.params]
+        size = sum(p.numel() for p in self.params)
+        self.every = every or max(1, math.ceil(size / EMA_STEP_ELEMENTS))
 
     @torch.no_grad()
     def update(self) -> None:
-        """One step of the average: a single fused lerp over all weights."""
+        """One step of the average: a single fused lerp over all weights every ``every``
+        steps."""
         self.steps += 1
-        decay = min(self.decay, (1 + self.steps) / (10 + self.steps))
+        if self.steps % self.every:
+            return
+        decay = min(self.decay, (1 + self.steps) / (10 + self.steps)) ** self.every
         torch._foreach_lerp_(self.average, self.params, 1.0 - decay)
 
     @contextlib.contextmanager
@@ -376,6 +419,96 @@ class _WeightAverage:
     @torch.no_grad()
     def copy_to_model(self) -> None:
         torch._foreach_copy_(self.params, self.average)
+
+
+def _sparse_tables(
+    model: nn.Module, objective: Objective, config: TrainConfig, device: torch.device, world: int
+) -> list[nn.Embedding]:
+    """The embedding tables to train with sparse gradients (``--sparse-embeddings``), switched
+    to ``sparse=True``; empty when the run needs dense gradients.
+
+    Dense Adam updates every row of every table each step, so a step costs the table sizes
+    (138K users x 27K items at dim 64: 10M weights) rather than the few thousand rows a
+    batch touches. With sparse gradients the tables get "lazy" Adam (``torch.optim.
+    SparseAdam``: moments and weights of the touched rows only, as TensorFlow's LazyAdam and
+    the row-wise optimisers of TorchRec/FBGEMM), the dense layers keep fused Adam.
+    """
+    tables = [m for m in model.modules() if isinstance(m, nn.Embedding)]
+    if config.sparse_embeddings == "off" or not tables:
+        return []
+    blockers = []
+    if config.weight_decay > 0:
+        blockers.append("--weight-decay (SparseAdam has no weight decay)")
+    if not getattr(objective, "supports_sparse", False):
+        blockers.append(f"the {type(objective).__name__} objective (it reads whole tables)")
+    if world > 1 and device.type != "cpu":
+        blockers.append("several CUDA processes (NCCL has no sparse all-reduce)")
+    if blockers:
+        if config.sparse_embeddings == "on":
+            raise ConfigError(
+                "--sparse-embeddings on is not possible with " + ", ".join(blockers)
+                + "; use --sparse-embeddings auto or off"
+            )  # fmt: skip
+        logger.debug("dense embedding gradients: " + ", ".join(blockers))
+        return []
+    for table in tables:
+        table.sparse = True
+    return tables
+
+
+class _Optimizer:
+    """Adam for the run: fused Adam on dense parameters, SparseAdam on sparse tables.
+
+    One object with ``zero_grad``/``step``/``state_dict`` so the loop, checkpoints and the
+    loss scaler see a single optimiser whichever mix the run has.
+    """
+
+    def __init__(
+        self,
+        params: list[nn.Parameter],
+        tables: list[nn.Embedding],
+        config: TrainConfig,
+        device: torch.device,
+    ) -> None:
+        sparse_ids = {id(t.weight) for t in tables}
+        dense = [p for p in params if id(p) not in sparse_ids]
+        sparse = [p for p in params if id(p) in sparse_ids]
+        self.optimizers: list[torch.optim.Optimizer] = []
+        if dense:
+            self.optimizers.append(
+                torch.optim.Adam(
+                    dense,
+                    lr=config.learning_rate,
+                    weight_decay=config.weight_decay,
+                    **_fast_adam_options(device),
+                )
+            )
+        if sparse:
+            self.optimizers.append(torch.optim.SparseAdam(sparse, lr=config.learning_rate))
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for optimizer in self.optimizers:
+            optimizer.zero_grad(set_to_none=set_to_none)
+
+    def step(self, scaler: torch.amp.GradScaler | None = None) -> None:
+        for optimizer in self.optimizers:
+            if scaler is None:
+                optimizer.step()
+            else:
+                scaler.step(optimizer)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"optimizers": [o.state_dict() for o in self.optimizers]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        states = state["optimizers"]
+        if len(states) != len(self.optimizers):
+            raise ValueError(
+                "the checkpoint's optimiser has another mix of sparse and dense parameters "
+                "(resume with the same --sparse-embeddings)"
+            )
+        for optimizer, one in zip(self.optimizers, states, strict=True):
+            optimizer.load_state_dict(one)
 
 
 #: Rank 0's end-of-epoch decision, broadcast to the other ranks.
@@ -498,7 +631,7 @@ def _save_checkpoint(
     epoch: int,
     config: TrainConfig,
     model: nn.Module,
-    optimizer: torch.optim.Optimizer,
+    optimizer: _Optimizer,
     scaler: torch.amp.GradScaler | None,
     generator: torch.Generator,
     sample_generator: torch.Generator,
@@ -540,7 +673,7 @@ def _save_checkpoint(
 def _resume(
     config: TrainConfig,
     model: nn.Module,
-    optimizer: torch.optim.Optimizer,
+    optimizer: _Optimizer,
     scaler: torch.amp.GradScaler | None,
     generator: torch.Generator,
     sample_generator: torch.Generator,
@@ -600,8 +733,24 @@ def _resume(
     return epoch + 1
 
 
+#: Validation scores at most this many (user, item) pairs per epoch with the full protocol.
+VAL_PAIRS = 1 << 25
+#: Fewer users than this under the pair budget: rank against sampled items instead.
+VAL_MIN_FULL_USERS = 1000
+#: Users and fixed sampled candidates per user of the sampled fallback.
+VAL_SAMPLED_USERS, VAL_SAMPLED_ITEMS = 5000, 1000
+
+
 class _Validator:
-    """Fills an epoch's validation metrics: pointwise on labelled rows, ranking on positives."""
+    """Fills an epoch's validation metrics: pointwise on labelled rows, ranking on positives.
+
+    Ranking every item for every validation user costs ``users x items`` model scores per
+    epoch (3.7 billion at MovieLens-20M's shape), so validation is bounded: all users when
+    they fit :data:`VAL_PAIRS`, else a fixed random sample of users that does (at least
+    :data:`VAL_MIN_FULL_USERS`), else (very large catalogues) :data:`VAL_SAMPLED_USERS`
+    users ranked against :data:`VAL_SAMPLED_ITEMS` fixed sampled items each. The sample is
+    drawn once, so epochs are compared on the same users and candidates.
+    """
 
     def __init__(
         self, model: nn.Module, train: RecSysDataset, val: RecSysDataset | None, config: TrainConfig
@@ -609,12 +758,45 @@ class _Validator:
         self.model, self.train, self.val, self.config = model, train, val, config
         self.labelled = val is not None and bool((val.target < 0.5).any())
         self.positives = None
+        self.candidates = None
         if val is not None and bool((val.target > 0.5).any()):
             keep = val.target > 0.5
-            self.positives = (val.user_idx[keep], val.item_idx[keep])
+            self._bound(val.user_idx[keep], val.item_idx[keep])
+
+    def _bound(self, users: torch.Tensor, items: torch.Tensor) -> None:
+        """Choose the validation users (and candidates) once, within the budget."""
+        num_items = self.model.config.num_items  # type: ignore[union-attr]
+        distinct = torch.unique(users)
+        train_u, train_i = self.train.user_idx, self.train.item_idx
+        if len(distinct) * num_items <= VAL_PAIRS:
+            self.positives, self.known = (users, items), (train_u, train_i)
+            return
+        generator = torch.Generator().manual_seed(self.config.seed)
+        shuffled = distinct[torch.randperm(len(distinct), generator=generator)]
+        full_users = VAL_PAIRS // num_items
+        chosen = shuffled[: max(full_users, 1) if full_users >= VAL_MIN_FULL_USERS else
+                          VAL_SAMPLED_USERS]  # fmt: skip
+        keep = torch.isin(users, chosen)
+        self.positives = (users[keep], items[keep])
+        mine = torch.isin(train_u, chosen)
+        self.known = (train_u[mine], train_i[mine])
+        if full_users >= VAL_MIN_FULL_USERS:
+            logger.info(f"validating on {len(chosen):,} of {len(distinct):,} users (full ranking)")
+            return
+        from hybridrec.data.sampling import NegativeSampler
+
+        seen_u = torch.cat([self.known[0], self.positives[0]])
+        seen_i = torch.cat([self.known[1], self.positives[1]])
+        sampler = NegativeSampler(seen_u, seen_i, num_items)
+        negatives = sampler.sample(chosen, VAL_SAMPLED_ITEMS, generator)
+        self.candidates = (chosen.repeat_interleave(VAL_SAMPLED_ITEMS), negatives.flatten())
+        logger.info(
+            f"validating on {len(chosen):,} of {len(distinct):,} users, each held-out item "
+            f"against {VAL_SAMPLED_ITEMS} sampled items ({num_items - 1:,} would cost too much)"
+        )
 
     def __call__(self, stats: EpochStats) -> None:
-        from hybridrec.ranking import evaluate_full
+        from hybridrec.ranking import evaluate_full, evaluate_sampled
 
         if self.val is None or len(self.val) == 0:
             return
@@ -623,24 +805,23 @@ class _Validator:
             stats.val_loss = metrics["loss"]
             stats.val_accuracy = metrics["accuracy"]
             stats.val_auc = metrics["auc"]
-        if self.positives is not None:
-            stats.ranking = evaluate_full(
-                self.model,
-                self.train.user_idx,
-                self.train.item_idx,
-                self.positives[0],
-                self.positives[1],
-                num_items=self.model.config.num_items,  # type: ignore[union-attr]
-                ks=self.config.ks,
+        if self.positives is None:
+            return
+        num_items = self.model.config.num_items  # type: ignore[union-attr]
+        args = (self.model, *self.known, *self.positives)
+        if self.candidates is None:
+            stats.ranking = evaluate_full(*args, num_items=num_items, ks=self.config.ks)
+        else:
+            stats.ranking = evaluate_sampled(
+                *args, num_items=num_items, ks=self.config.ks, candidates=self.candidates
             )
 
 
 def _num_batches(objective: Objective, config: TrainConfig) -> int:
     """Batches per epoch for the progress bar (objectives may batch by something else)."""
-    per_batch = getattr(objective, "per_batch", None)
-    if per_batch is not None:  # batches of whole histories
-        return math.ceil(len(objective.histories) / per_batch)  # type: ignore[attr-defined]
-    return math.ceil(objective.num_samples / config.batch_size)
+    return objective.num_batches if hasattr(objective, "num_batches") else math.ceil(
+        objective.num_samples / config.batch_size
+    )  # fmt: skip
 
 
 def resolve_early_stop(config: TrainConfig, val: RecSysDataset | None) -> str | None:

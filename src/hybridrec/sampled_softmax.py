@@ -1,0 +1,119 @@
+"""A softmax over the item catalogue whose cost does not grow with the catalogue.
+
+Ranking every item for a user is what a recommender is judged on, so a softmax of each
+positive against the whole catalogue is a strong training signal (it is what pushes a
+positive above the *popular* items it competes with). Exactly, it costs ``O(items)`` per
+positive. Here each batch draws ``S`` items shared by all its rows from a proposal ``Q``
+(smoothed item popularity) and corrects every logit by ``log(S * Q(item))``, the expected
+number of times the item was drawn. That is the sampled softmax of Bengio & Senecal (2008)
+and Jean et al. (2015, "On Using Very Large Target Vocabulary for Neural Machine
+Translation"), with the log-Q correction that Yi et al. (2019, "Sampling-Bias-Corrected
+Neural Modeling for Large Corpus Item Recommendations") apply to in-batch negatives and that
+TensorFlow's ``sampled_softmax_loss`` and TorchRec's two-tower examples use; sharing the
+draws across the batch turns the negatives' scores into one ``(rows, S)`` matrix product.
+A drawn item that equals a row's own positive is masked for that row ("accidental hits").
+
+When the catalogue has no more than ``S`` items, sampling would save nothing: the loss is
+then the exact softmax over every item (unknown row 0 excluded), so small catalogues keep
+the exact objective and large ones a bounded-cost estimate of it.
+
+Item vectors are always looked up through the embedding module (never ``.weight``), so the
+gradient of an item table is sparse when the table is (``nn.Embedding(sparse=True)``).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from hybridrec.data.encoding import UNKNOWN_INDEX
+
+#: Exponent on item counts in the proposal: 1 = popularity, 0 = uniform.
+PROPOSAL_POWER = 1.0
+
+
+class SharedNegatives:
+    """The shared negatives of a sampled softmax over ``num_items`` items.
+
+    Args:
+        item_counts: (I,) training positives per item index (row 0, unknown, is ignored).
+        num_negatives: ``S``, items drawn per batch; a catalogue of at most ``S`` known
+            items is used whole (exact softmax).
+        power: the proposal is ``(count + 1) ** power`` (1 = popularity, 0 = uniform).
+
+    Example:
+        >>> neg = SharedNegatives(torch.tensor([0, 5, 1, 1]), num_negatives=8)
+        >>> neg.exact, neg.candidates().tolist()
+        (True, [1, 2, 3])
+        >>> big = SharedNegatives(torch.ones(1000), num_negatives=16)
+        >>> big.exact, big.candidates().shape
+        (False, torch.Size([16]))
+    """
+
+    def __init__(
+        self, item_counts: torch.Tensor, num_negatives: int, power: float = PROPOSAL_POWER
+    ) -> None:
+        num_items = len(item_counts)
+        if num_items < 2:
+            raise ValueError("a softmax over items needs at least one known item")
+        self.num_items = num_items
+        self.num_negatives = num_negatives
+        self.exact = num_negatives >= num_items - 1
+        weights = (item_counts.double().clamp(min=0) + 1.0) ** power
+        weights[UNKNOWN_INDEX] = 0.0
+        probs = weights / weights.sum()
+        self._cdf = torch.cumsum(probs, 0).float()
+        self._cdf[-1] = 1.0  # no draw past the end through rounding
+        # log of the expected number of draws of each item per batch
+        self._log_expected = torch.log(probs * num_negatives).float()
+
+    def to(self, device: torch.device) -> SharedNegatives:
+        self._cdf = self._cdf.to(device)
+        self._log_expected = self._log_expected.to(device)
+        return self
+
+    def candidates(self, generator: torch.Generator | None = None) -> torch.Tensor:
+        """This batch's candidate items: all known items when exact, else ``S`` draws from
+        ``Q`` (with replacement; the global RNG unless ``generator`` is given)."""
+        device = self._cdf.device
+        if self.exact:
+            return torch.arange(1, self.num_items, device=device)
+        u = torch.rand(self.num_negatives, generator=generator).to(device)
+        drawn = torch.searchsorted(self._cdf, u, right=True)
+        return drawn.clamp_(1, self.num_items - 1)
+
+    def loss(
+        self,
+        queries: torch.Tensor,
+        items: nn.Embedding,
+        targets: torch.Tensor,
+        weight: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(mean cross-entropy, correct top-1 count)`` of ``targets`` (N,) given
+        ``queries`` (N, D) whose dot product with ``items`` rows is the logit.
+
+        ``weight`` (N,) scales each row's loss (rows weigh 1 without it).
+        """
+        candidates = self.candidates(generator)
+        cand_vectors = items(candidates)  # (C, D)
+        if self.exact:
+            logits = queries @ cand_vectors.T  # (N, I - 1), column j = item j + 1
+            labels = targets - 1
+        else:
+            correction = self._log_expected
+            positive = (queries * items(targets)).sum(-1) - correction[targets]  # (N,)
+            negative = queries @ cand_vectors.T - correction[candidates]  # (N, S)
+            negative = negative.masked_fill(candidates[None, :] == targets[:, None], -torch.inf)
+            logits = torch.cat([positive[:, None], negative], dim=1)
+            labels = torch.zeros_like(targets)
+        losses = F.cross_entropy(logits, labels, reduction="none")
+        loss = losses.mean() if weight is None else (losses * weight).mean()
+        hits = (logits.detach().argmax(1) == labels).sum()
+        return loss, hits
+
+
+def item_counts(item_idx: torch.Tensor, num_items: int) -> torch.Tensor:
+    """(num_items,) positives per item index, for :class:`SharedNegatives`' proposal."""
+    return torch.bincount(item_idx.cpu(), minlength=num_items)
