@@ -5,13 +5,16 @@ positive against the whole catalogue is a strong training signal (it is what pus
 positive above the *popular* items it competes with). Exactly, it costs ``O(items)`` per
 positive. Here each batch draws ``S`` items shared by all its rows from a proposal ``Q``
 (smoothed item popularity) and corrects every logit by ``log(S * Q(item))``, the expected
-number of times the item was drawn. That is the sampled softmax of Bengio & Senecal (2008)
-and Jean et al. (2015, "On Using Very Large Target Vocabulary for Neural Machine
-Translation"), with the log-Q correction that Yi et al. (2019, "Sampling-Bias-Corrected
-Neural Modeling for Large Corpus Item Recommendations") apply to in-batch negatives and that
-TensorFlow's ``sampled_softmax_loss`` and TorchRec's two-tower examples use; sharing the
-draws across the batch turns the negatives' scores into one ``(rows, S)`` matrix product.
-A drawn item that equals a row's own positive is masked for that row ("accidental hits").
+number of times the item was drawn, so that the negatives' ``sum(exp(logit))`` is an
+importance-sampling estimate of the catalogue's partition function: the sampled softmax of
+Bengio & Senecal (2008) and Jean et al. (2015, "On Using Very Large Target Vocabulary for
+Neural Machine Translation"), with the log-Q correction that Yi et al. (2019,
+"Sampling-Bias-Corrected Neural Modeling for Large Corpus Item Recommendations") apply to
+in-batch negatives and TensorFlow's ``sampled_softmax_loss`` applies to sampled ones. The
+positive keeps its own logit and a drawn item equal to a row's positive is masked for that
+row ("accidental hits"), so as ``S`` grows the loss tends to the exact softmax
+cross-entropy (tested). Sharing the draws across the batch turns the negatives' scores into
+one ``(rows, S)`` matrix product.
 
 When the catalogue has no more than ``S`` items, sampling would save nothing: the loss is
 then the exact softmax over every item (unknown row 0 excluded), so small catalogues keep
@@ -41,6 +44,8 @@ class SharedNegatives:
         num_negatives: ``S``, items drawn per batch; a catalogue of at most ``S`` known
             items is used whole (exact softmax).
         power: the proposal is ``(count + 1) ** power`` (1 = popularity, 0 = uniform).
+        exact: force the exact (True) or sampled (False) form; default: exact when the
+            catalogue has at most ``num_negatives`` known items.
 
     Example:
         >>> neg = SharedNegatives(torch.tensor([0, 5, 1, 1]), num_negatives=8)
@@ -52,14 +57,18 @@ class SharedNegatives:
     """
 
     def __init__(
-        self, item_counts: torch.Tensor, num_negatives: int, power: float = PROPOSAL_POWER
+        self,
+        item_counts: torch.Tensor,
+        num_negatives: int,
+        power: float = PROPOSAL_POWER,
+        exact: bool | None = None,
     ) -> None:
         num_items = len(item_counts)
         if num_items < 2:
             raise ValueError("a softmax over items needs at least one known item")
         self.num_items = num_items
         self.num_negatives = num_negatives
-        self.exact = num_negatives >= num_items - 1
+        self.exact = num_negatives >= num_items - 1 if exact is None else exact
         weights = (item_counts.double().clamp(min=0) + 1.0) ** power
         weights[UNKNOWN_INDEX] = 0.0
         probs = weights / weights.sum()
@@ -103,7 +112,7 @@ class SharedNegatives:
             labels = targets - 1
         else:
             correction = self._log_expected
-            positive = (queries * items(targets)).sum(-1) - correction[targets]  # (N,)
+            positive = (queries * items(targets)).sum(-1)  # (N,)
             negative = queries @ cand_vectors.T - correction[candidates]  # (N, S)
             negative = negative.masked_fill(candidates[None, :] == targets[:, None], -torch.inf)
             logits = torch.cat([positive[:, None], negative], dim=1)
