@@ -3,13 +3,13 @@ bounded validation, and the automatic holdout when no validation file is given."
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 from torch import nn
-
-import sys
 
 import hybridrec
 import hybridrec.cli
