@@ -254,6 +254,8 @@ WORKER = textwrap.dedent(
                        train),
         "sasrec": ("sasrec", {"hidden_dim": 8, "max_len": 6, "num_heads": 2}, {}, train),
         "mf-labelled": ("mf", {"embedding_dim": 8}, {}, labelled),
+        "hybrid-sparse": ("hybrid", {"embedding_dim": 8, "mlp_layer_sizes": (8,)},
+                          {"sparse_embeddings": "on", "softmax_negatives": 8}, train),
         "popularity": ("popularity", {}, {}, train),
     }
     for name, (model, options, extra, data) in runs.items():
@@ -262,6 +264,12 @@ WORKER = textwrap.dedent(
         out[name] = {"epochs": len(result.history.epochs),
                      "synced": same_on_all_ranks(result.recommender.model)
                      if any(True for _ in result.recommender.model.parameters()) else True}
+
+    # no validation file: the holdout's epoch choice (made on rank 0) reaches every rank
+    auto = hybridrec.train(train, model="mf", model_options={"embedding_dim": 8},
+                           train_config=TrainConfig(epochs=3, batch_size=64, device="cpu"))
+    out["holdout"] = {"epochs": len(auto.history.epochs),
+                      "synced": same_on_all_ranks(auto.recommender.model)}
 
     # early stopping is decided on rank 0 and every rank stops at the same epoch
     stop = hybridrec.train(train, val, model="mf", model_options={"embedding_dim": 8},
@@ -292,8 +300,9 @@ WORKER = textwrap.dedent(
 @needs_gloo
 def test_ddp_keeps_ranks_in_sync_for_every_objective(tmp_path):
     """BPR (two model calls per step), sasrec (``encode`` outside ``forward``), labelled rows
-    and popularity (no parameters) under DDP; rank 0's early-stopping decision reaches all
-    ranks; a 2-rank checkpoint resumes."""
+    and popularity (no parameters) under DDP, sparse tables with the sampled catalogue
+    softmax (gloo's sparse all-reduce); rank 0's early-stopping decision and the automatic
+    holdout's epoch choice reach all ranks; a 2-rank checkpoint resumes."""
     train, val = planted(num_users=40, num_items=40)
     train.to_csv(tmp_path / "train.csv", index=False)
     val.to_csv(tmp_path / "val.csv", index=False)
@@ -304,8 +313,9 @@ def test_ddp_keeps_ranks_in_sync_for_every_objective(tmp_path):
     for code, err in launch_two("worker.py", cwd=tmp_path):
         assert code == 0, err[-3000:]
     result = json.loads((tmp_path / "result.json").read_text())
-    for name in ("hybrid-bpr", "sasrec", "mf-labelled"):
+    for name in ("hybrid-bpr", "sasrec", "mf-labelled", "hybrid-sparse"):
         assert result[name] == {"epochs": 2, "synced": True}, name
+    assert result["holdout"]["synced"] and 1 <= result["holdout"]["epochs"] <= 3
     assert result["popularity"]["epochs"] == 1
     first, second = result["early_stop_epochs"]
     assert first == second < 30

@@ -143,9 +143,20 @@ def test_sparse_tables_leave_untouched_rows_alone():
     torch.manual_seed(0)
     net = build_model("hybrid", num_users=6, num_items=8, **TINY)  # users 4, 5 never seen
     before = net.user_embedding.weight[4:].clone()
-    config = TrainConfig(epochs=2, batch_size=4, ema_decay=0.0, early_stop=None)
+    config = TrainConfig(
+        epochs=2, batch_size=4, ema_decay=0.0, early_stop=None, sparse_embeddings="on"
+    )
     hybridrec.fit(net, data, None, config, show_progress=False)
     assert torch.equal(net.user_embedding.weight[4:], before)
+
+
+def test_auto_makes_only_large_tables_sparse(monkeypatch):
+    monkeypatch.setattr(train_module, "SPARSE_MIN_ELEMENTS", 6 * 8)  # users 7 x 8 > 48
+    net = build_model("hybrid", num_users=7, num_items=6, **TINY)
+    objective = Pointwise(_labelled_full_coverage(), TrainConfig(loss="bce"), CPU, 6)
+    tables = train_module._sparse_tables(net, objective, TrainConfig(), CPU, world=1)
+    assert tables == [net.user_embedding] and net.user_embedding.sparse
+    assert not net.item_embedding.sparse
 
 
 def test_sparse_on_with_weight_decay_is_refused_and_auto_falls_back():

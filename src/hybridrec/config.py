@@ -108,7 +108,8 @@ class TrainConfig:
     sparse_embeddings: str = option(
         "auto",
         "update only the embedding rows a batch touches (sparse gradients, lazy Adam), so a "
-        "step costs what the batch touches, not the table size; auto = on unless "
+        "step costs what the batch touches, not the table size; auto = on for tables of "
+        "over 2^20 weights, unless "
         "--weight-decay, --loss ce of a pointwise model or several CUDA processes "
         "need dense gradients; on; off",
     )

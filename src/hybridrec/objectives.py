@@ -401,7 +401,8 @@ class NextItem:
     with shared, log-Q-corrected negatives above (:mod:`hybridrec.sampled_softmax`), so a
     position's cost does not grow with the catalogue. Sampled negatives are not filtered
     against the user's history (an accidental hit on one of the ~N_user/N_items of the
-    catalogue they know is rare and costs only noise); a negative equal to the target itself is dropped.
+    catalogue they know is rare and costs only noise); a negative equal to the target
+    itself is dropped.
     """
 
     #: Items are looked up through the embedding module: the table can be sparse.
