@@ -28,7 +28,7 @@ from hybridrec.data.io import (
 )
 from hybridrec.errors import DataError
 from hybridrec.files import atomic_write_json
-from hybridrec.models import build_model
+from hybridrec.models import build_model, model_device
 from hybridrec.plots import plot_history
 from hybridrec.recommend import Recommender
 from hybridrec.runtime import resolve_device, set_num_threads
@@ -289,7 +289,7 @@ def _holdout_then_refit(
     choose = replace(config, checkpoint_every=0, resume=None)
     net, history = run(choose, fit_rows, val_rows)
     # rank 0 validated; every rank needs the chosen epoch count
-    best = max(1, distributed.broadcast_flag(history.best.epoch, distributed_device(net)))
+    best = max(1, distributed.broadcast_flag(history.best.epoch, model_device(net)))
     best_stats = history.best
     info: dict[str, Any] = {
         **split.describe(),
@@ -306,11 +306,6 @@ def _holdout_then_refit(
     refit = replace(config, epochs=best, early_stop=None)
     net, history = run(refit, train_set, None)
     return net, history, val_rows, info
-
-
-def distributed_device(net: torch.nn.Module) -> torch.device:
-    """Where a model's tensors live (what a broadcast between ranks must use)."""
-    return next(iter(net.parameters()), torch.zeros(())).device
 
 
 def read_item_catalog(data: DataLike, config: DataConfig) -> np.ndarray:
