@@ -305,3 +305,17 @@ def test_cli_without_val_reports_the_holdout(tmp_path, capsys):
     assert code == 0 and "30 rows held out (latest per user)" in out
     saved = hybridrec.load(tmp_path / "m")
     assert saved.config["settings"]["holdout"]["held_out_rows"] == 30
+
+
+def test_log_sum_exp_gradient_and_accidental_hits():
+    from hybridrec.sampled_softmax import _LogSumExp, accidental_hits
+
+    x = torch.randn(3, 5, dtype=torch.double, requires_grad=True)
+    assert torch.autograd.gradcheck(_LogSumExp.apply, (x,))
+    assert torch.allclose(_LogSumExp.apply(x), torch.logsumexp(x, 1))
+    candidates = torch.randint(1, 6, (40,))
+    targets = torch.randint(1, 6, (7,))
+    rows, cols = accidental_hits(candidates, targets)
+    expected = (candidates[None, :] == targets[:, None]).nonzero()
+    got = torch.stack([rows, cols], 1)
+    assert sorted(map(tuple, got.tolist())) == sorted(map(tuple, expected.tolist()))

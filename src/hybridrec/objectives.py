@@ -181,7 +181,9 @@ def catalogue_loss(
     if negatives is None:
         negatives = SharedNegatives(torch.zeros(items.num_embeddings), items.num_embeddings)
         negatives.to(items.weight.device)
-    loss, _ = negatives.loss(query_vectors(model, user_idx), items, item_idx, weight)
+    loss, _ = negatives.loss(
+        query_vectors(model, user_idx), items, item_idx, weight, count_hits=False
+    )
     return loss
 
 

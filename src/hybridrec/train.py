@@ -48,6 +48,7 @@ from hybridrec.errors import ConfigError, HybridRecError, TrainingDivergedError
 from hybridrec.evaluate import evaluate_pointwise
 from hybridrec.models import model_device
 from hybridrec.objectives import Objective, make_objective
+from hybridrec.optim import Optimizers
 
 logger = logging.getLogger(__name__)
 
@@ -224,7 +225,7 @@ def _train_loop(
     """The epochs of :func:`fit`, once the run's objects exist."""
     rank, world = distributed.rank(), distributed.world_size()
     main = rank == 0
-    optimizer = _Optimizer(params, tables, config, device)
+    optimizer = Optimizers(params, tables, config, device)
     step = _step_function(model, objective, device, world, compile=config.compile)
     autocast, scaler = _mixed_precision(config.amp, device)
     stopper = _EarlyStopping(early_stop, config.patience)
@@ -435,9 +436,10 @@ def _sparse_tables(
 
     Dense Adam updates every row of every table each step, so a step costs the table sizes
     (138K users x 27K items at dim 64: 10M weights) rather than the few thousand rows a
-    batch touches. With sparse gradients the tables get "lazy" Adam (``torch.optim.
-    SparseAdam``: moments and weights of the touched rows only, as TensorFlow's LazyAdam and
-    the row-wise optimisers of TorchRec/FBGEMM), the dense layers keep fused Adam.
+    batch touches. With sparse gradients the tables get "lazy" Adam
+    (:class:`hybridrec.optim.LazyAdam`: moments and weights of the touched rows only, as
+    TensorFlow's LazyAdam and the row-wise optimisers of TorchRec/FBGEMM), the dense layers
+    keep fused Adam.
     ``auto`` does this for tables of more than :data:`SPARSE_MIN_ELEMENTS` weights.
     """
     tables = [m for m in model.modules() if isinstance(m, nn.Embedding)]
@@ -447,7 +449,7 @@ def _sparse_tables(
         return []
     blockers = []
     if config.weight_decay > 0:
-        blockers.append("--weight-decay (SparseAdam has no weight decay)")
+        blockers.append("--weight-decay (lazy Adam has no weight decay)")
     if not getattr(objective, "supports_sparse", False):
         blockers.append(f"the {type(objective).__name__} objective (it reads whole tables)")
     if world > 1 and device.type != "cpu":
@@ -463,61 +465,6 @@ def _sparse_tables(
     for table in tables:
         table.sparse = True
     return tables
-
-
-class _Optimizer:
-    """Adam for the run: fused Adam on dense parameters, SparseAdam on sparse tables.
-
-    One object with ``zero_grad``/``step``/``state_dict`` so the loop, checkpoints and the
-    loss scaler see a single optimiser whichever mix the run has.
-    """
-
-    def __init__(
-        self,
-        params: list[nn.Parameter],
-        tables: list[nn.Embedding],
-        config: TrainConfig,
-        device: torch.device,
-    ) -> None:
-        sparse_ids = {id(t.weight) for t in tables}
-        dense = [p for p in params if id(p) not in sparse_ids]
-        sparse = [p for p in params if id(p) in sparse_ids]
-        self.optimizers: list[torch.optim.Optimizer] = []
-        if dense:
-            self.optimizers.append(
-                torch.optim.Adam(
-                    dense,
-                    lr=config.learning_rate,
-                    weight_decay=config.weight_decay,
-                    **_fast_adam_options(device),
-                )
-            )
-        if sparse:
-            self.optimizers.append(torch.optim.SparseAdam(sparse, lr=config.learning_rate))
-
-    def zero_grad(self, set_to_none: bool = True) -> None:
-        for optimizer in self.optimizers:
-            optimizer.zero_grad(set_to_none=set_to_none)
-
-    def step(self, scaler: torch.amp.GradScaler | None = None) -> None:
-        for optimizer in self.optimizers:
-            if scaler is None:
-                optimizer.step()
-            else:
-                scaler.step(optimizer)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"optimizers": [o.state_dict() for o in self.optimizers]}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        states = state["optimizers"]
-        if len(states) != len(self.optimizers):
-            raise ValueError(
-                "the checkpoint's optimiser has another mix of sparse and dense parameters "
-                "(resume with the same --sparse-embeddings)"
-            )
-        for optimizer, one in zip(self.optimizers, states, strict=True):
-            optimizer.load_state_dict(one)
 
 
 #: Rank 0's end-of-epoch decision, broadcast to the other ranks.
@@ -640,7 +587,7 @@ def _save_checkpoint(
     epoch: int,
     config: TrainConfig,
     model: nn.Module,
-    optimizer: _Optimizer,
+    optimizer: Optimizers,
     scaler: torch.amp.GradScaler | None,
     generator: torch.Generator,
     sample_generator: torch.Generator,
@@ -682,7 +629,7 @@ def _save_checkpoint(
 def _resume(
     config: TrainConfig,
     model: nn.Module,
-    optimizer: _Optimizer,
+    optimizer: Optimizers,
     scaler: torch.amp.GradScaler | None,
     generator: torch.Generator,
     sample_generator: torch.Generator,
@@ -852,13 +799,6 @@ def _improved(value: float, best: float | None, metric: str) -> bool:
     if best is None:
         return True
     return value < best if metric in LOWER_IS_BETTER else value > best
-
-
-def _fast_adam_options(device: torch.device) -> dict[str, bool]:
-    """Fused Adam (one kernel for all parameters) where PyTorch supports it on ``device``."""
-    if device.type in {"cpu", "cuda"}:
-        return {"fused": True}
-    return {}
 
 
 def _check_finite(loss: float, epoch: int, config: TrainConfig) -> None:
