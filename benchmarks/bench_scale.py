@@ -47,11 +47,13 @@ def power_law_positives(
     popularity = 1.0 / np.arange(1, num_items + 1) ** skew
     popularity = np.cumsum(popularity[rng.permutation(num_items)])
     activity = np.cumsum(rng.lognormal(0.0, 1.0, num_users))
-    draws = int(num_positives * 1.15)
-    users = np.searchsorted(activity, rng.random(draws) * activity[-1], side="right")
-    items = np.searchsorted(popularity, rng.random(draws) * popularity[-1], side="right")
-    users, items = np.minimum(users, num_users - 1), np.minimum(items, num_items - 1)
-    keys = np.unique(users.astype(np.int64) * num_items + items)
+    keys = np.empty(0, dtype=np.int64)
+    while len(keys) < num_positives:  # popular pairs repeat: draw until enough distinct
+        draws = int((num_positives - len(keys)) * 1.3) + 1000
+        users = np.searchsorted(activity, rng.random(draws) * activity[-1], side="right")
+        items = np.searchsorted(popularity, rng.random(draws) * popularity[-1], side="right")
+        users, items = np.minimum(users, num_users - 1), np.minimum(items, num_items - 1)
+        keys = np.union1d(keys, users.astype(np.int64) * num_items + items)
     keys = keys[rng.permutation(len(keys))[:num_positives]]
     return pd.DataFrame(
         {

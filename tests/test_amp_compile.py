@@ -13,7 +13,7 @@ from hybridrec.cli import build_parser, config_from_args
 from hybridrec.data import RecSysDataset
 from hybridrec.errors import ConfigError
 from hybridrec.models import build_model
-from hybridrec.train import fit
+from hybridrec.training import fit
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

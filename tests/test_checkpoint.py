@@ -21,7 +21,7 @@ from hybridrec.cli import main as cli_main
 from hybridrec.data.synthetic import planted_groups
 from hybridrec.errors import ConfigError
 from hybridrec.models import build_model
-from hybridrec.train import fit
+from hybridrec.training import fit
 
 TIMING = ("seconds", "samples_per_second")
 

@@ -11,7 +11,9 @@ import torch
 from hybridrec import TrainConfig
 from hybridrec.errors import ConfigError
 from hybridrec.models import build_model
-from hybridrec.train import _Validator, _WeightAverage, fit
+from hybridrec.training import fit
+from hybridrec.training.average import WeightAverage as _WeightAverage
+from hybridrec.training.validation import Validator as _Validator
 
 MODELS = {
     "hybrid": {"embedding_dim": 8, "mlp_layer_sizes": (16, 8), "dropout": 0.2},

@@ -24,9 +24,8 @@ from hybridrec.evaluate import evaluate_pointwise
 from hybridrec.models import MODELS, Popularity, PopularityConfig
 from hybridrec.plots import plot_history
 from hybridrec.ranking import evaluate_full
-from hybridrec.train import EpochStats, History, fit
+from hybridrec.training import EpochStats, History, fit
 
-#: ``hybridrec.train`` is also the name of the pipeline function, so reach the module itself.
 objectives_module = sys.modules["hybridrec.objectives"]
 
 TINY = {"embedding_dim": 8, "mlp_layer_sizes": (16, 8), "init_std": 0.05}
@@ -759,7 +758,7 @@ def test_summary_with_labelled_validation_keeps_the_pointwise_auc():
 
 def test_auto_early_stop_picks_a_metric_that_fits_the_validation_data():
     """auto: NDCG@first-k for positives-only validation, loss for 0/1 labels, off without."""
-    from hybridrec.train import resolve_early_stop
+    from hybridrec.training import resolve_early_stop
 
     positives = RecSysDataset(torch.tensor([1]), torch.tensor([2]), torch.tensor([1.0]))
     labelled = RecSysDataset(torch.tensor([1, 1]), torch.tensor([2, 3]), torch.tensor([1.0, 0.0]))

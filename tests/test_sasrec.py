@@ -273,7 +273,7 @@ def test_auto_loss_is_the_models_own(monkeypatch):
         return objective
 
     monkeypatch.setattr(objectives, "make_objective", recording)
-    monkeypatch.setattr(sys.modules["hybridrec.train"], "make_objective", recording)
+    monkeypatch.setattr(sys.modules["hybridrec.training.loop"], "make_objective", recording)
     train_frame, _ = cycles(num_users=10)
     config = TrainConfig(epochs=1, device="cpu")
     hybridrec.train(train_frame, None, model="sasrec", model_options=TINY, train_config=config)

@@ -3,8 +3,6 @@ bounded validation, and the automatic holdout when no validation file is given."
 
 from __future__ import annotations
 
-import sys
-
 import numpy as np
 import pandas as pd
 import pytest
@@ -21,10 +19,11 @@ from hybridrec.errors import ConfigError
 from hybridrec.models import build_model
 from hybridrec.objectives import Pointwise
 from hybridrec.sampled_softmax import SharedNegatives
+from hybridrec.training import average as average_module
+from hybridrec.training import steps, validation
+from hybridrec.training.history import EpochStats
 
 CPU = torch.device("cpu")
-# the package re-exports the function `train`, which hides the module of the same name
-train_module = sys.modules["hybridrec.train"]
 TINY = {"embedding_dim": 8, "mlp_layer_sizes": (8,)}
 
 
@@ -151,10 +150,10 @@ def test_sparse_tables_leave_untouched_rows_alone():
 
 
 def test_auto_makes_only_large_tables_sparse(monkeypatch):
-    monkeypatch.setattr(train_module, "SPARSE_MIN_ELEMENTS", 6 * 8)  # users 7 x 8 > 48
+    monkeypatch.setattr(steps, "SPARSE_MIN_ELEMENTS", 6 * 8)  # users 7 x 8 > 48
     net = build_model("hybrid", num_users=7, num_items=6, **TINY)
     objective = Pointwise(_labelled_full_coverage(), TrainConfig(loss="bce"), CPU, 6)
-    tables = train_module._sparse_tables(net, objective, TrainConfig(), CPU, world=1)
+    tables = steps.sparse_tables(net, objective, TrainConfig(), CPU, world=1)
     assert tables == [net.user_embedding] and net.user_embedding.sparse
     assert not net.item_embedding.sparse
 
@@ -170,9 +169,9 @@ def test_sparse_on_with_weight_decay_is_refused_and_auto_falls_back():
 
 
 def test_weight_average_is_amortised_for_large_models(monkeypatch):
-    monkeypatch.setattr(train_module, "EMA_STEP_ELEMENTS", 10)
+    monkeypatch.setattr(average_module, "EMA_STEP_ELEMENTS", 10)
     param = nn.Parameter(torch.zeros(25))  # 25 weights: every 3rd step
-    average = train_module._WeightAverage([param], decay=0.9)
+    average = average_module.WeightAverage([param], decay=0.9)
     assert average.every == 3
     values = []
     for step in range(1, 7):
@@ -200,17 +199,17 @@ def test_validation_samples_users_and_items_when_the_catalogue_is_large(monkeypa
     )
     net = build_model("mf", num_users=60, num_items=200, embedding_dim=4)
     config = TrainConfig(epochs=1)
-    monkeypatch.setattr(train_module, "VAL_PAIRS", 200 * 20)  # 20 users' worth
-    monkeypatch.setattr(train_module, "VAL_MIN_FULL_USERS", 10)
-    full = train_module._Validator(net, data, val, config)
+    monkeypatch.setattr(validation, "VAL_PAIRS", 200 * 20)  # 20 users' worth
+    monkeypatch.setattr(validation, "VAL_MIN_FULL_USERS", 10)
+    full = validation.Validator(net, data, val, config)
     assert len(torch.unique(full.positives[0])) == 20 and full.candidates is None
-    monkeypatch.setattr(train_module, "VAL_MIN_FULL_USERS", 50)
-    monkeypatch.setattr(train_module, "VAL_SAMPLED_USERS", 15)
-    monkeypatch.setattr(train_module, "VAL_SAMPLED_ITEMS", 30)
-    sampled = train_module._Validator(net, data, val, config)
+    monkeypatch.setattr(validation, "VAL_MIN_FULL_USERS", 50)
+    monkeypatch.setattr(validation, "VAL_SAMPLED_USERS", 15)
+    monkeypatch.setattr(validation, "VAL_SAMPLED_ITEMS", 30)
+    sampled = validation.Validator(net, data, val, config)
     assert len(torch.unique(sampled.positives[0])) == 15
     assert len(sampled.candidates[0]) == 15 * 30
-    stats = train_module.EpochStats(1, 0.0, 0.0, 0.0, 0.0)
+    stats = EpochStats(1, 0.0, 0.0, 0.0, 0.0)
     sampled(stats)
     assert 0.0 <= stats.ranking["hr@10"] <= 1.0 and stats.ranking["negatives"] > 20
 

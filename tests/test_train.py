@@ -15,7 +15,7 @@ from hybridrec.data import RecSysDataset
 from hybridrec.errors import ConfigError, TrainingDivergedError
 from hybridrec.evaluate import evaluate_pointwise, pointwise_metrics
 from hybridrec.models import build_model
-from hybridrec.train import EpochStats, History, fit
+from hybridrec.training import EpochStats, History, fit
 
 #: Small batches and a brisk learning rate: a few epochs on the tiny data are enough to learn.
 FAST = {"batch_size": 128, "learning_rate": 1e-2, "weight_decay": 1e-5, "device": "cpu"}

@@ -19,7 +19,7 @@ from hybridrec.errors import (  # noqa: E402
 from hybridrec.models import MODELS, HybridRecSys, HybridRecSysConfig, build_model  # noqa: E402
 from hybridrec.pipeline import TrainResult, train  # noqa: E402
 from hybridrec.recommend import Recommender  # noqa: E402
-from hybridrec.train import History, fit  # noqa: E402
+from hybridrec.training import History, fit  # noqa: E402
 
 
 def load(directory: str | Path) -> Recommender:

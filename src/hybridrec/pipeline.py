@@ -32,7 +32,7 @@ from hybridrec.models import build_model, model_device
 from hybridrec.plots import plot_history
 from hybridrec.recommend import Recommender
 from hybridrec.runtime import resolve_device, set_num_threads
-from hybridrec.train import EpochStats, History, fit, resolve_early_stop
+from hybridrec.training import EpochStats, History, fit, resolve_early_stop
 
 logger = logging.getLogger(__name__)
 
@@ -132,7 +132,7 @@ def train(
 
     Under ``torchrun`` (``WORLD_SIZE > 1`` in the environment) every process calls this;
     they train together with DistributedDataParallel and only rank 0 logs, validates and
-    writes ``out`` (see :func:`hybridrec.train.fit`). ``train_config.checkpoint_every`` writes
+    writes ``out`` (see :func:`hybridrec.training.fit`). ``train_config.checkpoint_every`` writes
     ``checkpoint.pt`` to ``train_config.checkpoint_dir`` or ``out``; ``train_config.resume``
     continues from one.
 

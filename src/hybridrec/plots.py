@@ -6,7 +6,7 @@ import io
 from pathlib import Path
 
 from hybridrec.files import atomic_write
-from hybridrec.train import History
+from hybridrec.training import History
 
 
 def plot_history(history: History, path: str | Path) -> Path | None:

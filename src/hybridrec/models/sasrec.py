@@ -8,7 +8,7 @@ retraining, no fitted vector (see :meth:`SASRec.score_sequences`).
 The training histories are a buffer filled by :meth:`SASRec.prepare`, so they are saved and
 reloaded with the artifact like any weights and ``forward``/``score_all`` keep the registry's
 ``(user_idx, ...)`` contract. Training is next-item prediction at every position of every
-history; ``hybridrec.train`` runs it (``objective = "next_item"``), the model only encodes.
+history; ``hybridrec.training`` runs it (``objective = "next_item"``), the model only encodes.
 """
 
 from __future__ import annotations
@@ -72,7 +72,7 @@ class SASRec(nn.Module):
     config_class = SASRecConfig
     #: No per-user tables: a user is their history, so a new user needs no fitted vector.
     user_parameters: tuple[str, ...] = ()
-    #: How ``hybridrec.train.fit`` trains it: next-item prediction along each history.
+    #: How ``hybridrec.training.fit`` trains it: next-item prediction along each history.
     objective = "next_item"
     #: ``--loss auto``: softmax over the catalogue (best on val/ of the ML-100K benchmark).
     default_loss = "ce"
