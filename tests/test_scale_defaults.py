@@ -318,3 +318,22 @@ def test_log_sum_exp_gradient_and_accidental_hits():
     expected = (candidates[None, :] == targets[:, None]).nonzero()
     got = torch.stack([rows, cols], 1)
     assert sorted(map(tuple, got.tolist())) == sorted(map(tuple, expected.tolist()))
+
+
+def test_sampled_loss_counts_repeated_draws_once_each_draw():
+    """Scoring each distinct drawn item once, weighted by its count, is the estimator over
+    all S draws (with repeats), to rounding."""
+    torch.manual_seed(0)
+    counts = torch.cat([torch.zeros(1), torch.arange(200, 0, -1).float() ** 2])  # skewed
+    negatives = SharedNegatives(counts, 64)
+    assert not negatives.exact
+    table = nn.Embedding(201, 4)
+    queries, targets = torch.randn(6, 4), torch.randint(1, 201, (6,))
+    loss, _ = negatives.loss(queries, table, targets, generator=torch.Generator().manual_seed(3))
+    drawn = negatives.candidates(torch.Generator().manual_seed(3))
+    assert len(torch.unique(drawn)) < len(drawn)  # the case under test: repeats
+    logits = queries @ table(drawn).T - negatives._log_expected[drawn]
+    logits = logits.masked_fill(drawn[None, :] == targets[:, None], -torch.inf)
+    positive = (queries * table(targets)).sum(-1)
+    every_draw = torch.nn.functional.softplus(torch.logsumexp(logits, 1) - positive).mean()
+    assert torch.allclose(loss, every_draw, rtol=1e-5, atol=1e-6)
