@@ -506,7 +506,7 @@ def test_two_stage_scores_are_the_models_probabilities(rec):
 
 
 def test_two_stage_prior_is_computed_once(rec, monkeypatch):
-    import hybridrec.recommend as module
+    import hybridrec.recommend.two_stage as module
 
     calls = []
     real = module.item_prior

@@ -215,7 +215,7 @@ class TopCache:
     Scores are the sigmoid of the first ``k`` logits, taken per request: PyTorch's sigmoid
     can round an element differently depending on the length of the vector it is part of
     (SIMD blocks and a scalar tail), so a stored top-``depth`` score may differ from the
-    top-``k`` one in the last bit. The logits are ``Recommender._score_users``' own, the
+    top-``k`` one in the last bit. The logits are ``Recommender.score_users``' own, the
     numbers its ranking used.
 
     Built before a model is swapped in, and swapped with it (:class:`Served`), so a reload
@@ -249,7 +249,7 @@ class TopCache:
             chunk = recommender.default_chunk_users()
             for first in range(1, rows, chunk):  # the logits of the ranked items
                 block = np.arange(first, min(first + chunk, rows))
-                logits = recommender._score_users(block).cpu().numpy()
+                logits = recommender.score_users(block).cpu().numpy()
                 for flag in (True, False):
                     picked = self.top[flag][block]
                     self.logits[flag][block] = np.take_along_axis(logits, picked, axis=1)
@@ -259,7 +259,7 @@ class TopCache:
                 filled = np.arange(depth) < self.count[flag][:, None]
                 if not np.allclose(again[filled], scores[flag][filled], rtol=1e-5, atol=1e-7):
                     raise CacheMismatchError(
-                        f"{recommender.model_name}: the logits of _score_users do not give "
+                        f"{recommender.model_name}: the logits of score_users do not give "
                         "recommend_many's scores"
                     )
         if unknown.source != "popularity":  # pragma: no cover - _unknown_id makes sure

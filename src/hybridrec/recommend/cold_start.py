@@ -1,0 +1,183 @@
+"""Cold start: recommendations for a new user described by the items they interacted with.
+
+Sequence models (``score_sequences``, e.g. sasrec) read the items as a history and rank
+directly. Other models fold the user in: fresh rows of the model's per-user tables
+(``model.user_parameters``) are fitted to the items on the spot, every other weight frozen.
+The model itself is never modified: the fitted rows replace its tables only inside a
+structural copy, through ``torch.func.functional_call``, so threads scoring with the real
+model never see them.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from hybridrec.data.encoding import UNKNOWN_INDEX, IdEncoder
+from hybridrec.errors import ConfigError, HybridRecError
+from hybridrec.models import model_device
+from hybridrec.recommend.checks import check_k, id_list, unique
+from hybridrec.recommend.result import IdsLike, Recommendation, frozen
+from hybridrec.recommend.topk import sigmoid, top_k
+
+if TYPE_CHECKING:
+    from hybridrec.recommend.recommender import Recommender
+
+#: Negatives sampled per given item when fitting a new user's vector.
+_NEGATIVES_PER_ITEM = 4
+
+
+def recommend_for_items(
+    recommender: Recommender,
+    item_ids: IdsLike,
+    k: int,
+    exclude_seen: bool,
+    steps: int,
+    lr: float,
+    seed: int,
+) -> Recommendation:
+    """:meth:`Recommender.recommend_for_items`, which documents the arguments."""
+    k = check_k(k)
+    if isinstance(steps, bool) or not isinstance(steps, int | np.integer) or steps < 0:
+        raise ConfigError(f"steps must be an integer >= 0, got {steps!r}")
+    if not lr > 0:
+        raise ConfigError(f"lr must be positive, got {lr!r}")
+    model, items, device = recommender.model, recommender.items, recommender.device
+    raw = id_list(item_ids, "item_ids")
+    index = items.transform(raw) if raw else np.zeros(0, dtype=np.int64)
+    unknown_items = unique(raw[j] for j in np.flatnonzero(index == UNKNOWN_INDEX))
+    known = index[index != UNKNOWN_INDEX]
+    given = np.unique(known)
+    exclude = given if exclude_seen else None
+    if len(given) and hasattr(model, "score_sequences"):
+        # sequence models read the items themselves, in the order given: no fitting
+        with torch.no_grad():
+            sequence = torch.as_tensor(known, dtype=torch.int64, device=device)[None]
+            logits = model.score_sequences(sequence).float()
+        return _top_of(items, logits, k, exclude, unknown_items)
+    names = _user_parameters(model, recommender.model_name) if len(given) else ()
+    if not names:
+        item_out, scores = recommender.popular(k, exclude=exclude)
+        return Recommendation(None, item_out, scores, "popularity", unknown_items)
+    # The service calls this under torch.inference_mode(); fitting needs autograd.
+    with torch.inference_mode(False), torch.enable_grad():
+        scorer, tables = _fit_user(model, names, given, items.num_embeddings, steps, lr, seed)
+        with torch.no_grad():
+            one = torch.ones(1, dtype=torch.int64, device=device)
+            logits = torch.func.functional_call(scorer, tables, (one,)).float()
+    return _top_of(items, logits, k, exclude, unknown_items)
+
+
+def _top_of(
+    items: IdEncoder,
+    logits: torch.Tensor,
+    k: int,
+    exclude: np.ndarray | None,
+    unknown_items: list[Any],
+) -> Recommendation:
+    """The item-based result from one row of logits (1, num_items)."""
+    mask = torch.zeros_like(logits, dtype=torch.bool)
+    mask[:, UNKNOWN_INDEX] = True
+    if exclude is not None:
+        mask[0, torch.as_tensor(exclude, device=mask.device)] = True
+    ((top, values),) = top_k(logits.masked_fill(mask, -torch.inf), k)
+    return Recommendation(
+        None,
+        frozen(items.inverse_transform(top)),
+        frozen(sigmoid(values)),
+        "items",
+        unknown_items,
+    )
+
+
+def _user_parameters(model: nn.Module, model_name: str) -> tuple[str, ...]:
+    """The names of ``model``'s per-user tables (empty for a model without users)."""
+    names = getattr(model, "user_parameters", None)
+    if names is None:
+        raise HybridRecError(
+            f"model {model_name} does not declare its per-user tables; give its class "
+            "a user_parameters attribute (e.g. ('user_embedding.weight',))"
+        )
+    missing = set(names) - dict(model.named_parameters()).keys()
+    if missing:
+        raise ValueError(
+            f"{type(model).__name__}.user_parameters names {sorted(missing)}, "
+            "which are not parameters of the model"
+        )
+    return tuple(names)
+
+
+def _fit_user(
+    model: nn.Module,
+    names: tuple[str, ...],
+    positives: np.ndarray,
+    num_items: int,
+    steps: int,
+    lr: float,
+    seed: int,
+) -> tuple[nn.Module, dict[str, torch.Tensor]]:
+    """Fit a new user's rows to ``positives``: ``(scorer, parameter replacements)``.
+
+    ``steps`` Adam steps on the per-user tables ``names``, started at the mean known user,
+    with ``positives`` against uniformly sampled other items (``_NEGATIVES_PER_ITEM`` per
+    positive, fresh each step, seeded). Each per-user table is replaced by two rows: the
+    model's own unknown row 0 and the fitted row 1, addressed as user 1. Row 0 itself
+    cannot learn: the embeddings' ``padding_idx=0`` gives it no gradient.
+    """
+    device = model_device(model)
+    params = dict(model.named_parameters())
+    rows = []
+    for name in names:
+        table = params[name].detach()
+        start = table[1:].mean(0, keepdim=True) if len(table) > 1 else table[:1]
+        rows.append(start.clone().requires_grad_(True))
+
+    def tables() -> dict[str, torch.Tensor]:
+        return {
+            f"model.{name}": torch.cat([params[name].detach()[:1], row])
+            for name, row in zip(names, rows, strict=True)
+        }
+
+    scorer = _Scorer(_structural_copy(model))
+    pos = torch.as_tensor(positives, dtype=torch.int64, device=device)
+    pool = torch.as_tensor(np.setdiff1d(np.arange(1, num_items), positives))
+    n_neg = _NEGATIVES_PER_ITEM * len(pos) if len(pool) else 0
+    target = torch.cat([torch.ones(len(pos)), torch.zeros(n_neg)]).to(device)
+    generator = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.Adam(rows, lr=lr)
+    for _ in range(steps):
+        negatives = pool[torch.randint(len(pool), (n_neg,), generator=generator)]
+        item_idx = torch.cat([pos, negatives.to(device)])
+        user_idx = torch.ones_like(item_idx)
+        logits = torch.func.functional_call(scorer, tables(), (user_idx, item_idx))
+        loss = F.binary_cross_entropy_with_logits(logits.float(), target)
+        # autograd.grad, not backward(): the frozen weights must not collect .grad
+        for row, grad in zip(rows, torch.autograd.grad(loss, rows), strict=True):
+            row.grad = grad
+        optimizer.step()
+    return scorer, {name: t.detach() for name, t in tables().items()}
+
+
+class _Scorer(nn.Module):
+    """Routes ``functional_call`` to ``score_all`` (one argument) or ``forward`` (two)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, user_idx: torch.Tensor, item_idx: torch.Tensor | None = None) -> torch.Tensor:
+        if item_idx is None:
+            return self.model.score_all(user_idx)
+        return self.model(user_idx, item_idx)
+
+
+def _structural_copy(model: nn.Module) -> nn.Module:
+    """New module objects sharing the model's tensors: ``functional_call`` swaps parameters
+    on the copy, so threads scoring with the real model never see the swap."""
+    shared = {id(t): t for t in (*model.parameters(), *model.buffers())}
+    return copy.deepcopy(model, memo=shared)
