@@ -432,7 +432,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             ks=tuple(args.k),
         )
         if args.protocol == "full":
-            ranking = evaluate_full(**common)
+            ranking = evaluate_full(**common, show_progress=True)
         else:
             candidates = None
             if args.candidates is not None:
