@@ -86,7 +86,7 @@ def als_scores(directory: Path, regularization: float, alpha: float):
     import scipy.sparse as sp
     from implicit.als import AlternatingLeastSquares
 
-    from hybridrec.ranking import evaluate_full, evaluate_sampled
+    from hybridrec.evaluation import evaluate_full, evaluate_sampled
 
     train = pd.read_csv(directory / "train.csv")
     test = pd.read_csv(directory / "test.csv")

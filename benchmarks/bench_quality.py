@@ -31,7 +31,7 @@ import torch
 
 import hybridrec
 from hybridrec import TrainConfig
-from hybridrec.ranking import evaluate_full, evaluate_sampled, read_candidates
+from hybridrec.evaluation import evaluate_full, evaluate_sampled, read_candidates
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "movielens-100k-loo"
 

@@ -21,7 +21,7 @@ import torch
 
 import hybridrec
 from hybridrec import TrainConfig
-from hybridrec.ranking import evaluate_full
+from hybridrec.evaluation import evaluate_full
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "movielens-100k-loo"
 

@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader, Dataset
 from hybridrec import HybridRecSys, HybridRecSysConfig, RecSysDataset, TrainConfig, fit
 from hybridrec.data.encoding import IdEncoder
 from hybridrec.data.synthetic import SyntheticConfig, generate_interactions
-from hybridrec.evaluate import evaluate_pointwise
+from hybridrec.evaluation import evaluate_pointwise
 
 NUM_USERS, NUM_ITEMS, NUM_TRAIN, NUM_VAL = 6040, 3706, 1_000_000, 100_000
 

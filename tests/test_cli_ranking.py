@@ -19,8 +19,8 @@ from hybridrec import TrainConfig
 from hybridrec.cli import main
 from hybridrec.data import movielens
 from hybridrec.data.dataset import RecSysDataset
+from hybridrec.evaluation import evaluate_full
 from hybridrec.pipeline import load_data
-from hybridrec.ranking import evaluate_full
 
 #: Tiny, fast, hardware-independent training flags.
 FAST = [

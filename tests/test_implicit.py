@@ -20,10 +20,9 @@ from hybridrec.data import RecSysDataset
 from hybridrec.data.sampling import NegativeSampler
 from hybridrec.data.synthetic import planted_groups
 from hybridrec.errors import ConfigError
-from hybridrec.evaluate import evaluate_pointwise
+from hybridrec.evaluation import evaluate_full, evaluate_pointwise
 from hybridrec.models import MODELS, Popularity, PopularityConfig
 from hybridrec.plots import plot_history
-from hybridrec.ranking import evaluate_full
 from hybridrec.training import EpochStats, History, fit
 
 objectives_module = sys.modules["hybridrec.objectives"]

@@ -9,8 +9,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hybridrec.evaluate import pointwise_metrics
-from hybridrec.metrics import accuracy, auc
+from hybridrec.evaluation import accuracy, auc, pointwise_metrics
 
 
 def reference_auc(scores, target):

@@ -14,17 +14,17 @@ from torch import nn
 
 from hybridrec.data.encoding import IdEncoder
 from hybridrec.errors import ConfigError, DataError
-from hybridrec.models.mf import MatrixFactorization, MFConfig
-from hybridrec.models.popularity import Popularity, PopularityConfig
-from hybridrec.ranking import (
+from hybridrec.evaluation import (
     RANKING_METRICS,
-    _sample_negatives,
     evaluate_full,
     evaluate_sampled,
     format_metrics,
     metrics_from_ranks,
     read_candidates,
 )
+from hybridrec.evaluation.protocols import _sample_negatives
+from hybridrec.models.mf import MatrixFactorization, MFConfig
+from hybridrec.models.popularity import Popularity, PopularityConfig
 
 ML100K = Path(__file__).resolve().parents[2] / "shared" / "data" / "movielens-100k-loo"
 INF = math.inf

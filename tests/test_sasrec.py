@@ -14,8 +14,8 @@ from hybridrec import TrainConfig
 from hybridrec.cli import main
 from hybridrec.data.sequences import append_items, pack_histories
 from hybridrec.errors import ConfigError
+from hybridrec.evaluation import evaluate_full
 from hybridrec.models import SASRec, SASRecConfig
-from hybridrec.ranking import evaluate_full
 
 TINY = {"hidden_dim": 16, "max_len": 10, "num_heads": 2, "dropout": 0.0}
 

@@ -13,7 +13,7 @@ from hybridrec import TrainConfig
 from hybridrec.baselines import popularity_logits
 from hybridrec.data import RecSysDataset
 from hybridrec.errors import ConfigError, TrainingDivergedError
-from hybridrec.evaluate import evaluate_pointwise, pointwise_metrics
+from hybridrec.evaluation import evaluate_pointwise, pointwise_metrics
 from hybridrec.models import build_model
 from hybridrec.training import EpochStats, History, fit
 

@@ -21,8 +21,8 @@ from typing import Any
 from hybridrec.config import DataConfig, TrainConfig
 from hybridrec.data.split import METHODS as SPLIT_METHODS
 from hybridrec.errors import ConfigError, HybridRecError
+from hybridrec.evaluation import format_metrics
 from hybridrec.models import MODELS, model_class
-from hybridrec.ranking import format_metrics
 
 logger = logging.getLogger("hybridrec")
 
@@ -389,9 +389,13 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from hybridrec.data.dataset import RecSysDataset
-    from hybridrec.evaluate import evaluate_pointwise
+    from hybridrec.evaluation import (
+        evaluate_full,
+        evaluate_pointwise,
+        evaluate_sampled,
+        read_candidates,
+    )
     from hybridrec.pipeline import load_data
-    from hybridrec.ranking import evaluate_full, evaluate_sampled, read_candidates
     from hybridrec.recommend import Recommender
 
     if args.data is None and args.test is None:
@@ -521,7 +525,7 @@ def cmd_data(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from hybridrec.baselines import popularity_logits
     from hybridrec.data.synthetic import SyntheticConfig, write_synthetic_data
-    from hybridrec.evaluate import pointwise_metrics
+    from hybridrec.evaluation import pointwise_metrics
     from hybridrec.pipeline import train
 
     out = Path(args.out)

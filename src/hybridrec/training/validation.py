@@ -17,7 +17,7 @@ from torch import nn
 from hybridrec.config import TrainConfig
 from hybridrec.data.dataset import RecSysDataset
 from hybridrec.errors import ConfigError
-from hybridrec.evaluate import evaluate_pointwise
+from hybridrec.evaluation import evaluate_pointwise
 from hybridrec.training.history import EpochStats, History
 
 logger = logging.getLogger(__name__)
@@ -89,7 +89,7 @@ class Validator:
         )
 
     def __call__(self, stats: EpochStats) -> None:
-        from hybridrec.ranking import evaluate_full, evaluate_sampled
+        from hybridrec.evaluation import evaluate_full, evaluate_sampled
 
         if self.val is None or len(self.val) == 0:
             return

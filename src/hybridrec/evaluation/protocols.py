@@ -18,121 +18,20 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from pathlib import Path
 
-import numpy as np
-import pandas as pd
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from hybridrec.data.encoding import UNKNOWN_INDEX, IdEncoder
-from hybridrec.data.io import is_csv_path, parse_ids, read_table, row_error
-from hybridrec.errors import ConfigError, DataError
-
-#: Metrics reported at every cut-off K ("hr@10", ...); "mrr" and "auc" have no K.
-RANKING_METRICS = ("hr", "ndcg", "recall", "precision", "map")
+from hybridrec.data.encoding import UNKNOWN_INDEX
+from hybridrec.errors import ConfigError
+from hybridrec.evaluation.metrics import check_ks, metrics_from_ranks
+from hybridrec.models import model_device
 
 #: Elements of the (users, test items, items) comparison tensor per chunk of users.
 _CHUNK_ELEMENTS = 20_000_000
 #: Pairs per ``model(user, item)`` call in the sampled protocol.
 _SCORE_BATCH = 262_144
-
-_LABELS = {"hr": "HR", "ndcg": "NDCG", "recall": "Recall", "precision": "Precision", "map": "MAP"}
-
-
-def metrics_from_ranks(
-    ranks: torch.Tensor,
-    neg_above: torch.Tensor,
-    num_relevant: torch.Tensor,
-    num_candidates: torch.Tensor,
-    ks: Sequence[int],
-) -> dict[str, float]:
-    """Ranking metrics from the 0-based ranks of each user's relevant items.
-
-    Pure tensor maths, shared by both protocols so they cannot disagree on a definition.
-
-    Args:
-        ranks: (U, T) 0-based pessimistic rank of each relevant item among the user's
-            candidates; ``inf`` for an item that could not be ranked (a miss). Entries from
-            column ``num_relevant[u]`` on are padding and ignored. A row's p-th smallest rank
-            must be >= p, as it is when the items are ranked among the same candidates
-            (otherwise NDCG and MAP can exceed 1).
-        neg_above: (U, T) number of non-relevant candidates scoring >= the item (for AUC).
-        num_relevant: (U,) real entries per row; rows with 0 are not evaluated.
-        num_candidates: (U,) non-relevant candidates per row (AUC's denominator).
-        ks: cut-offs K.
-
-    Returns:
-        ``"{metric}@{k}"`` for each metric in :data:`RANKING_METRICS` and K, ``"mrr"``,
-        ``"auc"`` (mean over rows with at least one negative) and ``"users"`` (rows evaluated).
-        Means are NaN when no row has a relevant item.
-
-    Example:
-        >>> m = metrics_from_ranks(torch.tensor([[0.0, 3.0]]), torch.tensor([[0, 2]]),
-        ...                        torch.tensor([2]), torch.tensor([4]), ks=[2])
-        >>> m["hr@2"], m["recall@2"], m["mrr"], m["auc"]
-        (1.0, 0.5, 1.0, 0.75)
-    """
-    ks = _check_ks(ks)
-    ranks = torch.as_tensor(ranks).double().cpu()
-    if ranks.dim() == 1:
-        ranks = ranks[:, None]
-    neg_above = torch.as_tensor(neg_above).double().cpu().reshape(ranks.shape)
-    num_relevant = torch.as_tensor(num_relevant).cpu().long().reshape(-1)
-    num_candidates = torch.as_tensor(num_candidates).double().cpu().reshape(-1)
-
-    keep = num_relevant > 0
-    ranks, neg_above = ranks[keep], neg_above[keep]
-    n_rel, n_neg = num_relevant[keep], num_candidates[keep]
-    users = int(keep.sum())
-    out: dict[str, float] = {}
-    if users == 0:
-        nan = float("nan")
-        out.update({f"{name}@{k}": nan for k in ks for name in RANKING_METRICS})
-        out.update(mrr=nan, auc=nan, users=0.0)
-        return out
-
-    width = ranks.shape[1]
-    valid = torch.arange(width)[None, :] < n_rel[:, None]  # (U, T)
-    inf = torch.tensor(math.inf, dtype=torch.float64)
-    ranks = torch.where(valid & ~torch.isnan(ranks), ranks, inf)
-    # Ascending ranks per user; count_le[p] = how many relevant items rank <= ranks[p] (ties
-    # included), which is the number of hits up to and including that position.
-    ranks, _ = torch.sort(ranks, dim=1)
-    count_le = torch.searchsorted(ranks.contiguous(), ranks.contiguous(), right=True).double()
-    n_rel_f = n_rel.double()
-    position = torch.arange(width, dtype=torch.float64)
-    discount = 1.0 / torch.log2(ranks + 2.0)  # 0 where the rank is inf
-
-    for k in ks:
-        hit = ranks < k  # (U, T)
-        hits = hit.sum(1).double()
-        n_cut = n_rel_f.clamp(max=k)  # at most K relevant items fit in the top K
-        ideal = ((position[None, :] < n_cut[:, None]) / torch.log2(position + 2.0)).sum(1)
-        precision_at_hit = torch.where(hit, count_le / (ranks + 1.0), 0.0)
-        per_user = {
-            "hr": (hits > 0).double(),
-            "ndcg": torch.where(hit, discount, 0.0).sum(1) / ideal,
-            "recall": hits / n_rel_f,
-            "precision": hits / k,
-            "map": precision_at_hit.sum(1) / n_cut,
-        }
-        for name in RANKING_METRICS:
-            out[f"{name}@{k}"] = per_user[name].mean().item()
-
-    out["mrr"] = (1.0 / (ranks[:, 0] + 1.0)).mean().item()
-    with_negatives = n_neg > 0
-    if with_negatives.any():
-        denom = n_neg[with_negatives, None]
-        above = torch.where(valid, neg_above, 0.0)[with_negatives].clamp(min=0.0)
-        item_auc = 1.0 - torch.minimum(above, denom) / denom
-        item_auc = torch.where(valid[with_negatives], item_auc, 0.0)
-        out["auc"] = (item_auc.sum(1) / n_rel_f[with_negatives]).mean().item()
-    else:
-        out["auc"] = float("nan")
-    out["users"] = float(users)
-    return out
 
 
 @torch.no_grad()
@@ -171,7 +70,7 @@ def evaluate_full(
         index 0, counted as misses) and ``"unknown_test_users"`` (rows with user index 0,
         skipped).
     """
-    ks = _check_ks(ks)
+    ks = check_ks(ks)
     train_u, train_i = _pairs(train_user_idx, train_item_idx, num_items, "train")
     test_u, test_i = _pairs(test_user_idx, test_item_idx, num_items, "test")
     unknown_users = int((test_u == UNKNOWN_INDEX).sum())
@@ -202,7 +101,7 @@ def evaluate_full(
         chunk_users = max(1, _CHUNK_ELEMENTS // (num_items * max(width, 1)))
     if chunk_users < 1:
         raise ConfigError(f"chunk_users must be >= 1, got {chunk_users}")
-    device = torch.device(device) if device is not None else _model_device(model)
+    device = torch.device(device) if device is not None else model_device(model)
 
     ranks = torch.full((len(users), width), math.inf, dtype=torch.float64)
     neg_above = torch.zeros(len(users), width, dtype=torch.float64)
@@ -293,7 +192,7 @@ def evaluate_sampled(
         (candidate pairs dropped) and ``"test_items_without_candidates"`` (test rows whose user
         has no negatives, skipped since any rank would be meaningless).
     """
-    ks = _check_ks(ks)
+    ks = check_ks(ks)
     if num_negatives < 1:
         raise ConfigError(f"num_negatives must be >= 1, got {num_negatives}")
     train_u, train_i = _pairs(train_user_idx, train_item_idx, num_items, "train")
@@ -331,7 +230,7 @@ def evaluate_sampled(
     test_u, test_i, query_neg = test_u[has], test_i[has], query_neg[has]
     is_negative = query_neg != UNKNOWN_INDEX
 
-    device = torch.device(device) if device is not None else _model_device(model)
+    device = torch.device(device) if device is not None else model_device(model)
     items = torch.cat([test_i[:, None], query_neg], dim=1)  # column 0 = the test item
     scores = _score_pairs(model, test_u[:, None].expand_as(items), items, device)
     own = scores[:, :1]
@@ -352,135 +251,6 @@ def evaluate_sampled(
     out["unknown_candidates"] = float(unknown_candidates)
     out["test_items_without_candidates"] = float(without)
     return out
-
-
-def read_candidates(
-    path: str | Path,
-    user_encoder: IdEncoder,
-    item_encoder: IdEncoder,
-    user_col: str = "userId",
-    item_col: str = "itemId",
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Read a negative-candidate file into long-form encoded ``(user_idx, item_idx)`` pairs.
-
-    Two layouts, told apart by the header:
-
-    * long: exactly the columns ``user_col, item_col``, one row per candidate;
-    * wide: ``user_col`` then any other columns (``neg_1 .. neg_N``, none named
-      ``item_col``), one row per user, as in the NCF ``test_negatives`` files.
-
-    Ids are parsed as :func:`hybridrec.data.io.read_interactions` parses them (canonical
-    integers become ints), so they match encoders fitted on interaction files; unknown ids
-    become index 0 and are left for :func:`evaluate_sampled` to count and drop.
-
-    Raises:
-        DataError: missing or unreadable file, no user column, an ambiguous header, no rows,
-            or a blank cell (named by row and column).
-    """
-    path = Path(path)
-    raw = read_table(path)
-    is_csv = is_csv_path(path)
-    columns = [str(c) for c in raw.columns]
-    raw.columns = columns
-    found = ", ".join(repr(c) for c in columns)
-    if user_col not in columns:
-        raise DataError(
-            path,
-            f"missing user column {user_col!r}; found {found}",
-            expected=f"{user_col},{item_col} rows or {user_col},neg_1,...,neg_N rows",
-        )
-    others = [c for c in columns if c != user_col]
-    if not others:
-        raise DataError(path, f"has only the user column {user_col!r}", expected="candidates")
-    if item_col in others and len(others) > 1:
-        raise DataError(
-            path,
-            f"has {item_col!r} and other columns ({found}), so the layout is ambiguous",
-            expected=f"exactly {user_col},{item_col} or {user_col},neg_1,...,neg_N",
-        )
-    if len(raw) == 0:
-        raise DataError(path, "has a header but no rows", expected="at least one candidate")
-
-    users = parse_ids(raw[user_col], path, user_col, is_csv)
-    cells = raw[others]
-    if is_csv or any(cells[c].dtype == object for c in others):
-        text = cells.astype(str).apply(lambda col: col.str.strip())
-        blank = (cells.isna() | (text == "")).to_numpy()
-    else:
-        blank = cells.isna().to_numpy()
-    if blank.any():
-        pos, col = np.argwhere(blank)[0]  # first in reading order (row-major)
-        raise row_error(
-            path, int(pos), others[col], "blank candidate id", "a non-empty integer or string id"
-        )
-    # All candidate cells form one id column, so one non-integer id makes them all strings,
-    # exactly as in a long file.
-    stacked = pd.Series(cells.to_numpy().reshape(-1))
-    items = parse_ids(stacked, path, others[0], is_csv)
-    user_idx = np.repeat(user_encoder.transform(users), len(others))
-    item_idx = item_encoder.transform(items)
-    return torch.from_numpy(user_idx.astype(np.int64)), torch.from_numpy(item_idx.astype(np.int64))
-
-
-def format_metrics(metrics: dict[str, float], protocol: str) -> str:
-    """A few lines for a terminal: one per K, then MRR/AUC, then any skipped or dropped rows.
-
-    Args:
-        metrics: a dict from :func:`evaluate_full` or :func:`evaluate_sampled`.
-        protocol: ``"full"``, ``"sampled"`` or any label to print as is.
-
-    Example:
-        >>> print(format_metrics({"hr@10": 0.5, "ndcg@10": 0.25, "mrr": 0.2, "auc": 0.9,
-        ...                       "users": 4.0}, "full"))
-        full ranking (all items not in train), 4 users:
-          HR@10 0.5000  NDCG@10 0.2500
-          MRR 0.2000  AUC 0.9000
-    """
-    if protocol == "full":
-        label = "full ranking (all items not in train)"
-    elif protocol == "sampled":
-        negatives = metrics.get("negatives", float("nan"))
-        count = (
-            f"{negatives:.0f}"
-            if math.isfinite(negatives) and negatives == round(negatives)
-            else f"~{negatives:.1f}"
-        )
-        label = f"sampled (test item vs {count} negatives)"
-    else:
-        label = protocol
-    users = metrics.get("users")
-    header = label + (f", {users:.0f} users" if users is not None else "")
-    if metrics.get("queries") is not None and metrics.get("queries") != users:
-        header += f" ({metrics['queries']:.0f} test items)"
-    lines = [header + ":"]
-    ks = sorted({int(key.split("@")[1]) for key in metrics if "@" in key})
-    for k in ks:
-        parts = [
-            f"{_LABELS[name]}@{k} {metrics[f'{name}@{k}']:.4f}"
-            for name in RANKING_METRICS
-            if f"{name}@{k}" in metrics
-        ]
-        lines.append("  " + "  ".join(parts))
-    tail = [f"{name.upper()} {metrics[name]:.4f}" for name in ("mrr", "auc") if name in metrics]
-    if tail:
-        lines.append("  " + "  ".join(tail))
-    notes = {
-        "unknown_test_users": "test rows with an unknown user skipped",
-        "unknown_test_items": "test rows with an unknown item counted as misses",
-        "unknown_candidates": "candidates with an unknown id dropped",
-        "test_items_without_candidates": "test rows without candidates skipped",
-    }
-    for key, text in notes.items():
-        if metrics.get(key):
-            lines.append(f"  {metrics[key]:.0f} {text}")
-    return "\n".join(lines)
-
-
-def _check_ks(ks: Sequence[int]) -> list[int]:
-    values = [int(k) for k in ks]
-    if not values or any(k < 1 for k in values):
-        raise ConfigError(f"cut-offs K must be positive integers, got {list(ks)}")
-    return sorted(set(values))
 
 
 def _pairs(
@@ -581,10 +351,3 @@ def _score_pairs(
         model.train(was_training)
     scores = torch.cat(parts) if parts else torch.zeros(0)
     return torch.nan_to_num(scores, nan=-math.inf).reshape(items.shape)
-
-
-def _model_device(model: nn.Module) -> torch.device:
-    """Device of the first parameter or buffer (popularity has only a buffer); CPU if none."""
-    for tensor in (*model.parameters(), *model.buffers()):
-        return tensor.device
-    return torch.device("cpu")

@@ -7,7 +7,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from hybridrec.data.dataset import RecSysDataset, iterate_batches
-from hybridrec.metrics import accuracy, auc
+from hybridrec.evaluation.metrics import accuracy, auc
 from hybridrec.models import model_device
 
 
