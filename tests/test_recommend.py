@@ -16,8 +16,9 @@ from hypothesis import strategies as st
 
 import hybridrec
 from hybridrec import TrainConfig
-from hybridrec.artifact import SEEN, SeenItems
+from hybridrec.artifact import SEEN
 from hybridrec.cli import main
+from hybridrec.data.seen import SeenItems
 from hybridrec.data.synthetic import SyntheticConfig, generate_interactions
 from hybridrec.errors import ArtifactError, ConfigError, HybridRecError, UnknownIdError
 from hybridrec.models import MODELS, build_model

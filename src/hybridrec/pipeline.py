@@ -12,7 +12,7 @@ import pandas as pd
 import torch
 
 from hybridrec import distributed
-from hybridrec.artifact import METRICS, SeenItems
+from hybridrec.artifact import METRICS
 from hybridrec.config import DataConfig, TrainConfig
 from hybridrec.data.dataset import RecSysDataset, UnknownCounts
 from hybridrec.data.encoding import IdEncoder
@@ -26,6 +26,7 @@ from hybridrec.data.io import (
     read_interactions,
     read_table,
 )
+from hybridrec.data.seen import SeenItems
 from hybridrec.errors import DataError
 from hybridrec.files import atomic_write_json
 from hybridrec.models import build_model, model_device
