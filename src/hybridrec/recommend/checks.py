@@ -14,22 +14,27 @@ import numpy as np
 from hybridrec.errors import ConfigError
 
 
+def positive_int(value: Any, name: str, *, name_value: bool = True) -> int:
+    """``value`` as an int; a :class:`ConfigError` naming ``name`` unless an integer >= 1.
+
+    ``name_value``: a value below 1 is shown as ``name=value`` (else the value alone).
+    """
+    if isinstance(value, bool) or not isinstance(value, int | np.integer):
+        raise ConfigError(f"{name} must be an integer >= 1, got {value!r}")
+    if value < 1:
+        shown = f"{name}={value}" if name_value else f"{value}"
+        raise ConfigError(f"{name} must be >= 1, got {shown}")
+    return int(value)
+
+
 def check_k(k: Any) -> int:
     """``k`` as an int; refused unless an integer >= 1."""
-    if isinstance(k, bool) or not isinstance(k, int | np.integer):
-        raise ConfigError(f"k must be an integer >= 1, got {k!r}")
-    if k < 1:
-        raise ConfigError(f"k must be >= 1, got k={k}")
-    return int(k)
+    return positive_int(k, "k")
 
 
 def check_chunk_users(chunk_users: Any) -> int:
     """``chunk_users`` as an int; refused unless an integer >= 1."""
-    if isinstance(chunk_users, bool) or not isinstance(chunk_users, int | np.integer):
-        raise ConfigError(f"chunk_users must be an integer >= 1, got {chunk_users!r}")
-    if chunk_users < 1:
-        raise ConfigError(f"chunk_users must be >= 1, got {chunk_users}")
-    return int(chunk_users)
+    return positive_int(chunk_users, "chunk_users", name_value=False)
 
 
 def id_list(ids: Any, name: str) -> list[Any]:

@@ -16,6 +16,7 @@ from torch import nn
 
 from hybridrec.errors import ConfigError
 from hybridrec.models import model_device
+from hybridrec.recommend.checks import positive_int
 from hybridrec.recommend.topk import top_k
 from hybridrec.retrieval import item_prior, query_vectors, retrieval_factors, supports_retrieval
 
@@ -31,17 +32,14 @@ def check_num_candidates(model: nn.Module, model_name: str, num_candidates: Any)
     """
     if num_candidates is None:
         return None
-    if isinstance(num_candidates, bool) or not isinstance(num_candidates, int | np.integer):
-        raise ConfigError(f"num_candidates must be an integer >= 1, got {num_candidates!r}")
-    if num_candidates < 1:
-        raise ConfigError(f"num_candidates must be >= 1, got num_candidates={num_candidates}")
+    num_candidates = positive_int(num_candidates, "num_candidates")
     if not supports_retrieval(model):
         raise ConfigError(
             f"model {model_name} has no user and item embeddings to retrieve "
             f"candidates by; two-stage top-K (num_candidates) needs one of "
             f"{', '.join(TWO_STAGE_MODELS)}: leave num_candidates unset to score every item"
         )
-    return int(num_candidates)
+    return num_candidates
 
 
 def stage1_prior(model: nn.Module) -> torch.Tensor:
