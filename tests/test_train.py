@@ -10,8 +10,8 @@ import torch
 
 import hybridrec
 from hybridrec import TrainConfig
-from hybridrec.baselines import popularity_logits
 from hybridrec.data import RecSysDataset
+from hybridrec.data.popularity import popularity_logits
 from hybridrec.errors import ConfigError, TrainingDivergedError
 from hybridrec.evaluation import evaluate_pointwise, pointwise_metrics
 from hybridrec.models import build_model

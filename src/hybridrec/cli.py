@@ -523,7 +523,7 @@ def cmd_data(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from hybridrec.baselines import popularity_logits
+    from hybridrec.data.popularity import popularity_logits
     from hybridrec.data.synthetic import SyntheticConfig, write_synthetic_data
     from hybridrec.evaluation import pointwise_metrics
     from hybridrec.pipeline import train

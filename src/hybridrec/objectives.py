@@ -41,11 +41,12 @@ from torch.nn import functional as F
 from hybridrec.config import TrainConfig
 from hybridrec.data.dataset import Batch, RecSysDataset
 from hybridrec.data.encoding import UNKNOWN_INDEX
+from hybridrec.data.popularity import item_counts
 from hybridrec.data.sampling import NegativeSampler
 from hybridrec.data.sequences import pack_histories, recency_weights
 from hybridrec.errors import ConfigError
 from hybridrec.retrieval import query_vectors, retrieval_factors, supports_retrieval
-from hybridrec.sampled_softmax import SharedNegatives, item_counts
+from hybridrec.sampled_softmax import SharedNegatives
 
 #: Positives whose negatives are drawn in one call: bounds an epoch's memory to a chunk
 #: (not the whole epoch's rows) while keeping the sampler's per-call overhead amortised.

@@ -181,8 +181,3 @@ def accidental_hits(
     starts = torch.cumsum(counts, 0) - counts
     within = torch.arange(len(rows), device=targets.device) - starts[rows]
     return rows, order[first[rows] + within]
-
-
-def item_counts(item_idx: torch.Tensor, num_items: int) -> torch.Tensor:
-    """(num_items,) positives per item index, for :class:`SharedNegatives`' proposal."""
-    return torch.bincount(item_idx.cpu(), minlength=num_items)

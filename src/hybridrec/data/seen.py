@@ -12,6 +12,8 @@ from typing import Any
 
 import numpy as np
 
+from hybridrec.data.popularity import item_counts
+
 
 @dataclass(frozen=True, eq=False)
 class SeenItems:
@@ -62,7 +64,7 @@ class SeenItems:
         row, col = keys // num_items, keys % num_items
         indptr = np.zeros(num_users + 1, dtype=np.int64)
         np.cumsum(np.bincount(row, minlength=num_users), out=indptr[1:])
-        counts = np.bincount(items, minlength=num_items).astype(np.int64)
+        counts = item_counts(items, num_items).numpy()
         return cls(indptr, col.astype(np.int32), counts)
 
     @classmethod

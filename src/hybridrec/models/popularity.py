@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from hybridrec.data.popularity import item_counts
 from hybridrec.errors import ConfigError
 
 
@@ -53,9 +54,7 @@ class Popularity(nn.Module):
         timestamp: torch.Tensor | None = None,
     ) -> None:
         """Count each item's positives in the training rows."""
-        counts = torch.bincount(
-            item_idx, weights=(target > 0.5).double(), minlength=self.config.num_items
-        )
+        counts = item_counts(item_idx, self.config.num_items, target=target)
         self.item_counts.copy_(counts.float())
 
     def forward(self, user_idx: torch.Tensor, item_idx: torch.Tensor) -> torch.Tensor:
