@@ -16,8 +16,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from hybridrec.artifact import SeenItems, load_artifact, read_metrics, save_artifact
+from hybridrec.artifact import load_artifact, read_metrics, save_artifact
 from hybridrec.data.encoding import UNKNOWN_INDEX, IdEncoder
+from hybridrec.data.seen import SeenItems
 from hybridrec.models import model_device
 from hybridrec.recommend import cold_start, similar, topk
 from hybridrec.recommend.checks import check_chunk_users, check_k, id_list

@@ -16,8 +16,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from hybridrec.artifact import SeenItems
 from hybridrec.data.encoding import UNKNOWN_INDEX, IdEncoder
+from hybridrec.data.seen import SeenItems
 from hybridrec.models import model_device
 from hybridrec.recommend.checks import id_list, unique
 from hybridrec.recommend.result import IdsLike
