@@ -28,12 +28,12 @@ from hybridrec.recommend import Recommendation
 from hybridrec.serve import (
     CachedRecommendations,
     ModelHolder,
-    _fast_query,
     build_cache,
     create_app,
     install_reload_signal,
     serve,
 )
+from hybridrec.serve.app import _fast_query
 
 TINY = {"embedding_dim": 8, "mlp_layer_sizes": (16, 8)}
 UNKNOWN_USER = "nobody-like-this"
@@ -435,7 +435,7 @@ def test_cache_refuses_logits_that_are_not_the_rankings(rec, monkeypatch, caplog
 
 
 def test_cache_memory_of_finished_responses_is_bounded(rec, monkeypatch):
-    monkeypatch.setattr(hybridrec.serve, "_MEMO_BYTES", 2000)
+    monkeypatch.setattr(hybridrec.serve.cache, "_MEMO_BYTES", 2000)
     cache = build_cache(rec, depth=10)
     for _ in range(2):  # the second round answers from memory, or after starting afresh
         for user in [*known_users(rec, 20), UNKNOWN_USER, "another unknown"]:
@@ -446,7 +446,9 @@ def test_cache_memory_of_finished_responses_is_bounded(rec, monkeypatch):
 
 def test_cache_is_skipped_beyond_its_budget(rec, monkeypatch):
     assert build_cache(rec, depth=0) is None
-    monkeypatch.setattr(hybridrec.serve, "CACHE_MAX_PAIRS", len(rec.users) * len(rec.items) - 1)
+    monkeypatch.setattr(
+        hybridrec.serve.cache, "CACHE_MAX_PAIRS", len(rec.users) * len(rec.items) - 1
+    )
     assert build_cache(rec) is None
     with TestClient(create_app(rec)) as c:
         assert c.app.state.holder.get().cache is None

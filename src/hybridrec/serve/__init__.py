@@ -1,0 +1,94 @@
+"""HTTP service: recommendations, scores and similar items from a saved model (FastAPI).
+
+One process serves one model at a time. The model lives in a :class:`ModelHolder` whose single
+reference is replaced in one assignment on reload, so a request that has read it keeps a
+consistent model to the end, and a failed reload never disturbs the model being served.
+
+Model work never runs on the event loop, and runs one call at a time (see
+:mod:`hybridrec.serve.app`).
+
+The hot path, ``GET /recommend/{user_id}``, is a lookup: at every load each known user's top
+``CACHE_TOP`` items are ranked once (:class:`TopCache`, for catalogues up to
+``CACHE_MAX_PAIRS`` users x items), and a small ASGI middleware
+(:class:`CachedRecommendations`) answers canonical requests from it on the event loop, with
+JSON built from pre-encoded pieces, before FastAPI's routing and validation. Answers are
+exactly :meth:`Recommender.recommend`'s; anything the cache cannot answer goes to the model.
+
+Threads: set PyTorch's thread count once at startup, before :func:`serve` (see
+:mod:`hybridrec.serve.run` for why one thread per request).
+
+Security: ``POST /admin/reload`` loads any model directory the server process can read (the
+loader only reads data, never runs code). Bind to 127.0.0.1 (the default) or put the service
+behind a proxy that keeps ``/admin`` private.
+
+Modules: ``schemas`` (request and response models, limits), ``cache`` (:class:`TopCache`),
+``holder`` (the served model and reload), ``app`` (:func:`create_app`, the middleware),
+``run`` (:func:`serve` with uvicorn, SIGHUP).
+
+Example:
+    >>> from hybridrec.serve import serve
+    >>> serve("model", port=8000)  # doctest: +SKIP
+"""
+
+from hybridrec.serve.app import CachedRecommendations, create_app
+from hybridrec.serve.cache import (
+    CACHE_MAX_PAIRS,
+    CACHE_TOP,
+    CacheMismatchError,
+    TopCache,
+    build_cache,
+)
+from hybridrec.serve.holder import ModelHolder, Served
+from hybridrec.serve.run import install_reload_signal, serve
+from hybridrec.serve.schemas import (
+    MAX_BATCH,
+    MAX_K,
+    MAX_PAIRS,
+    BatchOut,
+    HealthOut,
+    ItemScore,
+    K,
+    KField,
+    ModelOut,
+    Pair,
+    RawId,
+    RecommendationOut,
+    RecommendRequest,
+    ReloadOut,
+    ReloadRequest,
+    ScoreOut,
+    ScoreRequest,
+    to_out,
+)
+
+__all__ = [
+    "CACHE_MAX_PAIRS",
+    "CACHE_TOP",
+    "MAX_BATCH",
+    "MAX_K",
+    "MAX_PAIRS",
+    "BatchOut",
+    "CacheMismatchError",
+    "CachedRecommendations",
+    "HealthOut",
+    "ItemScore",
+    "K",
+    "KField",
+    "ModelHolder",
+    "ModelOut",
+    "Pair",
+    "RawId",
+    "RecommendRequest",
+    "RecommendationOut",
+    "ReloadOut",
+    "ReloadRequest",
+    "ScoreOut",
+    "ScoreRequest",
+    "Served",
+    "TopCache",
+    "build_cache",
+    "create_app",
+    "install_reload_signal",
+    "serve",
+    "to_out",
+]

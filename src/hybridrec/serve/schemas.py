@@ -1,0 +1,168 @@
+"""The service's request and response models (pydantic) and the limits they enforce.
+
+The limits bound the work one request can ask for, so a single request cannot hog a worker;
+ids are never coerced, so a malformed id is a 422 rather than a silent wrong id.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Annotated, Any, Literal
+
+from fastapi import Query
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, model_validator
+
+if TYPE_CHECKING:
+    from hybridrec.recommend import Recommendation
+
+#: Largest ``k`` a request may ask for: bounds the work and the response size per user.
+MAX_K = 1000
+#: Most users per batch request and pairs per score request: one request cannot hog a worker.
+MAX_BATCH = 10_000
+MAX_PAIRS = 100_000
+
+#: A raw id as it appears in JSON: integers stay integers, text stays text (never coerced, so
+#: ``1.5`` or ``true`` is a 422 rather than a silent wrong id).
+RawId = StrictInt | StrictStr
+K = Annotated[int, Query(ge=1, le=MAX_K, description="number of items to return")]
+KField = Annotated[StrictInt, Field(ge=1, le=MAX_K, description="number of items to return")]
+
+
+class ItemScore(BaseModel):
+    """One recommended item and the model's score for it."""
+
+    item_id: RawId
+    score: float = Field(
+        description="model/items: probability of a positive; popularity: the item's share of "
+        "training positives; similar: cosine similarity of the item embeddings"
+    )
+
+
+class RecommendationOut(BaseModel):
+    """Top items for one user (or one item list), best first."""
+
+    user_id: RawId | None = Field(
+        description="the user, as known to the model when it is; null for item-based results"
+    )
+    items: list[ItemScore]
+    source: Literal["model", "popularity", "items", "similar"] = Field(
+        description="model: the user's own scores; popularity: fallback for an unknown user; "
+        "items: a new user described by items; similar: items like a given item"
+    )
+    unknown_items: list[RawId] = Field(
+        default_factory=list, description="requested ids the model does not know (skipped)"
+    )
+
+
+class BatchOut(BaseModel):
+    """One result per requested user, in request order."""
+
+    results: list[RecommendationOut]
+
+
+class RecommendRequest(BaseModel):
+    """Either known users (``user_ids``) or a new user described by ``item_ids``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    user_ids: list[RawId] | None = Field(default=None, max_length=MAX_BATCH)
+    item_ids: list[RawId] | None = Field(
+        default=None,
+        max_length=MAX_BATCH,
+        description="items a new user interacted with; recommendations come from those",
+    )
+    k: KField = 10
+    exclude_seen: bool = True
+    items: list[RawId] | None = Field(
+        default=None,
+        max_length=MAX_PAIRS,
+        description="restrict candidates to these items (with user_ids only)",
+    )
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> RecommendRequest:
+        # Two shapes share one endpoint; reject ambiguous bodies instead of guessing.
+        if (self.user_ids is None) == (self.item_ids is None):
+            raise ValueError("give exactly one of user_ids (known users) or item_ids (a new user)")
+        if self.item_ids is not None and self.items is not None:
+            raise ValueError("items (candidate restriction) can only be used with user_ids")
+        return self
+
+
+class Pair(BaseModel):
+    user_id: RawId
+    item_id: RawId
+
+
+class ScoreRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    pairs: list[Pair] = Field(max_length=MAX_PAIRS)
+
+
+class ScoreOut(BaseModel):
+    scores: list[float] = Field(description="probability of a positive interaction, per pair")
+
+
+class HealthOut(BaseModel):
+    status: Literal["ok"]
+    model: str
+
+
+class ModelOut(BaseModel):
+    """Metadata of the served artifact."""
+
+    model_config = ConfigDict(protected_namespaces=(), populate_by_name=True)
+
+    model: str
+    model_dir: str | None
+    format_version: int | None
+    hybridrec_version: str | None
+    num_users: int
+    num_items: int
+    # ``model_config`` is reserved by pydantic, hence the alias.
+    hyperparameters: dict[str, Any] = Field(alias="model_config")
+    metrics: dict[str, Any] = Field(description="final validation metrics saved with the model")
+
+
+class ReloadRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model_dir: str | None = Field(
+        default=None, description="artifact to load; default: reload the current directory"
+    )
+
+
+class ReloadOut(BaseModel):
+    status: Literal["reloaded"]
+    model: str
+    model_dir: str
+
+
+def to_out(rec: Recommendation, user_id: Any = None) -> RecommendationOut:
+    """A :class:`Recommendation` as its JSON response model, for ``user_id`` (None: items)."""
+    # tolist() turns numpy scalars into Python ints/strs/floats: JSON keeps each id's type
+    item_ids, scores = rec.item_ids.tolist(), rec.scores.tolist()
+    return RecommendationOut(
+        user_id=user_id,
+        items=[ItemScore(item_id=i, score=s) for i, s in zip(item_ids, scores, strict=True)],
+        source=rec.source,
+        unknown_items=[plain(i) for i in rec.unknown_items],
+    )
+
+
+def plain(value: Any) -> Any:
+    """numpy scalar -> Python scalar, so ids keep their JSON type (int stays int)."""
+    return value.item() if hasattr(value, "item") else value
+
+
+def json_safe(value: Any) -> Any:
+    """Non-finite floats -> None: JSON has no NaN, and a NaN metric must not break /model."""
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    value = plain(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
