@@ -10,6 +10,7 @@ from torch import nn
 from hybridrec.config import option
 from hybridrec.data.encoding import UNKNOWN_INDEX
 from hybridrec.errors import ConfigError
+from hybridrec.models.base import RecModel
 from hybridrec.models.layers import MLP, all_pairs, init_embedding
 
 
@@ -50,7 +51,7 @@ class HybridRecSysConfig:
             raise ConfigError(f"--init-std must be positive, got {self.init_std}")
 
 
-class HybridRecSys(nn.Module):
+class HybridRecSys(RecModel):
     """Logit = MLP([u || i]) + <u, i> for user embedding u and item embedding i.
 
     The dot product is matrix factorisation's collaborative signal; the MLP adds the
@@ -67,11 +68,12 @@ class HybridRecSys(nn.Module):
 
     config_class = HybridRecSysConfig
     #: Per-user tables (``named_parameters`` names): what a new user's vector replaces.
-    user_parameters: tuple[str, ...] = ("user_embedding.weight",)
+    user_parameters = ("user_embedding.weight",)
+    retrieval = True
+    similar_items = True
 
     def __init__(self, config: HybridRecSysConfig) -> None:
-        super().__init__()
-        self.config = config
+        super().__init__(config)
         dim = config.embedding_dim
         self.user_embedding = nn.Embedding(config.num_users, dim, padding_idx=UNKNOWN_INDEX)
         self.item_embedding = nn.Embedding(config.num_items, dim, padding_idx=UNKNOWN_INDEX)

@@ -10,6 +10,7 @@ from torch import nn
 from hybridrec.config import option
 from hybridrec.data.encoding import UNKNOWN_INDEX
 from hybridrec.errors import ConfigError
+from hybridrec.models.base import RecModel
 from hybridrec.models.layers import init_embedding
 
 
@@ -31,7 +32,7 @@ class MFConfig:
             raise ConfigError(f"--init-std must be positive, got {self.init_std}")
 
 
-class MatrixFactorization(nn.Module):
+class MatrixFactorization(RecModel):
     """The classic collaborative-filtering baseline.
 
     Example:
@@ -42,11 +43,12 @@ class MatrixFactorization(nn.Module):
 
     config_class = MFConfig
     #: Per-user tables (``named_parameters`` names): what a new user's vector replaces.
-    user_parameters: tuple[str, ...] = ("user_embedding.weight", "user_bias.weight")
+    user_parameters = ("user_embedding.weight", "user_bias.weight")
+    retrieval = True
+    similar_items = True
 
     def __init__(self, config: MFConfig) -> None:
-        super().__init__()
-        self.config = config
+        super().__init__(config)
         dim = config.embedding_dim
         self.user_embedding = nn.Embedding(config.num_users, dim, padding_idx=UNKNOWN_INDEX)
         self.item_embedding = nn.Embedding(config.num_items, dim, padding_idx=UNKNOWN_INDEX)

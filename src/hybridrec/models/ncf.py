@@ -15,6 +15,7 @@ from torch import nn
 from hybridrec.config import option
 from hybridrec.data.encoding import UNKNOWN_INDEX
 from hybridrec.errors import ConfigError
+from hybridrec.models.base import RecModel
 from hybridrec.models.layers import all_pairs, init_embedding
 
 
@@ -88,7 +89,7 @@ class _Tower(nn.Module):
         return all_pairs(list(self.layers), u, self.item_embedding.weight)
 
 
-class GMF(nn.Module):
+class GMF(RecModel):
     """Generalised matrix factorisation: logit = h^T (u * i) + b.
 
     Example:
@@ -98,11 +99,12 @@ class GMF(nn.Module):
 
     config_class = NCFConfig
     #: Per-user tables (``named_parameters`` names): what a new user's vector replaces.
-    user_parameters: tuple[str, ...] = ("user_embedding.weight",)
+    user_parameters = ("user_embedding.weight",)
+    retrieval = True  # by retrieval_query: u * h
+    similar_items = True
 
     def __init__(self, config: NCFConfig) -> None:
-        super().__init__()
-        self.config = config
+        super().__init__(config)
         self.user_embedding, self.item_embedding = _embeddings(config, config.embedding_dim)
         self.output = nn.Linear(config.embedding_dim, 1)
 
@@ -119,7 +121,7 @@ class GMF(nn.Module):
         return self.user_embedding(user_idx) * self.output.weight  # fold h into u
 
 
-class NCFMLP(nn.Module):
+class NCFMLP(RecModel):
     """The NCF MLP model: logit = w^T tower([u || i]) + b.
 
     Example:
@@ -129,11 +131,11 @@ class NCFMLP(nn.Module):
 
     config_class = NCFConfig
     #: Per-user tables (``named_parameters`` names): what a new user's vector replaces.
-    user_parameters: tuple[str, ...] = ("tower.user_embedding.weight",)
+    user_parameters = ("tower.user_embedding.weight",)
+    # no retrieval or similar_items: its embeddings only feed the tower, no dot product
 
     def __init__(self, config: NCFConfig) -> None:
-        super().__init__()
-        self.config = config
+        super().__init__(config)
         self.tower = _Tower(config)
         self.output = nn.Linear(self.tower.out_dim, 1)
 
@@ -144,7 +146,7 @@ class NCFMLP(nn.Module):
         return self.output(self.tower.all_items(user_idx)).squeeze(-1)
 
 
-class NeuMF(nn.Module):
+class NeuMF(RecModel):
     """NeuMF: GMF vector and MLP tower output, concatenated, through one output layer.
 
     Example:
@@ -154,11 +156,12 @@ class NeuMF(nn.Module):
 
     config_class = NCFConfig
     #: Per-user tables (``named_parameters`` names): what a new user's vector replaces.
-    user_parameters: tuple[str, ...] = ("user_embedding.weight", "tower.user_embedding.weight")
+    user_parameters = ("user_embedding.weight", "tower.user_embedding.weight")
+    retrieval = True  # by the GMF branch's embeddings
+    similar_items = True
 
     def __init__(self, config: NCFConfig) -> None:
-        super().__init__()
-        self.config = config
+        super().__init__(config)
         self.user_embedding, self.item_embedding = _embeddings(config, config.embedding_dim)
         self.tower = _Tower(config)
         self.output = nn.Linear(config.embedding_dim + self.tower.out_dim, 1)

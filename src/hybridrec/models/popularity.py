@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-from torch import nn
 
 from hybridrec.data.popularity import item_counts
 from hybridrec.errors import ConfigError
+from hybridrec.models.base import RecModel
 
 
 @dataclass
@@ -23,7 +23,7 @@ class PopularityConfig:
             raise ConfigError("num_users and num_items must be >= 1")
 
 
-class Popularity(nn.Module):
+class Popularity(RecModel):
     """Scores an item by log(1 + its positive count in training), the same for every user.
 
     It learns nothing: :meth:`prepare` counts the training positives. The counts are a
@@ -37,13 +37,13 @@ class Popularity(nn.Module):
     """
 
     config_class = PopularityConfig
-    trainable = False
     #: No per-user tables: every user gets the same scores.
-    user_parameters: tuple[str, ...] = ()
+    user_parameters = ()
+    reads_training_data = True  # counts the positives
+    trainable = False
 
     def __init__(self, config: PopularityConfig) -> None:
-        super().__init__()
-        self.config = config
+        super().__init__(config)
         self.register_buffer("item_counts", torch.zeros(config.num_items))
 
     def prepare(

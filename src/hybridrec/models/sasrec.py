@@ -23,6 +23,7 @@ from hybridrec.config import option
 from hybridrec.data.encoding import UNKNOWN_INDEX
 from hybridrec.data.sequences import append_items, pack_histories
 from hybridrec.errors import ConfigError
+from hybridrec.models.base import RecModel
 
 #: Histories encoded per transformer call: bounds the (users, L, L) attention memory.
 STATE_CHUNK = 256
@@ -57,7 +58,7 @@ class SASRecConfig:
             raise ConfigError(f"--dropout must be in [0, 1), got {self.dropout}")
 
 
-class SASRec(nn.Module):
+class SASRec(RecModel):
     """Score = <last transformer state of the user's history, item embedding>.
 
     Example:
@@ -71,15 +72,17 @@ class SASRec(nn.Module):
 
     config_class = SASRecConfig
     #: No per-user tables: a user is their history, so a new user needs no fitted vector.
-    user_parameters: tuple[str, ...] = ()
+    user_parameters = ()
+    sequences = True
+    reads_training_data = True  # stores the histories
+    similar_items = True
     #: How ``hybridrec.training.fit`` trains it: next-item prediction along each history.
     objective = "next_item"
     #: ``--loss auto``: softmax over the catalogue (best on val/ of the ML-100K benchmark).
     default_loss = "ce"
 
     def __init__(self, config: SASRecConfig) -> None:
-        super().__init__()
-        self.config = config
+        super().__init__(config)
         dim = config.hidden_dim
         self.item_embedding = nn.Embedding(config.num_items, dim, padding_idx=UNKNOWN_INDEX)
         # learned positions, counted from the right: the latest item always has the last row
