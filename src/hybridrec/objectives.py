@@ -1,9 +1,10 @@
 """Training objectives: what one epoch's batches are and what loss a batch gives.
 
 ``fit`` owns the loop (optimiser, progress, validation, early stopping); an objective owns
-the data of an epoch and the loss. A model names its objective in a class attribute
-(``objective = "next_item"``); models without one are trained pointwise. A new kind of model
-with a new way to learn is one class here and one entry in :data:`OBJECTIVES`.
+the data of an epoch and the loss. A model names its objective among its capabilities
+(``objective = "next_item"``, see :class:`~hybridrec.models.RecModel`); the default is
+pointwise. A new kind of model with a new way to learn is one class here and one entry in
+:data:`OBJECTIVES`.
 
 - :class:`Pointwise`: (user, item) pairs. Labelled rows as they are (BCE), or positives with
   freshly sampled negatives every epoch (BCE), or (positive, negative) pairs (BPR).
@@ -45,7 +46,8 @@ from hybridrec.data.popularity import item_counts
 from hybridrec.data.sampling import NegativeSampler
 from hybridrec.data.sequences import pack_histories, recency_weights
 from hybridrec.errors import ConfigError
-from hybridrec.retrieval import query_vectors, retrieval_factors, supports_retrieval
+from hybridrec.models import RecModel, capabilities
+from hybridrec.retrieval import query_vectors, retrieval_factors
 from hybridrec.sampled_softmax import SharedNegatives
 
 #: Positives whose negatives are drawn in one call: bounds an epoch's memory to a chunk
@@ -56,8 +58,15 @@ SAMPLE_CHUNK = 1 << 16
 class Objective(Protocol):
     """One way of learning from the training data."""
 
-    #: Samples (rows, or predicted positions) in one epoch: sizes the progress bar.
+    #: Samples (rows, or predicted positions) in one epoch.
     num_samples: int
+    #: Whether the embedding tables may take sparse gradients (``--sparse-embeddings``).
+    supports_sparse: bool
+
+    @property
+    def num_batches(self) -> int:
+        """Steps of one single-process epoch: sizes the progress bar."""
+        ...
 
     def batches(
         self,
@@ -364,6 +373,11 @@ class Softmax:
         self.weights = None if weights is None else weights.to(device)
         self.num_samples = len(self.users)
 
+    @property
+    def num_batches(self) -> int:
+        """Steps of one single-process epoch."""
+        return math.ceil(self.num_samples / self.config.batch_size)
+
     def batches(
         self,
         generator: torch.Generator,
@@ -501,19 +515,21 @@ class NextItem:
 def make_objective(
     model: nn.Module, train: RecSysDataset, config: TrainConfig, device: torch.device
 ) -> Objective:
-    """The objective ``model`` declares (``model.objective``), built on ``train``."""
-    name = getattr(model, "objective", "pointwise")
+    """The objective ``model`` declares (its ``objective`` capability), built on ``train``."""
+    declared = capabilities(model)
     if config.loss == "auto":  # the loss the model trains best with
-        config = dataclasses.replace(config, loss=getattr(model, "default_loss", "bce"))
-    model_config = getattr(model, "config", None)
-    num_items = getattr(model_config, "num_items", int(train.item_idx.max()) + 1)
+        config = dataclasses.replace(config, loss=declared.default_loss)
+    # a registered model knows its catalogue; a bare module (a test's) has the data's
+    registered = isinstance(model, RecModel)
+    num_items = model.config.num_items if registered else int(train.item_idx.max()) + 1
+    name = declared.objective
     if name == "pointwise" and config.loss == "ce":
         return Softmax(train, config, device)
     if name == "pointwise":
-        catalogue = config.catalogue_weight if supports_retrieval(model) else 0.0
+        catalogue = config.catalogue_weight if declared.retrieval else 0.0
         return Pointwise(train, config, device, num_items, catalogue_weight=catalogue)
     if name == "next_item":
-        return NextItem(train, config, device, num_items, model_config.max_len)  # type: ignore[union-attr]
+        return NextItem(train, config, device, num_items, model.config.max_len)
     raise ConfigError(f"{type(model).__name__} asks for an unknown objective {name!r}")
 
 

@@ -29,7 +29,7 @@ from hybridrec.data.io import (
 from hybridrec.data.seen import SeenItems
 from hybridrec.errors import DataError
 from hybridrec.files import atomic_write_json
-from hybridrec.models import build_model, model_device
+from hybridrec.models import build_model, capabilities, model_device
 from hybridrec.plots import plot_history
 from hybridrec.recommend import Recommender
 from hybridrec.runtime import resolve_device, set_num_threads
@@ -182,7 +182,8 @@ def _train(
 ) -> TrainResult:
     main = distributed.is_main()
     train_frame = load_data(train_data, data_config)
-    if train_frame["target"].min() == 1 and model != "sasrec" and train_config.loss != "ce":
+    pointwise = capabilities(model).objective == "pointwise"
+    if train_frame["target"].min() == 1 and pointwise and train_config.loss != "ce":
         logger.info(
             f"{_name(train_data)} holds only positives: sampling {train_config.negatives} "
             f"{train_config.sampling} negatives per positive each epoch"

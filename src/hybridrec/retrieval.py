@@ -13,38 +13,33 @@ import torch
 from torch import nn
 
 from hybridrec.data.encoding import UNKNOWN_INDEX
+from hybridrec.models import capabilities
 
 
 def supports_retrieval(model: nn.Module) -> bool:
-    """Whether ``model`` has the ``user_embedding``/``item_embedding`` tables stage 1 needs."""
-    return isinstance(getattr(model, "user_embedding", None), nn.Embedding) and isinstance(
-        getattr(model, "item_embedding", None), nn.Embedding
-    )
+    """Whether ``model`` declares the ``user_embedding``/``item_embedding`` tables stage 1
+    needs (its ``retrieval`` capability)."""
+    return capabilities(model).retrieval
 
 
 def retrieval_factors(model: nn.Module) -> tuple[nn.Embedding, nn.Embedding]:
     """The user and item embeddings whose dot product stage 1 ranks by."""
-    users = getattr(model, "user_embedding", None)
-    items = getattr(model, "item_embedding", None)
-    if not isinstance(users, nn.Embedding) or not isinstance(items, nn.Embedding):
+    if not supports_retrieval(model):
         raise ValueError(
             f"{type(model).__name__} has no user/item embeddings to retrieve by; "
             "use exhaustive scoring (score_all)"
         )
-    return users, items
+    return model.user_embedding, model.item_embedding
 
 
 def query_vectors(model: nn.Module, user_idx: torch.Tensor) -> torch.Tensor:
     """(B, D) user vectors whose dot product with the item embeddings stage 1 ranks by.
 
-    The user embedding, unless the model says better (``retrieval_query``): GMF weights
-    each dimension of ``u * i`` by its output layer, so its query is ``u * h``.
+    The model's ``retrieval_query``: the user embedding, unless the model says better (GMF
+    weights each dimension of ``u * i`` by its output layer, so its query is ``u * h``).
     """
-    query = getattr(model, "retrieval_query", None)
-    if query is not None:
-        return query(user_idx)
-    users, _ = retrieval_factors(model)
-    return users(user_idx)
+    retrieval_factors(model)  # refuses a model without the tables
+    return model.retrieval_query(user_idx)
 
 
 @torch.no_grad()

@@ -36,7 +36,7 @@ from hybridrec import distributed
 from hybridrec.config import TrainConfig
 from hybridrec.data.dataset import RecSysDataset
 from hybridrec.errors import ConfigError, HybridRecError, TrainingDivergedError
-from hybridrec.models import model_device
+from hybridrec.models import capabilities, model_device
 from hybridrec.objectives import Objective, make_objective
 from hybridrec.training.average import WeightAverage
 from hybridrec.training.history import EpochStats, History
@@ -101,7 +101,7 @@ def fit(
     _prepare(model, train, device)
     validator = Validator(model, train, val, config)
     params = [p for p in model.parameters() if p.requires_grad]
-    if not params:  # nothing to learn: report validation once
+    if not (params and capabilities(model).trainable):  # nothing to learn: validate once
         return _validate_only(model, validator, on_epoch_end)
     # The shuffling generator is the same on every rank (same permutation, then sharded);
     # negatives, dropout and sequence negatives use rank-distinct seeds.
@@ -156,11 +156,10 @@ def _check_options(
 
 
 def _prepare(model: nn.Module, train: RecSysDataset, device: torch.device) -> None:
-    """Statistics-based models (popularity) read the training data before any epoch."""
-    prepare = getattr(model, "prepare", None)
-    if prepare is not None:
+    """Models that declare it (popularity, sasrec) read the training data before any epoch."""
+    if capabilities(model).reads_training_data:
         data = train.to(device)
-        prepare(data.user_idx, data.item_idx, data.target, timestamp=data.timestamp)
+        model.prepare(data.user_idx, data.item_idx, data.target, timestamp=data.timestamp)
 
 
 def _validate_only(
@@ -232,7 +231,7 @@ class _Loop:
         batches = self.objective.batches(
             state.generator, rank=rank, world=world, sample_generator=state.sample_generator
         )
-        bar = _Progress(epoch, config, _num_batches(self.objective, config), world,
+        bar = _Progress(epoch, config, self.objective.num_batches, world,
                         self.show_progress and rank == 0)  # fmt: skip
         for index, batch in enumerate(batches, 1):
             with self.autocast():
@@ -326,13 +325,6 @@ class _Progress:
 
     def close(self) -> None:
         self.bar.close()
-
-
-def _num_batches(objective: Objective, config: TrainConfig) -> int:
-    """Batches per epoch for the progress bar (objectives may batch by something else)."""
-    return objective.num_batches if hasattr(objective, "num_batches") else math.ceil(
-        objective.num_samples / config.batch_size
-    )  # fmt: skip
 
 
 def _check_finite(loss: float, epoch: int, config: TrainConfig) -> None:

@@ -47,7 +47,7 @@ def sparse_tables(
     blockers = []
     if config.weight_decay > 0:
         blockers.append("--weight-decay (lazy Adam has no weight decay)")
-    if not getattr(objective, "supports_sparse", False):
+    if not objective.supports_sparse:
         blockers.append(f"the {type(objective).__name__} objective (it reads whole tables)")
     if world > 1 and device.type != "cpu":
         blockers.append("several CUDA processes (NCCL has no sparse all-reduce)")
