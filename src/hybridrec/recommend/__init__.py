@@ -25,6 +25,9 @@ Modules, one job each:
 - ``result``: the :class:`Recommendation` every path returns; ``checks``: argument checks.
 """
 
+from typing import Any
+
+from hybridrec.models import models_with
 from hybridrec.recommend.batch_file import (
     OUTPUT_FORMATS,
     RECOMMENDATION_COLUMNS,
@@ -34,7 +37,6 @@ from hybridrec.recommend.batch_file import (
 )
 from hybridrec.recommend.recommender import Recommender
 from hybridrec.recommend.result import IdsLike, Recommendation, Source
-from hybridrec.recommend.two_stage import TWO_STAGE_MODELS
 
 __all__ = [
     "OUTPUT_FORMATS",
@@ -48,3 +50,11 @@ __all__ = [
     "read_user_ids",
     "write_recommendations",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # TWO_STAGE_MODELS: the models two-stage top-K can retrieve with, asked of the registry
+    # on each use, so it includes models registered after import
+    if name == "TWO_STAGE_MODELS":
+        return models_with(retrieval=True)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,11 +1,11 @@
 """Cold start: recommendations for a new user described by the items they interacted with.
 
-Sequence models (``score_sequences``, e.g. sasrec) read the items as a history and rank
-directly. Other models fold the user in: fresh rows of the model's per-user tables
-(``model.user_parameters``) are fitted to the items on the spot, every other weight frozen.
-The model itself is never modified: the fitted rows replace its tables only inside a
-structural copy, through ``torch.func.functional_call``, so threads scoring with the real
-model never see them.
+Sequence models (the ``sequences`` capability: ``score_sequences``) read the items as a
+history and rank directly. Other models fold the user in: fresh rows of the model's per-user
+tables (its declared ``user_parameters``) are fitted to the items on the spot, every other
+weight frozen. The model itself is never modified: the fitted rows replace its tables only
+inside a structural copy, through ``torch.func.functional_call``, so threads scoring with
+the real model never see them.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from hybridrec.data.encoding import UNKNOWN_INDEX, IdEncoder
-from hybridrec.errors import ConfigError, HybridRecError
-from hybridrec.models import model_device
+from hybridrec.errors import ConfigError
+from hybridrec.models import capabilities, model_device
 from hybridrec.recommend.checks import check_k, id_list, unique
 from hybridrec.recommend.result import IdsLike, Recommendation, frozen
 from hybridrec.recommend.topk import sigmoid, top_k
@@ -54,13 +54,14 @@ def recommend_for_items(
     known = index[index != UNKNOWN_INDEX]
     given = np.unique(known)
     exclude = given if exclude_seen else None
-    if len(given) and hasattr(model, "score_sequences"):
+    declared = capabilities(model)
+    if len(given) and declared.sequences:
         # sequence models read the items themselves, in the order given: no fitting
         with torch.no_grad():
             sequence = torch.as_tensor(known, dtype=torch.int64, device=device)[None]
             logits = model.score_sequences(sequence).float()
         return _top_of(items, logits, k, exclude, unknown_items)
-    names = _user_parameters(model, recommender.model_name) if len(given) else ()
+    names = _user_parameters(model, declared.user_parameters) if len(given) else ()
     if not names:
         item_out, scores = recommender.popular(k, exclude=exclude)
         return Recommendation(None, item_out, scores, "popularity", unknown_items)
@@ -95,21 +96,16 @@ def _top_of(
     )
 
 
-def _user_parameters(model: nn.Module, model_name: str) -> tuple[str, ...]:
-    """The names of ``model``'s per-user tables (empty for a model without users)."""
-    names = getattr(model, "user_parameters", None)
-    if names is None:
-        raise HybridRecError(
-            f"model {model_name} does not declare its per-user tables; give its class "
-            "a user_parameters attribute (e.g. ('user_embedding.weight',))"
-        )
+def _user_parameters(model: nn.Module, names: tuple[str, ...]) -> tuple[str, ...]:
+    """``names``, the per-user tables ``model`` declares, once they are known to be its
+    parameters (empty for a model without users)."""
     missing = set(names) - dict(model.named_parameters()).keys()
     if missing:
         raise ValueError(
             f"{type(model).__name__}.user_parameters names {sorted(missing)}, "
             "which are not parameters of the model"
         )
-    return tuple(names)
+    return names
 
 
 def _fit_user(

@@ -1,7 +1,7 @@
 """Similar items: the items whose embeddings point the same way as a given item's.
 
-Cosine similarity over the model's item embedding table, so only models with one (hybrid,
-mf, gmf, neumf) can answer; the scores are similarities, not probabilities.
+Cosine similarity over the model's item embedding table, so only models with one (the
+``similar_items`` capability) can answer; the scores are similarities, not probabilities.
 """
 
 from __future__ import annotations
@@ -11,10 +11,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from hybridrec.data.encoding import UNKNOWN_INDEX
 from hybridrec.errors import HybridRecError, UnknownIdError
+from hybridrec.models import capabilities, models_with
 from hybridrec.recommend.checks import check_k
 from hybridrec.recommend.result import Recommendation, frozen
 from hybridrec.recommend.topk import top_k
@@ -27,12 +27,12 @@ if TYPE_CHECKING:
 def similar_items(recommender: Recommender, item_id: Any, k: int) -> Recommendation:
     """:meth:`Recommender.similar_items`, which documents the arguments and errors."""
     k = check_k(k)
-    embedding = getattr(recommender.model, "item_embedding", None)
-    if not isinstance(embedding, nn.Embedding):
+    if not capabilities(recommender.model).similar_items:
         raise HybridRecError(
             f"model {recommender.model_name} has no item embeddings to compare; similar items "
-            "need a model with one (hybrid, mf, gmf, neumf)"
+            f"need a model with one ({', '.join(models_with(similar_items=True))})"
         )
+    embedding = recommender.model.item_embedding
     items = recommender.items
     index = int(items.transform([item_id])[0])
     if index == UNKNOWN_INDEX:

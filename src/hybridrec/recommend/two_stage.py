@@ -15,13 +15,10 @@ import torch
 from torch import nn
 
 from hybridrec.errors import ConfigError
-from hybridrec.models import model_device
+from hybridrec.models import model_device, models_with
 from hybridrec.recommend.checks import positive_int
 from hybridrec.recommend.topk import top_k
 from hybridrec.retrieval import item_prior, query_vectors, retrieval_factors, supports_retrieval
-
-#: Models with the user and item embeddings two-stage top-K retrieves by.
-TWO_STAGE_MODELS = ("hybrid", "mf", "gmf", "neumf")
 
 
 def check_num_candidates(model: nn.Module, model_name: str, num_candidates: Any) -> int | None:
@@ -37,7 +34,8 @@ def check_num_candidates(model: nn.Module, model_name: str, num_candidates: Any)
         raise ConfigError(
             f"model {model_name} has no user and item embeddings to retrieve "
             f"candidates by; two-stage top-K (num_candidates) needs one of "
-            f"{', '.join(TWO_STAGE_MODELS)}: leave num_candidates unset to score every item"
+            f"{', '.join(models_with(retrieval=True))}: leave num_candidates unset to score "
+            "every item"
         )
     return num_candidates
 
