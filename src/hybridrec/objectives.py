@@ -236,7 +236,10 @@ class Pointwise:
             raise ConfigError(
                 "the training data has no positive rows (target 1) to sample negatives against"
             )
-        self.users, self.items = train.user_idx[positive], train.item_idx[positive]
+        if bool(positive.all()):  # positives-only data: the columns as they are, no copy
+            self.users, self.items = train.user_idx, train.item_idx
+        else:
+            self.users, self.items = train.user_idx[positive], train.item_idx[positive]
         self.weights = positive_weights(train, positive, config)  # (P,) or None
         self.catalogue_weight = catalogue_weight
         if catalogue_weight > 0:
