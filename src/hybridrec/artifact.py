@@ -133,7 +133,7 @@ def load_artifact(directory: str | Path) -> Artifact:
         raise ArtifactError(f"{directory / CONFIG} lists no {WEIGHTS}/{ID_MAPS}; save it again")
     try:
         cls = model_class(config["model"])
-        model = cls(cls.config_class(**config["model_config"]))  # type: ignore[attr-defined]
+        model = cls(cls.config_class(**config["model_config"]))
     except Exception as exc:
         raise ArtifactError(
             f"{directory / CONFIG} describes a model this hybridrec cannot build: {exc}"

@@ -16,13 +16,14 @@ import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import MISSING, fields
 from pathlib import Path
+from string import Template
 from typing import Any
 
 from hybridrec.config import DataConfig, TrainConfig
 from hybridrec.data.split import METHODS as SPLIT_METHODS
 from hybridrec.errors import ConfigError, HybridRecError
 from hybridrec.evaluation import format_metrics
-from hybridrec.models import MODELS, model_class
+from hybridrec.models import MODELS, capabilities, model_class, models_with
 
 logger = logging.getLogger("hybridrec")
 
@@ -51,6 +52,7 @@ def add_config_arguments(
     """
     group = parser.add_argument_group(title)
     defaults = defaults or {}
+    model_lists = _model_lists()
     classes = cls if isinstance(cls, Sequence) else [cls]
     owners: dict[str, dict[str, Any]] = {}  # field name -> {class name: its default}
     for c in classes:
@@ -62,6 +64,7 @@ def add_config_arguments(
             continue
         seen.add(f.name)
         flag = f.metadata.get("flag", "--" + f.name.replace("_", "-"))
+        text = Template(f.metadata["help"]).safe_substitute(model_lists)
         default = defaults.get(f.name, f.default if f.default is not MISSING else None)
         kind = str(f.type)
         if "tuple" in kind:
@@ -74,9 +77,7 @@ def add_config_arguments(
         else:
             parse, shown = str, default
         if kind == "bool":  # an on/off switch: --flag turns it on
-            group.add_argument(
-                flag, dest=f.name, action="store_true", default=default, help=f.metadata["help"]
-            )
+            group.add_argument(flag, dest=f.name, action="store_true", default=default, help=text)
             continue
         if f.name not in defaults and len(set(map(repr, owners[f.name].values()))) > 1:
             default = None
@@ -87,8 +88,22 @@ def add_config_arguments(
             type=parse,
             default=default,
             metavar=f.name.split("_")[-1].upper() if "tuple" not in kind else "SIZES",
-            help=f"{f.metadata['help']} (default: {shown})",
+            help=f"{text} (default: {shown})",
         )
+
+
+def _model_lists() -> dict[str, str]:
+    """What the ``$placeholders`` of help texts stand for: the models able to do something,
+    asked of the registry (so a newly registered model is listed too)."""
+    losses = {capabilities(name).default_loss for name in MODELS}
+    by_loss = {loss: models_with(default_loss=loss) for loss in sorted(losses)}
+    common = max(by_loss, key=lambda loss: len(by_loss[loss]))  # "bce for the others"
+    own = [f"{loss} for {', '.join(names)}" for loss, names in by_loss.items() if loss != common]
+    return {
+        "retrieval_models": ", ".join(models_with(retrieval=True)),
+        "next_item_models": ", ".join(models_with(objective="next_item")),
+        "default_losses": ", ".join([*own, f"{common} for the others"]),
+    }
 
 
 def config_from_args(cls: type, args: argparse.Namespace) -> Any:
@@ -98,7 +113,7 @@ def config_from_args(cls: type, args: argparse.Namespace) -> Any:
 
 
 def _model_options(args: argparse.Namespace) -> dict[str, Any]:
-    cls = model_class(args.model).config_class  # type: ignore[attr-defined]
+    cls = model_class(args.model).config_class
     # None: a flag shared by models with different defaults, not given: the model's own
     return {
         f.name: getattr(args, f.name)
@@ -114,7 +129,7 @@ def _add_train_options(p: argparse.ArgumentParser, defaults: dict[str, Any] | No
     add_config_arguments(p, DataConfig, "data columns")
     add_config_arguments(
         p,
-        [c.config_class for c in MODELS.values()],  # type: ignore[attr-defined]
+        [c.config_class for c in MODELS.values()],
         "model (each model uses the options it has)",
     )
     add_config_arguments(p, TrainConfig, "training", defaults)
@@ -242,7 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
         dest="num_candidates",
         help="two-stage top-k for large catalogues: keep each user's best N items by the "
         "embedding dot product (plus an item prior), re-rank only those with the full model "
-        "(hybrid, mf, gmf, neumf; default: score every item)",
+        f"({', '.join(models_with(retrieval=True))}; default: score every item)",
     )
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p = sub.add_parser("serve", help="serve a model over HTTP (FastAPI + uvicorn)")

@@ -1,7 +1,9 @@
 """Typed configuration shared by the API, the CLI and the artifact.
 
 Every field carries its CLI flag and help text in ``metadata`` so the command line is generated
-from these dataclasses (see ``cli.add_config_arguments``) and cannot drift from them.
+from these dataclasses (see ``cli.add_config_arguments``) and cannot drift from them. Help
+that names the models able to do something says ``$retrieval_models``, ``$next_item_models``
+or ``$default_losses``; the CLI fills them in from the model registry.
 Validation lives in ``__post_init__`` and names the flag to change.
 """
 
@@ -74,7 +76,7 @@ class TrainConfig:
     eval_batch_size: int = option(65536, "samples per batch when validating")
     loss: str = option(
         "auto",
-        "auto: the model's own (ce for sasrec, bce for the others); "
+        "auto: the model's own ($default_losses); "
         "bce: pointwise, positives vs sampled negatives (or the file's 0/1 labels); "
         "bpr: pairwise, each positive against a sampled negative; "
         "ce: softmax over the whole catalogue (costly for MLP models: use a small --batch-size)",
@@ -94,13 +96,13 @@ class TrainConfig:
     )
     catalogue_weight: float = option(
         0.3,
-        "models with a user-item dot product (hybrid, mf, gmf, neumf) trained on sampled "
+        "models with a user-item dot product ($retrieval_models) trained on sampled "
         "negatives: add this times a softmax over the whole catalogue on that dot product "
         "(what two-stage retrieval ranks by); 0 = off",
     )
     softmax_negatives: int = option(
         2048,
-        "items in a catalogue softmax (--catalogue-weight, and --loss ce of sasrec): a "
+        "items in a catalogue softmax (--catalogue-weight, and --loss ce of $next_item_models): a "
         "catalogue of at most this many items is used whole; a larger one is sampled, this "
         "many shared, popularity-drawn, log-Q-corrected negatives per batch, so the cost "
         "per sample does not grow with the catalogue",
