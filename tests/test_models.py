@@ -1,15 +1,39 @@
-"""Contract every registered model must meet, plus config validation and the registry."""
+"""Contract every registered model must meet, config validation, the registry, and a model
+registered from outside going through every path."""
 
 from __future__ import annotations
 
+import json
 import re
-from dataclasses import fields
+from dataclasses import dataclass, field, fields
 
+import numpy as np
+import pandas as pd
 import pytest
 import torch
+from fastapi.testclient import TestClient
 
+import hybridrec
+import hybridrec.recommend
+from hybridrec import TrainConfig
+from hybridrec.cli import main
+from hybridrec.data import IdEncoder, RecSysDataset
 from hybridrec.errors import ConfigError
-from hybridrec.models import MODELS, HybridRecSys, HybridRecSysConfig, build_model, model_class
+from hybridrec.evaluation import evaluate_full
+from hybridrec.export import export_model
+from hybridrec.models import (
+    MODELS,
+    HybridRecSys,
+    HybridRecSysConfig,
+    RecModel,
+    build_model,
+    capabilities,
+    model_class,
+    models_with,
+    register_model,
+)
+from hybridrec.pipeline import load_data
+from hybridrec.serve import create_app
 
 NUM_USERS, NUM_ITEMS = 7, 5  # embedding rows, including the unknown row 0
 TINY = {"embedding_dim": 8, "mlp_layer_sizes": (16, 8)}
@@ -186,3 +210,201 @@ def test_build_model_unknown_name():
 def test_build_model_unknown_option():
     with pytest.raises(ConfigError, match=r"model 'hybrid' has no option\(s\) colour, size"):
         build_model("hybrid", num_users=2, num_items=2, size=3, colour="red")
+
+
+# ---------------------------------------------------------------- capabilities and registration
+
+
+def test_capabilities_of_the_built_in_models():
+    """What each model declares, as the callers see it (a known-output table)."""
+    table = {
+        name: (c.retrieval, c.similar_items, c.sequences, c.reads_training_data, c.objective,
+               c.default_loss, c.trainable, bool(c.user_parameters))
+        for name in MODELS
+        for c in [capabilities(name)]
+    }  # fmt: skip
+    assert table == {
+        "hybrid": (True, True, False, False, "pointwise", "bce", True, True),
+        "mf": (True, True, False, False, "pointwise", "bce", True, True),
+        "gmf": (True, True, False, False, "pointwise", "bce", True, True),
+        "mlp": (False, False, False, False, "pointwise", "bce", True, True),
+        "neumf": (True, True, False, False, "pointwise", "bce", True, True),
+        "popularity": (False, False, False, True, "pointwise", "bce", False, False),
+        "sasrec": (False, True, True, True, "next_item", "ce", True, False),
+    }
+    assert models_with(retrieval=True) == ("hybrid", "mf", "gmf", "neumf")
+    assert models_with(objective="next_item", sequences=True) == ("sasrec",)
+    for name, cls in MODELS.items():  # by name, class or model: one answer
+        assert capabilities(cls) is capabilities(name) is capabilities(tiny(name))
+        assert capabilities(name).config_class is cls.config_class
+
+
+def test_declared_capabilities_match_the_model(model_name):
+    """A declaration says what the model has: the structure callers once probed for."""
+    model = tiny(model_name)
+    declared = capabilities(model)
+    tables = {name for name, m in model.named_children() if isinstance(m, torch.nn.Embedding)}
+    assert declared.retrieval == ({"user_embedding", "item_embedding"} <= tables)
+    assert declared.similar_items == ("item_embedding" in tables)
+    assert declared.sequences == hasattr(model, "score_sequences")
+    assert declared.reads_training_data == hasattr(model, "prepare")
+    assert declared.trainable == any(p.requires_grad for p in model.parameters())
+
+
+def test_a_plain_module_has_the_default_capabilities():
+    plain = capabilities(torch.nn.Linear(2, 1))
+    assert plain == capabilities(RecModel)
+    assert (plain.retrieval, plain.objective, plain.default_loss, plain.trainable) == (
+        False, "pointwise", "bce", True,
+    )  # fmt: skip
+    assert plain.config_class is None and plain.user_parameters == ()
+
+
+def test_models_with_an_unknown_capability():
+    with pytest.raises(TypeError, match="no capability called colour"):
+        models_with(colour="red")
+
+
+@dataclass
+class ToyConfig:
+    """Hyper-parameters of :class:`ToyDot` (sizes come from the data)."""
+
+    num_users: int = field(default=1, metadata={"cli": False})
+    num_items: int = field(default=1, metadata={"cli": False})
+    embedding_dim: int = 8
+
+
+class ToyDot(RecModel):
+    """logit = <u, i>: a model written outside hybridrec, declaring what it can do."""
+
+    config_class = ToyConfig
+    user_parameters = ("user_embedding.weight",)
+    retrieval = True
+    similar_items = True
+
+    def __init__(self, config: ToyConfig) -> None:
+        super().__init__(config)
+        self.user_embedding = torch.nn.Embedding(config.num_users, config.embedding_dim, 0)
+        self.item_embedding = torch.nn.Embedding(config.num_items, config.embedding_dim, 0)
+        with torch.no_grad():  # small start; row 0 (unknown) stays zero
+            self.user_embedding.weight.mul_(0.1)
+            self.item_embedding.weight.mul_(0.1)
+
+    def forward(self, user_idx: torch.Tensor, item_idx: torch.Tensor) -> torch.Tensor:
+        return (self.user_embedding(user_idx) * self.item_embedding(item_idx)).sum(-1)  # (B,)
+
+    def score_all(self, user_idx: torch.Tensor) -> torch.Tensor:
+        return self.user_embedding(user_idx) @ self.item_embedding.weight.T  # (B, I)
+
+
+@pytest.fixture
+def toy():
+    """``toy`` registered for one test, through the public registration function."""
+    register_model("toy", ToyDot)
+    try:
+        yield "toy"
+    finally:
+        del MODELS["toy"]
+
+
+@pytest.fixture
+def planted_files(tmp_path):
+    """Positives-only train/val/test CSVs: 40 users in 4 taste groups of 10 items; each
+    likes 7 items of their group, one held out for val and one for test."""
+    rng = np.random.default_rng(0)
+    parts = {"train": [], "val": [], "test": []}
+    for user in range(1, 41):
+        liked = (user % 4) * 10 + rng.choice(10, 7, replace=False) + 1
+        parts["train"] += [(user, int(i)) for i in liked[:-2]]
+        parts["val"].append((user, int(liked[-2])))
+        parts["test"].append((user, int(liked[-1])))
+    paths = {}
+    for name, records in parts.items():
+        paths[name] = tmp_path / f"{name}.csv"
+        pd.DataFrame(records, columns=["userId", "itemId"]).to_csv(paths[name], index=False)
+    return paths
+
+
+def test_a_model_registered_outside_goes_through_every_path(toy, planted_files, tmp_path, capsys):
+    """One class and one registration line: train, evaluate, recommend, serve and export
+    take the model with no edit anywhere else, asking it only what it declares."""
+    out = tmp_path / "model"
+    config = TrainConfig(epochs=8, batch_size=64, learning_rate=0.05, device="cpu")
+    result = hybridrec.train(
+        planted_files["train"], planted_files["val"], out=out, model=toy,
+        model_options={"embedding_dim": 8}, train_config=config,
+    )  # fmt: skip
+    assert len(result.history.epochs) >= 1
+    rec = hybridrec.load(out)
+    assert type(rec.model) is ToyDot and rec.model_name == toy
+    assert toy in models_with(retrieval=True) and toy in hybridrec.recommend.TWO_STAGE_MODELS
+
+    # evaluate: the CLI's full protocol on the saved model, against evaluate_full directly
+    argv = [
+        "evaluate", "--model", out, "--train", planted_files["train"],
+        "--test", planted_files["test"], "--protocol", "full", "--k", "10", "--json",
+    ]  # fmt: skip
+    assert main([str(a) for a in argv]) == 0
+    metrics = json.loads(capsys.readouterr().out)
+    data = hybridrec.DataConfig()
+    train, _ = RecSysDataset.from_frame(
+        load_data(planted_files["train"], data), rec.users, rec.items
+    )
+    test, _ = RecSysDataset.from_frame(load_data(planted_files["test"], data), rec.users, rec.items)
+    reference = evaluate_full(
+        rec.model, train.user_idx, train.item_idx, test.user_idx, test.item_idx,
+        num_items=rec.items.num_embeddings, ks=(10,),
+    )  # fmt: skip
+    assert metrics["hr@10"] == reference["hr@10"] and metrics["ndcg@10"] == reference["ndcg@10"]
+    assert metrics["hr@10"] > 10 / 34  # it learned the groups: better than a random ranking
+
+    # recommend: exhaustive, two-stage (retrieval), fold-in (user_parameters), similar items
+    user = rec.users.ids[0]
+    top = rec.recommend(user, k=5)
+    assert top.source == "model" and len(top.item_ids) == 5
+    two_stage = rec.recommend(user, k=5, num_candidates=len(rec.items))
+    assert two_stage.item_ids.tolist() == top.item_ids.tolist()
+    np.testing.assert_allclose(two_stage.scores, top.scores, rtol=0, atol=1e-6)
+    new_user = rec.recommend_for_items(list(rec.items.ids[:3]), k=5)
+    assert new_user.source == "items"
+    similar = rec.similar_items(rec.items.ids[0], k=3)
+    assert similar.source == "similar" and rec.items.ids[0] not in similar.item_ids
+
+    # serve: the HTTP answers are the Recommender's
+    with TestClient(create_app(rec)) as client:
+        assert client.get("/health").json() == {"status": "ok", "model": toy}
+        body = client.get(f"/recommend/{user}", params={"k": 5}).json()
+        assert [x["item_id"] for x in body["items"]] == [int(i) for i in top.item_ids]
+        assert body["source"] == "model"
+        r = client.post("/recommend", json={"item_ids": [int(i) for i in rec.items.ids[:3]]})
+        assert r.status_code == 200 and r.json()["source"] == "items"
+
+    # export: the TorchScript scorer gives the model's logits
+    path = export_model(rec.model, tmp_path / "toy.pt", "torchscript")
+    users, items = torch.tensor([1, 2, 0, 5]), torch.tensor([3, 1, 2, 0])
+    with torch.no_grad():
+        torch.testing.assert_close(torch.jit.load(str(path))(users, items), rec.model(users, items))
+
+
+def test_help_and_messages_list_a_registered_model(toy, capsys):
+    """Lists of the models that can do something are asked of the registry when needed."""
+    helps = {}
+    for command in ("train", "recommend"):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        helps[command] = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+        assert "hybrid, mf, gmf, neumf, toy" in helps[command], command
+    assert "--model {gmf,hybrid,mf,mlp,neumf,popularity,sasrec,toy}" in helps["train"]
+    rec = hybridrec.Recommender(tiny("mlp"), *(IdEncoder.fit(np.arange(1, n)) for n in (7, 5)))
+    with pytest.raises(ConfigError, match="needs one of hybrid, mf, gmf, neumf, toy: leave"):
+        rec.recommend(1, k=2, num_candidates=3)
+
+
+def test_register_model_refusals(toy):
+    with pytest.raises(ConfigError, match="a model called 'toy' is already registered"):
+        register_model(toy, ToyDot)
+    with pytest.raises(ConfigError, match="model 'lin' must be a subclass of RecModel"):
+        register_model("lin", torch.nn.Linear)
+    with pytest.raises(ConfigError, match="NoConfig.config_class must be a dataclass"):
+        register_model("none", type("NoConfig", (RecModel,), {}))
+    assert "lin" not in MODELS and "none" not in MODELS
