@@ -520,6 +520,23 @@ def test_two_stage_prior_is_computed_once(rec, monkeypatch):
     assert first == again and calls == [1]
 
 
+def test_two_stage_auto_is_exhaustive_for_small_catalogues_only(recs, monkeypatch):
+    import hybridrec.recommend.two_stage as module
+
+    rec = recs["hybrid"]
+    users = list(rec.users.ids[:6])
+    exhaustive = rec.recommend_many(users, k=4)
+    assert rec.recommend_many(users, k=4, num_candidates="auto") == exhaustive
+    monkeypatch.setattr(module, "AUTO_CANDIDATES", 5)
+    monkeypatch.setattr(module, "AUTO_MIN_ITEMS", 3)  # this catalogue now counts as large
+    assert module.check_num_candidates(rec.model, "hybrid", "auto") == 5
+    auto = rec.recommend_many(users, k=4, num_candidates="auto")
+    assert auto == rec.recommend_many(users, k=4, num_candidates=5)
+    for name in ("mlp", "sasrec"):  # nothing to retrieve by: exhaustive, not an error
+        other = recs[name]
+        assert module.check_num_candidates(other.model, name, "auto") is None
+
+
 @pytest.mark.parametrize("n", [0, -2, 2.5, True, "10"])
 def test_two_stage_bad_num_candidates(rec, n):
     with pytest.raises(ConfigError, match="num_candidates") as info:

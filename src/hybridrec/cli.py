@@ -252,12 +252,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--two-stage",
-        type=int,
+        type=_two_stage,
+        default="auto",
         metavar="N",
         dest="num_candidates",
         help="two-stage top-k for large catalogues: keep each user's best N items by the "
         "embedding dot product (plus an item prior), re-rank only those with the full model "
-        f"({', '.join(models_with(retrieval=True))}; default: score every item)",
+        f"({', '.join(models_with(retrieval=True))}); none: score every item; auto "
+        "(default): 1000 above 100,000 items for those models, else none",
     )
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p = sub.add_parser("serve", help="serve a model over HTTP (FastAPI + uvicorn)")
@@ -499,6 +501,18 @@ def cmd_recommend(args: argparse.Namespace) -> int:
     )
     print(f"{args.output}: {rows:,} recommendations for {len(users):,} users")
     return 0
+
+
+def _two_stage(text: str) -> int | str | None:
+    """``--two-stage``: ``auto``, ``none`` or a number of candidates."""
+    if text in ("auto", "none"):
+        return None if text == "none" else text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected auto, none or a number of candidates, got {text!r}"
+        ) from None
 
 
 def cmd_split(args: argparse.Namespace) -> int:

@@ -68,7 +68,7 @@ def write_recommendations(
     exclude_seen: bool = True,
     chunk_users: int | None = None,
     show_progress: bool = False,
-    num_candidates: int | None = None,
+    num_candidates: int | str | None = None,
 ) -> int:
     """Write ``recommend_many(user_ids)`` as rows ``userId, rank, itemId, score, source``.
 

@@ -151,7 +151,7 @@ class Recommender:
         exclude_seen: bool = True,
         items: IdsLike | None = None,
         *,
-        num_candidates: int | None = None,
+        num_candidates: int | str | None = None,
     ) -> Recommendation:
         """The ``k`` best items for one user, best first.
 
@@ -173,7 +173,9 @@ class Recommender:
                 exhaustive one only when an exhaustive top-k item falls outside the
                 candidates; with ``N`` >= the catalogue size it is the same. Only for
                 models with user and item embeddings (:data:`TWO_STAGE_MODELS`); unknown
-                users still get the popularity ranking.
+                users still get the popularity ranking. ``"auto"`` (what the CLI and the
+                service pass): two-stage with 1,000 candidates above 100,000 items for such
+                models, exhaustive otherwise (:data:`hybridrec.recommend.two_stage.AUTO`).
 
         Raises:
             ConfigError: ``k`` or ``num_candidates`` is not an integer >= 1 (a
@@ -193,7 +195,7 @@ class Recommender:
         items: IdsLike | None = None,
         *,
         chunk_users: int | None = None,
-        num_candidates: int | None = None,
+        num_candidates: int | str | None = None,
     ) -> list[Recommendation]:
         """:meth:`recommend` for many users at once, in their order: the same results, exactly.
 

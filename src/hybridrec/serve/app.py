@@ -23,6 +23,7 @@ from starlette.concurrency import run_in_threadpool
 
 from hybridrec.errors import HybridRecError
 from hybridrec.recommend import Recommender
+from hybridrec.recommend.two_stage import AUTO
 from hybridrec.serve.cache import CACHE_TOP
 from hybridrec.serve.holder import ModelHolder, Served
 from hybridrec.serve.schemas import (
@@ -213,7 +214,7 @@ def _add_admin_routes(app: FastAPI, holder: ModelHolder) -> None:
 def _recommend_one(rec: Recommender, user_id: str, k: int, exclude_seen: bool) -> Response:
     """``GET /recommend/{user_id}`` by the model (in a worker thread)."""
     with _model_call():
-        result = rec.recommend(user_id, k=k, exclude_seen=exclude_seen)
+        result = rec.recommend(user_id, k=k, exclude_seen=exclude_seen, num_candidates=AUTO)
     return _json_response(to_out(result, _known_ids(rec, [user_id])[0]))
 
 
@@ -234,7 +235,7 @@ def _recommend_batch_sync(served: Served, body: RecommendRequest) -> Response:
     users = body.user_ids or []
     with _model_call():
         results = rec.recommend_many(
-            users, k=body.k, exclude_seen=body.exclude_seen, items=body.items
+            users, k=body.k, exclude_seen=body.exclude_seen, items=body.items, num_candidates=AUTO
         )
     known = _known_ids(rec, users)
     out = BatchOut(results=[to_out(r, u) for r, u in zip(results, known, strict=True)])

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from hybridrec.recommend import Recommender
+from hybridrec.recommend.two_stage import AUTO
 from hybridrec.serve.schemas import MAX_K
 
 logger = logging.getLogger(__name__)
@@ -74,7 +75,9 @@ class TopCache:
         scores = {flag: np.zeros((rows, depth), dtype=np.float32) for flag in (True, False)}
         with torch.inference_mode():
             for flag in (True, False):  # the ranking: exactly recommend_many's
-                results = recommender.recommend_many(known, k=depth, exclude_seen=flag)
+                results = recommender.recommend_many(
+                    known, k=depth, exclude_seen=flag, num_candidates=AUTO
+                )
                 for row, result in enumerate(results, start=1):
                     self.count[flag][row] = len(result)
                     self.top[flag][row, : len(result)] = items.transform(result.item_ids)
