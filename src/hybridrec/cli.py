@@ -259,7 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="two-stage top-k for large catalogues: keep each user's best N items by the "
         "embedding dot product (plus an item prior), re-rank only those with the full model "
         f"({', '.join(models_with(retrieval=True))}); none: score every item; auto "
-        "(default): 1000 above 100,000 items for those models, else none",
+        "(default): 1000 above 10,000 items for those models, else none",
     )
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p = sub.add_parser("serve", help="serve a model over HTTP (FastAPI + uvicorn)")

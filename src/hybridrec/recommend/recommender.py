@@ -174,7 +174,7 @@ class Recommender:
                 candidates; with ``N`` >= the catalogue size it is the same. Only for
                 models with user and item embeddings (:data:`TWO_STAGE_MODELS`); unknown
                 users still get the popularity ranking. ``"auto"`` (what the CLI and the
-                service pass): two-stage with 1,000 candidates above 100,000 items for such
+                service pass): two-stage with 1,000 candidates above 10,000 items for such
                 models, exhaustive otherwise (:data:`hybridrec.recommend.two_stage.AUTO`).
 
         Raises:
