@@ -8,14 +8,12 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from hypothesis import given, settings
-from hypothesis import strategies as st
 from torch.nn import functional as F
 
 import hybridrec
 from hybridrec import TrainConfig
 from hybridrec.data import Batch, RecSysDataset
-from hybridrec.data.sequences import interactions_newer, recency_weights
+from hybridrec.data.sequences import recency_weights
 from hybridrec.errors import ConfigError
 from hybridrec.models import MODELS, build_model
 from hybridrec.objectives import Pointwise, Softmax, catalogue_loss, make_objective
@@ -25,38 +23,6 @@ TINY = {"embedding_dim": 8, "mlp_layer_sizes": (16, 8), "init_std": 0.05}
 
 
 # ---------------------------------------------------------------- the weights
-
-
-@settings(max_examples=60, deadline=None)
-@given(
-    st.lists(st.tuples(st.integers(0, 3), st.integers(0, 4)), min_size=0, max_size=40),
-)
-def test_interactions_newer_counts_strictly_later_rows_of_the_same_user(rows):
-    users = np.array([u for u, _ in rows], dtype=np.int64)
-    times = np.array([t for _, t in rows], dtype=np.float64)
-    expected = [int(((users == u) & (times > t)).sum()) for u, t in rows]
-    assert interactions_newer(users, times).tolist() == expected
-
-
-def test_recency_weights_by_hand():
-    # user 1: times 1, 2, 2, 3 -> 3, 1, 1, 0 newer rows; user 2: one row -> 0 newer
-    users = torch.tensor([1, 1, 1, 1, 2])
-    times = torch.tensor([1.0, 2.0, 2.0, 3.0, 7.0])
-    raw = torch.tensor([0.125, 0.5, 0.5, 1.0, 1.0])  # 0.5 ** (newer / 1)
-    w = recency_weights(users, times, half_life=1.0, floor=0.01)
-    assert torch.allclose(w, raw / raw.mean())
-    assert w.mean().item() == pytest.approx(1.0)
-    floored = recency_weights(users, times, half_life=1.0, floor=0.4)
-    expected = raw.clamp(min=0.4)
-    assert torch.allclose(floored, expected / expected.mean())
-
-
-def test_recency_weights_ignore_file_order():
-    users = torch.tensor([1, 2, 1, 1, 2])
-    times = torch.tensor([3.0, 1.0, 1.0, 2.0, 5.0])
-    w = recency_weights(users, times, 2.0, 0.05)
-    perm = torch.tensor([4, 2, 0, 3, 1])
-    assert torch.allclose(recency_weights(users[perm], times[perm], 2.0, 0.05), w[perm])
 
 
 @pytest.mark.parametrize(

@@ -12,51 +12,11 @@ import torch
 import hybridrec
 from hybridrec import TrainConfig
 from hybridrec.cli import main
-from hybridrec.data.sequences import append_items, pack_histories
 from hybridrec.errors import ConfigError
 from hybridrec.evaluation import evaluate_full
 from hybridrec.models import SASRec, SASRecConfig
 
 TINY = {"hidden_dim": 16, "max_len": 10, "num_heads": 2, "dropout": 0.0}
-
-
-# ------------------------------------------------------------------ packing histories
-
-
-def test_pack_orders_by_time_then_file_order_and_left_pads():
-    users = [2, 1, 2, 1, 2, 1]
-    items = [10, 11, 12, 13, 14, 15]
-    times = [5.0, 3.0, 1.0, 3.0, 5.0, 1.0]  # ties keep file order
-    packed = pack_histories(users, items, num_users=4, length=4, timestamp=times)
-    assert packed.tolist() == [
-        [0, 0, 0, 0],  # the unknown user
-        [0, 15, 11, 13],
-        [0, 12, 10, 14],
-        [0, 0, 0, 0],  # a user without rows
-    ]
-
-
-def test_pack_without_timestamps_uses_file_order_and_keeps_the_latest():
-    packed = pack_histories([1, 1, 1, 1, 1], [5, 4, 3, 2, 1], num_users=2, length=3)
-    assert packed[1].tolist() == [3, 2, 1]
-
-
-def test_pack_matches_a_per_user_loop_on_random_data():
-    rng = np.random.default_rng(0)
-    users = rng.integers(1, 30, 2000)
-    items = rng.integers(1, 100, 2000)
-    times = rng.integers(0, 50, 2000).astype(float)
-    packed = pack_histories(users, items, 30, 7, times)
-    for u in range(30):
-        rows = sorted((times[j], j) for j in np.flatnonzero(users == u))
-        expected = [items[j] for _, j in rows][-7:]
-        assert packed[u].tolist() == [0] * (7 - len(expected)) + expected
-
-
-def test_append_items_skips_padding_and_keeps_the_length():
-    histories = torch.tensor([[0, 1, 2], [3, 4, 5]])
-    extra = torch.tensor([[0, 7], [8, 9]])
-    assert append_items(histories, extra).tolist() == [[1, 2, 7], [5, 8, 9]]
 
 
 # ------------------------------------------------------------------ the model
