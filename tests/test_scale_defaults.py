@@ -26,31 +26,6 @@ CPU = torch.device("cpu")
 TINY = {"embedding_dim": 8, "mlp_layer_sizes": (8,)}
 
 
-# ---------------------------------------------------------------- sampled softmax
-
-
-def test_catalogue_term_is_sampled_above_the_threshold():
-    data = RecSysDataset(
-        torch.tensor([1, 1, 2, 3]), torch.tensor([1, 2, 3, 4]), torch.ones(4), None
-    )
-    small = Pointwise(data, TrainConfig(loss="bce"), CPU, 50, catalogue_weight=0.3)
-    big = Pointwise(data, TrainConfig(loss="bce", softmax_negatives=8), CPU, 50, 0.3)
-    assert small.softmax.exact and not big.softmax.exact
-
-
-def test_sampled_epochs_are_generated_in_bounded_batches():
-    n = 5000
-    data = RecSysDataset(
-        torch.randint(1, 100, (n,)), torch.randint(1, 300, (n,)), torch.ones(n), None
-    )
-    config = TrainConfig(batch_size=90, negatives=8, loss="bce")
-    objective = Pointwise(data, config, CPU, num_items=300)
-    batches = list(objective.batches(torch.Generator().manual_seed(0)))
-    assert len(batches) == objective.num_batches
-    assert max(len(b.user_idx) for b in batches) == 90  # 10 positives + their 80 negatives
-    assert sum(len(b.user_idx) for b in batches) == objective.num_samples
-
-
 # ---------------------------------------------------------------- sparse tables
 
 
