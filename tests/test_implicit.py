@@ -32,66 +32,6 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 # ---------------------------------------------------------------- early stopping
 
 
-def test_early_stopping_keeps_the_best_epoch_weights():
-    train_frame, val_frame = planted(seed=0)
-    result = train(
-        train_frame,
-        val_frame,
-        epochs=40,
-        batch_size=32,
-        learning_rate=0.1,  # large: validation quality peaks early, then wobbles
-        weight_decay=0.0,
-        early_stop="ndcg@10",
-        patience=2,
-    )
-    history = result.history
-    values = [e.metric("ndcg@10") for e in history.epochs]
-    assert history.stopped_early
-    assert len(history.epochs) < 40
-    best = max(values)
-    assert history.best_epoch == history.epochs[values.index(best)].epoch  # first argmax
-    assert history.best.epoch == history.best_epoch
-    assert history.best_epoch == history.last.epoch - 2  # patience 2: stopped two epochs later
-    assert values[-1] < best  # the last epoch is worse, so keeping the best is observable
-    # the model holds the best epoch's weights, not the last epoch's
-    assert full_ranking(result)["ndcg@10"] == history.best.ranking["ndcg@10"]
-    assert result.summary()["best_epoch"] == history.best_epoch
-    assert result.summary()["val_ndcg@10"] == best
-
-
-def test_early_stopping_on_loss_minimises():
-    train_frame, val_frame = planted_labelled(seed=0)
-    result = train(
-        train_frame,
-        val_frame,
-        epochs=30,
-        batch_size=16,
-        learning_rate=0.05,
-        weight_decay=0.0,
-        early_stop="loss",
-        patience=2,
-    )
-    history = result.history
-    losses = [e.val_loss for e in history.epochs]
-    assert history.stopped_early
-    assert history.best_epoch == history.epochs[losses.index(min(losses))].epoch
-    assert losses[history.best_epoch - 1] < losses[0]  # a maximiser would have kept epoch 1
-    assert losses[-1] > min(losses)
-    model = result.recommender.model
-    assert evaluate_pointwise(model, result.val_data)["loss"] == pytest.approx(
-        history.best.val_loss, rel=1e-6
-    )
-
-
-def test_early_stop_cut_off_joins_the_validation_ks():
-    cfg = TrainConfig(early_stop="HR@5", ks=(10, 20))
-    assert cfg.early_stop == "hr@5"
-    assert sorted(cfg.ks) == [5, 10, 20]
-    train_frame, val_frame = planted()
-    result = train(train_frame, val_frame, early_stop="hr@5", ks=(10,), epochs=2)
-    assert {"hr@5", "hr@10", "ndcg@5", "ndcg@10"} <= set(result.history.last.ranking)
-
-
 @pytest.mark.parametrize("name", ["foo", "hr", "ndcg@x", "mrr@10", "loss@5", "ndcg@-1", "@10"])
 def test_invalid_early_stop_names(name):
     with pytest.raises(ConfigError, match="--early-stop"):
@@ -101,29 +41,6 @@ def test_invalid_early_stop_names(name):
 def test_early_stop_with_a_zero_cut_off_is_rejected():
     with pytest.raises(ConfigError, match="--early-stop"):
         TrainConfig(early_stop="hr@0")
-
-
-def test_early_stop_without_validation_data_is_an_error():
-    train_frame, _ = planted()
-    with pytest.raises(ValueError, match="--early-stop ndcg@10"):
-        train(train_frame, None, early_stop="ndcg@10", epochs=3)
-
-
-def test_early_stop_on_loss_with_positives_only_validation_is_an_error():
-    train_frame, val_frame = planted()  # positives-only validation has no loss
-    with pytest.raises(ValueError, match="--early-stop loss"):
-        train(train_frame, val_frame, early_stop="loss", epochs=3)
-
-
-def test_epoch_metric_prefers_ranking_except_pointwise_auc():
-    stats = EpochStats(1, 0.5, 0.5, 1.0, 1.0, val_loss=0.4, val_accuracy=0.8, val_auc=0.6)
-    stats.ranking = {"auc": 0.9, "hr@10": 0.3}
-    assert stats.metric("auc") == 0.6  # the pointwise AUC when there is one
-    assert stats.metric("hr@10") == 0.3
-    assert stats.metric("loss") == 0.4 and stats.metric("accuracy") == 0.8
-    assert stats.metric("ndcg@10") is None
-    stats.val_auc = None
-    assert stats.metric("auc") == 0.9
 
 
 # ---------------------------------------------------------------- contract over every model
@@ -367,17 +284,3 @@ def test_summary_with_labelled_validation_keeps_the_pointwise_auc():
     assert summary["val_ranking_auc"] == ranking["auc"]
     assert summary["val_hr@10"] == ranking["hr@10"]
     assert summary["val_auc"] != summary["val_ranking_auc"]
-
-
-def test_auto_early_stop_picks_a_metric_that_fits_the_validation_data():
-    """auto: NDCG@first-k for positives-only validation, loss for 0/1 labels, off without."""
-    from hybridrec.training import resolve_early_stop
-
-    positives = RecSysDataset(torch.tensor([1]), torch.tensor([2]), torch.tensor([1.0]))
-    labelled = RecSysDataset(torch.tensor([1, 1]), torch.tensor([2, 3]), torch.tensor([1.0, 0.0]))
-    auto = TrainConfig(ks=(20, 5))
-    assert resolve_early_stop(auto, positives) == "ndcg@20"
-    assert resolve_early_stop(auto, labelled) == "loss"
-    assert resolve_early_stop(auto, None) is None
-    assert resolve_early_stop(TrainConfig(early_stop="none"), positives) is None
-    assert resolve_early_stop(TrainConfig(early_stop="mrr"), labelled) == "mrr"

@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-import pytest
 import torch
-from torch import nn
 
 import hybridrec
 import hybridrec.cli
@@ -15,132 +13,6 @@ import hybridrec.pipeline as pipeline
 from hybridrec import TrainConfig
 from hybridrec.data.dataset import RecSysDataset
 from hybridrec.data.holdout import holdout
-from hybridrec.errors import ConfigError
-from hybridrec.models import build_model
-from hybridrec.objectives import Pointwise
-from hybridrec.training import average as average_module
-from hybridrec.training import steps, validation
-from hybridrec.training.history import EpochStats
-
-CPU = torch.device("cpu")
-TINY = {"embedding_dim": 8, "mlp_layer_sizes": (8,)}
-
-
-# ---------------------------------------------------------------- sparse tables
-
-
-def _labelled_full_coverage():
-    """Every user and every item occurs in the one batch of each epoch."""
-    users = torch.tensor([1, 2, 3, 1, 2, 3, 1, 2])
-    items = torch.tensor([1, 2, 3, 4, 5, 1, 2, 3])
-    target = torch.tensor([1.0, 0, 1, 0, 1, 1, 0, 1])
-    return RecSysDataset(users, items, target)
-
-
-def _fit(sparse: str, data, **kw) -> nn.Module:
-    torch.manual_seed(0)
-    net = build_model("hybrid", num_users=4, num_items=6, **TINY)
-    config = TrainConfig(
-        epochs=4, batch_size=64, ema_decay=0.0, early_stop=None, sparse_embeddings=sparse, **kw
-    )
-    hybridrec.fit(net, data, None, config, show_progress=False)
-    return net
-
-
-def test_sparse_and_dense_tables_train_the_same_model_when_every_row_is_touched():
-    """Lazy Adam is Adam when every row has a gradient every step. SparseAdam applies eps
-    after the bias correction (Adam before), so they agree to a small share of how far
-    training moved the weights, not to the last bit."""
-    data = _labelled_full_coverage()
-    torch.manual_seed(0)
-    start = build_model("hybrid", num_users=4, num_items=6, **TINY).state_dict()
-    sparse, dense = _fit("on", data), _fit("off", data)
-    for name, a in sparse.state_dict().items():
-        b, moved = dense.state_dict()[name], (a - start[name]).norm()
-        assert (a - b).norm() <= 0.01 * moved + 1e-7, name
-    other = _fit("on", data, learning_rate=0.01)  # a real difference is detected
-    assert (other.item_embedding.weight - dense.item_embedding.weight).norm() > 0.1 * (
-        dense.item_embedding.weight - start["item_embedding.weight"]
-    ).norm()
-    assert not sparse.user_embedding.sparse  # switched back after training
-
-
-def test_sparse_tables_leave_untouched_rows_alone():
-    data = _labelled_full_coverage()
-    torch.manual_seed(0)
-    net = build_model("hybrid", num_users=6, num_items=8, **TINY)  # users 4, 5 never seen
-    before = net.user_embedding.weight[4:].clone()
-    config = TrainConfig(
-        epochs=2, batch_size=4, ema_decay=0.0, early_stop=None, sparse_embeddings="on"
-    )
-    hybridrec.fit(net, data, None, config, show_progress=False)
-    assert torch.equal(net.user_embedding.weight[4:], before)
-
-
-def test_auto_makes_only_large_tables_sparse(monkeypatch):
-    monkeypatch.setattr(steps, "SPARSE_MIN_ELEMENTS", 6 * 8)  # users 7 x 8 > 48
-    net = build_model("hybrid", num_users=7, num_items=6, **TINY)
-    objective = Pointwise(_labelled_full_coverage(), TrainConfig(loss="bce"), CPU, 6)
-    tables = steps.sparse_tables(net, objective, TrainConfig(), CPU, world=1)
-    assert tables == [net.user_embedding] and net.user_embedding.sparse
-    assert not net.item_embedding.sparse
-
-
-def test_sparse_on_with_weight_decay_is_refused_and_auto_falls_back():
-    data = _labelled_full_coverage()
-    with pytest.raises(ConfigError, match="weight-decay"):
-        _fit("on", data, weight_decay=0.01)
-    _fit("auto", data, weight_decay=0.01)  # dense, no error
-
-
-# ---------------------------------------------------------------- weight average
-
-
-def test_weight_average_is_amortised_for_large_models(monkeypatch):
-    monkeypatch.setattr(average_module, "EMA_STEP_ELEMENTS", 10)
-    param = nn.Parameter(torch.zeros(25))  # 25 weights: every 3rd step
-    average = average_module.WeightAverage([param], decay=0.9)
-    assert average.every == 3
-    values = []
-    for step in range(1, 7):
-        with torch.no_grad():
-            param.fill_(float(step))
-        average.update()
-        values.append(average.average[0][0].item())
-    assert values[0] == values[1] == 0.0  # nothing until step 3
-    d3 = min(0.9, 4 / 13) ** 3
-    assert values[2] == pytest.approx((1 - d3) * 3.0)
-    d6 = min(0.9, 7 / 16) ** 3
-    assert values[5] == pytest.approx(d6 * values[2] + (1 - d6) * 6.0)
-
-
-# ---------------------------------------------------------------- bounded validation
-
-
-def test_validation_samples_users_and_items_when_the_catalogue_is_large(monkeypatch, caplog):
-    rng = np.random.default_rng(0)
-    users = torch.from_numpy(rng.integers(1, 60, 600))
-    items = torch.from_numpy(rng.integers(1, 200, 600))
-    data = RecSysDataset(users, items, torch.ones(600))
-    val = RecSysDataset(
-        torch.arange(1, 60), torch.from_numpy(rng.integers(1, 200, 59)), torch.ones(59)
-    )
-    net = build_model("mf", num_users=60, num_items=200, embedding_dim=4)
-    config = TrainConfig(epochs=1)
-    monkeypatch.setattr(validation, "VAL_PAIRS", 200 * 20)  # 20 users' worth
-    monkeypatch.setattr(validation, "VAL_MIN_FULL_USERS", 10)
-    full = validation.Validator(net, data, val, config)
-    assert len(torch.unique(full.positives[0])) == 20 and full.candidates is None
-    monkeypatch.setattr(validation, "VAL_MIN_FULL_USERS", 50)
-    monkeypatch.setattr(validation, "VAL_SAMPLED_USERS", 15)
-    monkeypatch.setattr(validation, "VAL_SAMPLED_ITEMS", 30)
-    sampled = validation.Validator(net, data, val, config)
-    assert len(torch.unique(sampled.positives[0])) == 15
-    assert len(sampled.candidates[0]) == 15 * 30
-    stats = EpochStats(1, 0.0, 0.0, 0.0, 0.0)
-    sampled(stats)
-    assert 0.0 <= stats.ranking["hr@10"] <= 1.0 and stats.ranking["negatives"] > 20
-
 
 # ---------------------------------------------------------------- automatic holdout
 
