@@ -11,9 +11,7 @@ import pytest
 import torch
 
 import hybridrec
-from hybridrec import TrainConfig
 from hybridrec.data import RecSysDataset
-from hybridrec.errors import ConfigError
 from hybridrec.evaluation import evaluate_full, evaluate_pointwise
 from hybridrec.models import MODELS, Popularity, PopularityConfig
 from hybridrec.plots import plot_history
@@ -27,20 +25,6 @@ from tests.helpers import (
 )
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-
-
-# ---------------------------------------------------------------- early stopping
-
-
-@pytest.mark.parametrize("name", ["foo", "hr", "ndcg@x", "mrr@10", "loss@5", "ndcg@-1", "@10"])
-def test_invalid_early_stop_names(name):
-    with pytest.raises(ConfigError, match="--early-stop"):
-        TrainConfig(early_stop=name)
-
-
-def test_early_stop_with_a_zero_cut_off_is_rejected():
-    with pytest.raises(ConfigError, match="--early-stop"):
-        TrainConfig(early_stop="hr@0")
 
 
 # ---------------------------------------------------------------- contract over every model
@@ -147,38 +131,6 @@ def test_popularity_with_labelled_validation():
     train_frame, val_frame = planted_labelled()
     result = train(train_frame, val_frame, model="popularity")
     assert 0.0 <= result.summary()["val_auc"] <= 1.0
-
-
-# ---------------------------------------------------------------- configuration
-
-
-@pytest.mark.parametrize(
-    ("options", "flag"),
-    [
-        ({"loss": "hinge"}, "--loss"),
-        ({"loss": "BCE"}, "--loss"),
-        ({"negatives": 0}, "--negatives"),
-        ({"negatives": -2}, "--negatives"),
-        ({"sampling": "zipf"}, "--sampling"),
-        ({"patience": 0}, "--patience"),
-        ({"ks": ()}, "--k"),
-        ({"ks": (10, 0)}, "--k"),
-        ({"ks": (-5,)}, "--k"),
-    ],
-)
-def test_train_config_validation(options, flag):
-    with pytest.raises(ConfigError, match=flag):
-        TrainConfig(**options)
-
-
-def test_train_config_defaults_and_normalisation():
-    cfg = TrainConfig(ks=("5", 20))
-    assert cfg.ks == (5, 20)
-    default = TrainConfig()
-    assert (default.loss, default.sampling, default.early_stop) == ("auto", "uniform", "auto")
-    assert TrainConfig(early_stop="none").early_stop is None
-    assert TrainConfig(early_stop="NDCG@5").early_stop == "ndcg@5"
-    assert default.negatives >= 1 and default.patience >= 1
 
 
 # ---------------------------------------------------------------- training curves

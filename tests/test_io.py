@@ -10,7 +10,7 @@ import pytest
 
 from hybridrec.config import DataConfig
 from hybridrec.data.io import interactions_from_frame, read_interactions
-from hybridrec.errors import ConfigError, DataError
+from hybridrec.errors import DataError
 
 
 def at(name, row, column):
@@ -192,13 +192,6 @@ def test_boolean_ids_are_rejected():
     raw = pd.DataFrame({"userId": [True, False], "itemId": [3, 4]})
     with pytest.raises(DataError, match=r"column 'userId'.*booleans"):
         interactions_from_frame(raw)
-
-
-def test_data_config_validation():
-    with pytest.raises(ConfigError, match="--user-col"):
-        DataConfig(user_col="")
-    with pytest.raises(ConfigError, match="three different columns"):
-        DataConfig(user_col="id", item_col="id")
 
 
 # ------------------------------------------------------------------ bad files

@@ -6,12 +6,11 @@ import json
 import math
 
 import pytest
-import torch
 
 import hybridrec
 from hybridrec import TrainConfig
 from hybridrec.data.popularity import popularity_logits
-from hybridrec.errors import ConfigError, TrainingDivergedError
+from hybridrec.errors import TrainingDivergedError
 from hybridrec.evaluation import evaluate_pointwise, pointwise_metrics
 
 #: Small batches and a brisk learning rate: a few epochs on the tiny data are enough to learn.
@@ -121,28 +120,3 @@ def test_train_from_frames(tiny_model_options):
     assert len(result.recommender.users) == 3
     assert result.val_unknown.rows_with_unknown == 0
     assert result.out is None
-
-
-@pytest.mark.parametrize(
-    ("options", "flag"),
-    [
-        ({"epochs": 0}, "--epochs"),
-        ({"batch_size": 0}, "--batch-size"),
-        ({"eval_batch_size": 0}, "--eval-batch-size"),
-        ({"learning_rate": 0.0}, "--lr"),
-        ({"learning_rate": float("nan")}, "--lr"),
-        ({"weight_decay": -1.0}, "--weight-decay"),
-        ({"num_threads": -1}, "--threads"),
-    ],
-)
-def test_train_config_validation(options, flag):
-    with pytest.raises(ConfigError, match=flag):
-        TrainConfig(**options)
-
-
-def test_unknown_device_name():
-    from hybridrec.runtime import resolve_device
-
-    assert resolve_device("cpu") == torch.device("cpu")
-    with pytest.raises(ConfigError, match="--device 'toaster'"):
-        resolve_device("toaster")

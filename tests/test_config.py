@@ -1,0 +1,99 @@
+"""config.py: TrainConfig and DataConfig refuse bad values naming the flag, and normalise
+the rest."""
+
+from __future__ import annotations
+
+import pytest
+
+from hybridrec import TrainConfig
+from hybridrec.config import DataConfig
+from hybridrec.errors import ConfigError
+
+# ---------------------------------------------------------------- TrainConfig
+
+
+@pytest.mark.parametrize(
+    ("options", "flag"),
+    [
+        ({"epochs": 0}, "--epochs"),
+        ({"batch_size": 0}, "--batch-size"),
+        ({"eval_batch_size": 0}, "--eval-batch-size"),
+        ({"learning_rate": 0.0}, "--lr"),
+        ({"learning_rate": float("nan")}, "--lr"),
+        ({"weight_decay": -1.0}, "--weight-decay"),
+        ({"num_threads": -1}, "--threads"),
+    ],
+)
+def test_train_config_validation(options, flag):
+    with pytest.raises(ConfigError, match=flag):
+        TrainConfig(**options)
+
+
+@pytest.mark.parametrize(
+    ("options", "flag"),
+    [
+        ({"loss": "hinge"}, "--loss"),
+        ({"loss": "BCE"}, "--loss"),
+        ({"negatives": 0}, "--negatives"),
+        ({"negatives": -2}, "--negatives"),
+        ({"sampling": "zipf"}, "--sampling"),
+        ({"patience": 0}, "--patience"),
+        ({"ks": ()}, "--k"),
+        ({"ks": (10, 0)}, "--k"),
+        ({"ks": (-5,)}, "--k"),
+    ],
+)
+def test_train_config_validation_of_ranking_options(options, flag):
+    with pytest.raises(ConfigError, match=flag):
+        TrainConfig(**options)
+
+
+def test_train_config_defaults_and_normalisation():
+    cfg = TrainConfig(ks=("5", 20))
+    assert cfg.ks == (5, 20)
+    default = TrainConfig()
+    assert (default.loss, default.sampling, default.early_stop) == ("auto", "uniform", "auto")
+    assert TrainConfig(early_stop="none").early_stop is None
+    assert TrainConfig(early_stop="NDCG@5").early_stop == "ndcg@5"
+    assert default.negatives >= 1 and default.patience >= 1
+
+
+@pytest.mark.parametrize("name", ["foo", "hr", "ndcg@x", "mrr@10", "loss@5", "ndcg@-1", "@10"])
+def test_invalid_early_stop_names(name):
+    with pytest.raises(ConfigError, match="--early-stop"):
+        TrainConfig(early_stop=name)
+
+
+def test_early_stop_with_a_zero_cut_off_is_rejected():
+    with pytest.raises(ConfigError, match="--early-stop"):
+        TrainConfig(early_stop="hr@0")
+
+
+@pytest.mark.parametrize(
+    ("options", "flag"),
+    [
+        ({"recency_half_life": -1}, "--recency-half-life"),
+        ({"recency_floor": 0}, "--recency-floor"),
+        ({"recency_floor": 1.5}, "--recency-floor"),
+        ({"catalogue_weight": -0.1}, "--catalogue-weight"),
+    ],
+)
+def test_config_validation_names_the_flag(options, flag):
+    with pytest.raises(ConfigError, match=flag):
+        TrainConfig(**options)
+
+
+@pytest.mark.parametrize("decay", [-0.1, 1.0, 2.0])
+def test_decay_outside_zero_one_is_refused(decay):
+    with pytest.raises(ConfigError, match="--ema-decay"):
+        TrainConfig(ema_decay=decay)
+
+
+# ---------------------------------------------------------------- DataConfig
+
+
+def test_data_config_validation():
+    with pytest.raises(ConfigError, match="--user-col"):
+        DataConfig(user_col="")
+    with pytest.raises(ConfigError, match="three different columns"):
+        DataConfig(user_col="id", item_col="id")
