@@ -50,6 +50,16 @@ def planted_labelled(seed=0, num_users=40, num_items=40, groups=4):
     return frame[~is_val].reset_index(drop=True), frame[is_val].reset_index(drop=True)
 
 
+def holdout_frame(with_time: bool = True) -> pd.DataFrame:
+    rng = np.random.default_rng(0)
+    rows = [(u, i) for u in range(1, 31) for i in rng.choice(40, 6, replace=False) + 1]
+    frame = pd.DataFrame(rows, columns=["userId", "itemId"])
+    if with_time:
+        frame["timestamp"] = rng.permutation(len(frame))
+    frame.loc[len(frame)] = [99, 1] + ([10**6] if with_time else [])  # one-interaction user
+    return frame
+
+
 # ---------------------------------------------------------------- training with tiny models
 
 

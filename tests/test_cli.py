@@ -8,7 +8,10 @@ import warnings
 import pandas as pd
 import pytest
 
+import hybridrec
+import hybridrec.cli
 from hybridrec.cli import main
+from tests.helpers import holdout_frame
 
 #: Tiny, fast, hardware-independent training flags (defaults are for real data sizes).
 FAST = [
@@ -225,3 +228,19 @@ def test_no_command_is_an_argparse_error(capsys):
     with pytest.raises(SystemExit) as info:
         main([])
     assert info.value.code == 2
+
+
+# ---------------------------------------------------------------- no validation file: the holdout
+
+
+def test_cli_without_val_reports_the_holdout(tmp_path, capsys):
+    frame = holdout_frame()
+    frame.to_csv(tmp_path / "train.csv", index=False)
+    code = hybridrec.cli.main(
+        ["train", "--train", str(tmp_path / "train.csv"), "--out", str(tmp_path / "m"),
+         "--epochs", "2", "--no-progress", "--device", "cpu", "--embedding-dim", "4"]
+    )  # fmt: skip
+    out = capsys.readouterr().out
+    assert code == 0 and "30 rows held out (latest per user)" in out
+    saved = hybridrec.load(tmp_path / "m")
+    assert saved.config["settings"]["holdout"]["held_out_rows"] == 30

@@ -34,6 +34,7 @@ from hybridrec.models import (
 )
 from hybridrec.pipeline import load_data
 from hybridrec.serve import create_app
+from tests.helpers import full_ranking, planted, train
 
 NUM_USERS, NUM_ITEMS = 7, 5  # embedding rows, including the unknown row 0
 TINY = {"embedding_dim": 8, "mlp_layer_sizes": (16, 8)}
@@ -408,3 +409,70 @@ def test_register_model_refusals(toy):
     with pytest.raises(ConfigError, match="NoConfig.config_class must be a dataclass"):
         register_model("none", type("NoConfig", (RecModel,), {}))
     assert "lin" not in MODELS and "none" not in MODELS
+
+
+# ---------------------------------------------------------------- the contract, trained and saved
+
+
+@pytest.fixture(scope="module")
+def trained_models(tmp_path_factory):
+    """Every registered model trained for one epoch on positives-only data and saved."""
+    root = tmp_path_factory.mktemp("models")
+    train_frame, val_frame = planted(seed=3)
+    results = {}
+    for name in MODELS:
+        results[name] = train(train_frame, val_frame, model=name, out=root / name)
+    return results
+
+
+@pytest.mark.parametrize(
+    "name",
+    list(MODELS),
+)
+def test_saved_model_reloads_with_identical_scores(trained_models, name):
+    result = trained_models[name]
+    loaded = hybridrec.load(result.out)
+    assert loaded.model_name == name
+    users = result.train_data.user_idx
+    raw_users = result.recommender.users.inverse_transform(users.numpy())
+    raw_items = result.recommender.items.inverse_transform(result.train_data.item_idx.numpy())
+    before = result.recommender.score(raw_users, raw_items)
+    after = loaded.score(raw_users, raw_items)
+    assert np.array_equal(before, after)
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_reloaded_model_gives_identical_logits(trained_models, name):
+    result = trained_models[name]
+    loaded = hybridrec.load(result.out)
+    assert type(loaded.model) is MODELS[name]
+    users = torch.arange(1, result.recommender.users.num_embeddings)
+    with torch.no_grad():
+        assert torch.equal(result.recommender.model.score_all(users), loaded.model.score_all(users))
+    state, reloaded = result.recommender.model.state_dict(), loaded.model.state_dict()
+    assert state.keys() == reloaded.keys()
+    assert all(torch.equal(state[k], reloaded[k]) for k in state)
+    assert loaded.items == result.recommender.items and loaded.users == result.recommender.users
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_score_all_equals_forward_on_every_pair(trained_models, name):
+    model = trained_models[name].recommender.model
+    num_users, num_items = model.config.num_users, model.config.num_items
+    users = torch.arange(num_users)
+    with torch.no_grad():
+        table = model.score_all(users)
+        grid_u = users.repeat_interleave(num_items)
+        grid_i = torch.arange(num_items).repeat(num_users)
+        pairs = model(grid_u, grid_i).reshape(num_users, num_items)
+    assert table.shape == (num_users, num_items)
+    torch.testing.assert_close(table, pairs, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_validation_ranking_matches_the_saved_model(trained_models, name):
+    result = trained_models[name]
+    loaded = hybridrec.load(result.out)
+    recomputed = full_ranking(result, model=loaded.model)
+    assert recomputed["hr@10"] == result.history.best.ranking["hr@10"]
+    assert recomputed["ndcg@10"] == result.history.best.ranking["ndcg@10"]
