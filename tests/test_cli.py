@@ -1,16 +1,27 @@
-"""The ``hybridrec`` command line, called in-process through ``cli.main``."""
+"""cli.py: the ``hybridrec`` command line (train, evaluate, split, data, demo), called
+in-process through ``cli.main``."""
 
 from __future__ import annotations
 
 import json
+import math
+import re
+import urllib.error
 import warnings
 
+import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 import hybridrec
 import hybridrec.cli
-from hybridrec.cli import main
+from hybridrec import TrainConfig
+from hybridrec.cli import build_parser, config_from_args, main
+from hybridrec.data import movielens
+from hybridrec.data.dataset import RecSysDataset
+from hybridrec.evaluation import evaluate_full
+from hybridrec.pipeline import load_data
 from tests.helpers import holdout_frame
 
 #: Tiny, fast, hardware-independent training flags (defaults are for real data sizes).
@@ -20,15 +31,27 @@ FAST = [
 ]  # fmt: skip
 
 
+#: The ranking tests' flags: smaller batches and a brisker rate, for the planted groups.
+FAST_RANKING = [
+    "--batch-size", "64", "--lr", "0.02", "--embedding-dim", "8", "--mlp-layers", "16,8",
+    "--device", "cpu", "--no-progress",
+]  # fmt: skip
+
+
+MODEL_NAMES = ("hybrid", "mf", "gmf", "mlp", "neumf", "popularity", "sasrec")
+
+
 @pytest.fixture(autouse=True)
 def isolated(monkeypatch, tmp_path):
-    """Run in tmp_path, and undo the CLI's global ``warnings.showwarning`` override."""
+    """Run in tmp_path, never touch the real download cache, and undo the CLI's global
+    ``warnings.showwarning`` override."""
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HYBRIDREC_DATA", str(tmp_path / "cache"))
     monkeypatch.setattr(warnings, "showwarning", warnings.showwarning)
 
 
 def call(capsys, *argv):
-    code = main(list(argv))
+    code = main([str(a) for a in argv])
     out, err = capsys.readouterr()
     return code, out, err
 
@@ -38,7 +61,10 @@ def assert_user_error(code, err, *fragments):
     assert err.startswith("error: ") or "\nerror: " in err
     assert "Traceback" not in err
     for fragment in fragments:
-        assert fragment in err
+        assert fragment in err, (fragment, err)
+
+
+# ---------------------------------------------------------------- train, evaluate, demo and help
 
 
 @pytest.fixture
@@ -228,6 +254,512 @@ def test_no_command_is_an_argparse_error(capsys):
     with pytest.raises(SystemExit) as info:
         main([])
     assert info.value.code == 2
+
+
+# ---------------------------------------------------------------- ranking data
+
+
+def rows(path, columns=("userId", "itemId", "timestamp")):
+    """The rows of a CSV as a sorted list of tuples of the given columns."""
+    frame = pd.read_csv(path)
+    return sorted(map(tuple, frame[list(columns)].to_numpy().tolist()))
+
+
+def interactions(seed=0, num_users=12, per_user=5, num_items=30):
+    """Positives with distinct timestamps: ``userId, itemId, timestamp``."""
+    rng = np.random.default_rng(seed)
+    records = []
+    for user in range(1, num_users + 1):
+        items = rng.choice(np.arange(1, num_items + 1), per_user, replace=False)
+        stamps = rng.choice(10_000, per_user, replace=False) + 1_000_000
+        records += [(user, int(i), int(t)) for i, t in zip(items, stamps, strict=True)]
+    return pd.DataFrame(records, columns=["userId", "itemId", "timestamp"])
+
+
+@pytest.fixture(scope="module")
+def ranking_files(tmp_path_factory):
+    """Positives-only ``train.csv``, ``val.csv``, ``test.csv`` with planted groups: 40 users,
+    40 items in 4 groups; each user likes 7 items of their own group, one held out for val and
+    one for test."""
+    directory = tmp_path_factory.mktemp("ranking")
+    rng = np.random.default_rng(0)
+    parts = {"train": [], "val": [], "test": []}
+    for user in range(40):
+        group = user % 4
+        liked = group * 10 + rng.choice(10, 7, replace=False) + 1
+        parts["train"] += [(user + 1, int(i)) for i in liked[:-2]]
+        parts["val"].append((user + 1, int(liked[-2])))
+        parts["test"].append((user + 1, int(liked[-1])))
+    paths = {}
+    for name, records in parts.items():
+        paths[name] = directory / f"{name}.csv"
+        pd.DataFrame(records, columns=["userId", "itemId"]).to_csv(paths[name], index=False)
+    return paths
+
+
+@pytest.fixture(scope="module")
+def model_dir(ranking_files, tmp_path_factory):
+    """A small hybrid model trained on ``ranking_files`` and saved."""
+    out = tmp_path_factory.mktemp("model") / "m"
+    hybridrec.train(
+        ranking_files["train"],
+        ranking_files["val"],
+        out=out,
+        model_options={"embedding_dim": 8, "mlp_layer_sizes": (16, 8)},
+        train_config=TrainConfig(epochs=5, batch_size=64, learning_rate=0.02, device="cpu"),
+    )
+    return out
+
+
+def udata_text(frame, ratings):
+    return "".join(
+        f"{u}\t{i}\t{r}\t{t}\n"
+        for (u, i, t), r in zip(frame.to_numpy().tolist(), ratings, strict=True)
+    )
+
+
+# ---------------------------------------------------------------- split
+
+
+def test_split_loo_partitions_and_holds_out_the_latest(tmp_path, capsys):
+    frame = interactions()
+    frame.to_csv(tmp_path / "all.csv", index=False)
+    code, out, err = call(capsys, "split", "--data", "all.csv", "--out", "parts", "--method", "loo")
+    assert code == 0, err
+    paths = [tmp_path / "parts" / f"{name}.csv" for name in ("train", "val", "test")]
+    for path in paths:
+        assert path.is_file()
+        assert str(path.relative_to(tmp_path)) in out
+    train, val, test = (pd.read_csv(p) for p in paths)
+    together = sorted(rows(paths[0]) + rows(paths[1]) + rows(paths[2]))
+    assert together == rows(tmp_path / "all.csv")  # every input row exactly once
+    assert len(test) == len(val) == 12  # one per user each
+    latest = frame.sort_values("timestamp").groupby("userId").tail(1)
+    assert rows(paths[2]) == sorted(map(tuple, latest.to_numpy().tolist()))
+    # val holds each user's latest row among what test left
+    rest = frame.drop(latest.index)
+    second = rest.sort_values("timestamp").groupby("userId").tail(1)
+    assert rows(paths[1]) == sorted(map(tuple, second.to_numpy().tolist()))
+    assert set(train["target"]) == {1}
+
+
+def test_split_ratio_half(tmp_path, capsys):
+    frame = interactions(seed=1, per_user=6)
+    frame.to_csv(tmp_path / "all.csv", index=False)
+    code, _, err = call(
+        capsys, "split", "--data", "all.csv", "--out", "parts", "--method", "ratio",
+        "--test-fraction", "0.5", "--seed", "3",
+    )  # fmt: skip
+    assert code == 0, err
+    paths = [tmp_path / "parts" / f"{name}.csv" for name in ("train", "val", "test")]
+    assert sorted(rows(paths[0]) + rows(paths[1]) + rows(paths[2])) == rows(tmp_path / "all.csv")
+    train, val, test = (pd.read_csv(p) for p in paths)
+    # half of each user's 6 rows to test, then half of the remaining 3 (floored) to val
+    assert test.groupby("userId").size().eq(3).all() and len(test) == 36
+    assert val.groupby("userId").size().eq(1).all() and len(val) == 12
+    assert train.groupby("userId").size().eq(2).all() and len(train) == 24
+
+
+def test_split_loo_without_timestamps_is_a_user_error(tmp_path, capsys):
+    interactions()[["userId", "itemId"]].to_csv(tmp_path / "plain.csv", index=False)
+    code, out, err = call(capsys, "split", "--data", "plain.csv", "--out", "parts")  # loo default
+    assert_user_error(code, err, "plain.csv", "timestamp", "--method loo-random")
+    assert out == ""
+    assert not (tmp_path / "parts").exists()
+
+
+def test_split_movielens_udata(tmp_path, capsys):
+    frame = interactions(seed=2)
+    (tmp_path / "u.data").write_text(udata_text(frame, [1 + k % 5 for k in range(len(frame))]))
+    code, _, err = call(
+        capsys, "split", "--data", "u.data", "--movielens", "--out", "ml", "--method", "loo"
+    )
+    assert code == 0, err
+    paths = [tmp_path / "ml" / f"{name}.csv" for name in ("train", "val", "test")]
+    assert sorted(rows(paths[0]) + rows(paths[1]) + rows(paths[2])) == sorted(
+        map(tuple, frame.to_numpy().tolist())
+    )
+    for path in paths:
+        assert set(pd.read_csv(path)["target"]) == {1}  # every rating is a positive
+
+
+def test_split_movielens_threshold_keeps_high_ratings(tmp_path, capsys):
+    frame = interactions(seed=2)
+    ratings = [1 + k % 5 for k in range(len(frame))]
+    (tmp_path / "u.data").write_text(udata_text(frame, ratings))
+    code, _, err = call(
+        capsys, "split", "--data", "u.data", "--movielens", "--threshold", "4", "--out", "ml",
+        "--method", "ratio",
+    )  # fmt: skip
+    assert code == 0, err
+    kept = sum(len(pd.read_csv(tmp_path / "ml" / f"{n}.csv")) for n in ("train", "val", "test"))
+    assert kept == sum(r >= 4 for r in ratings)
+
+
+# ---------------------------------------------------------------- data
+
+
+def test_data_from_a_local_file(tmp_path, capsys):
+    frame = interactions(seed=3)
+    (tmp_path / "u.data").write_text(udata_text(frame, [4] * len(frame)))
+    code, out, err = call(capsys, "data", "movielens-100k", "--data", "u.data", "--out", "ml100k")
+    assert code == 0, err
+    for name in ("interactions.csv", "train.csv", "val.csv", "test.csv"):
+        assert (tmp_path / "ml100k" / name).is_file(), name
+        assert name in out
+    assert rows(tmp_path / "ml100k" / "interactions.csv") == sorted(
+        map(tuple, frame.to_numpy().tolist())
+    )
+    parts = [tmp_path / "ml100k" / f"{n}.csv" for n in ("train", "val", "test")]
+    assert sorted(sum((rows(p) for p in parts), [])) == rows(
+        tmp_path / "ml100k" / "interactions.csv"
+    )
+    assert len(pd.read_csv(parts[2])) == 12  # loo by default: one test row per user
+    assert not (tmp_path / "cache").exists()  # a local file needs no cache
+
+
+def test_data_min_rating(tmp_path, capsys):
+    frame = interactions(seed=3)
+    ratings = [1 + k % 5 for k in range(len(frame))]
+    (tmp_path / "u.data").write_text(udata_text(frame, ratings))
+    code, _, err = call(
+        capsys, "data", "movielens-100k", "--data", "u.data", "--min-rating", "3", "--out", "d"
+    )
+    assert code == 0, err
+    assert len(pd.read_csv(tmp_path / "d" / "interactions.csv")) == sum(r >= 3 for r in ratings)
+
+
+@pytest.fixture
+def offline(monkeypatch):
+    """No network: every download fails as a DNS failure would. Returns the URLs tried."""
+    tried = []
+
+    def refuse(url, dest, timeout):
+        tried.append(url)
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(movielens, "_download", refuse)
+    return tried
+
+
+@pytest.mark.parametrize("cache", [None, "mycache"])
+def test_data_offline_without_a_local_file(tmp_path, capsys, offline, cache):
+    argv = ["data", "movielens-100k", "--out", "ml"]
+    if cache:
+        argv += ["--cache", cache]
+    code, out, err = call(capsys, *argv)
+    assert_user_error(code, err, "could not download movielens-100k", "--data")
+    assert "Temporary failure in name resolution" in err
+    assert offline == [movielens.DATASETS["movielens-100k"][0]]
+    assert out == ""
+    assert not (tmp_path / "ml").exists()
+
+
+# ---------------------------------------------------------------- train: ranking options
+
+
+def test_train_neumf_implicit_json(ranking_files, tmp_path, capsys):
+    code, out, err = call(
+        capsys, "train", "--train", ranking_files["train"], "--val", ranking_files["val"],
+        "--out", "neumf", "--model", "neumf", "--negatives", "2", "--loss", "bce",
+        "--early-stop", "ndcg@10", "--patience", "2", "--epochs", "3", "--json", *FAST_RANKING,
+    )  # fmt: skip
+    assert code == 0, err
+    lines = out.strip().splitlines()
+    assert len(lines) == 1
+    summary = json.loads(lines[0])
+    assert 1 <= summary["epochs"] <= 3
+    assert 1 <= summary["best_epoch"] <= summary["epochs"]
+    for key in ("val_hr@10", "val_ndcg@10", "val_mrr", "val_ranking_auc"):
+        assert 0.0 <= summary[key] <= 1.0, key
+    assert summary["val_auc"] is None  # positives-only validation has no pointwise AUC
+    assert math.isfinite(summary["train_loss"])
+    assert (tmp_path / "neumf" / "config.json").is_file()
+    assert (tmp_path / "neumf" / "training_curves.png").read_bytes()[:4] == b"\x89PNG"
+    saved = json.loads((tmp_path / "neumf" / "config.json").read_text())
+    assert saved["model"] == "neumf"
+    assert saved["settings"]["train"]["negatives"] == 2
+    assert saved["settings"]["train"]["early_stop"] == "ndcg@10"
+    metrics = json.loads((tmp_path / "neumf" / "metrics.json").read_text())
+    kept = metrics["history"][summary["best_epoch"] - 1]
+    assert kept["ranking"]["hr@10"] == summary["val_hr@10"]
+    assert max(e["ranking"]["ndcg@10"] for e in metrics["history"]) == summary["val_ndcg@10"]
+
+
+def test_train_popularity(ranking_files, tmp_path, capsys):
+    code, out, err = call(
+        capsys, "train", "--train", ranking_files["train"], "--val", ranking_files["val"],
+        "--out", "pop", "--model", "popularity", "--json", "--device", "cpu", "--no-progress",
+    )  # fmt: skip
+    assert code == 0, err
+    summary = json.loads(out)
+    assert summary["best_epoch"] == 0 and summary["epochs"] == 1
+    assert 0.0 <= summary["val_hr@10"] <= 1.0
+    assert json.loads((tmp_path / "pop" / "config.json").read_text())["model"] == "popularity"
+
+
+def test_train_bpr_with_cut_offs(ranking_files, tmp_path, capsys):
+    code, out, err = call(
+        capsys, "train", "--train", ranking_files["train"], "--val", ranking_files["val"],
+        "--out", "bpr", "--model", "mf", "--loss", "bpr", "--sampling", "popularity",
+        "--k", "5,20", "--epochs", "2", "--json", *FAST_RANKING,
+    )  # fmt: skip
+    assert code == 0, err
+    summary = json.loads(out)
+    assert summary["epochs"] == 2 and summary["best_epoch"] == 2
+    assert math.isfinite(summary["train_loss"]) and summary["train_loss"] > 0
+    assert {"val_hr@5", "val_hr@20", "val_ndcg@20"} <= set(summary)
+    assert "val_hr@10" not in summary
+    assert summary["val_hr@5"] <= summary["val_hr@20"]
+    saved = json.loads((tmp_path / "bpr" / "config.json").read_text())["settings"]["train"]
+    assert (saved["loss"], saved["sampling"], saved["ks"]) == ("bpr", "popularity", [5, 20])
+
+
+def test_train_human_output_shows_full_ranking(ranking_files, capsys):
+    code, out, err = call(
+        capsys, "train", "--train", ranking_files["train"], "--val", ranking_files["val"],
+        "--epochs", "1", *FAST_RANKING,
+    )  # fmt: skip
+    assert code == 0, err
+    assert "full ranking" in out and "HR@10" in out
+    assert "kept epoch 1 of 1" in out
+    assert "val_auc" not in out  # no labelled rows, no pointwise table
+
+
+def test_train_items_catalogue(ranking_files, tmp_path, capsys):
+    pd.DataFrame({"itemId": [*range(1, 41), 77]}).to_csv(tmp_path / "items.csv", index=False)
+    code, _, err = call(
+        capsys, "train", "--train", ranking_files["train"], "--items", "items.csv",
+        "--out", "cat", "--epochs", "1", *FAST_RANKING,
+    )  # fmt: skip
+    assert code == 0, err
+    loaded = hybridrec.load(tmp_path / "cat")
+    assert loaded.items.transform([77])[0] != 0
+    pd.DataFrame({"userId": [1], "itemId": [77]}).to_csv(tmp_path / "new.csv", index=False)
+    code, out, err = call(
+        capsys, "evaluate", "--model", "cat", "--train", ranking_files["train"],
+        "--test", "new.csv", "--json",
+    )  # fmt: skip
+    assert code == 0, err
+    metrics = json.loads(out)
+    assert metrics["unknown_test_items"] == 0 and metrics["users"] == 1
+
+
+@pytest.mark.parametrize(
+    ("flags", "fragment"),
+    [
+        (["--loss", "hinge"], "--loss must be one of auto, bce, bpr, ce"),
+        (["--negatives", "0"], "--negatives"),
+        (["--sampling", "zipf"], "--sampling"),
+        (["--patience", "0"], "--patience"),
+        (["--k", "0"], "--k"),
+        (["--early-stop", "ndcg"], "--early-stop"),
+    ],
+)
+def test_train_bad_implicit_options(ranking_files, capsys, flags, fragment):
+    code, out, err = call(
+        capsys, "train", "--train", ranking_files["train"], "--epochs", "1", *FAST_RANKING, *flags
+    )
+    assert_user_error(code, err, fragment)
+    assert out == ""
+
+
+def test_train_early_stop_without_val_is_a_user_error(ranking_files, capsys):
+    # without --val the holdout supplies validation data; --val none takes it away
+    code, _, err = call(
+        capsys, "train", "--train", ranking_files["train"], "--val", "none",
+        "--early-stop", "ndcg@10", "--epochs", "2", *FAST_RANKING,
+    )  # fmt: skip
+    assert_user_error(code, err, "--early-stop")
+
+
+def test_train_help_lists_the_ranking_options(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["train", "--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    for flag in ("--loss", "--negatives", "--sampling", "--early-stop", "--patience", "--k",
+                 "--items"):  # fmt: skip
+        assert re.search(rf"(^|\s){re.escape(flag)}\b", out), flag
+    choices = re.search(r"--model \{([^}]*)\}", out)
+    assert choices is not None
+    assert set(choices.group(1).split(",")) == set(MODEL_NAMES)
+
+
+# ---------------------------------------------------------------- evaluate: both protocols
+
+
+def reference_full(model_dir, ranking_files, ks):
+    rec = hybridrec.load(model_dir)
+    config = hybridrec.DataConfig()
+    train, _ = RecSysDataset.from_frame(
+        load_data(ranking_files["train"], config), rec.users, rec.items
+    )
+    test, _ = RecSysDataset.from_frame(
+        load_data(ranking_files["test"], config), rec.users, rec.items
+    )
+    return evaluate_full(
+        rec.model, train.user_idx, train.item_idx, test.user_idx, test.item_idx,
+        num_items=rec.items.num_embeddings, ks=ks,
+    )  # fmt: skip
+
+
+def evaluate(capsys, model_dir, ranking_files, *flags):
+    return call(
+        capsys, "evaluate", "--model", model_dir, "--train", ranking_files["train"],
+        "--test", ranking_files["test"], *flags,
+    )  # fmt: skip
+
+
+def test_evaluate_full_json(model_dir, ranking_files, capsys):
+    code, out, err = evaluate(
+        capsys, model_dir, ranking_files, "--protocol", "full", "--k", "5,10", "--json"
+    )
+    assert code == 0, err
+    metrics = json.loads(out)
+    assert metrics["protocol"] == "full"
+    for key in ("hr@5", "hr@10", "ndcg@5", "ndcg@10", "mrr", "auc"):
+        assert 0.0 <= metrics[key] <= 1.0, key
+    assert metrics["hr@5"] <= metrics["hr@10"]
+    assert metrics["users"] == 40
+    reference = reference_full(model_dir, ranking_files, (5, 10))
+    for key in ("hr@5", "hr@10", "ndcg@10", "mrr", "auc"):
+        assert metrics[key] == reference[key], key
+    assert metrics["hr@10"] > 10 / 34  # the planted groups were learned: better than random
+
+
+def test_evaluate_full_human_output(model_dir, ranking_files, capsys):
+    code, out, err = evaluate(capsys, model_dir, ranking_files, "--k", "10")
+    assert code == 0, err
+    assert "full ranking" in out
+    assert "HR@10" in out and "NDCG@10" in out and "MRR" in out
+    assert "40 users" in out
+
+
+def write_candidates(path, ranking_files, layout, per_user=3):
+    """Negatives for each test user: items of another group the user has not seen."""
+    test = pd.read_csv(ranking_files["test"])
+    wide = []
+    for user in test["userId"]:
+        group = (user - 1) % 4
+        other = (group + 1) % 4
+        wide.append([user, *(other * 10 + k + 1 for k in range(per_user))])
+    columns = ["userId", *(f"neg_{k + 1}" for k in range(per_user))]
+    frame = pd.DataFrame(wide, columns=columns)
+    if layout == "long":
+        frame = frame.melt(id_vars="userId", value_name="itemId")[["userId", "itemId"]]
+    frame.to_csv(path, index=False)
+    return path
+
+
+def test_evaluate_sampled_with_candidate_files(model_dir, ranking_files, tmp_path, capsys):
+    results = {}
+    for layout in ("wide", "long"):
+        path = write_candidates(tmp_path / f"{layout}.csv", ranking_files, layout)
+        code, out, err = evaluate(
+            capsys, model_dir, ranking_files, "--protocol", "sampled", "--candidates", path,
+            "--k", "1,3", "--json",
+        )  # fmt: skip
+        assert code == 0, err
+        results[layout] = json.loads(out)
+    wide, long = results["wide"], results["long"]
+    assert wide == long  # the same candidates in either layout give the same metrics
+    assert wide["protocol"] == "sampled"
+    assert wide["negatives"] == 3.0 and wide["queries"] == 40
+    assert wide["unknown_candidates"] == 0
+    assert wide["hr@3"] == 1.0  # with 3 negatives, the top 4 holds every test item
+    assert 0.0 <= wide["hr@1"] <= 1.0 and wide["auc"] >= 0.5
+
+
+def test_evaluate_sampled_human_output(model_dir, ranking_files, tmp_path, capsys):
+    path = write_candidates(tmp_path / "wide.csv", ranking_files, "wide", per_user=4)
+    code, out, err = evaluate(
+        capsys, model_dir, ranking_files, "--protocol", "sampled", "--candidates", path
+    )
+    assert code == 0, err
+    assert "sampled (test item vs 4 negatives)" in out
+
+
+def test_evaluate_sampled_without_candidates_samples_num_negatives(
+    model_dir, ranking_files, capsys
+):
+    code, out, err = evaluate(
+        capsys, model_dir, ranking_files, "--protocol", "sampled", "--num-negatives", "7",
+        "--json",
+    )  # fmt: skip
+    assert code == 0, err
+    metrics = json.loads(out)
+    assert metrics["protocol"] == "sampled"
+    assert metrics["negatives"] == 7.0 and metrics["queries"] == 40
+    code, again, _ = evaluate(
+        capsys, model_dir, ranking_files, "--protocol", "sampled", "--num-negatives", "7",
+        "--json",
+    )  # fmt: skip
+    assert json.loads(again) == metrics  # seeded: the same negatives every run
+
+
+@pytest.mark.parametrize(
+    ("flags", "fragment"),
+    [
+        (["--test", "TEST"], "--test needs --train"),
+        (["--train", "TRAIN", "--test", "TEST", "--candidates", "c.csv"], "--candidates"),
+        (
+            ["--train", "TRAIN", "--test", "TEST", "--protocol", "full", "--candidates", "c.csv"],
+            "--protocol sampled",
+        ),
+        ([], "--data"),
+        (["--train", "TRAIN"], "--test"),
+    ],
+)
+def test_evaluate_usage_errors(model_dir, ranking_files, capsys, flags, fragment):
+    names = {"TRAIN": ranking_files["train"], "TEST": ranking_files["test"]}
+    argv = [names.get(f, f) for f in flags]
+    code, out, err = call(capsys, "evaluate", "--model", model_dir, *argv)
+    assert_user_error(code, err, fragment)
+    assert out == ""
+
+
+def test_evaluate_rejects_zero_cut_off(model_dir, ranking_files, capsys):
+    code, _, err = evaluate(capsys, model_dir, ranking_files, "--k", "0")
+    assert_user_error(code, err, "cut-offs K must be positive")
+
+
+def test_evaluate_pointwise_and_ranking_together(model_dir, ranking_files, tmp_path, capsys):
+    labelled = pd.DataFrame({"userId": [1, 1, 2, 2], "itemId": [1, 21, 2, 22]})
+    labelled["target"] = [1, 0, 1, 0]
+    labelled.to_csv(tmp_path / "labelled.csv", index=False)
+    code, out, err = evaluate(capsys, model_dir, ranking_files, "--data", "labelled.csv", "--json")
+    assert code == 0, err
+    metrics = json.loads(out)
+    assert metrics["rows"] == 4 and metrics["protocol"] == "full"
+    assert {"loss", "accuracy", "hr@10", "ndcg@10", "mrr"} <= set(metrics)
+    assert torch.isfinite(torch.tensor(metrics["loss"]))
+
+
+def test_evaluate_pointwise_on_a_popularity_model(ranking_files, tmp_path, capsys):
+    code, _, err = call(
+        capsys, "train", "--train", ranking_files["train"], "--out", "pop", "--model",
+        "popularity", "--device", "cpu", "--no-progress",
+    )  # fmt: skip
+    assert code == 0, err
+    labelled = pd.DataFrame({"userId": [1, 1], "itemId": [1, 21], "target": [1, 0]})
+    labelled.to_csv(tmp_path / "labelled.csv", index=False)
+    code, out, err = call(capsys, "evaluate", "--model", "pop", "--data", "labelled.csv", "--json")
+    assert code == 0, err
+    assert 0.0 <= json.loads(out)["auc"] <= 1.0
+
+
+# ---------------------------------------------------------------- flags that reach the config
+
+
+def test_cli_flags_reach_the_config():
+    args = build_parser().parse_args(
+        ["train", "--train", "t.csv", "--amp", "bf16", "--compile", "--checkpoint-every", "2"]
+    )
+    config = config_from_args(TrainConfig, args)
+    assert (config.amp, config.compile, config.checkpoint_every) == ("bf16", True, 2)
+    default = config_from_args(TrainConfig, build_parser().parse_args(["train", "--train", "t"]))
+    assert (default.amp, default.compile, default.checkpoint_every) == ("off", False, 0)
 
 
 # ---------------------------------------------------------------- no validation file: the holdout
