@@ -3,8 +3,12 @@ data, a one-call ``train`` with tiny models, and the ranking metrics' reference 
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pandas as pd
+import pytest
+import torch
 
 import hybridrec
 from hybridrec import TrainConfig
@@ -12,8 +16,6 @@ from hybridrec.data.synthetic import planted_groups
 from hybridrec.evaluation import evaluate_full
 
 TINY = {"embedding_dim": 8, "mlp_layer_sizes": (16, 8), "init_std": 0.05}
-
-
 #: Options each model accepts (mf has no MLP, popularity has no options at all).
 OPTIONS = {
     "hybrid": TINY,
@@ -98,3 +100,23 @@ def full_ranking(result, model=None, ks=(10,)):
 
 def keys(users, items, num_items=10_000):
     return set((users.long() * num_items + items.long()).tolist())
+
+
+# ---------------------------------------------------------------- ranking metrics
+
+
+INF = math.inf
+IDCG2 = 1 + 1 / math.log2(3)  # ideal DCG of two relevant items
+
+
+def t(values: list[int]) -> torch.Tensor:
+    return torch.tensor(values, dtype=torch.int64)
+
+
+def assert_metrics_equal(actual: dict[str, float], expected: dict[str, float]) -> None:
+    assert set(actual) == set(expected)
+    for key, value in expected.items():
+        if math.isnan(value):
+            assert math.isnan(actual[key]), key
+        else:
+            assert actual[key] == pytest.approx(value, abs=1e-6), key

@@ -458,11 +458,7 @@ def test_bad_cell_deep_in_a_large_file_names_its_row(big_files, tmp_path, column
 
 
 TOKENS = ["1", "2", "10", " 3 ", "007", "-0", "-5", "x", "y z", "", "  ", "nan", "True", "no"]
-
-
 TARGETS = ["1", "0", "true", "FALSE", " yes", "no ", "1.0", "0.0", "2", "", "nan", "maybe"]
-
-
 TIMES = ["1600000000", "1.5", "2020-01-01", "-3", "", "soon", "nan", "1e9"]
 
 

@@ -22,8 +22,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 CPU = torch.device("cpu")
-
-
 TINY = {"embedding_dim": 8, "mlp_layer_sizes": (8,)}
 
 

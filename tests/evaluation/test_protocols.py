@@ -1,34 +1,21 @@
-"""Ranking evaluation: hand-computed cases, a slow loop reference, properties and file reading."""
+"""evaluation/protocols.py: the full and sampled ranking protocols against hand-computed
+cases and a slow loop reference."""
 
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
-import pandas as pd
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from hybridrec.data.encoding import IdEncoder
-from hybridrec.errors import ConfigError, DataError
-from hybridrec.evaluation import (
-    RANKING_METRICS,
-    evaluate_full,
-    evaluate_sampled,
-    format_metrics,
-    metrics_from_ranks,
-    read_candidates,
-)
+from hybridrec.evaluation import RANKING_METRICS, evaluate_full, evaluate_sampled
 from hybridrec.evaluation.protocols import _sample_negatives
 from hybridrec.models.mf import MatrixFactorization, MFConfig
 from hybridrec.models.popularity import Popularity, PopularityConfig
-
-ML100K = Path(__file__).resolve().parents[2] / "shared" / "data" / "movielens-100k-loo"
-INF = math.inf
-IDCG2 = 1 + 1 / math.log2(3)  # ideal DCG of two relevant items
+from tests.helpers import IDCG2, INF, assert_metrics_equal, t
 
 
 class DotModel(nn.Module):
@@ -69,19 +56,6 @@ class TableModel(nn.Module):
 
     def score_all(self, user_idx: torch.Tensor) -> torch.Tensor:
         return self.table[user_idx]
-
-
-def t(values: list[int]) -> torch.Tensor:
-    return torch.tensor(values, dtype=torch.int64)
-
-
-def assert_metrics_equal(actual: dict[str, float], expected: dict[str, float]) -> None:
-    assert set(actual) == set(expected)
-    for key, value in expected.items():
-        if math.isnan(value):
-            assert math.isnan(actual[key]), key
-        else:
-            assert actual[key] == pytest.approx(value, abs=1e-6), key
 
 
 # ---------------------------------------------------------------- slow reference (loops)
@@ -210,102 +184,6 @@ def columns(pairs: list[tuple[int, int]]) -> tuple[torch.Tensor, torch.Tensor]:
         return t([]), t([])
     users, items = zip(*pairs, strict=True)
     return t(list(users)), t(list(items))
-
-
-# ---------------------------------------------------------------- metrics_from_ranks
-
-
-def test_metrics_from_ranks_hand_computed():
-    # A: relevant items at ranks 0 and 3 among 4 negatives (2 negatives above the second).
-    # B: one relevant item at rank 1 among 5 negatives. C: one unrankable item (a miss).
-    # D: no relevant items, ignored.
-    ranks = torch.tensor([[0.0, 3.0], [1.0, INF], [INF, INF], [INF, INF]])
-    neg_above = torch.tensor([[0, 2], [1, 0], [5, 0], [0, 0]])
-    metrics = metrics_from_ranks(ranks, neg_above, t([2, 1, 1, 0]), t([4, 5, 5, 9]), ks=[1, 2, 3])
-    ndcg_a = 1 / IDCG2  # hit at rank 0 only, two relevant items
-    ndcg_b = 1 / math.log2(3)  # hit at rank 1, one relevant item
-    expected = {
-        "hr@1": 1 / 3,
-        "ndcg@1": 1 / 3,
-        "recall@1": (1 / 2) / 3,
-        "precision@1": 1 / 3,
-        "map@1": 1 / 3,
-        "hr@2": 2 / 3,
-        "ndcg@2": (ndcg_a + ndcg_b) / 3,
-        "recall@2": (1 / 2 + 1) / 3,
-        "precision@2": (1 / 2 + 1 / 2) / 3,
-        "map@2": (1 / 2 + 1 / 2) / 3,  # A: (1/1)/min(2,2); B: (1/2)/1
-        "hr@3": 2 / 3,
-        "ndcg@3": (ndcg_a + ndcg_b) / 3,
-        "recall@3": (1 / 2 + 1) / 3,
-        "precision@3": (1 / 3 + 1 / 3) / 3,
-        "map@3": (1 / 2 + 1 / 2) / 3,
-        "mrr": (1 + 1 / 2 + 0) / 3,
-        "auc": ((1 + 1 / 2) / 2 + 4 / 5 + 0) / 3,
-        "users": 3.0,
-    }
-    assert_metrics_equal(metrics, expected)
-
-
-def test_metrics_from_ranks_second_hit_counts_in_map_and_ndcg():
-    metrics = metrics_from_ranks(
-        torch.tensor([[3.0, 0.0]]), torch.tensor([[2, 0]]), t([2]), t([4]), ks=[4]
-    )
-    assert metrics["ndcg@4"] == pytest.approx((1 + 1 / math.log2(5)) / IDCG2)
-    assert metrics["map@4"] == pytest.approx((1 / 1 + 2 / 4) / 2)
-    assert metrics["recall@4"] == 1.0
-    assert metrics["precision@4"] == 0.5
-
-
-def test_metrics_from_ranks_no_users_is_nan():
-    metrics = metrics_from_ranks(torch.zeros(0, 1), torch.zeros(0, 1), t([]), t([]), ks=[5])
-    assert metrics["users"] == 0.0
-    assert math.isnan(metrics["hr@5"]) and math.isnan(metrics["auc"])
-
-
-@pytest.mark.parametrize("ks", [[], [0], [3, -1]])
-def test_metrics_from_ranks_rejects_bad_ks(ks):
-    with pytest.raises(ConfigError, match="cut-offs"):
-        metrics_from_ranks(torch.zeros(1, 1), torch.zeros(1, 1), t([1]), t([1]), ks=ks)
-
-
-def pessimistic_ranks(offsets: list[int], tied: list[bool], misses: int) -> list[float]:
-    """Ranks a real ranking can produce: the p-th smallest is >= p, a tie group shares the
-    rank of its last member, and unranked items are inf."""
-    ranks = [offset + p for p, offset in enumerate(sorted(offsets))]
-    for p in range(len(ranks) - 1, 0, -1):
-        if tied[p % len(tied)]:
-            ranks[p - 1] = ranks[p]
-    return [float(r) for r in ranks] + [INF] * misses
-
-
-@settings(max_examples=40, deadline=None)
-@given(
-    rows=st.lists(
-        st.builds(
-            pessimistic_ranks,
-            st.lists(st.integers(0, 30), max_size=4),
-            st.lists(st.booleans(), min_size=1, max_size=4),
-            st.integers(0, 2),
-        ).filter(bool),
-        min_size=1,
-        max_size=6,
-    )
-)
-def test_metrics_from_ranks_bounds_and_monotone(rows):
-    width = max(len(r) for r in rows)
-    ranks = torch.tensor([r + [INF] * (width - len(r)) for r in rows], dtype=torch.float64)
-    neg_above = torch.where(torch.isinf(ranks), 31.0, ranks)
-    ks = [1, 2, 3, 5, 10, 40]
-    metrics = metrics_from_ranks(
-        ranks, neg_above, t([len(r) for r in rows]), t([31] * len(rows)), ks
-    )
-    for key, value in metrics.items():
-        if key != "users":
-            assert 0.0 <= value <= 1.0 + 1e-12, key
-    for name in ("hr", "recall"):
-        values = [metrics[f"{name}@{k}"] for k in ks]
-        assert values == sorted(values), name
 
 
 # ---------------------------------------------------------------- evaluate_full
@@ -526,87 +404,3 @@ def test_sampled_ties_count_against_the_model():
     model = TableModel(torch.zeros(3, 40))
     metrics = evaluate_sampled(model, t([]), t([]), t([1, 2]), t([4, 9]), 40, num_negatives=20)
     assert metrics["hr@10"] == 0.0 and metrics["auc"] == 0.0
-
-
-# ---------------------------------------------------------------- read_candidates
-
-
-INT_USERS = IdEncoder.fit([1, 2, 3])
-INT_ITEMS = IdEncoder.fit([10, 20, 30, 40])
-
-
-def test_read_candidates_wide(tiny_csv):
-    path = tiny_csv("userId,neg_1,neg_2,neg_3\n1,10,20,30\n3, 40 ,99,10\n", "negs.csv")
-    users, items = read_candidates(path, INT_USERS, INT_ITEMS)
-    assert users.tolist() == [1, 1, 1, 3, 3, 3]
-    assert items.tolist() == [1, 2, 3, 4, 0, 1]  # 99 is unknown -> 0
-    assert users.dtype == items.dtype == torch.int64
-
-
-def test_read_candidates_long_and_string_ids(tiny_csv):
-    path = tiny_csv({"user": ["u1", "u2", "zz"], "item": ["b", "a", "b"]}, "cands.csv")
-    users, items = read_candidates(
-        path, IdEncoder.fit(["u1", "u2"]), IdEncoder.fit(["a", "b"]), "user", "item"
-    )
-    assert users.tolist() == [1, 2, 0] and items.tolist() == [2, 1, 2]
-
-
-def test_read_candidates_long_parquet(tiny_csv):
-    frame = pd.DataFrame({"userId": [2, 1], "itemId": [40, 10]})
-    users, items = read_candidates(tiny_csv(frame, "c.parquet"), INT_USERS, INT_ITEMS)
-    assert users.tolist() == [2, 1] and items.tolist() == [4, 1]
-
-
-def test_read_candidates_noncanonical_ids_stay_strings(tiny_csv):
-    # "010" is not the integer 10, exactly as in read_interactions.
-    path = tiny_csv("userId,neg_1,neg_2\n1,010,20\n", "negs.csv")
-    _, items = read_candidates(path, INT_USERS, INT_ITEMS)
-    assert items.tolist()[0] == 0
-
-
-@pytest.mark.parametrize(
-    ("text", "match"),
-    [
-        ("user,neg_1\n1,10\n", r"missing user column 'userId'"),
-        ("userId,neg_1,neg_2\n1,10,20\n2,30,\n", r"row 2 \(line 3\), column 'neg_2'.*blank"),
-        ("userId,itemId\n1,10\n ,20\n", r"row 2 \(line 3\), column 'userId'.*blank id"),
-        ("userId,itemId,neg_1\n1,10,20\n", r"ambiguous"),
-        ("userId\n1\n", r"only the user column"),
-        ("userId,neg_1\n", r"no rows"),
-    ],
-)
-def test_read_candidates_errors(tiny_csv, text, match):
-    with pytest.raises(DataError, match=match):
-        read_candidates(tiny_csv(text, "negs.csv"), INT_USERS, INT_ITEMS)
-
-
-def test_read_candidates_missing_file(tmp_path):
-    with pytest.raises(DataError, match=r"nope\.csv.*file not found"):
-        read_candidates(tmp_path / "nope.csv", INT_USERS, INT_ITEMS)
-
-
-@pytest.mark.skipif(not ML100K.exists(), reason="../shared/data not present")
-def test_read_candidates_movielens_100k_loo():
-    train = pd.read_csv(ML100K / "train.csv", dtype=str)
-    users = IdEncoder.fit(train["userId"].astype("int64"))
-    items = IdEncoder.fit(train["itemId"].astype("int64"))
-    user_idx, item_idx = read_candidates(ML100K / "test_negatives.csv", users, items)
-    assert len(user_idx) == len(item_idx) == 943 * 100
-    assert torch.unique(user_idx).tolist() == list(range(1, 944))
-    assert torch.bincount(user_idx).tolist()[1:] == [100] * 943
-
-
-# ---------------------------------------------------------------- format_metrics
-
-
-def test_format_metrics_full_and_sampled():
-    metrics = metrics_from_ranks(
-        torch.tensor([[0.0], [4.0]]), torch.zeros(2, 1), t([1, 1]), t([9, 9]), [5, 10]
-    )
-    full = format_metrics({**metrics, "unknown_test_items": 2.0}, "full")
-    assert full.startswith("full ranking (all items not in train), 2 users:")
-    assert "HR@5 1.0000" in full and "NDCG@10" in full and "MRR 0.6000" in full
-    assert "2 test rows with an unknown item counted as misses" in full
-    sampled = format_metrics({**metrics, "negatives": 100.0, "queries": 2.0}, "sampled")
-    assert sampled.splitlines()[0] == "sampled (test item vs 100 negatives), 2 users:"
-    assert len(sampled.splitlines()) == 4
