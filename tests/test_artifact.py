@@ -1,4 +1,5 @@
-"""Saved model directories reload exactly, and every kind of damage is an ArtifactError."""
+"""artifact.py: saved model directories reload exactly, and every kind of damage is an
+ArtifactError."""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
-"""Checkpoint and resume: a resumed run is the uninterrupted run, bit for bit, on the CPU;
-a hard-killed run resumes to a normal artifact; bad checkpoints give one-line errors."""
+"""checkpoint.py and training/state.py: a resumed run is the uninterrupted run, bit for bit,
+on the CPU; a hard-killed run resumes to a normal artifact; bad checkpoints give one-line
+errors."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""RecSysDataset, its DataLoader interface, unknown-id counting and batch iteration."""
+"""data/dataset.py: RecSysDataset, its DataLoader interface, unknown-id counting and batch
+iteration."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Multi-process training: shards, and real 2-process gloo runs on loopback via torchrun.
+"""distributed.py (and the objectives' shards by rank): multi-process training, shards, and
+real 2-process gloo runs on loopback via torchrun.
 
 The process tests start ``python -m torch.distributed.run --standalone`` (torchrun on a free
 local port) and skip when this platform cannot run gloo on loopback.

@@ -1,4 +1,5 @@
-"""IdEncoder: raw ids <-> dense indices 1..n, with 0 reserved for unknown ids."""
+"""data/encoding.py: IdEncoder, raw ids <-> dense indices 1..n, with 0 reserved for unknown
+ids."""
 
 from __future__ import annotations
 

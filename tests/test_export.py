@@ -1,4 +1,4 @@
-"""Exported scorers give the same logits as the model they came from."""
+"""export.py: exported scorers give the same logits as the model they came from."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Contract every registered model must meet, config validation, the registry, and a model
+"""models/ (the registry, RecModel's declarations and every registered model): the contract
+each model must meet, untrained and trained, config validation, the registry, and a model
 registered from outside going through every path."""
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""MovieLens readers (implicit positives, clear errors) and the offline-safe download cache.
+"""data/movielens.py: MovieLens readers (implicit positives, clear errors) and the
+offline-safe download cache.
 
 No test touches the network: downloads are replaced by fakes, or read ``file://`` URLs.
 """

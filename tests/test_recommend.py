@@ -1,5 +1,6 @@
-"""Top-K recommendations: seen items stay out, batches equal single calls, new users and
-similar items work, and the artifact and the CLI carry it all."""
+"""recommend/ (the Recommender and its modules): top-K recommendations, seen items stay out,
+batches equal single calls, new users, similar items and two-stage top-K work, and the
+artifact and the CLI carry it all."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""``python RecSys.py``, the seed's entry point, run end to end as a real process."""
+"""RecSys.py (cli.recsys_main): the seed's entry point, ``python RecSys.py``, run end to end
+as a real process."""
 
 from __future__ import annotations
 

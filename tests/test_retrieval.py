@@ -1,4 +1,4 @@
-"""Two-stage retrieval agrees with exhaustive scoring where it must."""
+"""retrieval.py: two-stage retrieval agrees with exhaustive scoring where it must."""
 
 from __future__ import annotations
 

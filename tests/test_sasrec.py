@@ -1,4 +1,5 @@
-"""SASRec: packed histories, causal attention, next-item training, and the shared workflow."""
+"""models/sasrec.py: causal attention, next-item training, and the shared workflow (the
+packed histories it reads are data/sequences.py's, tested in test_sequences.py)."""
 
 from __future__ import annotations
 

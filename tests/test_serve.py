@@ -1,4 +1,5 @@
-"""The HTTP service answers exactly what the Recommender answers, and reloads never drop requests.
+"""serve/ (the HTTP service): it answers exactly what the Recommender answers, and reloads
+never drop requests.
 
 Everything runs in-process through FastAPI's TestClient: no server, no sockets, no sleeps.
 """

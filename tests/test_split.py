@@ -1,4 +1,5 @@
-"""Train/val/test splits: hand-computed examples, the tie rule, and the partition property."""
+"""data/split.py: train/val/test splits, hand-computed examples, the tie rule, and the
+partition property."""
 
 from __future__ import annotations
 
