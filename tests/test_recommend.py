@@ -528,9 +528,17 @@ def test_two_stage_auto_is_exhaustive_for_small_catalogues_only(recs, monkeypatc
     users = list(rec.users.ids[:6])
     exhaustive = rec.recommend_many(users, k=4)
     assert rec.recommend_many(users, k=4, num_candidates="auto") == exhaustive
+    assert not fresh(rec).prepare_two_stage("auto")
     monkeypatch.setattr(module, "AUTO_CANDIDATES", 5)
     monkeypatch.setattr(module, "AUTO_MIN_ITEMS", 3)  # this catalogue now counts as large
     assert module.check_num_candidates(rec.model, "hybrid", "auto") == 5
+    calls = []
+    real = module.item_prior
+    monkeypatch.setattr(module, "item_prior", lambda model: calls.append(1) or real(model))
+    warmed = fresh(rec)
+    assert warmed.prepare_two_stage("auto") and calls == [1]  # computed before any request
+    warmed.recommend_many(users, k=4, num_candidates="auto")
+    assert calls == [1]
     auto = rec.recommend_many(users, k=4, num_candidates="auto")
     assert auto == rec.recommend_many(users, k=4, num_candidates=5)
     for name in ("mlp", "sasrec"):  # nothing to retrieve by: exhaustive, not an error

@@ -16,6 +16,7 @@ from typing import Any
 from fastapi import HTTPException
 
 from hybridrec.recommend import Recommender
+from hybridrec.recommend.two_stage import AUTO
 from hybridrec.serve.cache import CACHE_TOP, TopCache, build_cache
 from hybridrec.serve.schemas import json_safe
 
@@ -94,6 +95,12 @@ def _served(recommender: Recommender, cache_top: int) -> Served:
         final = {}
     directory = recommender.config.get("directory")
     started = time.perf_counter()
+    if recommender.prepare_two_stage(AUTO):  # large catalogue: no request pays for the prior
+        logger.info(
+            f"two-stage ranking of {len(recommender.items):,} items: item prior computed in "
+            f"{time.perf_counter() - started:.1f} s"
+        )
+        started = time.perf_counter()
     cache = build_cache(recommender, cache_top)
     if cache is not None:
         logger.info(
