@@ -87,15 +87,7 @@ def evaluate_full(
     rankable = filled & (items != UNKNOWN_INDEX)
 
     # Training pairs of test users, sorted by test-user row so a chunk is one slice.
-    row_of = torch.full((int(users.max()) + 1 if len(users) else 1,), -1, dtype=torch.int64)
-    row_of[users] = torch.arange(len(users))
-    in_range = train_u < len(row_of)
-    train_row = torch.full_like(train_u, -1)
-    train_row[in_range] = row_of[train_u[in_range]]
-    mine = train_row >= 0
-    train_row, train_i = train_row[mine], train_i[mine]
-    order = torch.argsort(train_row, stable=True)
-    train_row, train_i = train_row[order], train_i[order]
+    train_row, train_i = _pairs_by_row(users, train_u, train_i)
 
     if chunk_users is None:
         chunk_users = max(1, _CHUNK_ELEMENTS // (num_items * max(width, 1)))
@@ -310,15 +302,7 @@ def _sample_negatives(
     generator = torch.Generator().manual_seed(seed)
     seen_u = torch.cat([train_u, test_u])
     seen_i = torch.cat([train_i, test_i])
-    row_of = torch.full((int(users.max()) + 1 if len(users) else 1,), -1, dtype=torch.int64)
-    row_of[users] = torch.arange(len(users))
-    in_range = seen_u < len(row_of)
-    seen_row = torch.full_like(seen_u, -1)
-    seen_row[in_range] = row_of[seen_u[in_range]]
-    mine = seen_row >= 0
-    seen_row, seen_i = seen_row[mine], seen_i[mine]
-    order = torch.argsort(seen_row, stable=True)
-    seen_row, seen_i = seen_row[order], seen_i[order]
+    seen_row, seen_i = _pairs_by_row(users, seen_u, seen_i)
 
     take = min(num_negatives, num_items - 1)
     negatives = torch.zeros(len(users), take, dtype=torch.int64)
@@ -351,3 +335,20 @@ def _score_pairs(
         model.train(was_training)
     scores = torch.cat(parts) if parts else torch.zeros(0)
     return torch.nan_to_num(scores, nan=-math.inf).reshape(items.shape)
+
+
+def _pairs_by_row(
+    users: torch.Tensor, pair_users: torch.Tensor, pair_items: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(row, item)`` of the pairs whose user is in ``users`` (sorted, unique), where row is
+    the user's position in ``users``; sorted by row (stably), so one user's pairs, or a chunk
+    of users', are one contiguous slice."""
+    row_of = torch.full((int(users.max()) + 1 if len(users) else 1,), -1, dtype=torch.int64)
+    row_of[users] = torch.arange(len(users))
+    in_range = pair_users < len(row_of)
+    row = torch.full_like(pair_users, -1)
+    row[in_range] = row_of[pair_users[in_range]]
+    mine = row >= 0
+    row, items = row[mine], pair_items[mine]
+    order = torch.argsort(row, stable=True)
+    return row[order], items[order]
