@@ -248,3 +248,77 @@ def test_summary_with_labelled_validation_keeps_the_pointwise_auc():
     assert summary["val_ranking_auc"] == ranking["auc"]
     assert summary["val_hr@10"] == ranking["hr@10"]
     assert summary["val_auc"] != summary["val_ranking_auc"]
+
+
+# ---------------------------------------------------------------- the output directory
+
+
+def _scores(directory):
+    rec = hybridrec.load(directory)
+    users, items = rec.users.ids[:20], rec.items.ids[:20]
+    return rec.score(users, items)
+
+
+def test_interrupted_retrain_leaves_the_old_model_intact(
+    synthetic_data, tiny_model_options, tmp_path, monkeypatch
+):
+    out = tmp_path / "model"
+    run(synthetic_data, tiny_model_options, epochs=1, out=out)
+    before = _scores(out)
+    loop = __import__("sys").modules["hybridrec.training.loop"]
+    real = loop._describe
+
+    def fail_in_epoch_2(stats, epochs):  # as a Ctrl-C or a crash after epoch 1 would
+        if stats.epoch == 2:
+            raise KeyboardInterrupt
+        return real(stats, epochs)
+
+    monkeypatch.setattr(loop, "_describe", fail_in_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        run(synthetic_data, tiny_model_options, epochs=3, seed=1, out=out)
+    assert (out / "progress.json").is_file()  # the run's epoch 1 was recorded beside it
+    np.testing.assert_array_equal(_scores(out), before)  # loads, checksums intact
+
+
+def test_retrain_replaces_the_model_whole_and_keeps_other_files(
+    synthetic_data, tiny_model_options, tmp_path
+):
+    out = tmp_path / "model"
+    run(synthetic_data, tiny_model_options, epochs=1, out=out)
+    before = _scores(out)
+    (out / "notes.txt").write_text("mine")
+    (out / ".weights.pt.abc.tmp").write_bytes(b"left by a killed save")
+    run(synthetic_data, tiny_model_options, epochs=2, seed=1, out=out, checkpoint_every=1)
+    assert not np.array_equal(_scores(out), before)
+    assert (out / "notes.txt").read_text() == "mine"
+    assert (out / "checkpoint.pt").is_file() and not (out / "progress.json").exists()
+    assert not (out / ".weights.pt.abc.tmp").exists()  # stale temp file removed
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name != "model") == [".model.lock"]
+
+
+def test_a_save_killed_between_its_renames_loses_nothing(
+    synthetic_data, tiny_model_options, tmp_path
+):
+    out = tmp_path / "model"
+    run(synthetic_data, tiny_model_options, epochs=1, out=out)
+    scores = _scores(out)
+    out.rename(tmp_path / ".model.new")  # the moment after `out` was moved aside
+    np.testing.assert_array_equal(_scores(out), scores)  # loads from beside it
+    run(synthetic_data, tiny_model_options, epochs=1, out=out, early_stop="none")
+    assert (out / "config.json").is_file() and not (tmp_path / ".model.new").exists()
+
+
+def test_out_is_checked_and_locked_before_any_data_is_read(tmp_path):
+    from hybridrec.errors import ConfigError
+    from hybridrec.files import OutputBusyError, exclusive
+
+    missing = tmp_path / "no-such-train.csv"
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    for out, message in ((a_file, "is a file"), (a_file / "sub", "cannot create")):
+        with pytest.raises(ConfigError, match=message):
+            hybridrec.train(missing, out=out)
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    with exclusive(busy), pytest.raises(OutputBusyError, match="another hybridrec process"):
+        hybridrec.train(missing, out=busy)

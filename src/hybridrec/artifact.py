@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import shutil
 from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
@@ -29,7 +30,7 @@ from torch import nn
 from hybridrec.data.encoding import IdEncoder
 from hybridrec.data.seen import SeenItems
 from hybridrec.errors import ArtifactError
-from hybridrec.files import atomic_write, atomic_write_json
+from hybridrec.files import atomic_write, atomic_write_json, staging_path, swap_in
 from hybridrec.models import model_class
 
 FORMAT = "hybridrec-model"
@@ -77,8 +78,15 @@ def save_artifact(
     }
     if seen is not None:
         payloads[SEEN] = seen.to_bytes()
+    # Over an existing model the new one is built beside it and swapped in whole, so a
+    # crash mid-save leaves a loadable model (the old or the new), never a mix.
+    replacing = (directory / CONFIG).exists()
+    target = staging_path(directory, "new") if replacing else directory
+    if replacing:
+        shutil.rmtree(target, ignore_errors=True)
+        target.mkdir()
     for name, payload in payloads.items():
-        atomic_write(directory / name, lambda f, p=payload: f.write(p))
+        atomic_write(target / name, lambda f, p=payload: f.write(p))
     config = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -89,8 +97,19 @@ def save_artifact(
         "settings": settings or {},
         "sha256": {name: hashlib.sha256(p).hexdigest() for name, p in payloads.items()},
     }
-    atomic_write_json(directory / CONFIG, config)
+    atomic_write_json(target / CONFIG, config)
+    if replacing:  # what is not the artifact (checkpoint, progress, plots) stays
+        swap_in(target, directory, keep=lambda name: name not in ARTIFACT_FILES)
     return directory
+
+
+#: The files of an artifact; anything else in a model directory is left alone on a resave.
+ARTIFACT_FILES = frozenset({CONFIG, WEIGHTS, ID_MAPS, METRICS, SEEN})
+
+
+def is_artifact(directory: Path) -> bool:
+    """Whether ``directory`` holds a complete artifact (its config, written last, exists)."""
+    return (directory / CONFIG).is_file()
 
 
 def load_artifact(directory: str | Path) -> Artifact:
@@ -103,6 +122,10 @@ def load_artifact(directory: str | Path) -> Artifact:
             written by an incompatible version.
     """
     directory = Path(directory)
+    if not directory.exists() and is_artifact(staging_path(directory, "new")):
+        # a save is between its two renames, or was killed there: the new model is
+        # complete beside it (the next training into it moves it into place)
+        directory = staging_path(directory, "new")
     if not directory.is_dir():
         raise ArtifactError(
             f"no model directory at {directory}; train one with `hybridrec train --out {directory}`"

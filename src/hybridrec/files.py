@@ -1,13 +1,22 @@
-"""Atomic file writes: a reader sees the old file or the new one, never half of one."""
+"""Atomic writes: a reader sees the old file (or model directory) or the new one, never
+half of one; and a lock so that two processes never write one directory."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
+
+from hybridrec.errors import ConfigError
+
+
+class OutputBusyError(ConfigError):
+    """Another process holds the lock of the output directory."""
 
 
 def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> None:
@@ -32,3 +41,95 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 
 def atomic_write_json(path: str | Path, data: Any) -> None:
     atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True, allow_nan=True) + "\n")
+
+
+def fsync_directory(path: str | Path) -> None:
+    """Make a rename or a new entry in ``path`` durable (no-op where directories cannot be
+    opened, e.g. Windows)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def staging_path(directory: Path, role: str) -> Path:
+    """``.<name>.<role>`` beside ``directory``: where a replacement is built (``new``) or the
+    replaced directory waits to be deleted (``old``)."""
+    return directory.parent / f".{directory.name}.{role}"
+
+
+def swap_in(new: Path, directory: Path, keep: Callable[[str], bool]) -> None:
+    """Replace ``directory`` by the complete directory ``new``, never leaving a half of each.
+
+    Entries of the old directory for which ``keep(name)`` is true and that ``new`` lacks
+    (a checkpoint, progress files) are moved over first. Then ``directory`` is renamed to
+    ``.<name>.old`` and ``new`` into its place, and the old one is deleted. A crash between
+    the two renames leaves both complete directories on disk; :func:`recover` puts the new
+    one in place.
+    """
+    for entry in list(directory.iterdir()):
+        if keep(entry.name) and not (new / entry.name).exists():
+            os.replace(entry, new / entry.name)
+    fsync_directory(new)
+    old = staging_path(directory, "old")
+    shutil.rmtree(old, ignore_errors=True)
+    os.replace(directory, old)
+    os.replace(new, directory)
+    fsync_directory(directory.parent)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def recover(directory: str | Path, complete: Callable[[Path], bool]) -> None:
+    """Finish or undo a :func:`swap_in` that a crash interrupted, and drop leftovers.
+
+    When ``directory`` is missing, the replacement (if ``complete``) or else the replaced
+    directory is moved back into place. Stale ``.<name>.new``/``.old`` directories and
+    ``.*.tmp`` files of :func:`atomic_write` are removed. Call it only while holding
+    :func:`exclusive` for ``directory``: another writer's files would look stale too.
+    """
+    directory = Path(directory)
+    new, old = staging_path(directory, "new"), staging_path(directory, "old")
+    if not directory.exists():
+        for candidate in (new, old):
+            if candidate.is_dir() and complete(candidate):
+                os.replace(candidate, directory)
+                fsync_directory(directory.parent)
+                break
+    for leftover in (new, old):
+        shutil.rmtree(leftover, ignore_errors=True)
+    if directory.is_dir():
+        for tmp in directory.glob(".*.tmp"):
+            tmp.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def exclusive(directory: str | Path) -> Iterator[None]:
+    """Hold ``.<name>.lock`` beside ``directory`` for the block, or fail at once.
+
+    Two trainings writing one ``--out`` would mix their files; the second is refused with
+    the lock's path. The lock is an ``flock`` (released by the kernel if the process dies);
+    where ``fcntl`` does not exist (Windows) the block runs unlocked.
+    """
+    directory = Path(directory)
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        yield
+        return
+    lock = staging_path(directory, "lock")
+    with open(lock, "a+b") as handle:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise OutputBusyError(
+                f"another hybridrec process is writing {directory} (it holds {lock}); wait "
+                "for it to finish or choose another --out"
+            ) from None
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -12,7 +15,7 @@ import pandas as pd
 import torch
 
 from hybridrec import distributed
-from hybridrec.artifact import METRICS
+from hybridrec.artifact import is_artifact
 from hybridrec.config import DataConfig, TrainConfig
 from hybridrec.data.dataset import RecSysDataset, UnknownCounts
 from hybridrec.data.encoding import IdEncoder
@@ -27,8 +30,8 @@ from hybridrec.data.io import (
     read_table,
 )
 from hybridrec.data.seen import SeenItems
-from hybridrec.errors import DataError
-from hybridrec.files import atomic_write_json
+from hybridrec.errors import ConfigError, DataError
+from hybridrec.files import atomic_write_json, exclusive, recover
 from hybridrec.models import build_model, capabilities, model_device
 from hybridrec.plots import plot_history
 from hybridrec.recommend import Recommender
@@ -39,6 +42,9 @@ logger = logging.getLogger(__name__)
 
 #: Training-curves plot written next to the model.
 CURVES = "training_curves.png"
+#: Per-epoch history while training, beside (not part of) the artifact: rewriting the
+#: artifact's own ``metrics.json`` would break an existing model's checksums.
+PROGRESS = "progress.json"
 
 DataLike = str | Path | pd.DataFrame
 
@@ -121,7 +127,9 @@ def train(
             see :mod:`hybridrec.data.holdout`), chooses the epochs on them and, with
             ``train_config.refit == "all"``, retrains on every row for that many epochs;
             ``None`` trains without validation.
-        out: directory for the artifact; ``metrics.json`` there is updated every epoch.
+        out: directory for the artifact; ``progress.json`` there is updated every epoch.
+            An existing model there stays intact and loadable until the new one replaces
+            it whole; a second process writing the same directory is refused.
         model: registered model name (see ``hybridrec.models.MODELS``).
         model_options: hyper-parameters of that model, e.g. ``{"embedding_dim": 64}``.
         data_config: column names and rating threshold.
@@ -151,20 +159,56 @@ def train(
     # under torchrun (WORLD_SIZE > 1): join the process group; each rank runs all of this
     device = distributed.init_from_env(device)
     try:
-        return _train(
-            train_data,
-            val_data,
-            out=out,
-            model=model,
-            model_options=model_options,
-            data_config=data_config,
-            train_config=train_config,
-            items=items,
-            show_progress=show_progress,
-            device=device,
-        )
+        with _output(out):
+            return _train(
+                train_data,
+                val_data,
+                out=out,
+                model=model,
+                model_options=model_options,
+                data_config=data_config,
+                train_config=train_config,
+                items=items,
+                show_progress=show_progress,
+                device=device,
+            )
     finally:
         distributed.cleanup()
+
+
+@contextlib.contextmanager
+def _output(out: str | Path | None) -> Iterator[None]:
+    """The output directory, checked before any data is read and locked for the run.
+
+    A path that is a file, lies under a file or cannot be written is refused now, not after
+    the first epoch; a second process training into the same directory is refused
+    (:func:`hybridrec.files.exclusive`); a save that a crash interrupted is completed and
+    stale temporary files are removed. Only rank 0 writes, so only it checks and locks.
+    """
+    if out is None or not distributed.is_main():
+        yield
+        return
+    directory = Path(out)
+    if directory.exists() and not directory.is_dir():
+        raise ConfigError(f"--out {directory} is a file; give a directory for the model")
+    existing = directory if directory.exists() else directory.parent
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError(
+            f"--out {directory}: cannot create the model directory ({existing} is a file)"
+        )
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"--out {directory}: {existing} is not writable")
+    try:  # the parents (not the directory itself: a failed run leaves no empty model)
+        directory.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(
+            f"--out {directory}: cannot create the model directory ({exc.strerror or exc})"
+        ) from None
+    with exclusive(directory):
+        recover(directory, is_artifact)
+        yield
 
 
 def _train(
@@ -225,7 +269,7 @@ def _train(
 
     def write_progress(stats: EpochStats, history: History) -> None:
         if out_dir is not None:  # fit calls this on rank 0 only
-            atomic_write_json(out_dir / METRICS, {"history": history.to_list()})
+            atomic_write_json(out_dir / PROGRESS, {"history": history.to_list()})
 
     def run(config: TrainConfig, data: RecSysDataset, val: RecSysDataset | None, **kw: Any):
         net = new_model()
@@ -263,6 +307,7 @@ def _train(
             metrics["holdout"] = holdout_info
         recommender.save(out_dir, metrics=metrics)
         plot_history(history, out_dir / CURVES)
+        (out_dir / PROGRESS).unlink(missing_ok=True)  # metrics.json now holds the history
         logger.info(f"saved the model to {out_dir}")
     return result
 
