@@ -163,9 +163,10 @@ def positive_weights(
     option is off or the data has no timestamps to order by."""
     if config.recency_half_life <= 0 or train.timestamp is None:
         return None
+    every = bool(positive.all())  # positives-only data: no copies of the columns
     return recency_weights(
-        train.user_idx[positive],
-        train.timestamp[positive],
+        train.user_idx if every else train.user_idx[positive],
+        train.timestamp if every else train.timestamp[positive],
         config.recency_half_life,
         config.recency_floor,
     )

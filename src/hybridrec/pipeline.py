@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import os
 from collections.abc import Iterator
@@ -352,6 +353,7 @@ def _holdout_then_refit(
     logger.info(f"chose {best} epoch(s); retraining on all {len(train_set):,} rows")
     # the held-in copy and its row index are ~0.7 GB at 20M rows: not kept beside the refit
     del fit_rows, split, net, history
+    gc.collect()  # the holdout run's objects, cycles included, before the refit allocates
     refit = replace(config, epochs=best, early_stop=None)
     net, history = run(refit, train_set, None)
     return net, history, val_rows, info

@@ -118,6 +118,9 @@ def recency_weights(
         [0.3, 0.5, 1.0]
     """
     newer = interactions_newer(user_idx.cpu().numpy(), timestamp.cpu().numpy())
-    weight = np.maximum(0.5 ** (newer / half_life), floor)
-    weight = weight / weight.mean() if len(weight) else weight
+    weight = np.divide(newer, half_life, dtype=np.float64)  # in place from here: one array
+    np.power(0.5, weight, out=weight)
+    np.maximum(weight, floor, out=weight)
+    if len(weight):
+        weight /= weight.mean()
     return torch.from_numpy(weight.astype(np.float32)).to(user_idx.device)
