@@ -233,3 +233,17 @@ def test_sha256_not_an_object(model_dir):
     edit_config(model_dir, lambda c: c.update(sha256=None))
     with pytest.raises(ArtifactError):
         hybridrec.load(model_dir)
+
+
+def test_saved_files_respect_the_umask(trained, tmp_path):
+    """Another account may need to read a model (a service user): files get the mode open()
+    would give them under the umask, not the 0600 of a temporary file."""
+    import os
+
+    previous = os.umask(0o027)
+    try:
+        trained[0].recommender.save(tmp_path / "model")
+    finally:
+        os.umask(previous)
+    for path in (tmp_path / "model").iterdir():
+        assert path.stat().st_mode & 0o777 == 0o640, path.name

@@ -28,11 +28,28 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> None:
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
+            if hasattr(os, "fchmod"):  # as open() would: mkstemp makes 0600
+                os.fchmod(f.fileno(), 0o666 & ~_umask())
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _umask() -> int:
+    """The process umask, read without changing it where the OS tells it (Linux); else by
+    setting and restoring it."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
