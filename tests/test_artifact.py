@@ -247,3 +247,13 @@ def test_saved_files_respect_the_umask(trained, tmp_path):
         os.umask(previous)
     for path in (tmp_path / "model").iterdir():
         assert path.stat().st_mode & 0o777 == 0o640, path.name
+
+
+@pytest.mark.parametrize("name", ["../outside.json", "/etc/hostname", "notes.txt"])
+def test_loader_reads_only_the_artifact_files(model_dir, name):
+    config = json.loads((model_dir / "config.json").read_text())
+    config["sha256"][name] = "0" * 64
+    (model_dir / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ArtifactError, match="not part of a model") as info:
+        hybridrec.load(model_dir)
+    assert "\n" not in str(info.value)

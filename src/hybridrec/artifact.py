@@ -141,6 +141,12 @@ def load_artifact(directory: str | Path) -> Artifact:
     checksums = config.get("sha256")
     if not isinstance(checksums, dict) or not all(isinstance(v, str) for v in checksums.values()):
         raise ArtifactError(f"{directory / CONFIG} is damaged (no file checksums); save it again")
+    strange = sorted(set(checksums) - ARTIFACT_FILES)
+    if strange:  # the loader reads its own files only, never a path a config points to
+        raise ArtifactError(
+            f"{directory / CONFIG} lists files that are not part of a model "
+            f"({', '.join(repr(n[:40]) for n in strange[:3])}); save the model again"
+        )
     blobs = {}
     for name, digest in checksums.items():
         path = directory / name
