@@ -257,3 +257,15 @@ def test_loader_reads_only_the_artifact_files(model_dir, name):
     with pytest.raises(ArtifactError, match="not part of a model") as info:
         hybridrec.load(model_dir)
     assert "\n" not in str(info.value)
+
+
+def test_non_finite_weights_are_refused(trained, tmp_path):
+    """A model whose weights hold NaN (a tampered or broken file with a matching checksum)
+    would recommend arbitrary or empty lists: loading (and so a service reload) refuses it."""
+    rec = hybridrec.load(trained[1])
+    with torch.no_grad():
+        rec.model.item_embedding.weight[3, 1] = float("nan")
+    rec.save(tmp_path / "nan")
+    with pytest.raises(ArtifactError, match="NaN or infinite weights") as info:
+        hybridrec.load(tmp_path / "nan")
+    assert "item_embedding" in str(info.value) and "\n" not in str(info.value)

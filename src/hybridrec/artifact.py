@@ -172,6 +172,12 @@ def load_artifact(directory: str | Path) -> Artifact:
         model.load_state_dict(state)
     except Exception as exc:
         raise ArtifactError(f"{directory / WEIGHTS} does not fit the model: {exc}") from exc
+    for name, tensor in state.items():  # NaN weights would serve empty or arbitrary lists
+        if torch.is_floating_point(tensor) and not bool(torch.isfinite(tensor).all()):
+            raise ArtifactError(
+                f"{directory / WEIGHTS}: {name[:60]} holds NaN or infinite weights; retrain "
+                "the model (a diverging run is stopped before it saves)"
+            )
     maps = json.loads(blobs[ID_MAPS])
     users, items = IdEncoder.from_dict(maps["users"]), IdEncoder.from_dict(maps["items"])
     seen = None
