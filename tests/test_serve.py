@@ -755,3 +755,16 @@ def test_cli_serve_options(monkeypatch, model_dirs, capsys):
     assert main(["serve", "--model", model, "--cache-top", "-1"]) == 2
     assert "--cache-top must be >= 0" in capsys.readouterr().err
     assert len(calls) == 2
+
+
+def test_a_422_is_short_and_never_a_500(client):
+    """The error names what is wrong without echoing the input: a NaN literal (which the
+    echo could not render) and a megabyte of bad ids both get a short 422."""
+    for body in (b'{"user_ids": [NaN]}', b'{"user_ids": [Infinity], "k": NaN}'):
+        r = client.post("/recommend", content=body, headers={"content-type": "application/json"})
+        assert r.status_code == 422, body
+        assert r.json()["detail"][0]["loc"][0] == "body"
+    huge = {"user_ids": [1.5] * 100_000, "x" * 100_000: 1}
+    r = client.post("/recommend", json=huge)
+    assert r.status_code == 422
+    assert len(r.content) < 5_000

@@ -18,6 +18,8 @@ from typing import Annotated, Any
 import torch
 from fastapi import FastAPI, HTTPException, Query, Response
 from fastapi import Path as PathParam
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
@@ -50,6 +52,38 @@ logger = logging.getLogger(__name__)
 _LOOP_BATCH = 1000
 
 
+#: Validation errors listed in a 422 at most, and characters kept of each text in them.
+MAX_ERRORS, MAX_ERROR_TEXT = 10, 200
+
+
+async def _invalid_request(request: Any, exc: Exception) -> Response:
+    """A short 422 that names what was wrong without echoing the input.
+
+    FastAPI's default answer repeats every offending value, so a 54 MB body got a 53 MB
+    answer, and a NaN or Infinity literal in the body made the answer itself unrenderable
+    (a 500). Here each error keeps its location, message and type, shortened, and at most
+    :data:`MAX_ERRORS` of them are listed.
+    """
+    errors = exc.errors() if isinstance(exc, RequestValidationError) else []
+
+    def short(value: Any) -> Any:
+        text = value if isinstance(value, str) else None
+        return text[:MAX_ERROR_TEXT] if text is not None else value
+
+    detail = [
+        {
+            "loc": [short(part) for part in list(error.get("loc", ()))[:8]],
+            "msg": short(str(error.get("msg", ""))),
+            "type": short(str(error.get("type", ""))),
+        }
+        for error in errors[:MAX_ERRORS]
+    ]
+    body: dict[str, Any] = {"detail": detail}
+    if len(errors) > MAX_ERRORS:
+        body["more_errors"] = len(errors) - MAX_ERRORS
+    return JSONResponse(body, status_code=422)
+
+
 def create_app(
     recommender: Recommender | None = None,
     model_dir: str | Path | None = None,
@@ -77,6 +111,7 @@ def create_app(
         lifespan=_lifespan(holder, model_dir),
     )
     app.state.holder = holder
+    app.add_exception_handler(RequestValidationError, _invalid_request)
     app.add_middleware(CachedRecommendations, holder=holder)
     _add_service_routes(app, holder)
     _add_recommend_routes(app, holder)
