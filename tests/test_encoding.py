@@ -129,3 +129,14 @@ def test_encoder_is_a_bijection_onto_1_to_n(data):
 
     unseen = [x for x in others if x not in set(seen)]
     assert enc.transform(unseen).tolist() == [0] * len(unseen)
+
+
+def test_ids_beyond_int64_are_unknown_not_an_overflow():
+    encoder = IdEncoder.fit(np.array([1, 2, np.iinfo(np.int64).max, np.iinfo(np.int64).min]))
+    big = [2**63, 2**64 - 1, -(2**63) - 1, 2**70]
+    assert encoder.transform(big).tolist() == [0, 0, 0, 0]
+    assert encoder.transform(np.array([2**63, 2**64 - 1], dtype=np.uint64)).tolist() == [0, 0]
+    two = int(encoder.transform([2])[0])
+    as_text = ["9223372036854775808", "-9223372036854775809", "2"]
+    assert encoder.transform(as_text).tolist() == [0, 0, two]
+    assert encoder.transform([2**63, 2]).tolist() == [0, two]  # not the placeholder int64 min

@@ -69,26 +69,30 @@ class IdEncoder:
             return np.zeros(0, dtype=np.int64)
         # one hash lookup per value (vectorised in pandas); -1 (not found) + 1 = 0 = unknown.
         # In place and without a dtype copy: at 20M ids each extra array is 160 MB.
-        positions = self._index.get_indexer(self._as_own_kind(values))
+        own, valid = self._as_own_kind(values)
+        positions = self._index.get_indexer(own)
+        if valid is not None:  # text that is no int64 matches nothing, not the placeholder
+            positions[~valid] = -1
         positions += 1
         return positions.astype(np.int64, copy=False)
 
-    def _as_own_kind(self, values: np.ndarray) -> np.ndarray:
-        """Bring ids to the encoder's type, so "42" finds 42 (and 42 finds "42").
+    def _as_own_kind(self, values: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Bring ids to the encoder's type, so "42" finds 42 (and 42 finds "42"); with a
+        mask of the values that could be converted (None: all).
 
         A file whose id column holds one non-integer value is read as text throughout; its
         integer-looking ids must still match an encoder fitted on integers, and vice versa.
         """
         own_is_str = len(self._ids) > 0 and isinstance(self._ids[0], str)
         if own_is_str and values.dtype != object:
-            return values.astype(str).astype(object)
+            return values.astype(str).astype(object), None
         if not own_is_str and values.dtype == object:
             text = pd.Series(values, dtype=object).astype(str).str.strip()
-            is_int = text.str.fullmatch(CANONICAL_INT).to_numpy()
+            is_int = text.str.fullmatch(CANONICAL_INT).to_numpy()  # <= 18 digits: no overflow
             out = np.full(len(values), _NO_MATCH, dtype=np.int64)
             out[is_int] = text[is_int].astype(np.int64).to_numpy()
-            return out
-        return values
+            return out, is_int
+        return values, None
 
     def inverse_transform(self, indices: Sequence[int] | np.ndarray) -> np.ndarray:
         """Indices 1..n -> raw ids. Index 0 has no raw id and raises ``ValueError``."""
@@ -120,6 +124,9 @@ class IdEncoder:
 
 
 def _dtype_of(ids: Any) -> Any:
-    """Keep integers as int64 and everything else as Python objects (strings)."""
+    """Keep integers as int64 and everything else as Python objects (strings). Integers
+    beyond int64 (2^63 and up) stay objects: no encoder holds them, so they are unknown."""
     arr = ids.to_numpy() if isinstance(ids, pd.Series) else np.asarray(ids)
+    if arr.dtype == np.uint64 and len(arr) and arr.max() > np.iinfo(np.int64).max:
+        return object
     return np.int64 if np.issubdtype(arr.dtype, np.integer) else object
