@@ -400,3 +400,12 @@ def test_recency_weighting_follows_drifting_tastes():
     recent = val_hr(train_frame, val_frame, recency_half_life=3, catalogue_weight=0)
     # 60 users: a difference of 0.15 is more than 2 standard errors of either
     assert recent >= plain + 0.15
+
+
+def test_a_user_with_every_item_is_a_clear_error_before_training():
+    from hybridrec.errors import ConfigError
+
+    data = RecSysDataset(torch.tensor([1, 1, 2]), torch.tensor([1, 2, 1]), torch.ones(3))
+    with pytest.raises(ConfigError, match="interacted with every one of the 2 items"):
+        Pointwise(data, TrainConfig(loss="bce"), torch.device("cpu"), num_items=3)
+    Pointwise(data, TrainConfig(loss="bce"), torch.device("cpu"), num_items=4)  # one left

@@ -247,6 +247,14 @@ class Pointwise:
             counts = item_counts(self.items, num_items)
             self.softmax = SharedNegatives(counts, config.softmax_negatives).to(device)
         self.sampler = NegativeSampler(self.users, self.items, num_items, config.sampling)  # type: ignore[arg-type]
+        full = self.sampler.saturated_users()
+        if len(full):  # found now, not as a sampler failure mid-epoch
+            raise ConfigError(
+                f"{len(full)} user(s) (index {int(full[0])} first) interacted with every one "
+                f"of the {num_items - 1} items, so no negative can be drawn for them: sampled "
+                "training needs items a user has not seen (add an item catalogue with --items, "
+                "or give labelled 0/1 rows)"
+            )
         self.factor = config.negatives if self.pairwise else config.negatives + 1
         self.num_samples = len(self.users) * self.factor
         self.per_batch = max(1, math.ceil(config.batch_size / self.factor))

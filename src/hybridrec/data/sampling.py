@@ -59,6 +59,12 @@ class NegativeSampler:
                 f"distribution must be 'uniform' or 'popularity', got {distribution!r}"
             )
 
+    def saturated_users(self) -> torch.Tensor:
+        """User indices whose positives cover every item: no negative exists for them."""
+        users = self._positive_keys // self.num_items
+        counts = torch.bincount(users) if len(users) else torch.zeros(0, dtype=torch.int64)
+        return torch.nonzero(counts >= self.num_items - 1).flatten()
+
     def _draw(self, n: int, generator: torch.Generator) -> torch.Tensor:
         if self._weights is None:
             return torch.randint(1, self.num_items, (n,), generator=generator)
