@@ -97,3 +97,19 @@ def test_data_config_validation():
         DataConfig(user_col="")
     with pytest.raises(ConfigError, match="three different columns"):
         DataConfig(user_col="id", item_col="id")
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+def test_non_finite_numbers_are_refused_by_name(value):
+    from hybridrec.config import DataConfig
+    from hybridrec.models.hybrid import HybridRecSysConfig
+
+    for make, flag in (
+        (lambda: TrainConfig(weight_decay=value), "--weight-decay"),
+        (lambda: TrainConfig(learning_rate=value), "--lr"),
+        (lambda: TrainConfig(catalogue_weight=value), "--catalogue-weight"),
+        (lambda: DataConfig(threshold=value), "--threshold"),
+        (lambda: HybridRecSysConfig(init_std=value), "--init-std"),
+    ):
+        with pytest.raises(ConfigError, match=f"{flag} must be a finite number"):
+            make()

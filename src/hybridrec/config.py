@@ -9,7 +9,8 @@ Validation lives in ``__post_init__`` and names the flag to change.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import math
+from dataclasses import dataclass, field, fields
 
 from hybridrec.errors import ConfigError
 
@@ -21,6 +22,16 @@ def option(default: object, help: str, *, flag: str | None = None, **kw: object)
         meta["flag"] = flag
     meta.update(kw)
     return field(default=default, metadata=meta)
+
+
+def check_finite(config: object) -> None:
+    """Refuse NaN and infinity in any number option: comparisons with NaN are all false, so
+    range checks let it through and it would surface later as a crash or a wrong model."""
+    for spec in fields(config):  # type: ignore[arg-type]
+        value = getattr(config, spec.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            flag = spec.metadata.get("flag") or "--" + spec.name.replace("_", "-")
+            raise ConfigError(f"{flag} must be a finite number, got {value}")
 
 
 LOSSES = ("auto", "bce", "bpr", "ce")
@@ -46,6 +57,7 @@ class DataConfig:
     )
 
     def __post_init__(self) -> None:
+        check_finite(self)
         names = {"--user-col": self.user_col, "--item-col": self.item_col}
         names["--target-col"] = self.target_col
         for flag, name in names.items():
@@ -156,6 +168,7 @@ class TrainConfig:
     compile: bool = option(False, "compile the training step with torch.compile")
 
     def __post_init__(self) -> None:
+        check_finite(self)
         if self.epochs < 1:
             raise ConfigError(f"--epochs must be at least 1, got {self.epochs}")
         if self.batch_size < 1:

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from hybridrec.config import option
+from hybridrec.config import check_finite, option
 from hybridrec.data.encoding import UNKNOWN_INDEX
 from hybridrec.errors import ConfigError
 from hybridrec.models.base import RecModel
@@ -34,6 +34,7 @@ class HybridRecSysConfig:
     init_std: float = option(0.01, "standard deviation of the initial embeddings")
 
     def __post_init__(self) -> None:
+        check_finite(self)
         self.mlp_layer_sizes = tuple(int(s) for s in self.mlp_layer_sizes)
         if self.num_users < 1 or self.num_items < 1:
             raise ConfigError(

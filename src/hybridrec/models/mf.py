@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from hybridrec.config import option
+from hybridrec.config import check_finite, option
 from hybridrec.data.encoding import UNKNOWN_INDEX
 from hybridrec.errors import ConfigError
 from hybridrec.models.base import RecModel
@@ -24,6 +24,7 @@ class MFConfig:
     init_std: float = option(0.01, "standard deviation of the initial embeddings")
 
     def __post_init__(self) -> None:
+        check_finite(self)
         if self.num_users < 1 or self.num_items < 1:
             raise ConfigError("num_users and num_items must be >= 1")
         if self.embedding_dim < 1:

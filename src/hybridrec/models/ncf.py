@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from hybridrec.config import option
+from hybridrec.config import check_finite, option
 from hybridrec.data.encoding import UNKNOWN_INDEX
 from hybridrec.errors import ConfigError
 from hybridrec.models.base import RecModel
@@ -39,6 +39,7 @@ class NCFConfig:
     init_std: float = option(0.01, "standard deviation of the initial embeddings")
 
     def __post_init__(self) -> None:
+        check_finite(self)
         self.mlp_layer_sizes = tuple(int(s) for s in self.mlp_layer_sizes)
         if self.num_users < 1 or self.num_items < 1:
             raise ConfigError("num_users and num_items must be >= 1")

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from hybridrec.config import option
+from hybridrec.config import check_finite, option
 from hybridrec.data.encoding import UNKNOWN_INDEX
 from hybridrec.data.sequences import append_items, pack_histories
 from hybridrec.errors import ConfigError
@@ -42,6 +42,7 @@ class SASRecConfig:
     dropout: float = option(0.5, "dropout on embeddings, attention and feed-forward layers")
 
     def __post_init__(self) -> None:
+        check_finite(self)
         if self.num_users < 1 or self.num_items < 1:
             raise ConfigError(
                 f"num_users and num_items must be >= 1, got {self.num_users}, {self.num_items}"
