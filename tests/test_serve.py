@@ -81,10 +81,15 @@ def client(rec):
         yield c
 
 
+ADMIN = {"Authorization": "Bearer s3cret"}
+
+
 @pytest.fixture
 def reload_client(model_dirs):
-    """A fresh app that loads model A in its lifespan; tests may reload it freely."""
-    with TestClient(create_app(model_dir=model_dirs[0])) as c:
+    """A fresh app that loads model A in its lifespan; tests may reload it freely (it sends
+    the admin token)."""
+    app = create_app(model_dir=model_dirs[0], admin_token="s3cret")
+    with TestClient(app, headers=ADMIN) as c:
         yield c
 
 
@@ -684,7 +689,7 @@ def test_before_startup_answers_503(model_dirs):
 def test_injected_model_reload_without_dir_is_409(rec):
     # a recommender built in memory has no directory to reload from
     bare = hybridrec.Recommender(rec.model, rec.users, rec.items, model_name=rec.model_name)
-    with TestClient(create_app(bare)) as client:
+    with TestClient(create_app(bare, admin_token="s3cret"), headers=ADMIN) as client:
         r = client.post("/admin/reload", json={})
         assert r.status_code == 409
         assert "no model_dir" in r.json()["detail"]
@@ -768,3 +773,22 @@ def test_a_422_is_short_and_never_a_500(client):
     r = client.post("/recommend", json=huge)
     assert r.status_code == 422
     assert len(r.content) < 5_000
+
+
+def test_admin_endpoints_need_a_configured_token(rec, model_dirs, monkeypatch):
+    """Off without a secret (403), a bearer token compared in constant time otherwise (401
+    when missing or wrong); the model keeps serving either way."""
+    monkeypatch.delenv("HYBRIDREC_ADMIN_TOKEN", raising=False)
+    body = {"model_dir": str(model_dirs[1])}
+    with TestClient(create_app(model_dir=model_dirs[0])) as off:
+        r = off.post("/admin/reload", json=body, headers=ADMIN)
+        assert r.status_code == 403 and "admin endpoints are off" in r.json()["detail"]
+    monkeypatch.setenv("HYBRIDREC_ADMIN_TOKEN", "from-env")
+    with TestClient(create_app(model_dir=model_dirs[0])) as on:
+        for headers in ({}, ADMIN, {"Authorization": "from-env"}):
+            r = on.post("/admin/reload", json=body, headers=headers)
+            assert r.status_code == 401, headers
+        assert on.get("/model").json()["model_dir"] == str(model_dirs[0])
+        r = on.post("/admin/reload", json=body, headers={"Authorization": "Bearer from-env"})
+        assert r.status_code == 200
+        assert on.get("/model").json()["model_dir"] == str(model_dirs[1])

@@ -286,6 +286,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="log every request (off by default: it nearly doubles the cost of a cached request)",
     )
+    p.add_argument(
+        "--admin-token",
+        metavar="SECRET",
+        help="enable POST /admin/reload for clients sending 'Authorization: Bearer SECRET' "
+        "(default: the HYBRIDREC_ADMIN_TOKEN environment variable, which other users "
+        "cannot read in the process list; neither: admin endpoints are off)",
+    )
     p = sub.add_parser(
         "export", help="write a model as a TorchScript or ONNX scorer of (user_idx, item_idx)"
     )
@@ -611,6 +618,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         log_level=args.log_level,
         cache_top=args.cache_top,
         access_log=args.access_log,
+        admin_token=args.admin_token,
     )
     return 0
 

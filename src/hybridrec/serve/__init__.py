@@ -17,9 +17,12 @@ exactly :meth:`Recommender.recommend`'s; anything the cache cannot answer goes t
 Threads: set PyTorch's thread count once at startup, before :func:`serve` (see
 :mod:`hybridrec.serve.run` for why one thread per request).
 
-Security: ``POST /admin/reload`` loads any model directory the server process can read (the
-loader only reads data, never runs code). Bind to 127.0.0.1 (the default) or put the service
-behind a proxy that keeps ``/admin`` private.
+Security: ``POST /admin/reload`` is off (403) unless a secret is configured
+(``--admin-token`` or ``HYBRIDREC_ADMIN_TOKEN``); then it needs ``Authorization: Bearer
+<secret>``, compared in constant time. It loads any model directory the server process can
+read (the loader only reads the artifact's own files and never runs code; a model with
+non-finite weights is refused). Bind to 127.0.0.1 (the default) or keep ``/admin`` private
+behind a proxy as well.
 
 Modules: ``schemas`` (request and response models, limits), ``cache`` (:class:`TopCache`),
 ``holder`` (the served model and reload), ``app`` (:func:`create_app`, the middleware),

@@ -8,7 +8,9 @@ under ``torch.inference_mode()``, one at a time.
 
 from __future__ import annotations
 
+import hmac
 import logging
+import os
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
@@ -16,7 +18,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import torch
-from fastapi import FastAPI, HTTPException, Query, Response
+from fastapi import FastAPI, HTTPException, Query, Request, Response
 from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -89,6 +91,7 @@ def create_app(
     model_dir: str | Path | None = None,
     *,
     cache_top: int = CACHE_TOP,
+    admin_token: str | None = None,
 ) -> FastAPI:
     """Build the service around a recommender, or one loaded from ``model_dir`` at startup.
 
@@ -98,6 +101,8 @@ def create_app(
             artifact stops the server at startup rather than failing requests.
         cache_top: items per user precomputed for ``GET /recommend/{user_id}`` at every
             load (:class:`TopCache`); 0 scores every request with the model.
+        admin_token: the secret ``POST /admin/reload`` requires as a bearer token; None
+            reads ``HYBRIDREC_ADMIN_TOKEN``; without one the admin endpoints answer 403.
 
     Raises:
         ValueError: neither or both of ``recommender`` and ``model_dir`` were given.
@@ -116,7 +121,9 @@ def create_app(
     _add_service_routes(app, holder)
     _add_recommend_routes(app, holder)
     _add_score_routes(app, holder)
-    _add_admin_routes(app, holder)
+    if admin_token is None:
+        admin_token = os.environ.get(ADMIN_TOKEN_ENV) or None
+    _add_admin_routes(app, holder, admin_token)
     return app
 
 
@@ -225,16 +232,52 @@ def _add_score_routes(app: FastAPI, holder: ModelHolder) -> None:
         return to_out(result)
 
 
-def _add_admin_routes(app: FastAPI, holder: ModelHolder) -> None:
-    """``POST /admin/reload``: swap in a model (see the package docstring on security)."""
+#: Environment variable holding the admin secret when ``--admin-token`` is not given.
+ADMIN_TOKEN_ENV = "HYBRIDREC_ADMIN_TOKEN"
+
+
+def _admin_check(token: str | None) -> Callable[[Request], None]:
+    """The guard of ``/admin``: off (403) without a configured secret, else a bearer token
+    compared in constant time (401 when wrong or missing)."""
+
+    def check(request: Request) -> None:
+        if not token:
+            raise HTTPException(
+                status_code=403,
+                detail=f"admin endpoints are off: start the service with --admin-token or "
+                f"{ADMIN_TOKEN_ENV} to enable them",
+            )
+        given = request.headers.get("authorization", "")
+        scheme, _, secret = given.partition(" ")
+        ok = scheme.lower() == "bearer" and hmac.compare_digest(
+            secret.strip().encode(), token.encode()
+        )
+        if not ok:
+            raise HTTPException(
+                status_code=401,
+                detail="admin endpoints need 'Authorization: Bearer <token>'",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+
+    return check
+
+
+def _add_admin_routes(app: FastAPI, holder: ModelHolder, admin_token: str | None) -> None:
+    """``POST /admin/reload``: swap in a model, for holders of the admin secret only."""
+    check = _admin_check(admin_token)
 
     @app.post(
         "/admin/reload",
         tags=["admin"],
-        responses={409: {"description": "loading failed; the previous model keeps serving"}},
+        responses={
+            401: {"description": "missing or wrong admin token"},
+            403: {"description": "admin endpoints are off (no token configured)"},
+            409: {"description": "loading failed; the previous model keeps serving"},
+        },
     )
-    def reload(body: ReloadRequest | None = None) -> ReloadOut:
+    def reload(request: Request, body: ReloadRequest | None = None) -> ReloadOut:
         """Load a model (default: the current directory again) and swap it in once loaded."""
+        check(request)
         target = body.model_dir if body is not None else None
         try:
             served = holder.reload(target)

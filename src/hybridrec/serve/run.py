@@ -51,6 +51,7 @@ def serve(
     *,
     cache_top: int = CACHE_TOP,
     access_log: bool = False,
+    admin_token: str | None = None,
 ) -> None:
     """Serve ``model_dir`` over HTTP with uvicorn until interrupted; SIGHUP reloads it.
 
@@ -63,10 +64,12 @@ def serve(
     Args:
         cache_top: items per user precomputed for ``GET /recommend`` (0: none).
         access_log: log a line per request (off: it nearly doubles a cached request's CPU time).
+        admin_token: secret for ``POST /admin/reload`` (None: ``HYBRIDREC_ADMIN_TOKEN``;
+            neither: the admin endpoints are off).
     """
     import uvicorn
 
-    app = create_app(model_dir=model_dir, cache_top=cache_top)
+    app = create_app(model_dir=model_dir, cache_top=cache_top, admin_token=admin_token)
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=access_log)
     server = uvicorn.Server(config)
     restore_signal = install_reload_signal(app.state.holder)
