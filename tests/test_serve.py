@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import os
 import signal
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -88,7 +89,8 @@ ADMIN = {"Authorization": "Bearer s3cret"}
 def reload_client(model_dirs):
     """A fresh app that loads model A in its lifespan; tests may reload it freely (it sends
     the admin token)."""
-    app = create_app(model_dir=model_dirs[0], admin_token="s3cret")
+    root = os.path.commonpath([str(d) for d in model_dirs])  # both models may be reloaded
+    app = create_app(model_dir=model_dirs[0], admin_token="s3cret", models_root=root)
     with TestClient(app, headers=ADMIN) as c:
         yield c
 
@@ -594,12 +596,12 @@ def test_cached_service_before_startup_is_503(model_dirs):
 # --------------------------------------------------------------------------- reloading
 
 
-def test_reload_failure_keeps_old_model(reload_client, rec, tmp_path):
+def test_reload_failure_keeps_old_model(reload_client, rec, model_dirs):
     before = reload_client.get("/recommend/1", params={"k": 5}).json()
-    missing = tmp_path / "missing"
+    missing = model_dirs[0].parent / "missing"
     r = reload_client.post("/admin/reload", json={"model_dir": str(missing)})
     assert r.status_code == 409
-    assert str(missing) in r.json()["detail"]
+    assert str(missing) not in r.json()["detail"]  # the answer names no server paths
     assert reload_client.get("/health").json() == {"status": "ok", "model": "hybrid"}
     assert reload_client.get("/recommend/1", params={"k": 5}).json() == before
     assert before == expected(rec.recommend("1", k=5), 1)
@@ -784,7 +786,8 @@ def test_admin_endpoints_need_a_configured_token(rec, model_dirs, monkeypatch):
         r = off.post("/admin/reload", json=body, headers=ADMIN)
         assert r.status_code == 403 and "admin endpoints are off" in r.json()["detail"]
     monkeypatch.setenv("HYBRIDREC_ADMIN_TOKEN", "from-env")
-    with TestClient(create_app(model_dir=model_dirs[0])) as on:
+    root = os.path.commonpath([str(d) for d in model_dirs])
+    with TestClient(create_app(model_dir=model_dirs[0], models_root=root)) as on:
         for headers in ({}, ADMIN, {"Authorization": "from-env"}):
             r = on.post("/admin/reload", json=body, headers=headers)
             assert r.status_code == 401, headers
@@ -792,3 +795,13 @@ def test_admin_endpoints_need_a_configured_token(rec, model_dirs, monkeypatch):
         r = on.post("/admin/reload", json=body, headers={"Authorization": "Bearer from-env"})
         assert r.status_code == 200
         assert on.get("/model").json()["model_dir"] == str(model_dirs[1])
+
+
+def test_reload_is_confined_to_the_models_root(model_dirs, tmp_path):
+    """Even with the token, a directory outside the models root (default: the served
+    model's parent) is refused before anything is read."""
+    with TestClient(create_app(model_dir=model_dirs[0], admin_token="s3cret"), headers=ADMIN) as c:
+        for outside in (model_dirs[1], tmp_path, "/"):
+            r = c.post("/admin/reload", json={"model_dir": str(outside)})
+            assert r.status_code == 403 and "models root" in r.json()["detail"]
+        assert c.get("/model").json()["model_dir"] == str(model_dirs[0])

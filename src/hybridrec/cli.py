@@ -293,6 +293,12 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: the HYBRIDREC_ADMIN_TOKEN environment variable, which other users "
         "cannot read in the process list; neither: admin endpoints are off)",
     )
+    p.add_argument(
+        "--models-root",
+        metavar="DIR",
+        help="POST /admin/reload loads only model directories under DIR (default: the "
+        "directory that holds --model)",
+    )
     p = sub.add_parser(
         "export", help="write a model as a TorchScript or ONNX scorer of (user_idx, item_idx)"
     )
@@ -619,6 +625,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         cache_top=args.cache_top,
         access_log=args.access_log,
         admin_token=args.admin_token,
+        models_root=args.models_root,
     )
     return 0
 

@@ -92,6 +92,7 @@ def create_app(
     *,
     cache_top: int = CACHE_TOP,
     admin_token: str | None = None,
+    models_root: str | Path | None = None,
 ) -> FastAPI:
     """Build the service around a recommender, or one loaded from ``model_dir`` at startup.
 
@@ -103,6 +104,8 @@ def create_app(
             load (:class:`TopCache`); 0 scores every request with the model.
         admin_token: the secret ``POST /admin/reload`` requires as a bearer token; None
             reads ``HYBRIDREC_ADMIN_TOKEN``; without one the admin endpoints answer 403.
+        models_root: reloads read only directories under it (default: the parent of
+            ``model_dir``; an injected recommender without one is not confined).
 
     Raises:
         ValueError: neither or both of ``recommender`` and ``model_dir`` were given.
@@ -123,7 +126,9 @@ def create_app(
     _add_score_routes(app, holder)
     if admin_token is None:
         admin_token = os.environ.get(ADMIN_TOKEN_ENV) or None
-    _add_admin_routes(app, holder, admin_token)
+    if models_root is None and model_dir is not None:
+        models_root = Path(model_dir).resolve().parent
+    _add_admin_routes(app, holder, admin_token, Path(models_root) if models_root else None)
     return app
 
 
@@ -262,8 +267,21 @@ def _admin_check(token: str | None) -> Callable[[Request], None]:
     return check
 
 
-def _add_admin_routes(app: FastAPI, holder: ModelHolder, admin_token: str | None) -> None:
-    """``POST /admin/reload``: swap in a model, for holders of the admin secret only."""
+def _confine(target: str, root: Path | None) -> None:
+    """Refuse a reload path outside ``root`` (symlinks resolved), so even a token holder
+    cannot make the service read arbitrary directories."""
+    if root is not None and not Path(target).resolve().is_relative_to(root.resolve()):
+        raise HTTPException(
+            status_code=403,
+            detail="model_dir must lie under the service's models root (--models-root)",
+        )
+
+
+def _add_admin_routes(
+    app: FastAPI, holder: ModelHolder, admin_token: str | None, models_root: Path | None
+) -> None:
+    """``POST /admin/reload``: swap in a model, for holders of the admin secret only, from
+    under ``models_root``."""
     check = _admin_check(admin_token)
 
     @app.post(
@@ -279,11 +297,17 @@ def _add_admin_routes(app: FastAPI, holder: ModelHolder, admin_token: str | None
         """Load a model (default: the current directory again) and swap it in once loaded."""
         check(request)
         target = body.model_dir if body is not None else None
+        if target is not None:
+            _confine(target, models_root)
         try:
             served = holder.reload(target)
         except Exception as exc:  # any load failure: report it, keep the old model
             logger.warning(f"reload of {target or 'the current model'} failed: {exc}")
-            raise HTTPException(status_code=409, detail=f"reload failed: {exc}") from exc
+            reason = "no model_dir given" if isinstance(exc, ValueError) else "not a loadable model"
+            raise HTTPException(  # the log has the details; the answer names no server paths
+                status_code=409,
+                detail=f"reload failed: {reason}; the previous model keeps serving",
+            ) from exc
         return ReloadOut(
             status="reloaded", model=served.recommender.model_name, model_dir=str(served.model_dir)
         )

@@ -52,6 +52,7 @@ def serve(
     cache_top: int = CACHE_TOP,
     access_log: bool = False,
     admin_token: str | None = None,
+    models_root: str | Path | None = None,
 ) -> None:
     """Serve ``model_dir`` over HTTP with uvicorn until interrupted; SIGHUP reloads it.
 
@@ -66,10 +67,14 @@ def serve(
         access_log: log a line per request (off: it nearly doubles a cached request's CPU time).
         admin_token: secret for ``POST /admin/reload`` (None: ``HYBRIDREC_ADMIN_TOKEN``;
             neither: the admin endpoints are off).
+        models_root: reloads read only directories under it (default: the parent of
+            ``model_dir``).
     """
     import uvicorn
 
-    app = create_app(model_dir=model_dir, cache_top=cache_top, admin_token=admin_token)
+    app = create_app(
+        model_dir=model_dir, cache_top=cache_top, admin_token=admin_token, models_root=models_root
+    )
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=access_log)
     server = uvicorn.Server(config)
     restore_signal = install_reload_signal(app.state.holder)
