@@ -805,3 +805,16 @@ def test_reload_is_confined_to_the_models_root(model_dirs, tmp_path):
             r = c.post("/admin/reload", json={"model_dir": str(outside)})
             assert r.status_code == 403 and "models root" in r.json()["detail"]
         assert c.get("/model").json()["model_dir"] == str(model_dirs[0])
+
+
+def test_a_batch_may_ask_for_at_most_max_results_items(client, rec):
+    from hybridrec.serve.schemas import MAX_RESULTS
+
+    users = [int(u) for u in known_users(rec, 5)]
+    per_user = MAX_RESULTS // len(users)
+    ok = client.post("/recommend", json={"user_ids": users, "k": min(per_user, 1000)})
+    assert ok.status_code == 200
+    many = users * 2_000  # 10,000 users x k=1000 = 10M items: refused before any work
+    r = client.post("/recommend", json={"user_ids": many, "k": 1000})
+    assert r.status_code == 422
+    assert "split the request" in r.json()["detail"][0]["msg"]
