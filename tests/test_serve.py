@@ -818,3 +818,32 @@ def test_a_batch_may_ask_for_at_most_max_results_items(client, rec):
     r = client.post("/recommend", json={"user_ids": many, "k": 1000})
     assert r.status_code == 422
     assert "split the request" in r.json()["detail"][0]["msg"]
+
+
+def test_an_oversized_body_is_a_413(client):
+    import hybridrec.serve.app as app_module
+
+    app = create_app(client.app.state.holder.current.recommender)
+    for middleware in app.user_middleware:
+        if middleware.cls is app_module.BodyLimit:
+            middleware.kwargs["limit"] = 1000
+    with TestClient(app) as limited:
+        r = limited.post(
+            "/recommend",
+            content=b'{"user_ids": [' + b"1," * 2000 + b"1]}",
+            headers={"content-type": "application/json"},
+        )
+        assert r.status_code == 413 and "request body over 1000 bytes" in r.json()["detail"]
+        streamed = limited.post(
+            "/recommend",
+            content=iter([b'{"user_ids": [', b"1," * 2000, b"1]}"]),
+            headers={"content-type": "application/json"},
+        )
+        assert streamed.status_code == 413
+        assert limited.post("/recommend", json={"user_ids": [1], "k": 2}).status_code == 200
+        small = limited.post(  # a chunked body under the limit is handed on whole
+            "/recommend",
+            content=iter([b'{"user_ids": [1]', b', "k": 2}']),
+            headers={"content-type": "application/json"},
+        )
+        assert small.status_code == 200 and len(small.json()["results"][0]["items"]) == 2

@@ -121,6 +121,7 @@ def create_app(
     app.state.holder = holder
     app.add_exception_handler(RequestValidationError, _invalid_request)
     app.add_middleware(CachedRecommendations, holder=holder)
+    app.add_middleware(BodyLimit)  # added last: runs first, before any body is parsed
     _add_service_routes(app, holder)
     _add_recommend_routes(app, holder)
     _add_score_routes(app, holder)
@@ -358,6 +359,69 @@ def _json_response(out: BaseModel) -> Response:
     """A response model as JSON, serialised here (in the worker thread) rather than by
     FastAPI on the event loop."""
     return Response(out.model_dump_json(), media_type="application/json")
+
+
+#: Largest request body accepted: the biggest valid request (100,000 score pairs of long
+#: text ids) fits well within it; anything larger is answered 413 before it is read whole.
+MAX_BODY_BYTES = 16 * 2**20
+
+
+class BodyLimit:
+    """ASGI middleware: a body over :data:`MAX_BODY_BYTES` gets a 413, whether it declares its
+    length (refused before reading) or streams in chunks (read here up to the limit, then
+    refused, or handed on whole), so no request makes the service buffer or parse more."""
+
+    def __init__(self, app: Any, limit: int = MAX_BODY_BYTES) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD"):  # the cached hot path
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None:
+            if declared.isdigit() and int(declared) > self.limit:
+                await self._refuse(send)
+                return
+            await self.app(scope, receive, send)  # the server enforces the declared length
+            return
+        # no declared length (chunked): read it here, up to the limit, then hand it on whole
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                break
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            if size > self.limit:
+                await self._refuse(send)
+                return
+            if not message.get("more_body", False):
+                break
+        body, replayed = b"".join(chunks), False
+
+        async def replay() -> Any:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+    async def _refuse(self, send: Any) -> None:
+        body = b'{"detail":"request body over %d bytes; send smaller batches"}' % self.limit
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 413,
+                "headers": [
+                    (b"content-length", b"%d" % len(body)),
+                    (b"content-type", b"application/json"),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
 
 
 class CachedRecommendations:
