@@ -411,17 +411,22 @@ class BodyLimit:
 
     async def _refuse(self, send: Any) -> None:
         body = b'{"detail":"request body over %d bytes; send smaller batches"}' % self.limit
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 413,
-                "headers": [
-                    (b"content-length", b"%d" % len(body)),
-                    (b"content-type", b"application/json"),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
+        await _send_json(send, 413, body)
+
+
+async def _send_json(send: Any, status: int, body: bytes) -> None:
+    """Answer with ready JSON bytes straight through ASGI (no framework on the way)."""
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-length", b"%d" % len(body)),
+                (b"content-type", b"application/json"),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
 
 
 class CachedRecommendations:
@@ -443,17 +448,7 @@ class CachedRecommendations:
         if scope["type"] == "http" and scope["method"] == "GET":
             body = self._answer(scope)
             if body is not None:
-                await send(
-                    {
-                        "type": "http.response.start",
-                        "status": 200,
-                        "headers": [
-                            (b"content-length", b"%d" % len(body)),
-                            (b"content-type", b"application/json"),
-                        ],
-                    }
-                )
-                await send({"type": "http.response.body", "body": body})
+                await _send_json(send, 200, body)
                 return
         await self.app(scope, receive, send)
 
