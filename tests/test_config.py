@@ -101,7 +101,6 @@ def test_data_config_validation():
 
 @pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
 def test_non_finite_numbers_are_refused_by_name(value):
-    from hybridrec.config import DataConfig
     from hybridrec.models.hybrid import HybridRecSysConfig
 
     for make, flag in (
