@@ -15,6 +15,7 @@ import torch
 from fastapi.testclient import TestClient
 
 import hybridrec
+import hybridrec.models.layers
 import hybridrec.recommend
 from hybridrec import TrainConfig
 from hybridrec.cli import main
@@ -82,9 +83,13 @@ def test_forward_shape(model_name):
     assert torch.isfinite(logits).all()
 
 
+@pytest.mark.parametrize("budget", [None, 1])
 @pytest.mark.parametrize("dropout", [0.0, 0.3])
-def test_score_all_matches_forward_for_every_pair(model_name, dropout):
-    """score_all is a fast path; it must give exactly what forward gives, pair by pair."""
+def test_score_all_matches_forward_for_every_pair(model_name, dropout, budget, monkeypatch):
+    """score_all is a fast path; it must give exactly what forward gives, pair by pair,
+    also when the all-pairs MLP runs in chunks of one user (``budget=1``)."""
+    if budget is not None:
+        monkeypatch.setattr(hybridrec.models.layers, "PAIR_BUDGET", budget)
     model = prepared(tiny(model_name, dropout=dropout)).eval()
     with torch.no_grad():  # large random weights, so every unit and bias matters
         for p in model.parameters():

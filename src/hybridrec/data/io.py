@@ -8,6 +8,8 @@ the text is the canonical integer, so ``"007"`` stays a string), everything else
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -123,8 +125,9 @@ def read_table(path: Path) -> pd.DataFrame:
     if path.suffix.lower() in PARQUET_SUFFIXES:
         try:
             # self_destruct: each column's Arrow memory is released once pandas has it
-            table = pq.read_table(path)
-            return table.to_pandas(self_destruct=True, split_blocks=True)
+            with _arrow_pool(pa.system_memory_pool()):
+                table = pq.read_table(path)
+                return table.to_pandas(self_destruct=True, split_blocks=True)
         except Exception as exc:  # pyarrow raises many types; all mean "not valid Parquet"
             raise DataError(path, f"cannot be parsed as Parquet: {one_line(exc)}") from exc
     sep = "\t" if path.suffix.lower() == ".tsv" else ","
@@ -171,6 +174,23 @@ def _read_csv_arrow(path: Path, sep: str) -> pd.DataFrame | None:
     frame = table.to_pandas(self_destruct=True, split_blocks=True)
     del table
     return frame
+
+
+@contextlib.contextmanager
+def _arrow_pool(pool: pa.MemoryPool) -> Iterator[None]:
+    """pyarrow allocates from ``pool`` inside the block (readers that take no pool argument).
+
+    The system allocator for Parquet: the frame's columns are Arrow buffers that pandas
+    frees later, and with mimalloc (pyarrow's default) their pages stay with mimalloc, out
+    of numpy's and torch's reach, for the rest of the run. Reading 20M rows left 1.75 GB
+    resident for a 0.52 GB frame that way, 1.08 GB with the system allocator.
+    """
+    previous = pa.default_memory_pool()
+    pa.set_memory_pool(pool)
+    try:
+        yield
+    finally:
+        pa.set_memory_pool(previous)
 
 
 def _reader_pool() -> pa.MemoryPool:

@@ -67,13 +67,19 @@ def all_pairs(
     user_part = users @ first.weight[:, :d].T  # (B, H)
     # Users in chunks so the (chunk, I, H) intermediates stay around PAIR_BUDGET elements.
     step = max(1, PAIR_BUDGET // max(1, i * item_part.shape[-1]))
-    outputs = []
+    out: torch.Tensor | None = None
     for start in range(0, b, step):
         hidden = user_part[start : start + step, None] + item_part[None]
         for layer in layers[1:]:
             hidden = layer(hidden)
-        outputs.append(hidden)
-    return torch.cat(outputs) if len(outputs) > 1 else outputs[0]
+        if start == 0 and len(hidden) == b:
+            return hidden
+        if out is None:  # one output written in place: no pile of chunks to concatenate,
+            # which would also scatter small live blocks among the large freed ones
+            out = hidden.new_empty(b, *hidden.shape[1:])
+        out[start : start + step] = hidden
+    assert out is not None
+    return out
 
 
 def init_embedding(embedding: nn.Embedding, std: float) -> None:
