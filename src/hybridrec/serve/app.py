@@ -1,9 +1,11 @@
 """The FastAPI app: routes, and an ASGI middleware that answers cached requests before them.
 
-Model work never runs on the event loop: endpoints that may call the model are plain
-``def`` functions, which FastAPI runs in its threadpool, or, for ``/recommend``, ``async``
-functions that hand anything but a cache lookup to that threadpool. Each model call runs
-under ``torch.inference_mode()``, one at a time.
+Model work never runs on the event loop: the endpoints are ``async`` and hand anything but a
+cache lookup to the :class:`ModelGate` (one worker thread, a bounded queue, 503 beyond it).
+Request bodies are read as bytes and parsed by :func:`parse_body`: small ones on the loop
+(a cached batch is then answered there), large ones in the worker, because parsing and
+validating the largest allowed body (100,000 score pairs) takes ~0.3 s of CPU that would
+otherwise stall every other request.
 """
 
 from __future__ import annotations
@@ -11,24 +13,23 @@ from __future__ import annotations
 import hmac
 import logging
 import os
-import threading
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
-import torch
 from fastapi import FastAPI, HTTPException, Query, Request, Response
 from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from hybridrec.errors import HybridRecError
 from hybridrec.recommend import Recommender
 from hybridrec.recommend.two_stage import AUTO
 from hybridrec.serve.cache import CACHE_TOP
+from hybridrec.serve.gate import MAX_PENDING, ModelGate
 from hybridrec.serve.holder import ModelHolder, Served
 from hybridrec.serve.schemas import (
     MAX_K,
@@ -52,6 +53,44 @@ logger = logging.getLogger(__name__)
 #: Most users of a cached batch answered on the event loop (about 1 µs each); larger
 #: batches are looked up in a worker thread.
 _LOOP_BATCH = 1000
+#: Largest request body parsed on the event loop (tens of microseconds); larger bodies are
+#: parsed in the model worker.
+_LOOP_BODY_BYTES = 16 * 1024
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def parse_body(model: type[M], raw: bytes) -> M:
+    """``raw`` JSON validated as ``model``; a 422 (through :func:`_invalid_request`) if not.
+
+    pydantic's own JSON parser is used: it bounds nesting depth, reads NaN/Infinity
+    literals as numbers that strict fields then refuse, and validates while parsing.
+    """
+    try:
+        return model.model_validate_json(raw)
+    except ValidationError as exc:
+        errors = exc.errors(include_url=False, include_context=False, include_input=False)
+        raise RequestValidationError(
+            [{**error, "loc": ("body", *error["loc"])} for error in errors]
+        ) from None
+
+
+def body_doc(model: type[BaseModel], required: bool = True) -> dict[str, Any]:
+    """OpenAPI ``requestBody`` for an endpoint that reads its body itself (``openapi_extra``),
+    with the model's schema inlined (its ``$defs`` would not resolve there)."""
+    schema = model.model_json_schema()
+    defs = schema.pop("$defs", {})
+
+    def inline(node: Any) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("$ref")
+            if isinstance(ref, str):
+                return inline(defs[ref.rsplit("/", 1)[-1]])
+            return {key: inline(value) for key, value in node.items()}
+        return [inline(value) for value in node] if isinstance(node, list) else node
+
+    content = {"application/json": {"schema": inline(schema)}}
+    return {"requestBody": {"required": required, "content": content}}
 
 
 #: Validation errors listed in a 422 at most, and characters kept of each text in them.
@@ -93,6 +132,7 @@ def create_app(
     cache_top: int = CACHE_TOP,
     admin_token: str | None = None,
     models_root: str | Path | None = None,
+    max_pending: int = MAX_PENDING,
 ) -> FastAPI:
     """Build the service around a recommender, or one loaded from ``model_dir`` at startup.
 
@@ -106,6 +146,8 @@ def create_app(
             reads ``HYBRIDREC_ADMIN_TOKEN``; without one the admin endpoints answer 403.
         models_root: reloads read only directories under it (default: the parent of
             ``model_dir``; an injected recommender without one is not confined).
+        max_pending: requests needing the model, running or waiting, before 503
+            (:class:`ModelGate`).
 
     Raises:
         ValueError: neither or both of ``recommender`` and ``model_dir`` were given.
@@ -113,18 +155,19 @@ def create_app(
     if (recommender is None) == (model_dir is None):
         raise ValueError("create_app needs exactly one of recommender or model_dir")
     holder = ModelHolder(recommender, cache_top)
+    gate = ModelGate(max_pending)
     app = FastAPI(
         title="hybridrec",
         summary="Recommendations, pair scores and similar items from a trained hybridrec model.",
-        lifespan=_lifespan(holder, model_dir),
+        lifespan=_lifespan(holder, model_dir, gate),
     )
-    app.state.holder = holder
+    app.state.holder, app.state.gate = holder, gate
     app.add_exception_handler(RequestValidationError, _invalid_request)
     app.add_middleware(CachedRecommendations, holder=holder)
     app.add_middleware(BodyLimit)  # added last: runs first, before any body is parsed
     _add_service_routes(app, holder)
-    _add_recommend_routes(app, holder)
-    _add_score_routes(app, holder)
+    _add_recommend_routes(app, holder, gate)
+    _add_score_routes(app, holder, gate)
     if admin_token is None:
         admin_token = os.environ.get(ADMIN_TOKEN_ENV) or None
     if models_root is None and model_dir is not None:
@@ -134,15 +177,19 @@ def create_app(
 
 
 def _lifespan(
-    holder: ModelHolder, model_dir: str | Path | None
+    holder: ModelHolder, model_dir: str | Path | None, gate: ModelGate
 ) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
-    """Load ``model_dir`` (if given) when the app starts: a broken artifact stops startup."""
+    """Load ``model_dir`` (if given) when the app starts: a broken artifact stops startup;
+    stop the model worker when it ends."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if model_dir is not None:
             holder.reload(model_dir)
-        yield
+        try:
+            yield
+        finally:
+            gate.close()
 
     return lifespan
 
@@ -151,12 +198,12 @@ def _add_service_routes(app: FastAPI, holder: ModelHolder) -> None:
     """``GET /health`` and ``GET /model``."""
 
     @app.get("/health", tags=["service"])
-    def health() -> HealthOut:
+    async def health() -> HealthOut:
         """Liveness plus the served model's name."""
         return HealthOut(status="ok", model=holder.get().recommender.model_name)
 
     @app.get("/model", tags=["service"])
-    def model_info() -> ModelOut:
+    async def model_info() -> ModelOut:
         """Metadata of the served artifact: versions, sizes, hyper-parameters, final metrics."""
         served = holder.get()
         rec = served.recommender
@@ -172,9 +219,9 @@ def _add_service_routes(app: FastAPI, holder: ModelHolder) -> None:
         )
 
 
-def _add_recommend_routes(app: FastAPI, holder: ModelHolder) -> None:
+def _add_recommend_routes(app: FastAPI, holder: ModelHolder, gate: ModelGate) -> None:
     """``GET /recommend/{user_id}`` and ``POST /recommend``: the cache first, else the model
-    in the threadpool."""
+    worker."""
 
     @app.get("/recommend/{user_id}", tags=["recommend"], response_model=RecommendationOut)
     async def recommend_user(
@@ -184,58 +231,82 @@ def _add_recommend_routes(app: FastAPI, holder: ModelHolder) -> None:
     ) -> Response:
         """Top-k items for one user (an unknown user gets the most popular items)."""
         served = holder.get()
-        # The cached answer is a lookup, cheap enough for the event loop; the model runs in
-        # the threadpool so it never blocks the loop.
+        # The cached answer is a lookup, cheap enough for the event loop
         if served.cache is not None:
             body = served.cache.body(user_id, k, exclude_seen)
             if body is not None:
                 return Response(body, media_type="application/json")
-        return await run_in_threadpool(_recommend_one, served.recommender, user_id, k, exclude_seen)
+        return await gate.run(_recommend_one, served.recommender, user_id, k, exclude_seen)
 
-    @app.post("/recommend", tags=["recommend"], response_model=BatchOut | RecommendationOut)
-    async def recommend_batch(body: RecommendRequest) -> Response:
+    @app.post(
+        "/recommend",
+        tags=["recommend"],
+        response_model=BatchOut | RecommendationOut,
+        openapi_extra=body_doc(RecommendRequest),
+    )
+    async def recommend_batch(request: Request) -> Response:
         """Top-k items for several users (``user_ids``: ``{"results": [...]}``), or for a new
         user described by the items they interacted with (``item_ids``: one result)."""
         served = holder.get()
-        users = body.user_ids
-        # A small batch from the cache is answered on the event loop: in a worker thread it
-        # would wait for the GIL behind other requests (p95 60 ms at 16 clients, measured).
-        if (
-            users is not None
-            and len(users) <= _LOOP_BATCH
-            and body.items is None
-            and served.cache is not None
-        ):
-            cached = served.cache.batch(users, body.k, body.exclude_seen)
-            if cached is not None:
-                return Response(cached, media_type="application/json")
-        return await run_in_threadpool(_recommend_batch_sync, served, body)
+        raw = await request.body()
+        if len(raw) > _LOOP_BODY_BYTES:
+            return await gate.run(_parse_and_recommend, served, raw)
+        body = parse_body(RecommendRequest, raw)
+        cached = _cached_batch(served, body)
+        if cached is not None:
+            return cached
+        return await gate.run(_recommend_batch_sync, served, body)
 
 
-def _add_score_routes(app: FastAPI, holder: ModelHolder) -> None:
-    """``POST /score`` (pairs) and ``GET /similar/{item_id}``."""
+def _cached_batch(served: Served, body: RecommendRequest) -> Response | None:
+    """A small batch of users answered from the cache on the event loop, else None: in a
+    worker thread it would wait for the GIL behind other requests (p95 60 ms at 16 clients,
+    measured)."""
+    users = body.user_ids
+    if users is None or len(users) > _LOOP_BATCH or body.items is not None:
+        return None
+    if served.cache is None:
+        return None
+    cached = served.cache.batch(users, body.k, body.exclude_seen)
+    return None if cached is None else Response(cached, media_type="application/json")
 
-    @app.post("/score", tags=["recommend"])
-    def score(body: ScoreRequest) -> ScoreOut:
+
+def _add_score_routes(app: FastAPI, holder: ModelHolder, gate: ModelGate) -> None:
+    """``POST /score`` (pairs) and ``GET /similar/{item_id}``, in the model worker."""
+
+    @app.post(
+        "/score", tags=["recommend"], response_model=ScoreOut, openapi_extra=body_doc(ScoreRequest)
+    )
+    async def score(request: Request) -> Response:
         """Probability of a positive interaction for each ``(user_id, item_id)`` pair."""
-        rec = holder.get().recommender
-        if not body.pairs:
-            return ScoreOut(scores=[])
-        users = [p.user_id for p in body.pairs]
-        items = [p.item_id for p in body.pairs]
-        with _model_call():
-            scores = rec.score(users, items)
-        return ScoreOut(scores=scores.tolist())
+        served = holder.get()
+        return await gate.run(_score_sync, served.recommender, await request.body())
 
-    @app.get("/similar/{item_id}", tags=["recommend"])
-    def similar(
+    @app.get("/similar/{item_id}", tags=["recommend"], response_model=RecommendationOut)
+    async def similar(
         item_id: Annotated[str, PathParam(description="raw item id; must be known")], k: K = 10
-    ) -> RecommendationOut:
+    ) -> Response:
         """Items most like ``item_id``; 404 when the model does not know it."""
-        rec = holder.get().recommender
-        with _model_call():
-            result = rec.similar_items(item_id, k=k)
-        return to_out(result)
+        return await gate.run(_similar_sync, holder.get().recommender, item_id, k)
+
+
+def _score_sync(rec: Recommender, raw: bytes) -> Response:
+    """``POST /score`` in the model worker: parse, score, serialise."""
+    body = parse_body(ScoreRequest, raw)
+    if not body.pairs:
+        return _json_response(ScoreOut(scores=[]))
+    users = [p.user_id for p in body.pairs]
+    items = [p.item_id for p in body.pairs]
+    with _model_call():
+        scores = rec.score(users, items)
+    return _json_response(ScoreOut(scores=scores.tolist()))
+
+
+def _similar_sync(rec: Recommender, item_id: str, k: int) -> Response:
+    """``GET /similar/{item_id}`` in the model worker."""
+    with _model_call():
+        result = rec.similar_items(item_id, k=k)
+    return _json_response(to_out(result))
 
 
 #: Environment variable holding the admin secret when ``--admin-token`` is not given.
@@ -293,15 +364,18 @@ def _add_admin_routes(
             403: {"description": "admin endpoints are off (no token configured)"},
             409: {"description": "loading failed; the previous model keeps serving"},
         },
+        openapi_extra=body_doc(ReloadRequest, required=False),
     )
-    def reload(request: Request, body: ReloadRequest | None = None) -> ReloadOut:
+    async def reload(request: Request) -> ReloadOut:
         """Load a model (default: the current directory again) and swap it in once loaded."""
-        check(request)
+        check(request)  # before the body is even read
+        raw = await request.body()
+        body = parse_body(ReloadRequest, raw) if raw.strip() else None
         target = body.model_dir if body is not None else None
         if target is not None:
             _confine(target, models_root)
-        try:
-            served = holder.reload(target)
+        try:  # a load takes seconds: in a thread of its own, not the model worker's queue
+            served = await run_in_threadpool(holder.reload, target)
         except Exception as exc:  # any load failure: report it, keep the old model
             logger.warning(f"reload of {target or 'the current model'} failed: {exc}")
             reason = "no model_dir given" if isinstance(exc, ValueError) else "not a loadable model"
@@ -319,6 +393,11 @@ def _recommend_one(rec: Recommender, user_id: str, k: int, exclude_seen: bool) -
     with _model_call():
         result = rec.recommend(user_id, k=k, exclude_seen=exclude_seen, num_candidates=AUTO)
     return _json_response(to_out(result, _known_ids(rec, [user_id])[0]))
+
+
+def _parse_and_recommend(served: Served, raw: bytes) -> Response:
+    """``POST /recommend`` with a large body, parsed here in the model worker."""
+    return _recommend_batch_sync(served, parse_body(RecommendRequest, raw))
 
 
 def _recommend_batch_sync(served: Served, body: RecommendRequest) -> Response:
@@ -487,17 +566,12 @@ def _fast_query(query: bytes) -> tuple[int, bool] | None:
 _BOOLS = {b"true": True, b"false": False}
 
 
-#: One model call at a time: on a small CPU, requests scoring in parallel threads only fight
-#: over the cores (measured: 16 concurrent clients got 286 requests/s in parallel).
-_MODEL_LOCK = threading.Lock()
-
-
 @contextmanager
 def _model_call() -> Iterator[None]:
-    """Run recommender code without autograd, and turn the user's errors into 404/422."""
+    """Turn the user's errors in recommender code into 404/422 (the code runs in the
+    :class:`ModelGate`'s worker, one call at a time, without autograd)."""
     try:
-        with _MODEL_LOCK, torch.inference_mode():
-            yield
+        yield
     except KeyError as exc:  # UnknownIdError is a KeyError
         raise HTTPException(status_code=404, detail=_message(exc)) from exc
     except (HybridRecError, ValueError) as exc:

@@ -17,6 +17,8 @@ from typing import Any
 
 from hybridrec.serve.app import create_app
 from hybridrec.serve.cache import CACHE_TOP
+from hybridrec.serve.connections import HEADER_TIMEOUT, MAX_CONNECTIONS, guarded_protocol
+from hybridrec.serve.gate import MAX_PENDING
 from hybridrec.serve.holder import ModelHolder
 
 logger = logging.getLogger(__name__)
@@ -53,6 +55,9 @@ def serve(
     access_log: bool = False,
     admin_token: str | None = None,
     models_root: str | Path | None = None,
+    header_timeout: float = HEADER_TIMEOUT,
+    max_connections: int = MAX_CONNECTIONS,
+    max_pending: int = MAX_PENDING,
 ) -> None:
     """Serve ``model_dir`` over HTTP with uvicorn until interrupted; SIGHUP reloads it.
 
@@ -69,13 +74,21 @@ def serve(
             neither: the admin endpoints are off).
         models_root: reloads read only directories under it (default: the parent of
             ``model_dir``).
+        header_timeout: seconds a connection may take to send a request's headers (from
+            opening, or from the previous response); then it is closed.
+        max_connections: open connections served at once; a request beyond gets 503.
+        max_pending: requests that need the model, running or waiting; beyond: 503.
     """
+    app = create_app(
+        model_dir=model_dir,
+        cache_top=cache_top,
+        admin_token=admin_token,
+        models_root=models_root,
+        max_pending=max_pending,
+    )
+    config = server_config(app, host, port, log_level, access_log, header_timeout, max_connections)
     import uvicorn
 
-    app = create_app(
-        model_dir=model_dir, cache_top=cache_top, admin_token=admin_token, models_root=models_root
-    )
-    config = uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=access_log)
     server = uvicorn.Server(config)
     restore_signal = install_reload_signal(app.state.holder)
     try:
@@ -83,3 +96,30 @@ def serve(
     finally:
         if restore_signal is not None:
             restore_signal()
+
+
+def server_config(
+    app: Any,
+    host: str,
+    port: int,
+    log_level: str,
+    access_log: bool,
+    header_timeout: float,
+    max_connections: int,
+) -> Any:
+    """The ``uvicorn.Config`` of the service: the guarded HTTP protocol
+    (:mod:`hybridrec.serve.connections`), idle keep-alive connections closed after
+    ``header_timeout``, and no WebSocket support (the service has no WebSocket routes, so
+    an upgrade request is just an HTTP request)."""
+    import uvicorn
+
+    return uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_level=log_level,
+        access_log=access_log,
+        http=guarded_protocol(header_timeout, max_connections),
+        ws="none",
+        timeout_keep_alive=header_timeout,  # type: ignore[arg-type]  # call_later takes floats
+    )
