@@ -12,10 +12,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hybridrec.data.io import read_interactions
+from hybridrec.data.io import ITEM, USER, read_interactions
 from hybridrec.data.split import (
     METHODS,
     Split,
+    cold_split,
     leave_one_out,
     ratio_split,
     split_three_ways,
@@ -318,3 +319,23 @@ def test_leave_one_out_reproduces_the_movielens_100k_loo_benchmark():
     assert got_val == sorted(
         zip(expected_val["userId"].tolist(), expected_val["itemId"].tolist(), strict=True)
     )
+
+
+@pytest.mark.parametrize("by", ["item", "user"])
+def test_cold_split_holds_out_every_row_of_the_chosen_ids(by):
+    rng = np.random.default_rng(0)
+    users, items = rng.integers(1, 30, 400), rng.integers(1, 50, 400)
+    frame = make_frame(
+        [(int(u), int(i), t) for u, i, t in zip(users, items, range(400), strict=True)]
+    )
+    train, test = cold_split(frame, by, test_fraction=0.2, seed=3)
+    assert_partition(frame, train, test)
+    column = ITEM if by == "item" else USER
+    held, kept = set(test[column]), set(train[column])
+    assert held and not held & kept  # no held-out id has a training row
+    assert len(held) == int(0.2 * frame[column].nunique())
+    again, _ = cold_split(frame, by, test_fraction=0.2, seed=3)
+    assert again.index.equals(train.index)
+    train3, val, test3 = split_three_ways(frame, f"cold-{by}s", test_fraction=0.2)
+    assert not set(val[column]) & set(train3[column])
+    assert not set(test3[column]) & (set(train3[column]) | set(val[column]))

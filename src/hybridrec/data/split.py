@@ -117,6 +117,44 @@ def temporal_split(frame: pd.DataFrame, test_fraction: float = 0.2) -> Split:
     return _split(frame, ts >= cut)
 
 
+def cold_split(
+    frame: pd.DataFrame,
+    by: Literal["item", "user"] = "item",
+    test_fraction: float = 0.2,
+    seed: int = 0,
+) -> Split:
+    """Hold out every interaction of a random ``test_fraction`` of the items (or users).
+
+    The cold-start split of the LightFM paper and ColdRec: the held-out items (users) never
+    appear in train, so only their features can place them. Evaluate it with
+    ``hybridrec evaluate --protocol cold``, which ranks each user's held-out items among all
+    held-out items.
+
+    Raises:
+        ConfigError: a bad fraction or ``by``.
+    """
+    _require_ids(frame)
+    _check_fraction(test_fraction)
+    if by not in ("item", "user"):
+        raise ConfigError(f"cold_split: by must be 'item' or 'user', got {by!r}")
+    column = ITEM if by == "item" else USER
+    codes, n = _dense_codes(frame[column].to_numpy())
+    chosen = np.random.default_rng(seed).permutation(n)[: math.floor(test_fraction * n + _EPS)]
+    is_cold = np.zeros(n, dtype=bool)
+    is_cold[chosen] = True
+    return _split(frame, is_cold[codes])
+
+
+def _cold_items(frame: pd.DataFrame, test_fraction: float, seed: int) -> Split:
+    """``cold_split`` by item."""
+    return cold_split(frame, "item", test_fraction, seed)
+
+
+def _cold_users(frame: pd.DataFrame, test_fraction: float, seed: int) -> Split:
+    """``cold_split`` by user."""
+    return cold_split(frame, "user", test_fraction, seed)
+
+
 def _loo(frame: pd.DataFrame, test_fraction: float, seed: int) -> Split:
     """``leave_one_out`` by timestamp; ``test_fraction`` is ignored (one row per user)."""
     return leave_one_out(frame, by="timestamp", seed=seed)
@@ -143,6 +181,8 @@ METHODS: dict[str, Callable[[pd.DataFrame, float, int], Split]] = {
     "loo-random": _loo_random,
     "ratio": _ratio,
     "temporal": _temporal,
+    "cold-items": _cold_items,
+    "cold-users": _cold_users,
 }
 
 

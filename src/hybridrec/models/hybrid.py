@@ -5,12 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-from torch import nn
 
 from hybridrec.config import check_finite, option
 from hybridrec.data.encoding import UNKNOWN_INDEX
 from hybridrec.errors import ConfigError
 from hybridrec.models.base import RecModel
+from hybridrec.models.featured import make_table, table_vectors
 from hybridrec.models.layers import MLP, all_pairs, init_embedding
 
 
@@ -32,6 +32,14 @@ class HybridRecSysConfig:
     )
     dropout: float = option(0.0, "dropout after each MLP hidden layer (0 disables it)")
     init_std: float = option(0.01, "standard deviation of the initial embeddings")
+    id_dropout: float = option(
+        0.5,
+        "with user or item features: share of training rows whose id embedding is dropped, "
+        "so that features alone score ids that never appeared in training (DropoutNet)",
+    )
+    #: Shapes of the feature tables (FeatureTable.shape()), set from the feature files.
+    user_features: dict[str, int] | None = field(default=None, metadata={"cli": False})
+    item_features: dict[str, int] | None = field(default=None, metadata={"cli": False})
 
     def __post_init__(self) -> None:
         check_finite(self)
@@ -50,6 +58,8 @@ class HybridRecSysConfig:
             raise ConfigError(f"--dropout must be in [0, 1), got {self.dropout}")
         if not self.init_std > 0:
             raise ConfigError(f"--init-std must be positive, got {self.init_std}")
+        if not 0.0 <= self.id_dropout < 1.0:
+            raise ConfigError(f"--id-dropout must be in [0, 1), got {self.id_dropout}")
 
 
 class HybridRecSys(RecModel):
@@ -76,8 +86,10 @@ class HybridRecSys(RecModel):
     def __init__(self, config: HybridRecSysConfig) -> None:
         super().__init__(config)
         dim = config.embedding_dim
-        self.user_embedding = nn.Embedding(config.num_users, dim, padding_idx=UNKNOWN_INDEX)
-        self.item_embedding = nn.Embedding(config.num_items, dim, padding_idx=UNKNOWN_INDEX)
+        self.user_embedding = make_table(config.num_users, dim, config.user_features,
+                                         config.id_dropout, UNKNOWN_INDEX)  # fmt: skip
+        self.item_embedding = make_table(config.num_items, dim, config.item_features,
+                                         config.id_dropout, UNKNOWN_INDEX)  # fmt: skip
         self.mlp = MLP(2 * dim, config.mlp_layer_sizes, out_dim=1, dropout=config.dropout)
         init_embedding(self.user_embedding, config.init_std)
         init_embedding(self.item_embedding, config.init_std)
@@ -93,6 +105,6 @@ class HybridRecSys(RecModel):
     def score_all(self, user_idx: torch.Tensor) -> torch.Tensor:
         """Logits (B, num_items) of every item for each user, item index 0 included."""
         u = self.user_embedding(user_idx)  # (B, D)
-        items = self.item_embedding.weight  # (I, D)
+        items = table_vectors(self.item_embedding)  # (I, D)
         mlp_score = all_pairs(list(self.mlp.layers), u, items).squeeze(-1)  # (B, I)
         return mlp_score + u @ items.T

@@ -88,3 +88,6 @@ def init_embedding(embedding: nn.Embedding, std: float) -> None:
     if embedding.padding_idx is not None:
         with torch.no_grad():
             embedding.weight[embedding.padding_idx].zero_()
+    init_features = getattr(embedding, "init_features", None)
+    if init_features is not None:  # a FeaturedEmbedding: its feature tables alike
+        init_features(std)

@@ -1,0 +1,118 @@
+"""An embedding table whose rows also know their entity's features.
+
+A user's or item's vector is its id embedding plus the pooled embeddings of its feature
+tokens plus a projection of its numeric features (the sum LightFM uses, Kula 2015). An id
+with no training interactions has no trained id row, so its vector is its features alone;
+training drops the id part of a share of rows (``id_dropout``, DropoutNet, Volkovs et al.
+2017) so that features alone are a vector the rest of the model can rank by.
+
+:class:`FeaturedEmbedding` is an ``nn.Embedding``: its id rows are still ``weight`` (so
+sparse gradients, lazy Adam, state-dict names and new-user fitting work as for a plain
+table); the features live in buffers saved with the weights. ``vectors()`` gives every
+row's full vector, which is what scoring all items must use instead of ``weight``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from hybridrec.features.table import EncodedFeatures
+
+
+class FeaturedEmbedding(nn.Embedding):
+    """Id embedding + feature embedding, row for row.
+
+    Args:
+        num_embeddings, embedding_dim, padding_idx: as ``nn.Embedding``.
+        shape: the feature table's ``{"tokens", "width", "numeric"}``
+            (:meth:`hybridrec.features.FeatureTable.shape`).
+        id_dropout: share of training rows whose id part is dropped.
+
+    Example:
+        >>> t = FeaturedEmbedding(3, 4, {"tokens": 5, "width": 2, "numeric": 1}, padding_idx=0)
+        >>> t(torch.tensor([1, 2])).shape, t.vectors().shape
+        (torch.Size([2, 4]), torch.Size([3, 4]))
+    """
+
+    def __init__(
+        self,
+        num_embeddings: int,
+        embedding_dim: int,
+        shape: dict[str, int],
+        padding_idx: int | None = None,
+        id_dropout: float = 0.0,
+    ) -> None:
+        super().__init__(num_embeddings, embedding_dim, padding_idx=padding_idx)
+        self.id_dropout = id_dropout
+        self.feature_embedding = nn.EmbeddingBag(
+            shape["tokens"], embedding_dim, mode="sum", padding_idx=0
+        )
+        numeric = shape["numeric"]
+        self.numeric_projection = nn.Linear(numeric, embedding_dim, bias=False) if numeric else None
+        width = shape["width"]
+        self.register_buffer(
+            "feature_tokens", torch.zeros(num_embeddings, width, dtype=torch.int64)
+        )
+        self.register_buffer("feature_weights", torch.zeros(num_embeddings, width))
+        self.register_buffer("feature_numeric", torch.zeros(num_embeddings, numeric))
+        # rows with training interactions; the others are their features alone
+        self.register_buffer("has_id", torch.ones(num_embeddings))
+
+    def init_features(self, std: float) -> None:
+        nn.init.normal_(self.feature_embedding.weight, 0.0, std)
+        with torch.no_grad():
+            self.feature_embedding.weight[0].zero_()
+        if self.numeric_projection is not None:
+            nn.init.normal_(self.numeric_projection.weight, 0.0, std)
+
+    def set_features(self, features: EncodedFeatures, has_id: torch.Tensor | None = None) -> None:
+        """Load the encoded features (and which rows have a trained id) into the buffers."""
+        if features.tokens.shape != self.feature_tokens.shape:
+            raise ValueError(
+                f"features of shape {tuple(features.tokens.shape)} do not fit the table "
+                f"({tuple(self.feature_tokens.shape)})"
+            )
+        self.feature_tokens.copy_(features.tokens)
+        self.feature_weights.copy_(features.weights)
+        self.feature_numeric.copy_(features.numeric)
+        if has_id is not None:
+            self.has_id.copy_(has_id.to(self.has_id.dtype))
+
+    def features(self, idx: torch.Tensor) -> torch.Tensor:
+        """(..., D) feature part of the rows ``idx``."""
+        flat = idx.reshape(-1)
+        out = self.feature_embedding(
+            self.feature_tokens[flat], per_sample_weights=self.feature_weights[flat]
+        )
+        if self.numeric_projection is not None:
+            out = out + self.numeric_projection(self.feature_numeric[flat])
+        return out.reshape(*idx.shape, -1)
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        keep = self.has_id[idx]
+        if self.training and self.id_dropout > 0:
+            keep = keep * (torch.rand(idx.shape, device=idx.device) >= self.id_dropout)
+        return super().forward(idx) * keep.unsqueeze(-1) + self.features(idx)
+
+    def vectors(self) -> torch.Tensor:
+        """(num_embeddings, D) every row's full vector (no id dropout)."""
+        ids = self.weight * self.has_id[:, None]
+        return ids + self.features(torch.arange(self.num_embeddings, device=self.weight.device))
+
+
+def table_vectors(table: nn.Embedding) -> torch.Tensor:
+    """Every row's vector of a plain or featured table: what scoring all rows multiplies."""
+    return table.vectors() if isinstance(table, FeaturedEmbedding) else table.weight
+
+
+def make_table(
+    num: int, dim: int, shape: dict[str, int] | None, id_dropout: float, padding_idx: int = 0
+) -> nn.Embedding:
+    """A plain ``nn.Embedding``, or a :class:`FeaturedEmbedding` when ``shape`` is given."""
+    if shape is None:
+        return nn.Embedding(num, dim, padding_idx=padding_idx)
+    return FeaturedEmbedding(num, dim, shape, padding_idx=padding_idx, id_dropout=id_dropout)
+
+
+__all__ = ["FeaturedEmbedding", "make_table", "table_vectors"]
