@@ -230,7 +230,7 @@ def test_blank_line_only_file(tiny_csv):
 @pytest.mark.parametrize("name", ["head.csv", "head.parquet"])
 def test_header_only(tiny_csv, name):
     path = tiny_csv(pd.DataFrame({"userId": [], "itemId": [], "target": []}), name)
-    with pytest.raises(DataError, match=rf"{re.escape(name)}: has a header but no rows"):
+    with pytest.raises(DataError, match=rf"{re.escape(name)}: has (a header but )?no rows"):
         read_interactions(path)
 
 
@@ -337,11 +337,18 @@ def test_data_error_is_a_value_error(tmp_path):
         read_interactions(tmp_path / "missing.csv")
 
 
-def test_repeated_column_names_are_read_as_pandas_names_them(tiny_csv):
-    """pyarrow keeps repeated names; pandas' reader (the fallback) renames them 'a.1'."""
-    path = tiny_csv("userId,itemId,itemId\n1,2,3\n")
-    frame = read_interactions(path)
-    assert frame["item_id"].tolist() == [2]
+@pytest.mark.parametrize(
+    "text",
+    [
+        "userId,itemId,itemId\n1,2,3\n",  # pyarrow's reader
+        "userId,itemId,itemId\n1,2,3\n4,5\n",  # a short row: pandas' reader, which renames
+    ],
+)
+def test_repeated_column_names_are_refused(tiny_csv, text):
+    """Which of two 'itemId' columns is meant would be a guess (pandas renames one)."""
+    path = tiny_csv(text)
+    with pytest.raises(DataError, match=r"column name 'itemId' appears twice \(columns 2 and 3\)"):
+        read_interactions(path)
 
 
 def test_utf8_bom_and_quoted_header(tiny_csv, tmp_path):
@@ -505,3 +512,239 @@ def test_quoted_line_breaks_across_reader_blocks(tmp_path):
     expected = pd.read_csv(path, dtype=str, keep_default_na=False)
     pd.testing.assert_frame_equal(io.read_table(path), expected)
     assert read_interactions(path)["user_id"].tolist() == list(range(n))
+
+
+# ---------------------------------------------------------------- typed (Parquet) columns
+# Every Parquet column type is either read by the rules of its CSV text or refused with the
+# file, row and column named: nothing may be reinterpreted silently (e.g. two float ids
+# beyond int64 becoming the same integer, a list id becoming its repr string).
+
+
+def write_parquet(tmp_path, columns, names=None, name="data.parquet"):
+    """A Parquet file of pyarrow ``columns`` (arrays), optionally with repeated ``names``."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    names = names or list(columns)
+    arrays = list(columns.values()) if isinstance(columns, dict) else columns
+    table = pa.Table.from_arrays([pa.array(a) if isinstance(a, list) else a for a in arrays], names)
+    path = tmp_path / name
+    pq.write_table(table, path)
+    return path
+
+
+ITEMS = [1, 2, 3]
+
+
+@pytest.mark.parametrize(
+    ("ids", "message"),
+    [
+        ([1.0, 1.5, 2.0], r"row 2, column 'userId': id 1\.5 is not a whole number"),
+        ([1.0, float("nan"), 2.0], r"row 2, column 'userId': missing id"),
+        ([1.0, 2.0, float("inf")], r"row 3, column 'userId': id inf is not a finite number"),
+        ([1.0, -float("inf"), 2.0], r"row 2, column 'userId': id -inf is not a finite number"),
+        ([1e19, 2e19, 1.0], r"row 1, column 'userId': id 1e\+19 is beyond 2\^53"),
+        ([1.0, 2.0**53 + 2, 3.0], r"row 2, column 'userId': id 9007199254740994\.0 is beyond"),
+    ],
+)
+def test_bad_float_ids_name_their_row(tmp_path, ids, message):
+    path = write_parquet(tmp_path, {"userId": ids, "itemId": ITEMS})
+    with pytest.raises(DataError, match=message):
+        read_interactions(path)
+
+
+def test_whole_float_ids_are_integers(tmp_path):
+    path = write_parquet(tmp_path, {"userId": [1.0, -0.0, 2.0**53], "itemId": ITEMS})
+    frame = read_interactions(path)
+    assert frame["user_id"].dtype == np.int64
+    assert frame["user_id"].tolist() == [1, 0, 2**53]
+
+
+def test_ids_beyond_int64_are_refused_not_wrapped(tmp_path):
+    import pyarrow as pa
+
+    ids = pa.array([5, 2**64 - 1, 2**63], type=pa.uint64())
+    path = write_parquet(tmp_path, {"userId": ids, "itemId": ITEMS})
+    with pytest.raises(
+        DataError, match=r"row 2, column 'userId': id 18446744073709551615 is beyond"
+    ):
+        read_interactions(path)
+
+
+def test_uint64_ids_within_int64_are_read(tmp_path):
+    import pyarrow as pa
+
+    ids = pa.array([5, 2**63 - 1, 0], type=pa.uint64())
+    frame = read_interactions(write_parquet(tmp_path, {"userId": ids, "itemId": ITEMS}))
+    assert frame["user_id"].tolist() == [5, 2**63 - 1, 0]
+
+
+def test_python_ints_beyond_int64_in_a_frame_are_refused():
+    raw = pd.DataFrame({"userId": pd.Series([1, 2**70], dtype=object), "itemId": [1, 2]})
+    with pytest.raises(DataError, match=r"row 2, column 'userId': id 1180591620717411303424"):
+        interactions_from_frame(raw)
+
+
+@pytest.mark.parametrize(
+    ("cells", "kind"),
+    [
+        ([[1], [2], [3]], "list"),
+        ([{"a": 1}, {"a": 2}, {"a": 3}], "dict"),
+    ],
+)
+def test_nested_id_columns_are_refused(tmp_path, cells, kind):
+    path = write_parquet(tmp_path, {"userId": [1, 2, 3], "itemId": cells})
+    with pytest.raises(DataError, match=rf"row 1, column 'itemId': id .* is a {kind}"):
+        read_interactions(path)
+
+
+def test_nested_target_and_timestamp_are_refused(tmp_path):
+    path = write_parquet(tmp_path, {"userId": [1, 2, 3], "itemId": ITEMS, "target": [[1]] * 3})
+    with pytest.raises(DataError, match=r"row 1, column 'target': target \[1\] is a list"):
+        read_interactions(path)
+    path = write_parquet(tmp_path, {"userId": [1, 2, 3], "itemId": ITEMS, "timestamp": [[1]] * 3})
+    with pytest.raises(DataError, match=r"row 1, column 'timestamp': timestamp \[1\] is a list"):
+        read_interactions(path)
+
+
+def test_an_unused_nested_column_is_ignored(tmp_path):
+    path = write_parquet(tmp_path, {"userId": [1, 2, 3], "itemId": ITEMS, "tags": [["a"]] * 3})
+    assert read_interactions(path)["user_id"].tolist() == [1, 2, 3]
+
+
+def test_date_ids_are_refused(tmp_path):
+    import datetime
+
+    days = [datetime.date(2020, 1, d) for d in (1, 2, 3)]
+    path = write_parquet(tmp_path, {"userId": days, "itemId": ITEMS})
+    with pytest.raises(DataError, match=r"row 1, column 'userId': id datetime\.date\(2020, 1, 1\)"):
+        read_interactions(path)
+
+
+def test_repeated_parquet_column_names_are_refused(tmp_path):
+    path = write_parquet(tmp_path, [[1, 2], [3, 4], [5, 6]], names=["userId", "itemId", "userId"])
+    with pytest.raises(DataError, match=r"column name 'userId' appears twice \(columns 1 and 3\)"):
+        read_interactions(path)
+
+
+def test_repeated_frame_column_names_are_refused():
+    raw = pd.DataFrame([[1, 2, 3]], columns=["userId", "itemId", "itemId"])
+    with pytest.raises(DataError, match=r"'itemId' appears twice"):
+        interactions_from_frame(raw)
+
+
+def test_dictionary_and_categorical_columns_read_as_their_values(tmp_path):
+    import pyarrow as pa
+
+    users = pa.array(["b", "a", "b"]).dictionary_encode()
+    items = pa.array([7, 8, 7]).dictionary_encode()
+    target = pa.array(["1", "0", "1"]).dictionary_encode()
+    path = write_parquet(tmp_path, {"userId": users, "itemId": items, "target": target})
+    frame = read_interactions(path)
+    assert frame["user_id"].tolist() == ["b", "a", "b"]
+    assert frame["item_id"].dtype == np.int64
+    assert frame["item_id"].tolist() == [7, 8, 7]
+    assert frame["target"].tolist() == [1.0, 0.0, 1.0]
+    raw = pd.DataFrame({"userId": pd.Categorical(["x", "y"]), "itemId": pd.Categorical([3, 4])})
+    frame = interactions_from_frame(raw)
+    assert frame["user_id"].tolist() == ["x", "y"]
+    assert frame["item_id"].tolist() == [3, 4]
+
+
+def test_decimal_and_binary_ids(tmp_path):
+    from decimal import Decimal
+
+    path = write_parquet(tmp_path, {"userId": [Decimal(5), Decimal(6)], "itemId": [b"x", b"y"]})
+    frame = read_interactions(path)
+    assert frame["user_id"].tolist() == [5, 6]
+    assert frame["item_id"].tolist() == ["x", "y"]
+    path = write_parquet(tmp_path, {"userId": [Decimal("5.5"), Decimal(6)], "itemId": [1, 2]})
+    with pytest.raises(DataError, match=r"row 1, column 'userId': id 5\.5 is not a whole number"):
+        read_interactions(path)
+
+
+JAN_1_2020 = 1577836800.0
+
+
+@pytest.mark.parametrize(
+    "stamps",
+    [
+        ["2020-01-01", "2020-01-02"],
+        pd.to_datetime(["2020-01-01", "2020-01-02"]),  # timestamp[ns], naive: taken as UTC
+        pd.to_datetime(["2020-01-01 01:00", "2020-01-02 01:00"]).tz_localize("Europe/Paris"),
+        [pd.Timestamp("2020-01-01").date(), pd.Timestamp("2020-01-02").date()],  # date32
+    ],
+)
+def test_parquet_timestamps_of_every_kind_are_unix_seconds(tmp_path, stamps):
+    """As a CSV's ISO dates: seconds, not the microseconds or nanoseconds of the storage."""
+    import pyarrow as pa
+
+    path = write_parquet(
+        tmp_path, {"userId": [1, 2], "itemId": [3, 4], "timestamp": pa.array(stamps)}
+    )
+    assert read_interactions(path)["timestamp"].tolist() == [JAN_1_2020, JAN_1_2020 + 86400]
+
+
+@pytest.mark.parametrize(
+    ("cell", "message"),
+    [
+        ("inf", r"row 2 \(line 3\), column 'timestamp': timestamp 'inf' is not finite"),
+        ("1e400", r"row 2 \(line 3\), column 'timestamp': timestamp '1e400' is not finite"),
+        ("", r"row 2 \(line 3\), column 'timestamp': blank timestamp"),
+    ],
+)
+def test_non_finite_or_blank_timestamps_name_their_row(tiny_csv, cell, message):
+    path = tiny_csv(f"userId,itemId,timestamp\n1,2,5\n1,3,{cell}\n")
+    with pytest.raises(DataError, match=message):
+        read_interactions(path)
+
+
+def test_numbers_among_dates_are_refused(tiny_csv):
+    path = tiny_csv("userId,itemId,timestamp\n1,2,2020-01-01\n1,3,1600000000\n")
+    with pytest.raises(DataError, match=r"row 2 \(line 3\).*'1600000000' is a number among dates"):
+        read_interactions(path)
+
+
+def test_parquet_non_finite_timestamp(tmp_path):
+    path = write_parquet(tmp_path, {"userId": [1, 2], "itemId": [3, 4], "timestamp": [1.0, np.inf]})
+    with pytest.raises(DataError, match=r"row 2, column 'timestamp': timestamp inf is not finite"):
+        read_interactions(path)
+
+
+def test_parquet_without_columns_or_rows(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({}), tmp_path / "none.parquet")
+    with pytest.raises(
+        DataError, match=r"missing column\(s\) 'userId', 'itemId'; found no columns"
+    ):
+        read_interactions(tmp_path / "none.parquet")
+    empty = {"userId": pa.array([], pa.int64()), "itemId": pa.array([], pa.int64())}
+    path = write_parquet(tmp_path, empty, name="rows.parquet")
+    with pytest.raises(DataError, match=r"rows\.parquet: has no rows"):
+        read_interactions(path)
+
+
+# ---------------------------------------------------------------- the target column, asked for
+
+
+@pytest.mark.parametrize(
+    ("config", "why"),
+    [
+        (
+            DataConfig(target_col="label"),
+            "missing target column 'label' \\(named by --target-col\\)",
+        ),
+        (DataConfig(threshold=4), "missing target column 'target' \\(--threshold needs it\\)"),
+    ],
+)
+def test_a_target_column_asked_for_must_exist_in_labelled_files(tiny_csv, config, why):
+    """A mistyped --target-col would otherwise train every row as a positive."""
+    path = tiny_csv({"userId": [1, 2], "itemId": [3, 4], "rating": [5, 1]})
+    with pytest.raises(DataError, match=rf"data\.csv: {why}; found 'userId', 'itemId', 'rating'"):
+        read_interactions(path, config)
+    # a file of positives (a held-out test set) may lack it
+    frame = read_interactions(path, config, labels=False)
+    assert frame["target"].tolist() == [1.0, 1.0]
+    assert frame.attrs["has_target"] is False

@@ -452,10 +452,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             print(unknown.describe(Path(args.data).name))
             _print_table([(args.model, out)], ["loss", "accuracy", "auc"])
     if args.test is not None:
+        # files of positives: a target column is used when present, not required
         train, _ = RecSysDataset.from_frame(
-            load_data(args.train, data_config), rec.users, rec.items
+            load_data(args.train, data_config, labels=False), rec.users, rec.items
         )
-        test, _ = RecSysDataset.from_frame(load_data(args.test, data_config), rec.users, rec.items)
+        test, _ = RecSysDataset.from_frame(
+            load_data(args.test, data_config, labels=False), rec.users, rec.items
+        )
         common = dict(
             model=rec.model,
             train_user_idx=train.user_idx,

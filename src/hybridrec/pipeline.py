@@ -100,11 +100,16 @@ class TrainResult:
         return out
 
 
-def load_data(data: DataLike, config: DataConfig) -> pd.DataFrame:
-    """Read a path, or validate an in-memory frame, into the standard interaction frame."""
+def load_data(data: DataLike, config: DataConfig, *, labels: bool = True) -> pd.DataFrame:
+    """Read a path, or validate an in-memory frame, into the standard interaction frame.
+
+    ``labels``: the rows are read for their labels, so a target column the options name
+    must exist (see :func:`hybridrec.data.io.read_interactions`); ``False`` for files of
+    positives such as a held-out test set.
+    """
     if isinstance(data, pd.DataFrame):
-        return interactions_from_frame(data, config)
-    return read_interactions(data, config)
+        return interactions_from_frame(data, config, labels=labels)
+    return read_interactions(data, config, labels=labels)
 
 
 def train(
@@ -227,6 +232,7 @@ def _train(
 ) -> TrainResult:
     main = distributed.is_main()
     train_frame = load_data(train_data, data_config)
+    _check_positives(train_frame, train_data, data_config)
     pointwise = capabilities(model).objective == "pointwise"
     if train_frame["target"].min() == 1 and pointwise and train_config.loss != "ce":
         logger.info(
@@ -311,6 +317,24 @@ def _train(
         (out_dir / PROGRESS).unlink(missing_ok=True)  # metrics.json now holds the history
         logger.info(f"saved the model to {out_dir}")
     return result
+
+
+def _check_positives(frame: pd.DataFrame, data: DataLike, config: DataConfig) -> None:
+    """Refuse training data without a single positive row: every model would learn to score
+    everything 0, and save it as if it were a model."""
+    if bool((frame["target"].to_numpy() > 0.5).any()):
+        return
+    rule = (
+        f"no {config.target_col} reaches --threshold {config.threshold:g}"
+        if config.threshold is not None
+        else f"every {config.target_col} is 0"
+    )
+    raise DataError(
+        _name(data),
+        f"no positive rows to learn from: {rule}",
+        column=config.target_col,
+        expected="at least one positive interaction",
+    )
 
 
 def _holdout_then_refit(
