@@ -11,6 +11,7 @@ otherwise stall every other request.
 from __future__ import annotations
 
 import hmac
+import json
 import logging
 import os
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
@@ -24,6 +25,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ValidationError
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from hybridrec.errors import HybridRecError
 from hybridrec.recommend import Recommender
@@ -93,8 +95,31 @@ def body_doc(model: type[BaseModel], required: bool = True) -> dict[str, Any]:
     return {"requestBody": {"required": required, "content": content}}
 
 
-#: Validation errors listed in a 422 at most, and characters kept of each text in them.
-MAX_ERRORS, MAX_ERROR_TEXT = 10, 200
+#: Validation errors listed in a 422 at most, and bytes its whole answer may take (about;
+#: with the HTTP headers, an error answer stays under 1 KB).
+MAX_ERRORS, MAX_ERROR_BYTES = 10, 700
+#: Characters kept of a location part (a JSON key can be any length) and of a message.
+_LOC_TEXT, _MSG_TEXT = 40, 160
+
+
+def _short(value: Any, limit: int) -> Any:
+    """Text cut to ``limit`` characters (marked with an ellipsis); anything else as is."""
+    if isinstance(value, str) and len(value) > limit:
+        return value[: limit - 1] + "…"
+    return value
+
+
+def _short_error(error: dict[str, Any]) -> dict[str, Any]:
+    """One validation error with its location, message and type, shortened; never the input."""
+    return {
+        "loc": [_short(part, _LOC_TEXT) for part in list(error.get("loc", ()))[:6]],
+        "msg": _short(str(error.get("msg", "")), _MSG_TEXT),
+        "type": _short(str(error.get("type", "")), _LOC_TEXT),
+    }
+
+
+def _rendered_size(body: dict[str, Any]) -> int:
+    return len(json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode())
 
 
 async def _invalid_request(request: Any, exc: Exception) -> Response:
@@ -102,27 +127,29 @@ async def _invalid_request(request: Any, exc: Exception) -> Response:
 
     FastAPI's default answer repeats every offending value, so a 54 MB body got a 53 MB
     answer, and a NaN or Infinity literal in the body made the answer itself unrenderable
-    (a 500). Here each error keeps its location, message and type, shortened, and at most
-    :data:`MAX_ERRORS` of them are listed.
+    (a 500). Here each error keeps its location, message and type, shortened, and errors are
+    listed (at most :data:`MAX_ERRORS`) while the answer stays within
+    :data:`MAX_ERROR_BYTES`; ``more_errors`` counts the rest.
     """
     errors = exc.errors() if isinstance(exc, RequestValidationError) else []
-
-    def short(value: Any) -> Any:
-        text = value if isinstance(value, str) else None
-        return text[:MAX_ERROR_TEXT] if text is not None else value
-
-    detail = [
-        {
-            "loc": [short(part) for part in list(error.get("loc", ()))[:8]],
-            "msg": short(str(error.get("msg", ""))),
-            "type": short(str(error.get("type", ""))),
-        }
-        for error in errors[:MAX_ERRORS]
-    ]
-    body: dict[str, Any] = {"detail": detail}
-    if len(errors) > MAX_ERRORS:
-        body["more_errors"] = len(errors) - MAX_ERRORS
+    body: dict[str, Any] = {"detail": []}
+    for error in errors[:MAX_ERRORS]:
+        body["detail"].append(_short_error(error))
+        if len(body["detail"]) > 1 and _rendered_size(body) > MAX_ERROR_BYTES:
+            body["detail"].pop()
+            break
+    if len(errors) > len(body["detail"]):
+        body["more_errors"] = len(errors) - len(body["detail"])
     return JSONResponse(body, status_code=422)
+
+
+async def _http_error(request: Any, exc: Exception) -> Response:
+    """FastAPI's answer to an HTTPException, with a text detail shortened: a message may
+    quote a requested id (an unknown item in a URL can be 60 KB long)."""
+    if not isinstance(exc, StarletteHTTPException):  # pragma: no cover - registered for it
+        raise exc
+    detail = _short(exc.detail, _MSG_TEXT)
+    return JSONResponse({"detail": detail}, status_code=exc.status_code, headers=exc.headers)
 
 
 def create_app(
@@ -163,6 +190,7 @@ def create_app(
     )
     app.state.holder, app.state.gate = holder, gate
     app.add_exception_handler(RequestValidationError, _invalid_request)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_middleware(CachedRecommendations, holder=holder)
     app.add_middleware(BodyLimit)  # added last: runs first, before any body is parsed
     _add_service_routes(app, holder)

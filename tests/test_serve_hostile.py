@@ -1,0 +1,426 @@
+"""The service against hostile clients: connections that never finish a request, more
+expensive work than it can take, and generated bodies no well-behaved client would send.
+
+The connection tests run the real uvicorn server (the service's own configuration) on an
+ephemeral loopback port and talk to it over raw sockets. Nothing here asserts a duration:
+a socket timeout only bounds how long a test waits for what must happen anyway.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+from urllib.parse import quote
+
+import pytest
+import uvicorn
+from fastapi.testclient import TestClient
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import hybridrec
+from hybridrec import TrainConfig
+from hybridrec.data.synthetic import SyntheticConfig, write_synthetic_data
+from hybridrec.serve import create_app
+from hybridrec.serve.connections import guarded_protocol
+from hybridrec.serve.run import server_config
+
+WAIT = 60.0  # the longest any socket read waits: a bound on a hang, not a timing assertion
+
+
+@pytest.fixture(scope="module")
+def rec(tmp_path_factory) -> hybridrec.Recommender:
+    directory = tmp_path_factory.mktemp("hostile")
+    config = SyntheticConfig(num_users=60, num_items=40, num_positives=1000, seed=3)
+    train_csv, val_csv = write_synthetic_data(directory, config)
+    out = directory / "model"
+    options = {"embedding_dim": 8, "mlp_layer_sizes": (16, 8)}
+    hybridrec.train(
+        train_csv, val_csv, out=out, model_options=options, train_config=TrainConfig(epochs=1)
+    )
+    return hybridrec.load(out)
+
+
+class Server:
+    """The service's uvicorn configuration, run in a thread on a free loopback port."""
+
+    def __init__(self, app: Any, header_timeout: float, max_connections: int) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        config = server_config(
+            app, "127.0.0.1", self.port, "critical", False, header_timeout, max_connections
+        )
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]})
+
+    def __enter__(self) -> Server:
+        self.thread.start()
+        deadline = time.monotonic() + WAIT
+        while not self.server.started and self.thread.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert self.server.started
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.server.should_exit = True
+        self.thread.join(WAIT)
+        self.sock.close()
+
+    def connect(self) -> socket.socket:
+        conn = socket.create_connection(("127.0.0.1", self.port), timeout=WAIT)
+        return conn
+
+
+def read_all(conn: socket.socket) -> bytes:
+    """Everything the server sends until it closes the connection."""
+    chunks = []
+    while chunk := conn.recv(65536):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def status_and_body(response: bytes) -> tuple[int, bytes]:
+    head, _, body = response.partition(b"\r\n\r\n")
+    return int(head.split(b" ", 2)[1]), body
+
+
+def get(server: Server, path: str) -> tuple[int, bytes]:
+    with server.connect() as conn:
+        conn.sendall(f"GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n".encode())
+        return status_and_body(read_all(conn))
+
+
+@pytest.fixture(scope="module")
+def server(rec) -> Iterator[Server]:
+    with Server(create_app(rec), header_timeout=0.5, max_connections=50) as s:
+        yield s
+
+
+# --------------------------------------------------------------------------- connections
+
+
+def test_an_idle_connection_is_closed(server):
+    """A connection that never sends a byte is closed without an answer."""
+    with server.connect() as conn:
+        assert read_all(conn) == b""
+    assert get(server, "/health")[0] == 200  # and the server still serves
+
+
+def test_incomplete_headers_get_a_408_and_are_closed(server):
+    with server.connect() as conn:
+        conn.sendall(b"GET /health HTTP/1.1\r\nHost: t\r\n")  # no blank line: never complete
+        status, body = status_and_body(read_all(conn))
+    assert status == 408 and "not complete" in json.loads(body)["detail"]
+
+
+def test_headers_trickled_byte_by_byte_are_cut_off(server):
+    """Slowloris: every byte arrives in time, the headers never complete."""
+    with server.connect() as conn:
+        request = b"GET /health HTTP/1.1\r\nHost: t\r\n" + b"X-Slow: " + b"a" * 100_000
+        received = b""
+        for byte in request:
+            try:
+                conn.sendall(bytes([byte]))
+            except OSError:  # closed by the server while we were sending
+                break
+            time.sleep(0.01)
+            if b"\r\n\r\n" in (received := received + _peek(conn)):
+                break
+        received += _drain(conn)
+    assert status_and_body(received)[0] == 408
+
+
+def _peek(conn: socket.socket) -> bytes:
+    conn.setblocking(False)
+    try:
+        return conn.recv(65536)
+    except BlockingIOError:
+        return b""
+    finally:
+        conn.setblocking(True)
+        conn.settimeout(WAIT)
+
+
+def _drain(conn: socket.socket) -> bytes:
+    try:
+        return read_all(conn)
+    except ConnectionResetError:
+        return b""
+
+
+def test_oversized_headers_get_a_431(server):
+    with server.connect() as conn:
+        conn.sendall(b"GET /health HTTP/1.1\r\nHost: t\r\nX-Big: " + b"a" * 200_000)
+        status, body = status_and_body(_drain(conn) or b"HTTP/1.1 431 -\r\n\r\n{}")
+    assert status == 431
+
+
+def test_keep_alive_still_works(server):
+    """Two requests on one connection, then the idle connection is closed."""
+    with server.connect() as conn:
+        for _ in range(2):
+            conn.sendall(b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n")
+            head = b""
+            while b"\r\n\r\n" not in head:
+                head += conn.recv(65536)
+            assert head.startswith(b"HTTP/1.1 200")
+        read_all(conn)  # returns: the server closes the idle connection
+
+
+def test_over_the_connection_cap_a_request_gets_a_json_503(rec):
+    """With 3 connections held open, a 4th connection's request is refused cleanly; once
+    they are gone the server serves again."""
+    with Server(create_app(rec), header_timeout=60, max_connections=3) as server:
+        held = [server.connect() for _ in range(3)]
+        status, body = get(server, "/health")
+        assert status == 503 and "too many open connections" in json.loads(body)["detail"]
+        for conn in held:
+            conn.close()
+        for _ in range(1000):  # the server notices the closed connections soon
+            if (status := get(server, "/health")[0]) == 200:
+                break
+            time.sleep(0.01)
+        assert status == 200
+
+
+def test_a_flood_of_connections_is_refused_at_accept(rec):
+    """Beyond twice the cap, connections are closed as soon as they are accepted, so a
+    flood cannot use up the process's file descriptors."""
+    with Server(create_app(rec), header_timeout=60, max_connections=2) as server:
+        conns = [server.connect() for _ in range(8)]
+        answers = [_drain(conn) for conn in conns[4:]]  # these are closed at once
+        assert all(a == b"" or a.startswith(b"HTTP/1.1 503") for a in answers)
+        for conn in conns:
+            conn.close()
+
+
+def test_protocol_limits_must_be_positive():
+    for bad in ({"header_timeout": 0}, {"max_connections": 0}, {"max_header_bytes": 0}):
+        with pytest.raises(ValueError, match="must be positive"):
+            guarded_protocol(**bad)
+
+
+# --------------------------------------------------------------------------- model work
+
+
+class Blocking(hybridrec.Recommender):
+    """Fold-in that waits for the test to let it finish: an expensive request in progress."""
+
+    started: threading.Semaphore
+    release: threading.Event
+
+    def recommend_for_items(self, *args: Any, **kwargs: Any) -> Any:
+        self.started.release()
+        assert self.release.wait(WAIT)
+        return super().recommend_for_items(*args, **kwargs)
+
+
+@pytest.fixture
+def blocking(rec) -> Blocking:
+    slow = Blocking(rec.model, rec.users, rec.items, model_name="hybrid", seen=rec.seen)
+    slow.started, slow.release = threading.Semaphore(0), threading.Event()
+    return slow
+
+
+def fold_in(client: TestClient, rec: hybridrec.Recommender) -> Any:
+    return client.post("/recommend", json={"item_ids": [int(i) for i in rec.items.ids[:5]]})
+
+
+def test_cached_requests_are_answered_while_the_model_is_busy(blocking):
+    """The event loop answers cached requests while a fold-in holds the model worker."""
+    user = int(blocking.users.ids[0])
+    with TestClient(create_app(blocking)) as client, ThreadPoolExecutor(1) as pool:
+        expensive = pool.submit(fold_in, client, blocking)
+        assert blocking.started.acquire(timeout=WAIT)  # the fold-in is running now
+        for path in (f"/recommend/{user}", f"/recommend/{user}?k=3&exclude_seen=false"):
+            assert client.get(path).status_code == 200
+        batch = client.post("/recommend", json={"user_ids": [user], "k": 2})
+        assert batch.status_code == 200
+        assert not expensive.done()
+        blocking.release.set()
+        assert expensive.result().status_code == 200
+
+
+def test_model_work_beyond_the_bound_gets_503_with_retry_after(blocking):
+    """Two model requests may run or wait; the third is refused at once, not queued."""
+    with TestClient(create_app(blocking, max_pending=2)) as client, ThreadPoolExecutor(2) as pool:
+        first = pool.submit(fold_in, client, blocking)
+        assert blocking.started.acquire(timeout=WAIT)
+        second = pool.submit(fold_in, client, blocking)
+        gate = client.app.state.gate
+        while gate.pending < 2:  # the second is queued behind the first
+            time.sleep(0.001)
+        for refused in (fold_in(client, blocking), client.post("/score", json={"pairs": []})):
+            assert refused.status_code == 503
+            assert refused.headers["retry-after"] == "1"
+            assert "busy" in refused.json()["detail"]
+        blocking.release.set()
+        assert first.result().status_code == second.result().status_code == 200
+        assert fold_in(client, blocking).status_code == 200  # the slots are free again
+
+
+def test_a_reload_during_model_work_keeps_each_request_on_one_model(blocking, rec, tmp_path):
+    """A request that started on the old model finishes on it while a reload swaps in a
+    new one; later requests see the new one."""
+    rec.save(tmp_path / "other")
+    app = create_app(blocking, admin_token="t", models_root=tmp_path)
+    headers = {"Authorization": "Bearer t"}
+    with TestClient(app) as client, ThreadPoolExecutor(1) as pool:
+        expensive = pool.submit(fold_in, client, blocking)
+        assert blocking.started.acquire(timeout=WAIT)
+        reload = client.post(
+            "/admin/reload", json={"model_dir": str(tmp_path / "other")}, headers=headers
+        )
+        assert reload.status_code == 200  # not queued behind the model work
+        assert type(client.app.state.holder.current.recommender) is hybridrec.Recommender
+        blocking.release.set()
+        assert expensive.result().status_code == 200
+
+
+# --------------------------------------------------------------------------- hostile bodies
+
+ADMIN = {"Authorization": "Bearer s3cret"}
+
+ids = st.one_of(
+    st.integers(),
+    st.integers(min_value=2**63 - 2, max_value=2**64 + 2),
+    st.integers(min_value=-(2**64), max_value=-(2**63) + 2),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=30),
+    st.booleans(),
+    st.none(),
+)
+leaves = st.one_of(ids, st.text(alphabet=st.characters(codec="utf-8"), max_size=200))
+values = st.recursive(
+    leaves,
+    lambda inner: (
+        st.lists(inner, max_size=6) | st.dictionaries(st.text(max_size=12), inner, max_size=4)
+    ),
+    max_leaves=20,
+)
+FIELDS = ["user_ids", "item_ids", "k", "exclude_seen", "items", "pairs", "model_dir", "extra"]
+field_values = st.one_of(
+    values,
+    st.lists(ids, max_size=30),
+    st.lists(st.fixed_dictionaries({"user_id": ids, "item_id": ids}), max_size=10),
+    st.integers(min_value=-5, max_value=2000),
+)
+bodies = st.one_of(
+    st.dictionaries(st.sampled_from(FIELDS), field_values, max_size=4),
+    values,
+)
+
+
+def deep(depth: int, opener: bytes, closer: bytes) -> bytes:
+    return opener * depth + closer * depth
+
+
+raw_bodies = st.one_of(
+    st.binary(max_size=200),
+    st.builds(lambda d: deep(d, b"[", b"]"), st.integers(1, 200_000)),
+    st.builds(lambda d: deep(d, b'{"a":', b"}").replace(b"}", b"1}", 1), st.integers(1, 5000)),
+    st.sampled_from(
+        [
+            b"",
+            b"null",
+            b"NaN",
+            b'{"k": NaN}',
+            b'{"user_ids": [Infinity]}',
+            b'{"user_ids": [-Infinity], "k": 1e999}',
+            b'{"user_ids": [1',
+            b"\xff\xfe",
+        ]
+    ),
+    st.builds(lambda body: json.dumps(body).encode(), bodies),
+)
+POSTS = ("/recommend", "/score", "/admin/reload")
+
+
+def assert_contract(response: Any) -> None:
+    """Never a 5xx; a 4xx is a short JSON object with a ``detail``."""
+    assert response.status_code < 500, (response.status_code, response.content[:300])
+    if response.status_code >= 400:
+        assert len(response.content) < 1024, response.content[:300]
+        assert response.json()["detail"]
+
+
+@pytest.fixture(scope="module")
+def hostile_client(rec, tmp_path_factory) -> Iterator[TestClient]:
+    root = tmp_path_factory.mktemp("models-root")  # holds no model: a reload is refused
+    app = create_app(rec, admin_token="s3cret", models_root=root)
+    with TestClient(app, raise_server_exceptions=False) as client:
+        yield client
+
+
+HOSTILE = settings(
+    max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+
+
+@HOSTILE
+@given(body=bodies)
+def test_generated_json_bodies_never_give_a_5xx(hostile_client, body):
+    raw = json.dumps(body).encode()  # NaN and Infinity become literals, as a client may send
+    for path in POSTS:
+        response = hostile_client.post(path, content=raw, headers=ADMIN)
+        assert_contract(response)
+
+
+@settings(
+    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(raw=raw_bodies)
+def test_generated_raw_bodies_never_give_a_5xx(hostile_client, raw):
+    for path in POSTS:
+        assert_contract(hostile_client.post(path, content=raw, headers=ADMIN))
+
+
+queries = st.dictionaries(
+    st.sampled_from(["k", "exclude_seen", "x", "k "]),
+    st.one_of(
+        st.text(max_size=20),
+        st.integers(-(2**70), 2**70).map(str),
+        st.sampled_from(["NaN", "inf", "1e3", "true", "0", "1001"]),
+    ),
+    max_size=3,
+)
+
+
+@settings(
+    max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    path=st.sampled_from(["/recommend/", "/similar/"]),
+    raw_id=st.one_of(
+        st.text(max_size=40), st.integers().map(str), st.text(min_size=2000, max_size=3000)
+    ),
+    query=queries,
+)
+def test_generated_urls_never_give_a_5xx(hostile_client, path, raw_id, query):
+    url = (
+        path
+        + quote(raw_id, safe="")
+        + "?"
+        + "&".join(f"{quote(name)}={quote(value)}" for name, value in query.items())
+    )
+    assert_contract(hostile_client.get(url))
+
+
+def test_property_suites_cover_every_endpoint(hostile_client):
+    """The generated requests above reach every route but the documentation and the two
+    parameterless GETs."""
+    skipped = {"/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc", "/health", "/model"}
+    routes = {getattr(r, "path", "") for r in hostile_client.app.routes} - skipped
+    assert routes == {
+        "/recommend/{user_id}",
+        "/recommend",
+        "/score",
+        "/similar/{item_id}",
+        "/admin/reload",
+    }
