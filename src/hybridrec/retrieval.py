@@ -14,6 +14,7 @@ from torch import nn
 
 from hybridrec.data.encoding import UNKNOWN_INDEX
 from hybridrec.models import capabilities
+from hybridrec.models.featured import table_vectors
 
 
 def supports_retrieval(model: nn.Module) -> bool:
@@ -68,9 +69,10 @@ def item_prior(model: nn.Module, num_users: int = 64, seed: int = 0) -> torch.Te
     sample = torch.randperm(users.num_embeddings - 1, generator=generator)[:n] + 1
     sample = sample.to(items.weight.device)
     total = torch.zeros(items.num_embeddings, device=items.weight.device)
+    vectors = table_vectors(items)
     for user in sample:  # one user at a time: score_all may build (B, I, hidden) tensors
         u = user.view(1)
-        total += (model.score_all(u) - query_vectors(model, u) @ items.weight.T)[0]
+        total += (model.score_all(u) - query_vectors(model, u) @ vectors.T)[0]
     return total / n
 
 
@@ -94,7 +96,7 @@ def two_stage_topk(
     """
     _, items = retrieval_factors(model)
     num_candidates = max(k, min(num_candidates, items.num_embeddings - 1))
-    dots = query_vectors(model, user_idx) @ items.weight.T  # (B, I): one matrix product
+    dots = query_vectors(model, user_idx) @ table_vectors(items).T  # (B, I): one product
     if prior is not None:
         dots = dots + prior
     dots[:, UNKNOWN_INDEX] = float("-inf")

@@ -50,6 +50,9 @@ class RecModel(nn.Module):
     default_loss: ClassVar[str] = "bce"
     #: Learns by gradient descent; ``False``: ``fit`` only prepares and validates it.
     trainable: ClassVar[bool] = True
+    #: Takes side features (``user_features``/``item_features`` shapes in its config, its
+    #: ``user_embedding``/``item_embedding`` made by ``models.featured.make_table``).
+    features: ClassVar[bool] = False
     #: The attributes above as one value, read when the class is made: asking costs an
     #: attribute lookup, which ``torch.compile`` traces without a graph break.
     declared: ClassVar[Capabilities]
@@ -82,6 +85,7 @@ class Capabilities:
     objective: str
     default_loss: str
     trainable: bool
+    features: bool
 
     @classmethod
     def of(cls, model_class: type[RecModel]) -> Capabilities:

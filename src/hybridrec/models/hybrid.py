@@ -82,6 +82,7 @@ class HybridRecSys(RecModel):
     user_parameters = ("user_embedding.weight",)
     retrieval = True
     similar_items = True
+    features = True
 
     def __init__(self, config: HybridRecSysConfig) -> None:
         super().__init__(config)

@@ -11,6 +11,7 @@ from hybridrec.config import check_finite, option
 from hybridrec.data.encoding import UNKNOWN_INDEX
 from hybridrec.errors import ConfigError
 from hybridrec.models.base import RecModel
+from hybridrec.models.featured import make_table, table_vectors
 from hybridrec.models.layers import init_embedding
 
 
@@ -22,11 +23,21 @@ class MFConfig:
     num_items: int = field(default=1, metadata={"cli": False})
     embedding_dim: int = option(64, "size of the user and item embeddings")
     init_std: float = option(0.01, "standard deviation of the initial embeddings")
+    id_dropout: float = option(
+        0.5,
+        "with user or item features: share of training rows whose id embedding is dropped, "
+        "so that features alone score ids that never appeared in training (DropoutNet)",
+    )
+    #: Shapes of the feature tables (FeatureTable.shape()), set from the feature files.
+    user_features: dict[str, int] | None = field(default=None, metadata={"cli": False})
+    item_features: dict[str, int] | None = field(default=None, metadata={"cli": False})
 
     def __post_init__(self) -> None:
         check_finite(self)
         if self.num_users < 1 or self.num_items < 1:
             raise ConfigError("num_users and num_items must be >= 1")
+        if not 0.0 <= self.id_dropout < 1.0:
+            raise ConfigError(f"--id-dropout must be in [0, 1), got {self.id_dropout}")
         if self.embedding_dim < 1:
             raise ConfigError(f"--embedding-dim must be >= 1, got {self.embedding_dim}")
         if not self.init_std > 0:
@@ -47,12 +58,15 @@ class MatrixFactorization(RecModel):
     user_parameters = ("user_embedding.weight", "user_bias.weight")
     retrieval = True
     similar_items = True
+    features = True
 
     def __init__(self, config: MFConfig) -> None:
         super().__init__(config)
         dim = config.embedding_dim
-        self.user_embedding = nn.Embedding(config.num_users, dim, padding_idx=UNKNOWN_INDEX)
-        self.item_embedding = nn.Embedding(config.num_items, dim, padding_idx=UNKNOWN_INDEX)
+        self.user_embedding = make_table(config.num_users, dim, config.user_features,
+                                         config.id_dropout, UNKNOWN_INDEX)  # fmt: skip
+        self.item_embedding = make_table(config.num_items, dim, config.item_features,
+                                         config.id_dropout, UNKNOWN_INDEX)  # fmt: skip
         self.user_bias = nn.Embedding(config.num_users, 1, padding_idx=UNKNOWN_INDEX)
         self.item_bias = nn.Embedding(config.num_items, 1, padding_idx=UNKNOWN_INDEX)
         self.global_bias = nn.Parameter(torch.zeros(()))
@@ -71,6 +85,6 @@ class MatrixFactorization(RecModel):
     def score_all(self, user_idx: torch.Tensor) -> torch.Tensor:
         """Logits (B, num_items)."""
         u = self.user_embedding(user_idx)  # (B, D)
-        scores = u @ self.item_embedding.weight.T  # (B, I)
+        scores = u @ table_vectors(self.item_embedding).T  # (B, I)
         scores = scores + self.item_bias.weight.T + self.user_bias(user_idx)  # (1, I) + (B, 1)
         return scores + self.global_bias

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from hybridrec.data.encoding import UNKNOWN_INDEX
 from hybridrec.errors import HybridRecError, UnknownIdError
 from hybridrec.models import capabilities, models_with
+from hybridrec.models.featured import table_vectors
 from hybridrec.recommend.checks import check_k
 from hybridrec.recommend.result import Recommendation, frozen
 from hybridrec.recommend.topk import top_k
@@ -40,7 +41,7 @@ def similar_items(recommender: Recommender, item_id: Any, k: int) -> Recommendat
             f"item {item_id!r} is not known to the model (it has no training rows); "
             "ask with an item id from the training data"
         )
-    vectors = F.normalize(embedding.weight.float(), dim=1)  # zero rows stay zero
+    vectors = F.normalize(table_vectors(embedding).float(), dim=1)  # zero rows stay zero
     similarity = (vectors @ vectors[index])[None]  # (1, I)
     similarity[0, [UNKNOWN_INDEX, index]] = -torch.inf
     ((top, values),) = top_k(similarity, k)

@@ -16,6 +16,7 @@ from torch import nn
 
 from hybridrec.errors import ConfigError
 from hybridrec.models import model_device, models_with
+from hybridrec.models.featured import table_vectors
 from hybridrec.recommend.checks import positive_int
 from hybridrec.recommend.topk import top_k
 from hybridrec.retrieval import item_prior, query_vectors, retrieval_factors, supports_retrieval
@@ -87,7 +88,7 @@ def two_stage_logits(
     device = model_device(model)
     cpu = device.type == "cpu"
     index = torch.as_tensor(users, dtype=torch.int64, device=device)
-    table = item_embedding.weight.T
+    table = table_vectors(item_embedding).T
     if cpu:
         dots = [query_vectors(model, index[j : j + 1]) @ table for j in range(len(users))]
         stage1 = torch.cat(dots).float()
