@@ -141,3 +141,20 @@ def test_features_and_has_id_are_saved_with_the_weights(tmp_path):
     again = build_model("hybrid", **{k: v for k, v in vars(model.config).items()})
     again.load_state_dict(state)
     assert torch.equal(again.item_embedding.feature_tokens, model.item_embedding.feature_tokens)
+
+
+def test_new_user_fold_in_ignores_the_features_of_existing_users(tmp_path):
+    from hybridrec.recommend import Recommender
+
+    data = read_features(write(tmp_path, "userId,job\n1,a\n2,b\n"), "userId")
+    users, items = IdEncoder.fit(data.ids), IdEncoder.fit(np.arange(1, 30))
+    model = build_model("hybrid", num_users=users.num_embeddings, num_items=items.num_embeddings,
+                        user_features=data.table.shape(), embedding_dim=8)  # fmt: skip
+    model.user_embedding.set_features(encode_features(data, users))
+    recommender = Recommender(model.eval(), users, items, model_name="hybrid")
+    before = recommender.recommend_for_items([1, 2, 3], k=5)
+    with torch.no_grad():  # another user's features must not leak into the new user's
+        model.user_embedding.feature_embedding.weight.normal_(0, 5.0)
+    after = recommender.recommend_for_items([1, 2, 3], k=5)
+    assert before.source == after.source == "items"
+    assert list(before.item_ids) == list(after.item_ids)

@@ -21,6 +21,7 @@ from torch import nn
 from hybridrec.data.encoding import UNKNOWN_INDEX, IdEncoder
 from hybridrec.errors import ConfigError
 from hybridrec.models import capabilities, model_device
+from hybridrec.models.featured import FeaturedEmbedding
 from hybridrec.recommend.checks import check_k, id_list, unique
 from hybridrec.recommend.result import IdsLike, Recommendation, frozen
 from hybridrec.recommend.topk import sigmoid, top_k
@@ -133,10 +134,15 @@ def _fit_user(
         start = table[1:].mean(0, keepdim=True) if len(table) > 1 else table[:1]
         rows.append(start.clone().requires_grad_(True))
 
+    fixed = _featured_user_rows(model, names)
+
     def tables() -> dict[str, torch.Tensor]:
         return {
-            f"model.{name}": torch.cat([params[name].detach()[:1], row])
-            for name, row in zip(names, rows, strict=True)
+            **fixed,
+            **{
+                f"model.{name}": torch.cat([params[name].detach()[:1], row])
+                for name, row in zip(names, rows, strict=True)
+            },
         }
 
     scorer = _Scorer(_structural_copy(model))
@@ -157,6 +163,23 @@ def _fit_user(
             row.grad = grad
         optimizer.step()
     return scorer, {name: t.detach() for name, t in tables().items()}
+
+
+def _featured_user_rows(model: nn.Module, names: tuple[str, ...]) -> dict[str, torch.Tensor]:
+    """Two-row feature buffers for a per-user table that has features: the new user (row
+    1) is known by the fitted id row alone, with no features of another user's row 1."""
+    modules = dict(model.named_modules())
+    out: dict[str, torch.Tensor] = {}
+    for name in names:
+        owner = name.rpartition(".")[0]
+        table = modules.get(owner)
+        if not isinstance(table, FeaturedEmbedding):
+            continue
+        for buffer in ("feature_tokens", "feature_weights", "feature_numeric"):
+            rows = getattr(table, buffer)
+            out[f"model.{owner}.{buffer}"] = torch.zeros_like(rows[:2])
+        out[f"model.{owner}.has_id"] = torch.ones_like(table.has_id[:2])
+    return out
 
 
 class _Scorer(nn.Module):
