@@ -4,8 +4,11 @@ One process serves one model at a time. The model lives in a :class:`ModelHolder
 reference is replaced in one assignment on reload, so a request that has read it keeps a
 consistent model to the end, and a failed reload never disturbs the model being served.
 
-Model work never runs on the event loop, and runs one call at a time (see
-:mod:`hybridrec.serve.app`).
+Model work never runs on the event loop: it runs one call at a time in one worker thread
+with a bounded queue (:class:`ModelGate`; 503 beyond it), as does parsing a large body.
+Connections must send complete request headers within a deadline and their number is
+capped (:mod:`hybridrec.serve.connections`), because uvicorn itself only times out idle
+keep-alive connections.
 
 The hot path, ``GET /recommend/{user_id}``, is a lookup: at every load each known user's top
 ``CACHE_TOP`` items are ranked once (:class:`TopCache`, for catalogues up to
@@ -25,8 +28,9 @@ non-finite weights is refused). Bind to 127.0.0.1 (the default) or keep ``/admin
 behind a proxy as well.
 
 Modules: ``schemas`` (request and response models, limits), ``cache`` (:class:`TopCache`),
-``holder`` (the served model and reload), ``app`` (:func:`create_app`, the middleware),
-``run`` (:func:`serve` with uvicorn, SIGHUP).
+``holder`` (the served model and reload), ``gate`` (:class:`ModelGate`), ``app``
+(:func:`create_app`, the middleware), ``connections`` (the HTTP protocol's header deadline
+and connection cap), ``run`` (:func:`serve` with uvicorn, SIGHUP).
 
 Example:
     >>> from hybridrec.serve import serve
@@ -41,6 +45,7 @@ from hybridrec.serve.cache import (
     TopCache,
     build_cache,
 )
+from hybridrec.serve.gate import MAX_PENDING, ModelGate
 from hybridrec.serve.holder import ModelHolder, Served
 from hybridrec.serve.run import install_reload_signal, serve
 from hybridrec.serve.schemas import (
@@ -70,6 +75,7 @@ __all__ = [
     "MAX_BATCH",
     "MAX_K",
     "MAX_PAIRS",
+    "MAX_PENDING",
     "BatchOut",
     "CacheMismatchError",
     "CachedRecommendations",
@@ -77,6 +83,7 @@ __all__ = [
     "ItemScore",
     "K",
     "KField",
+    "ModelGate",
     "ModelHolder",
     "ModelOut",
     "Pair",
