@@ -424,3 +424,21 @@ def test_property_suites_cover_every_endpoint(hostile_client):
         "/similar/{item_id}",
         "/admin/reload",
     }
+
+
+def test_serve_runs_uvicorn_with_the_guarded_protocol(monkeypatch, rec, tmp_path):
+    """``serve()`` passes its limits to the protocol and turns WebSockets off."""
+    from hybridrec.serve import serve
+    from hybridrec.serve.connections import GuardedHttpProtocol
+
+    seen = {}
+    monkeypatch.setattr(
+        uvicorn.Server, "run", lambda self, sockets=None: seen.update(c=self.config)
+    )
+    rec.save(tmp_path / "model")
+    serve(tmp_path / "model", port=8125, header_timeout=2.5, max_connections=7, max_pending=3)
+    config = seen["c"]
+    assert issubclass(config.http, GuardedHttpProtocol)
+    assert (config.http.header_timeout, config.http.max_connections) == (2.5, 7)
+    assert config.ws == "none" and config.timeout_keep_alive == 2.5
+    assert config.app.state.gate.max_pending == 3
