@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import urllib.error
 import warnings
@@ -776,3 +777,244 @@ def test_cli_without_val_reports_the_holdout(tmp_path, capsys):
     assert code == 0 and "30 rows held out (latest per user)" in out
     saved = hybridrec.load(tmp_path / "m")
     assert saved.config["settings"]["holdout"]["held_out_rows"] == 30
+
+
+# ---------------------------------------------------------------- nothing done before a bad path
+
+
+@pytest.fixture
+def no_work(monkeypatch):
+    """Make reading data, training and loading a model fail loudly: a command refused for a
+    bad path or option must stop before any of them (asserted by the exit status 2)."""
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("work started before the paths and options were checked")
+
+    import hybridrec.artifact
+    import hybridrec.pipeline
+    import hybridrec.recommend
+
+    monkeypatch.setattr(hybridrec.pipeline, "load_data", forbidden)
+    monkeypatch.setattr(hybridrec.pipeline, "fit", forbidden)
+    monkeypatch.setattr(hybridrec.recommend.Recommender, "load", forbidden)
+    monkeypatch.setattr(hybridrec.artifact, "load_artifact", forbidden)
+
+
+@pytest.mark.parametrize(
+    ("argv", "fragment"),
+    [
+        (["train", "--train", "t.csv", "--out", "afile"], "--out afile is a file"),
+        (["train", "--train", "t.csv", "--out", "afile/m"], "(afile is a file)"),
+        (["train", "--train", "t.csv", "--out", ""], "--out must name a directory"),
+        (["train", "--train", "t.csv", "--out", "."], "is the current directory"),
+        (["train", "--train", "t.csv", "--out", ".."], "is the current directory or holds it"),
+        (
+            ["train", "--train", "t.csv", "--checkpoint-every", "1", "--checkpoint-dir", "afile"],
+            "--checkpoint-dir afile is a file",
+        ),
+        (
+            ["train", "--train", "t.csv", "--checkpoint-every", "1", "--checkpoint-dir", "afile/c"],
+            "--checkpoint-dir afile/c: cannot create the directory (afile is a file)",
+        ),
+        (["recommend", "--model", "m", "--all", "--output", "afile/r.csv"], "(afile is a file)"),
+        (["recommend", "--model", "m", "--all", "--output", "adir.csv"], "is a directory"),
+        (["export", "--model", "m", "--out", "afile/m.pt"], "--out afile/m.pt: cannot create"),
+        (["split", "--data", "t.csv", "--out", "afile/s"], "--out afile/s: cannot create"),
+        (["demo", "--out", "afile"], "--out afile is a file"),
+        (["data", "movielens-100k", "--out", "afile/x"], "--out afile/x: cannot create"),
+    ],
+)
+def test_bad_output_paths_are_refused_before_any_work(tmp_path, capsys, no_work, argv, fragment):
+    (tmp_path / "afile").write_text("not a directory")
+    (tmp_path / "adir.csv").mkdir()
+    code, _, err = call(capsys, *argv)
+    assert_user_error(code, err, fragment)
+    assert err.count("\n") == 1  # one line
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs Linux's /proc")
+def test_an_unwritable_out_is_refused_before_training(capsys, no_work):
+    """/proc refuses new files even to root (a chmod would not stop root)."""
+    code, _, err = call(capsys, "train", "--train", "t.csv", "--out", "/proc/hybridrec-m")
+    assert_user_error(code, err, "--out /proc/hybridrec-m: cannot write in /proc")
+
+
+@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="root may write anywhere")
+def test_a_read_only_folder_is_refused_before_training(tmp_path, capsys, no_work):
+    (tmp_path / "ro").mkdir(mode=0o555)
+    code, _, err = call(capsys, "recommend", "--model", "m", "--all", "--output", "ro/r.csv")
+    assert_user_error(code, err, "cannot write in ro")
+
+
+def test_a_foreign_config_json_is_never_replaced(tmp_path, capsys, no_work):
+    (tmp_path / "proj").mkdir()
+    (tmp_path / "proj" / "config.json").write_text('{"theirs": true}')
+    code, _, err = call(capsys, "train", "--train", "t.csv", "--out", "proj")
+    assert_user_error(code, err, "holds a config.json that is not a hybridrec model's")
+    assert (tmp_path / "proj" / "config.json").read_text() == '{"theirs": true}'
+
+
+# ---------------------------------------------------------------- option values
+
+
+@pytest.mark.parametrize(
+    ("flags", "fragment"),
+    [
+        (["--embedding-dim", str(2**63)], "--embedding-dim must be a 64-bit integer"),
+        (["--mlp-layers", f"8,{2**64}"], "--mlp-layers must be a 64-bit integer"),
+        (["--seed", str(2**64)], "--seed must be a 64-bit integer"),
+        (["--negatives", str(2**63)], "--negatives must be a 64-bit integer"),
+        (["--threads", "100000"], "--threads must be in 0..1024"),
+        (["--weight-decay", "nan"], "--weight-decay must be a finite number"),
+    ],
+)
+def test_out_of_range_numbers_are_refused(tmp_path, capsys, no_work, flags, fragment):
+    code, _, err = call(capsys, "train", "--train", "t.csv", *flags)
+    assert_user_error(code, err, fragment)
+
+
+@pytest.mark.parametrize(
+    ("flags", "fragment"),
+    [
+        (["--embedding-dim", str(10**10)], "weights x 5 float32 copies"),
+        (["--mlp-layers", f"{10**6},{10**6}"], "weights x 5 float32 copies"),
+        (["--negatives", str(10**10)], "10,000,000,000 negatives for each of"),
+    ],
+)
+def test_options_that_would_exhaust_memory_are_refused_before_training(
+    ranking_files, capsys, monkeypatch, flags, fragment
+):
+    import hybridrec.pipeline
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("training started")
+
+    monkeypatch.setattr(hybridrec.pipeline, "fit", no_training)
+    code, _, err = call(
+        capsys, "train", "--train", ranking_files["train"], "--out", "m", "--val", "none",
+        *FAST, *flags,
+    )  # fmt: skip
+    assert_user_error(code, err, "needs about", "available on cpu", fragment)
+
+
+def test_the_memory_rule_uses_what_is_available(ranking_files, monkeypatch):
+    """The same options pass with room to spare and fail with too little (the weights of
+    this tiny model take ~100 KB)."""
+    import hybridrec.pipeline
+    from hybridrec.errors import ConfigError
+
+    monkeypatch.setattr(hybridrec.pipeline, "available_memory", lambda device: 10_000)
+    with pytest.raises(ConfigError, match=r"more than the 0\.0 GiB available"):
+        hybridrec.train(ranking_files["train"], None, train_config=TrainConfig(epochs=1))
+    monkeypatch.setattr(hybridrec.pipeline, "available_memory", lambda device: None)
+    options = {"embedding_dim": 4, "mlp_layer_sizes": (4,)}
+    result = hybridrec.train(
+        ranking_files["train"], None, model_options=options, train_config=TrainConfig(epochs=1)
+    )
+    assert len(result.history.epochs) == 1
+
+
+@pytest.mark.parametrize(
+    ("error", "fragment"),
+    [
+        (
+            RuntimeError("[enforce fail] DefaultCPUAllocator: can't allocate memory"),
+            "out of memory",
+        ),
+        (MemoryError(), "out of memory; lower --batch-size"),
+        (OSError(28, "No space left on device", "m/weights.pt"), "m/weights.pt: No space left"),
+        (PermissionError(13, "Permission denied", "r.csv"), "r.csv: Permission denied"),
+    ],
+)
+def test_memory_and_disk_failures_are_one_line(capsys, monkeypatch, error, fragment):
+    """Whatever the up-front checks cannot foresee (a disk filling up, memory taken by
+    another process) still ends in one line and status 2."""
+
+    def fail(args):
+        raise error
+
+    monkeypatch.setitem(hybridrec.cli.COMMANDS, "split", fail)
+    code, _, err = call(capsys, "split", "--data", "x.csv", "--out", "s")
+    assert_user_error(code, err, fragment)
+    assert err.count("\n") == 1
+
+
+def test_a_programming_error_is_not_disguised(monkeypatch):
+    def fail(args):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setitem(hybridrec.cli.COMMANDS, "split", fail)
+    with pytest.raises(RuntimeError, match="a bug"):
+        main(["split", "--data", "x.csv", "--out", "s"])
+
+
+def test_interrupted_training_says_no_model_was_saved(capsys, monkeypatch):
+    def interrupt(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setitem(hybridrec.cli.COMMANDS, "train", interrupt)
+    code, _, err = call(capsys, "train", "--train", "t.csv", "--checkpoint-every", "1")
+    assert code == 130
+    assert "no model was saved; a model already there is unchanged" in err
+    assert "last checkpoint is kept" in err
+
+
+# ---------------------------------------------------------------- serve: the port first
+
+
+def test_serve_on_a_busy_port_fails_before_loading(capsys, no_work):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code, _, err = call(capsys, "serve", "--model", "m", "--port", port)
+    assert_user_error(code, err, f"cannot listen on 127.0.0.1:{port}: the port is in use")
+
+
+@pytest.mark.parametrize(
+    ("flags", "fragment"),
+    [
+        (["--port", "65536"], "--port must be in 0..65535, got 65536"),
+        (["--port", "-1"], "--port must be in 0..65535"),
+        (["--host", "no-such-host.invalid"], "--host 'no-such-host.invalid' is not an address"),
+        (["--threads", "-2"], "--threads must be in 0..1024"),
+        (["--cache-top", "-1"], "--cache-top must be >= 0"),
+    ],
+)
+def test_serve_options_are_checked_before_loading(capsys, no_work, flags, fragment):
+    code, _, err = call(capsys, "serve", "--model", "m", *flags)
+    assert_user_error(code, err, fragment)
+
+
+# ---------------------------------------------------------------- which files need --target-col
+
+
+def test_a_target_col_asked_for_is_required_of_labelled_files_only(
+    model_dir, ranking_files, tmp_path, capsys
+):
+    """evaluate's ranking files (--train, --test) are positives and may lack the column;
+    training data and evaluate --data are read for their labels and may not."""
+    code, out, err = call(
+        capsys, "evaluate", "--model", model_dir, "--train", ranking_files["train"],
+        "--test", ranking_files["test"], "--target-col", "label", "--json",
+    )  # fmt: skip
+    assert code == 0, err
+    assert json.loads(out)["protocol"] == "full"
+    code, _, err = call(
+        capsys, "evaluate", "--model", model_dir, "--data", ranking_files["test"],
+        "--target-col", "label",
+    )  # fmt: skip
+    assert_user_error(code, err, "test.csv: missing target column 'label' (named by --target-col)")
+    code, _, err = call(
+        capsys, "train", "--train", ranking_files["train"], "--target-col", "label", *FAST
+    )
+    assert_user_error(code, err, "train.csv: missing target column 'label'")
+
+
+def test_training_data_without_positives_is_refused(tmp_path, capsys):
+    (tmp_path / "neg.csv").write_text("userId,itemId,target\n1,2,0\n2,3,0\n")
+    code, _, err = call(capsys, "train", "--train", "neg.csv", "--out", "m", *FAST)
+    assert_user_error(code, err, "neg.csv, column 'target': no positive rows to learn from")
+    assert not (tmp_path / "m").exists()

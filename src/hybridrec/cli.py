@@ -8,9 +8,11 @@ match the API. User mistakes (``HybridRecError``) print one clear line and exit 
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import math
+import socket
 import sys
 import warnings
 from collections.abc import Callable, Sequence
@@ -19,10 +21,11 @@ from pathlib import Path
 from string import Template
 from typing import Any
 
-from hybridrec.config import DataConfig, TrainConfig
+from hybridrec.config import MAX_THREADS, DataConfig, TrainConfig
 from hybridrec.data.split import METHODS as SPLIT_METHODS
 from hybridrec.errors import ConfigError, HybridRecError
 from hybridrec.evaluation import format_metrics
+from hybridrec.files import check_output_dir, check_output_file
 from hybridrec.models import MODELS, capabilities, model_class, models_with
 
 logger = logging.getLogger("hybridrec")
@@ -500,7 +503,8 @@ def cmd_recommend(args: argparse.Namespace) -> int:
         write_recommendations,
     )
 
-    output_format(args.output)  # a bad suffix fails before the model is loaded
+    output_format(args.output)  # a bad suffix or path fails before the model is loaded
+    check_output_file(args.output, "--output")
     rec = Recommender.load(args.model)
     # the users file names its column like the training data did (--user-col at training)
     trained_col = rec.config.get("settings", {}).get("data", {}).get("user_col", "userId")
@@ -537,6 +541,7 @@ def cmd_split(args: argparse.Namespace) -> int:
     from hybridrec.pipeline import load_data
 
     data_config = config_from_args(DataConfig, args)
+    check_output_dir(args.out, "--out")
     if args.movielens:
         frame = read_movielens(args.data, data_config.threshold)
     else:
@@ -556,9 +561,9 @@ def cmd_data(args: argparse.Namespace) -> int:
     from hybridrec.data.movielens import fetch_movielens, read_movielens
     from hybridrec.data.split import split_three_ways, write_interactions_csv, write_split
 
+    out = check_output_dir(args.out or args.name, "--out")
     source = Path(args.data) if args.data else fetch_movielens(args.name, args.cache)
     frame = read_movielens(source, args.min_rating)
-    out = Path(args.out or args.name)
     write_interactions_csv(frame, out / "interactions.csv")
     print(f"{out / 'interactions.csv'}: {len(frame):,} positives from {source}")
     train, val, test = split_three_ways(frame, args.split, seed=0)
@@ -573,7 +578,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from hybridrec.evaluation import pointwise_metrics
     from hybridrec.pipeline import train
 
-    out = Path(args.out)
+    out = check_output_dir(args.out, "--out")
     synth = SyntheticConfig(
         num_users=args.users, num_items=args.items, num_positives=args.positives, seed=args.seed
     )
@@ -616,10 +621,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from hybridrec.runtime import set_num_threads
     from hybridrec.serve import serve
 
-    set_num_threads(args.threads)
-    load_artifact(args.model)  # fail here, with a clear error, before the server starts
     if args.cache_top < 0:
         raise ConfigError(f"--cache-top must be >= 0, got {args.cache_top}")
+    if not 0 <= args.threads <= MAX_THREADS:
+        raise ConfigError(
+            f"--threads must be in 0..{MAX_THREADS} (0 = PyTorch default), got {args.threads}"
+        )
+    check_port(args.host, args.port)  # before the model is loaded and its cache built
+    set_num_threads(args.threads)
+    load_artifact(args.model)  # fail here, with a clear error, before the server starts
     serve(
         args.model,
         host=args.host,
@@ -633,12 +643,41 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def check_port(host: str, port: int) -> None:
+    """Refuse a port out of range, or one that cannot be listened on now (taken, not an
+    address of this machine, privileged), by binding it as uvicorn will and letting go.
+
+    Checked before the model is loaded, so a busy port is a one-line error in a moment
+    rather than after seconds of loading (uvicorn would log it and exit with status 1).
+    Another process could still take the port in between; uvicorn reports that itself.
+    """
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"--port must be in 0..65535, got {port}")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+            probe.bind((host, port))
+    except socket.gaierror as exc:
+        raise ConfigError(f"--host {host!r} is not an address ({exc.strerror})") from None
+    except (OSError, OverflowError, UnicodeError) as exc:
+        reason = (
+            "the port is in use"
+            if getattr(exc, "errno", None) == errno.EADDRINUSE
+            else (getattr(exc, "strerror", None) or str(exc))
+        )
+        raise ConfigError(f"cannot listen on {host}:{port}: {reason}") from None
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from hybridrec.export import FORMATS, export_model
     from hybridrec.recommend import Recommender
 
+    if args.out is not None:
+        check_output_file(args.out, "--out")
     rec = Recommender.load(args.model)
     out = Path(args.out) if args.out else Path(args.model) / f"model{FORMATS[args.format]}"
+    check_output_file(out, "--out")
     export_model(rec.model, out, args.format)
     print(f"wrote {out}: {args.format} scorer of (user_idx, item_idx) -> logits")
     return 0
@@ -695,11 +734,59 @@ def run(args: argparse.Namespace) -> int:
     try:
         return COMMANDS[args.command](args)
     except HybridRecError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return _fail(str(exc))
+    except OSError as exc:
+        if exc.errno not in _ENVIRONMENT_ERRNOS:
+            raise
+        where = f" {exc.filename}" if exc.filename else ""
+        return _fail(f"cannot read or write{where}: {exc.strerror or exc}")
+    except (MemoryError, RuntimeError) as exc:
+        if not _is_out_of_memory(exc):
+            raise
+        return _fail(
+            "out of memory; lower --batch-size, --embedding-dim, --mlp-layers, --negatives "
+            "or --eval-batch-size"
+        )
     except KeyboardInterrupt:
-        print("interrupted; nothing was saved after the last completed epoch", file=sys.stderr)
+        print(f"interrupted; {_interrupted(args)}", file=sys.stderr)
         return 130
+
+
+#: Failures of the machine or the file system that the user fixes (space, permissions,
+#: names), reported in one line rather than as a traceback wherever they surface.
+_ENVIRONMENT_ERRNOS = frozenset(
+    getattr(errno, name)
+    for name in (
+        "ENOSPC", "EDQUOT", "EACCES", "EPERM", "EROFS", "EISDIR", "ENOTDIR", "ENAMETOOLONG",
+        "EFBIG", "EMFILE", "ENFILE", "EIO", "ENOENT", "EEXIST", "ELOOP", "ETXTBSY", "EXDEV",
+    )
+    if hasattr(errno, name)
+)  # fmt: skip
+
+
+def _fail(message: str) -> int:
+    """Print a user error as one line (a message never spans lines) and return status 2."""
+    print("error: " + " ".join(message.split()), file=sys.stderr)
+    return 2
+
+
+def _is_out_of_memory(exc: BaseException) -> bool:
+    """Python's MemoryError, or torch's out-of-memory errors (CPU allocator, CUDA, MPS)."""
+    if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":
+        return True
+    text = str(exc)
+    return "can't allocate memory" in text or "out of memory" in text.lower()
+
+
+def _interrupted(args: argparse.Namespace) -> str:
+    """What an interrupted command left: training saves its model only at the end."""
+    if args.command not in ("train", "demo"):
+        return "no output file was written (they appear only when complete)"
+    every = getattr(args, "checkpoint_every", 0)
+    kept = "a model already there is unchanged"
+    if every:
+        kept += "; the last checkpoint is kept for --resume"
+    return f"no model was saved; {kept}"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

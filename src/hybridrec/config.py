@@ -24,16 +24,27 @@ def option(default: object, help: str, *, flag: str | None = None, **kw: object)
     return field(default=default, metadata=meta)
 
 
+#: Integer options are handed to PyTorch and numpy, which take 64-bit integers.
+INT64_MAX = 2**63 - 1
+
+
 def check_finite(config: object) -> None:
     """Refuse NaN and infinity in any number option: comparisons with NaN are all false, so
-    range checks let it through and it would surface later as a crash or a wrong model."""
+    range checks let it through and it would surface later as a crash or a wrong model.
+    Integers (alone or in a tuple of sizes) must fit in 64 bits, or PyTorch overflows."""
     for spec in fields(config):  # type: ignore[arg-type]
         value = getattr(config, spec.name)
+        flag = spec.metadata.get("flag") or "--" + spec.name.replace("_", "-")
         if isinstance(value, float) and not math.isfinite(value):
-            flag = spec.metadata.get("flag") or "--" + spec.name.replace("_", "-")
             raise ConfigError(f"{flag} must be a finite number, got {value}")
+        numbers = value if isinstance(value, tuple) else (value,)
+        for number in numbers:
+            if isinstance(number, int) and not isinstance(number, bool) and abs(number) > INT64_MAX:
+                raise ConfigError(f"{flag} must be a 64-bit integer (at most 2^63-1), got {number}")
 
 
+#: ``--threads`` above this is surely a typo (and PyTorch's thread count is a C int).
+MAX_THREADS = 1024
 LOSSES = ("auto", "bce", "bpr", "ce")
 SAMPLINGS = ("uniform", "popularity")
 SPARSE_MODES = ("auto", "on", "off")
@@ -239,7 +250,8 @@ class TrainConfig:
             )
         if self.amp not in AMP_MODES:
             raise ConfigError(f"--amp must be one of {', '.join(AMP_MODES)}, got {self.amp!r}")
-        if self.num_threads < 0:
+        if not 0 <= self.num_threads <= MAX_THREADS:
             raise ConfigError(
-                f"--threads must be >= 0 (0 = PyTorch default), got {self.num_threads}"
+                f"--threads must be in 0..{MAX_THREADS} (0 = PyTorch default), got "
+                f"{self.num_threads}"
             )

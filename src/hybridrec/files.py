@@ -19,6 +19,54 @@ class OutputBusyError(ConfigError):
     """Another process holds the lock of the output directory."""
 
 
+def check_output_dir(path: str | Path, flag: str) -> Path:
+    """Refuse, before any work, a directory path that cannot be written: empty, a file,
+    under a file, or in a folder this process cannot create files in.
+
+    Nothing is created (a run that fails leaves no empty directory); the nearest existing
+    folder is probed by creating and removing a temporary file, which, unlike
+    ``os.access``, also tells the truth for root, read-only mounts and ACLs.
+    """
+    if str(path) == "":
+        raise ConfigError(f"{flag} must name a directory, got an empty path")
+    directory = Path(path)
+    if directory.exists() and not directory.is_dir():
+        raise ConfigError(f"{flag} {directory} is a file; give a directory")
+    _probe(directory, flag, "directory")
+    return directory
+
+
+def check_output_file(path: str | Path, flag: str) -> Path:
+    """:func:`check_output_dir` for a file that will be written (or replaced) at ``path``."""
+    if str(path) == "":
+        raise ConfigError(f"{flag} must name a file, got an empty path")
+    target = Path(path)
+    if target.is_dir():
+        raise ConfigError(f"{flag} {target} is a directory; give a file path")
+    if target.name in ("", ".", ".."):
+        raise ConfigError(f"{flag} {target} does not name a file")
+    _probe(target, flag, "file")
+    return target
+
+
+def _probe(path: Path, flag: str, kind: str) -> None:
+    """The nearest existing folder of ``path`` (itself for an existing directory) must be
+    a directory in which a file can be created."""
+    existing = path if path.is_dir() else path.parent
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError(f"{flag} {path}: cannot create the {kind} ({existing} is a file)")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".hybridrec-probe.", dir=existing)
+    except OSError as exc:
+        raise ConfigError(
+            f"{flag} {path}: cannot write in {existing} ({exc.strerror or exc})"
+        ) from None
+    os.close(fd)
+    os.unlink(probe)
+
+
 def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> None:
     """Call ``write(fileobj)`` on a temp file beside ``path``, fsync it, then rename it over."""
     path = Path(path)
@@ -138,7 +186,11 @@ def exclusive(directory: str | Path) -> Iterator[None]:
         yield
         return
     lock = staging_path(directory, "lock")
-    with open(lock, "a+b") as handle:
+    try:
+        handle = open(lock, "a+b")  # noqa: SIM115 - closed by the with block below
+    except OSError as exc:
+        raise ConfigError(f"cannot create the lock {lock} ({exc.strerror or exc})") from None
+    with handle:
         try:
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

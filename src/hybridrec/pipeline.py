@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import json
 import logging
 import os
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ import pandas as pd
 import torch
 
 from hybridrec import distributed
+from hybridrec.artifact import FORMAT as ARTIFACT_FORMAT
 from hybridrec.artifact import is_artifact
 from hybridrec.config import DataConfig, TrainConfig
 from hybridrec.data.dataset import RecSysDataset, UnknownCounts
@@ -26,14 +28,16 @@ from hybridrec.data.io import (
     USER,
     interactions_from_frame,
     is_csv_path,
+    one_line,
     parse_ids,
     read_interactions,
     read_table,
 )
 from hybridrec.data.seen import SeenItems
 from hybridrec.errors import ConfigError, DataError
-from hybridrec.files import atomic_write_json, exclusive, recover
-from hybridrec.models import build_model, capabilities, model_device
+from hybridrec.files import atomic_write_json, check_output_dir, exclusive, recover
+from hybridrec.models import build_model, capabilities, model_class, model_device
+from hybridrec.objectives import SAMPLE_CHUNK
 from hybridrec.plots import plot_history
 from hybridrec.recommend import Recommender
 from hybridrec.runtime import resolve_device, set_num_threads
@@ -165,7 +169,11 @@ def train(
     # under torchrun (WORLD_SIZE > 1): join the process group; each rank runs all of this
     device = distributed.init_from_env(device)
     try:
-        with _output(out):
+        if out is not None and str(out) == "":
+            raise ConfigError("--out must name a directory, got an empty path")
+        out = None if out is None else model_dir_path(out)
+        check_model_options(model, model_options or {})
+        with _output(out, train_config):
             return _train(
                 train_data,
                 val_data,
@@ -183,29 +191,22 @@ def train(
 
 
 @contextlib.contextmanager
-def _output(out: str | Path | None) -> Iterator[None]:
+def _output(out: str | Path | None, config: TrainConfig) -> Iterator[None]:
     """The output directory, checked before any data is read and locked for the run.
 
     A path that is a file, lies under a file or cannot be written is refused now, not after
-    the first epoch; a second process training into the same directory is refused
+    the first epoch, and so is a ``--checkpoint-dir`` that could not be written; a second
+    process training into the same directory is refused
     (:func:`hybridrec.files.exclusive`); a save that a crash interrupted is completed and
     stale temporary files are removed. Only rank 0 writes, so only it checks and locks.
     """
+    if config.checkpoint_every and config.checkpoint_dir is not None and distributed.is_main():
+        check_output_dir(config.checkpoint_dir, "--checkpoint-dir")
     if out is None or not distributed.is_main():
         yield
         return
-    directory = Path(out)
-    if directory.exists() and not directory.is_dir():
-        raise ConfigError(f"--out {directory} is a file; give a directory for the model")
-    existing = directory if directory.exists() else directory.parent
-    while not existing.exists():
-        existing = existing.parent
-    if not existing.is_dir():
-        raise ConfigError(
-            f"--out {directory}: cannot create the model directory ({existing} is a file)"
-        )
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise ConfigError(f"--out {directory}: {existing} is not writable")
+    directory = check_output_dir(out, "--out")
+    _check_replaceable(directory)
     try:  # the parents (not the directory itself: a failed run leaves no empty model)
         directory.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -215,6 +216,53 @@ def _output(out: str | Path | None) -> Iterator[None]:
     with exclusive(directory):
         recover(directory, is_artifact)
         yield
+
+
+def check_model_options(model: str, options: dict[str, Any]) -> None:
+    """Validate the model's options now, before any data is read (the model itself is
+    built once the data has told its number of users and items)."""
+    config_class = model_class(model).config_class
+    extra = sorted(set(options) - {f.name for f in fields(config_class)})
+    if extra:
+        raise ConfigError(f"model {model!r} has no option(s) {', '.join(extra)}")
+    config_class(**options)
+
+
+def model_dir_path(out: str | Path) -> Path:
+    """``out`` as the model directory's path: absolute when it ends in ``.``/``..`` or is
+    empty, since the staging folders and the lock are named after its last part."""
+    path = Path(out)
+    return Path(os.path.abspath(path)) if path.name in ("", ".", "..") else path
+
+
+def _check_replaceable(directory: Path) -> None:
+    """Refuse an ``--out`` whose replacement would harm something that is not a model.
+
+    A retrain renames the whole directory, so it must not be the working directory (or
+    hold it); and a ``config.json`` there that is not a hybridrec model's belongs to
+    something else, which the swap would delete.
+    """
+    resolved = directory.resolve()
+    if resolved.name == "" or Path.cwd().resolve().is_relative_to(resolved):
+        raise ConfigError(
+            f"--out {directory} is the current directory or holds it; a model is replaced as "
+            "a whole directory, so give it a folder of its own, e.g. --out model"
+        )
+    config = directory / "config.json"
+    if config.is_file() and not _is_model_config(config):
+        raise ConfigError(
+            f"--out {directory} holds a config.json that is not a hybridrec model's; choose "
+            "another --out (saving would replace that file)"
+        )
+
+
+def _is_model_config(path: Path) -> bool:
+    """Whether ``path`` is the ``config.json`` of a hybridrec artifact (even a damaged one)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
+    return isinstance(data, dict) and data.get("format") == ARTIFACT_FORMAT
 
 
 def _train(
@@ -244,6 +292,11 @@ def _train(
     if items is not None:
         item_ids = np.concatenate([item_ids, read_item_catalog(items, data_config)])
     items = IdEncoder.fit(item_ids)
+    positives = int((train_frame["target"].to_numpy() > 0.5).sum())
+    check_memory(
+        model, model_options or {}, users.num_embeddings, items.num_embeddings,
+        positives if pointwise and train_frame["target"].min() == 1 else 0, train_config, device,
+    )  # fmt: skip
     train_set, _ = RecSysDataset.from_frame(train_frame, users, items)
     del train_frame, item_ids  # the tensors hold what training needs (~0.5 GB at 20M rows)
     # the training positives: excluded from a user's recommendations, counted for popularity
@@ -317,6 +370,105 @@ def _train(
         (out_dir / PROGRESS).unlink(missing_ok=True)  # metrics.json now holds the history
         logger.info(f"saved the model to {out_dir}")
     return result
+
+
+#: float32 copies of every weight while training: the weights, their gradients, Adam's two
+#: moments and the weight average (``--ema-decay``).
+TRAINING_COPIES = 5
+#: int64 arrays of one chunk's sampled negatives alive at once (draws, candidates, the batch).
+SAMPLING_COPIES = 4
+
+
+def check_memory(
+    model: str,
+    options: dict[str, Any],
+    num_users: int,
+    num_items: int,
+    sampled_positives: int,
+    config: TrainConfig,
+    device: torch.device,
+) -> None:
+    """Refuse, before training, options whose memory the machine cannot give.
+
+    The model is built on PyTorch's ``meta`` device (shapes, no storage) to count its
+    weights and buffers; training holds :data:`TRAINING_COPIES` float32 copies of the
+    weights, and positives-only data a chunk of sampled negatives. Their sum must fit in
+    the memory available now (:func:`available_memory`). Activations are not estimated:
+    running out of memory later is still reported in one line by the command line.
+    """
+    try:
+        with torch.device("meta"):
+            net = build_model(model, num_users=num_users, num_items=num_items, **options)
+    except (RuntimeError, TypeError, ValueError, OverflowError) as exc:
+        if isinstance(exc, ConfigError):
+            raise
+        logger.debug(f"building the model on the meta device failed: {one_line(exc)}")
+        raise ConfigError(
+            f"the {model} model cannot be built with these sizes (a tensor would exceed "
+            "PyTorch's limits); lower --embedding-dim, --mlp-layers, --hidden-dim or --max-len"
+        ) from None
+    weights = sum(p.numel() for p in net.parameters())
+    buffers = sum(b.numel() * b.element_size() for b in net.buffers())
+    per_chunk = min(sampled_positives, SAMPLE_CHUNK)
+    chunk = per_chunk * config.negatives * 8 * SAMPLING_COPIES
+    state = weights * 4 * TRAINING_COPIES
+    need = state + buffers + chunk
+    free = available_memory(device)
+    if free is not None and need > free:
+        parts = {
+            f"{weights:,} weights x {TRAINING_COPIES} float32 copies": state,
+            "buffers": buffers,
+            f"{config.negatives:,} negatives for each of {per_chunk:,} positives": chunk,
+        }
+        big = [f"{name}: {_gib(size)}" for name, size in parts.items() if size > need / 100]
+        raise ConfigError(
+            f"training the {model} model needs about {_gib(need)} ({', '.join(big)}), more "
+            f"than the {_gib(free)} available on {device.type}; lower --embedding-dim, "
+            "--mlp-layers, --hidden-dim, --max-len or --negatives"
+        )
+
+
+def available_memory(device: torch.device) -> int | None:
+    """Bytes that can still be allocated on ``device``: free CUDA memory, else the
+    system's available memory (``MemAvailable``; ``os.sysconf`` where there is no
+    /proc), capped by a cgroup (container) limit. None when it cannot be told."""
+    if device.type == "cuda":
+        try:
+            return int(torch.cuda.mem_get_info(device)[0])
+        except (RuntimeError, AssertionError):
+            return None
+    found = [v for v in (_meminfo_available(), _cgroup_headroom()) if v is not None]
+    if not found:
+        try:
+            found.append(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+        except (ValueError, OSError, AttributeError):
+            return None
+    return min(found)
+
+
+def _meminfo_available() -> int | None:
+    try:
+        with open("/proc/meminfo") as info:
+            for line in info:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _cgroup_headroom() -> int | None:
+    """A cgroup v2 memory limit minus the current use, when one is set."""
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        used = int(Path("/sys/fs/cgroup/memory.current").read_text())
+    except (OSError, ValueError):
+        return None
+    return None if limit == "max" else max(0, int(limit) - used)
+
+
+def _gib(size: int) -> str:
+    return f"{size / 2**30:,.1f} GiB"
 
 
 def _check_positives(frame: pd.DataFrame, data: DataLike, config: DataConfig) -> None:
