@@ -3,6 +3,7 @@ DataError; and the fast (pyarrow) path at 200k rows, which agrees with the gener
 
 from __future__ import annotations
 
+import os
 import re
 
 import numpy as np
@@ -748,3 +749,20 @@ def test_a_target_column_asked_for_must_exist_in_labelled_files(tiny_csv, config
     frame = read_interactions(path, config, labels=False)
     assert frame["target"].tolist() == [1.0, 1.0]
     assert frame.attrs["has_target"] is False
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/zero"), reason="needs /dev/zero")
+@pytest.mark.parametrize("device", ["/dev/zero", "/dev/null"])
+def test_a_device_is_not_read(device):
+    """/dev/zero would be read forever; /dev/null is not 'an empty file'."""
+    with pytest.raises(DataError, match=rf"{device} is a device, not a file"):
+        read_interactions(device)
+
+
+def test_a_pipe_is_refused_not_waited_on(tmp_path):
+    """``--train <(zcat train.csv.gz)`` hands over a pipe, which the readers (that look at
+    the header first) cannot read twice: a clear error instead of a hang or 'empty'."""
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    with pytest.raises(DataError, match=r"is a pipe; write it to a file first"):
+        read_interactions(fifo)

@@ -156,6 +156,11 @@ def check_file(path: Path, kind: str, content: str) -> None:
         raise DataError(path, f"file not found: {path}", expected=kind)
     if path.is_dir():
         raise DataError(path, f"{path} is a directory", expected=kind)
+    if path.is_char_device() or path.is_block_device() or path.is_socket():
+        # /dev/zero would be read forever, /dev/null reported as an empty file
+        raise DataError(path, f"{path} is a device, not a file", expected=kind)
+    if path.is_fifo():  # e.g. <(zcat train.csv.gz): the readers need to read a file twice
+        raise DataError(path, f"{path} is a pipe; write it to a file first", expected=kind)
     if path.stat().st_size == 0:
         raise DataError(path, "the file is empty", expected=content)
 
