@@ -7,6 +7,7 @@ import gc
 import json
 import logging
 import os
+import re
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
@@ -21,7 +22,7 @@ from hybridrec.artifact import FORMAT as ARTIFACT_FORMAT
 from hybridrec.artifact import is_artifact
 from hybridrec.config import DataConfig, TrainConfig
 from hybridrec.data.dataset import RecSysDataset, UnknownCounts
-from hybridrec.data.encoding import IdEncoder
+from hybridrec.data.encoding import CANONICAL_INT, IdEncoder
 from hybridrec.data.holdout import holdout, subset
 from hybridrec.data.io import (
     ITEM,
@@ -32,6 +33,7 @@ from hybridrec.data.io import (
     parse_ids,
     read_interactions,
     read_table,
+    row_error,
 )
 from hybridrec.data.seen import SeenItems
 from hybridrec.errors import ConfigError, DataError
@@ -290,7 +292,8 @@ def _train(
     users = IdEncoder.fit(train_frame[USER].to_numpy())
     item_ids = train_frame[ITEM].to_numpy()
     if items is not None:
-        item_ids = np.concatenate([item_ids, read_item_catalog(items, data_config)])
+        catalogue = read_item_catalog(items, data_config)
+        item_ids = np.concatenate([item_ids, _same_kind(catalogue, item_ids, items, data_config)])
     items = IdEncoder.fit(item_ids)
     positives = int((train_frame["target"].to_numpy() > 0.5).sum())
     check_memory(
@@ -543,8 +546,32 @@ def read_item_catalog(data: DataLike, config: DataConfig) -> np.ndarray:
         raise DataError(
             _name(data), f"the item catalogue has no column {config.item_col!r}; found {found}"
         )
+    if len(frame) == 0:
+        raise DataError(_name(data), "the item catalogue has no rows", expected="item ids")
     is_csv = not isinstance(data, pd.DataFrame) and is_csv_path(Path(data))
     return parse_ids(frame[config.item_col], Path(_name(data)), config.item_col, is_csv)
+
+
+def _same_kind(
+    catalogue: np.ndarray, train_ids: np.ndarray, source: DataLike, config: DataConfig
+) -> np.ndarray:
+    """Catalogue item ids in the training ids' kind, so one encoder holds them all.
+
+    Integer ids join text ids as their text (``42`` is the item ``"42"``, as when scoring);
+    text ids cannot join integer ids: the first one is named.
+    """
+    if (catalogue.dtype == object) == (train_ids.dtype == object) or len(catalogue) == 0:
+        return catalogue
+    if train_ids.dtype == object:
+        return catalogue.astype(str).astype(object)
+    pos = int(np.argmax([re.fullmatch(CANONICAL_INT, str(v)) is None for v in catalogue]))
+    raise row_error(
+        Path(_name(source)),
+        pos,
+        config.item_col,
+        f"item id {catalogue[pos]!r} is text, but the training data's item ids are integers",
+        "integer item ids, like the training data's",
+    )
 
 
 def _name(data: DataLike) -> str:

@@ -276,7 +276,7 @@ def _read_csv_arrow(path: Path, sep: str) -> pd.DataFrame | None:
                 quoted_strings_can_be_null=False,
             ),
         )
-    except (pa.ArrowException, OSError):
+    except (pa.ArrowException, OSError, UnicodeDecodeError):  # a header that is not UTF-8
         return None
     frame = table.to_pandas(self_destruct=True, split_blocks=True)
     del table
