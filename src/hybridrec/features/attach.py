@@ -30,13 +30,14 @@ class FeatureConfig:
 
     user_features: str | None = option(
         None,
-        "CSV/Parquet of user attributes: the user id column (as --user-col, else the first "
-        "column), then one column per attribute; users without interactions are kept",
+        "CSV/Parquet of user attributes ($feature_models): the user id column (as "
+        "--user-col, else the first column), then one column per attribute; users without "
+        "interactions are kept",
     )
     item_features: str | None = option(
         None,
-        "CSV/Parquet of item attributes (id column as --item-col, else the first); items "
-        "without interactions are kept and recommended from their attributes",
+        "CSV/Parquet of item attributes ($feature_models; id column as --item-col, else the "
+        "first); items without interactions are kept and recommended from their attributes",
     )
     user_feature_types: str | None = option(
         None, "kinds of user feature columns, e.g. age=numeric,zip=categorical (else inferred)"
@@ -105,9 +106,9 @@ class SideFeatures:
         """The feature-table shapes the model is built with."""
         out: dict[str, Any] = {}
         if self.users is not None:
-            out["user_features"] = self.users.table.shape()
+            out["user_feature_shape"] = self.users.table.shape()
         if self.items is not None:
-            out["item_features"] = self.items.table.shape()
+            out["item_feature_shape"] = self.items.table.shape()
         return out
 
     def attach(
