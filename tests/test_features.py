@@ -97,8 +97,9 @@ def test_parquet_features_read_like_csv(tmp_path):
 def featured_model(tmp_path, **options):
     data = read_features(write(tmp_path, ITEMS), "itemId")
     items = IdEncoder.fit(data.ids)
+    shape = data.table.shape()
     model = build_model("hybrid", num_users=4, num_items=items.num_embeddings,
-                        item_feature_shape=data.table.shape(), embedding_dim=8, **options)  # fmt: skip
+                        item_feature_shape=shape, embedding_dim=8, **options)  # fmt: skip
     has_id = torch.tensor([False, True, True, False])  # item 3 never trained
     model.item_embedding.set_features(encode_features(data, items), has_id=has_id)
     return model

@@ -22,8 +22,8 @@ from typing import Any
 from hybridrec.config import DataConfig, TrainConfig
 from hybridrec.data.split import METHODS as SPLIT_METHODS
 from hybridrec.errors import ConfigError, HybridRecError
-from hybridrec.features.attach import FeatureConfig
 from hybridrec.evaluation import format_metrics
+from hybridrec.features.attach import FeatureConfig
 from hybridrec.models import MODELS, capabilities, model_class, models_with
 
 logger = logging.getLogger("hybridrec")
