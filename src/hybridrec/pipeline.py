@@ -32,7 +32,7 @@ from hybridrec.data.io import (
 )
 from hybridrec.data.seen import SeenItems
 from hybridrec.errors import ConfigError, DataError
-from hybridrec.features.attach import FeatureConfig, SideFeatures
+from hybridrec.features.attach import FEATURE_WEIGHT_DECAY, FeatureConfig, SideFeatures
 from hybridrec.files import atomic_write_json, exclusive, recover
 from hybridrec.models import build_model, capabilities, model_device
 from hybridrec.plots import plot_history
@@ -249,6 +249,9 @@ def _train(
 ) -> TrainResult:
     main = distributed.is_main()
     side.check_model(model)
+    if train_config.weight_decay is None:  # auto: see FEATURE_WEIGHT_DECAY
+        decay = FEATURE_WEIGHT_DECAY if side else 0.0
+        train_config = replace(train_config, weight_decay=decay)
     train_frame = load_data(train_data, data_config)
     _check_positives(train_frame, train_data, data_config)
     pointwise = capabilities(model).objective == "pointwise"
