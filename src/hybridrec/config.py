@@ -80,7 +80,7 @@ class TrainConfig:
     weight_decay: float | None = option(
         None,
         "L2 penalty on the weights (Adam weight_decay; embedding tables trained sparsely decay "
-        "the rows a step touches); default: 1e-4 with side features, which keeps cold-start "
+        "the rows a step touches); default: 1e-5 with side features, which keeps cold-start "
         "quality from falling as training goes on, else 0",
     )
     seed: int = option(0, "seed for initialisation, shuffling and dropout")
