@@ -97,8 +97,9 @@ def test_parquet_features_read_like_csv(tmp_path):
 def featured_model(tmp_path, **options):
     data = read_features(write(tmp_path, ITEMS), "itemId")
     items = IdEncoder.fit(data.ids)
+    shape = data.table.shape()
     model = build_model("hybrid", num_users=4, num_items=items.num_embeddings,
-                        item_features=data.table.shape(), embedding_dim=8, **options)  # fmt: skip
+                        item_feature_shape=shape, embedding_dim=8, **options)  # fmt: skip
     has_id = torch.tensor([False, True, True, False])  # item 3 never trained
     model.item_embedding.set_features(encode_features(data, items), has_id=has_id)
     return model
@@ -149,7 +150,7 @@ def test_new_user_fold_in_ignores_the_features_of_existing_users(tmp_path):
     data = read_features(write(tmp_path, "userId,job\n1,a\n2,b\n"), "userId")
     users, items = IdEncoder.fit(data.ids), IdEncoder.fit(np.arange(1, 30))
     model = build_model("hybrid", num_users=users.num_embeddings, num_items=items.num_embeddings,
-                        user_features=data.table.shape(), embedding_dim=8)  # fmt: skip
+                        user_feature_shape=data.table.shape(), embedding_dim=8)  # fmt: skip
     model.user_embedding.set_features(encode_features(data, users))
     recommender = Recommender(model.eval(), users, items, model_name="hybrid")
     before = recommender.recommend_for_items([1, 2, 3], k=5)

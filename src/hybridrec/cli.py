@@ -25,6 +25,7 @@ from hybridrec.config import MAX_THREADS, DataConfig, TrainConfig
 from hybridrec.data.split import METHODS as SPLIT_METHODS
 from hybridrec.errors import ConfigError, HybridRecError
 from hybridrec.evaluation import format_metrics
+from hybridrec.features.attach import FeatureConfig
 from hybridrec.files import check_output_dir, check_output_file
 from hybridrec.models import MODELS, capabilities, model_class, models_with
 
@@ -105,6 +106,7 @@ def _model_lists() -> dict[str, str]:
     return {
         "retrieval_models": ", ".join(models_with(retrieval=True)),
         "next_item_models": ", ".join(models_with(objective="next_item")),
+        "feature_models": ", ".join(models_with(features=True)),
         "default_losses": ", ".join([*own, f"{common} for the others"]),
     }
 
@@ -130,6 +132,7 @@ def _model_options(args: argparse.Namespace) -> dict[str, Any]:
 
 def _add_train_options(p: argparse.ArgumentParser, defaults: dict[str, Any] | None = None) -> None:
     add_config_arguments(p, DataConfig, "data columns")
+    add_config_arguments(p, FeatureConfig, "side features")
     add_config_arguments(
         p,
         [c.config_class for c in MODELS.values()],
@@ -197,10 +200,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test", metavar="PATH", help="held-out positives to rank (userId,itemId)")
     p.add_argument(
         "--protocol",
-        choices=("full", "sampled"),
+        choices=("full", "sampled", "cold"),
         default="full",
         help="full: rank against every item not in the user's training rows (default); "
-        "sampled: against N sampled negatives or a --candidates file",
+        "sampled: against N sampled negatives or a --candidates file; cold: each user's "
+        "--test items among all --test items (for cold-items splits; --train not needed)",
     )
     p.add_argument("--k", type=_parse_sizes, default=(10,), help="cut-offs, e.g. 5,10,20")
     p.add_argument(
@@ -318,10 +322,15 @@ def build_parser() -> argparse.ArgumentParser:
         choices=sorted(SPLIT_METHODS),
         default="loo",
         help="loo: each user's latest interaction (needs timestamp); loo-random: a random one; "
-        "ratio: a per-user share; temporal: the globally latest share (default: loo)",
+        "ratio: a per-user share; temporal: the globally latest share; cold-items "
+        "(cold-users): every interaction of a --test-fraction of the items (users), for "
+        "evaluate --protocol cold (default: loo)",
     )
     p.add_argument(
-        "--test-fraction", type=float, default=0.2, help="share for ratio/temporal (0.2)"
+        "--test-fraction",
+        type=float,
+        default=0.2,
+        help="share for ratio, temporal and the cold methods (0.2)",
     )
     p.add_argument("--seed", type=int, default=0, help="seed for random methods (0)")
     p.add_argument(
@@ -390,6 +399,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         data_config=config_from_args(DataConfig, args),
         train_config=config_from_args(TrainConfig, args),
         items=args.items,
+        feature_config=config_from_args(FeatureConfig, args),
         show_progress=not args.no_progress,
     )
     if not result.is_main:  # a rank other than 0 of `torchrun ... -m hybridrec train`
@@ -428,12 +438,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         evaluate_sampled,
         read_candidates,
     )
+    from hybridrec.evaluation.cold import evaluate_cold
     from hybridrec.pipeline import load_data
     from hybridrec.recommend import Recommender
 
     if args.data is None and args.test is None:
         raise ConfigError("evaluate needs --data (pointwise) or --train and --test (ranking)")
-    if args.test is not None and args.train is None:
+    if args.test is not None and args.train is None and args.protocol != "cold":
         raise ConfigError("--test needs --train: a user's training items are not candidates")
     if args.candidates is not None and args.protocol != "sampled":
         raise ConfigError("--candidates is for --protocol sampled")
@@ -456,11 +467,20 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             _print_table([(args.model, out)], ["loss", "accuracy", "auc"])
     if args.test is not None:
         # files of positives: a target column is used when present, not required
-        train, _ = RecSysDataset.from_frame(
-            load_data(args.train, data_config, labels=False), rec.users, rec.items
-        )
         test, _ = RecSysDataset.from_frame(
             load_data(args.test, data_config, labels=False), rec.users, rec.items
+        )
+        if args.protocol == "cold":
+            ranking = evaluate_cold(
+                rec.model, test.user_idx, test.item_idx, ks=tuple(args.k), seed=args.seed
+            )
+            out.update(protocol="cold", **ranking)
+            if not args.json:
+                print(format_metrics(ranking, "cold"))
+            args.test = None  # done: no full or sampled ranking follows
+    if args.test is not None:
+        train, _ = RecSysDataset.from_frame(
+            load_data(args.train, data_config, labels=False), rec.users, rec.items
         )
         common = dict(
             model=rec.model,

@@ -37,6 +37,7 @@ from hybridrec.data.io import (
 )
 from hybridrec.data.seen import SeenItems
 from hybridrec.errors import ConfigError, DataError
+from hybridrec.features.attach import FEATURE_WEIGHT_DECAY, FeatureConfig, SideFeatures
 from hybridrec.files import atomic_write_json, check_output_dir, exclusive, recover
 from hybridrec.models import build_model, capabilities, model_class, model_device
 from hybridrec.objectives import SAMPLE_CHUNK
@@ -128,6 +129,9 @@ def train(
     data_config: DataConfig | None = None,
     train_config: TrainConfig | None = None,
     items: DataLike | None = None,
+    feature_config: FeatureConfig | None = None,
+    user_features: DataLike | None = None,
+    item_features: DataLike | None = None,
     show_progress: bool = False,
 ) -> TrainResult:
     """Train a model on interaction data and optionally save it.
@@ -149,6 +153,11 @@ def train(
         items: the item catalogue: a file or frame with the item column. Its items join the
             encoder even without training rows, so they are ranked (not unknown) in
             evaluation and recommendation.
+        feature_config: side-feature files and how to read them
+            (:class:`hybridrec.features.attach.FeatureConfig`).
+        user_features, item_features: feature frames (or paths) instead of the files of
+            ``feature_config``. Ids they name join the encoders even without training rows
+            (cold users and items, scored from their features).
         show_progress: show a progress bar per epoch.
 
     Under ``torchrun`` (``WORLD_SIZE > 1`` in the environment) every process calls this;
@@ -185,6 +194,13 @@ def train(
                 data_config=data_config,
                 train_config=train_config,
                 items=items,
+                side=SideFeatures.read(
+                    feature_config or FeatureConfig(),
+                    data_config.user_col,
+                    data_config.item_col,
+                    users=user_features,
+                    items=item_features,
+                ),
                 show_progress=show_progress,
                 device=device,
             )
@@ -277,10 +293,15 @@ def _train(
     data_config: DataConfig,
     train_config: TrainConfig,
     items: DataLike | None,
+    side: SideFeatures,
     show_progress: bool,
     device: torch.device,
 ) -> TrainResult:
     main = distributed.is_main()
+    side.check_model(model)
+    if train_config.weight_decay is None:  # auto: see FEATURE_WEIGHT_DECAY
+        decay = FEATURE_WEIGHT_DECAY if side else 0.0
+        train_config = replace(train_config, weight_decay=decay)
     train_frame = load_data(train_data, data_config)
     _check_positives(train_frame, train_data, data_config)
     pointwise = capabilities(model).objective == "pointwise"
@@ -289,8 +310,8 @@ def _train(
             f"{_name(train_data)} holds only positives: sampling {train_config.negatives} "
             f"{train_config.sampling} negatives per positive each epoch"
         )
-    users = IdEncoder.fit(train_frame[USER].to_numpy())
-    item_ids = train_frame[ITEM].to_numpy()
+    users = IdEncoder.fit(_ids(train_frame[USER].to_numpy(), side.user_ids()))
+    item_ids = _ids(train_frame[ITEM].to_numpy(), side.item_ids())
     if items is not None:
         catalogue = read_item_catalog(items, data_config)
         item_ids = np.concatenate([item_ids, _same_kind(catalogue, item_ids, items, data_config)])
@@ -320,14 +341,18 @@ def _train(
 
     def new_model() -> torch.nn.Module:
         torch.manual_seed(train_config.seed)  # model initialisation and dropout
-        return build_model(
+        net = build_model(
             model,
             num_users=users.num_embeddings,
             num_items=items.num_embeddings,
-            **(model_options or {}),
+            **{**(model_options or {}), **side.model_options()},
         )
+        side.attach(net, users, items, train_set.user_idx[positive], train_set.item_idx[positive])
+        return net
 
     settings: dict[str, Any] = {"data": asdict(data_config), "train": asdict(train_config)}
+    if side.tables():
+        settings["features"] = side.tables()
     out_dir = Path(out) if out is not None else None
 
     def write_progress(stats: EpochStats, history: History) -> None:
@@ -536,6 +561,15 @@ def _holdout_then_refit(
     refit = replace(config, epochs=best, early_stop=None)
     net, history = run(refit, train_set, None)
     return net, history, val_rows, info
+
+
+def _ids(ids: np.ndarray, extra: np.ndarray) -> np.ndarray:
+    """``ids`` and the ids only a feature file names (cold users or items), in one array."""
+    if len(extra) == 0:
+        return ids
+    if ids.dtype != extra.dtype and object in (ids.dtype, extra.dtype):
+        return np.concatenate([ids.astype(object), extra.astype(object)])
+    return np.concatenate([ids, extra])
 
 
 def read_item_catalog(data: DataLike, config: DataConfig) -> np.ndarray:

@@ -85,11 +85,26 @@ def test_auto_makes_only_large_tables_sparse(monkeypatch):
     assert not net.item_embedding.sparse
 
 
-def test_sparse_on_with_weight_decay_is_refused_and_auto_falls_back():
+def test_sparse_weight_decay_is_dense_weight_decay_on_touched_rows():
+    """Every row touched every step: lazy decay is Adam's L2 decay (to a small share of how
+    far training moved); a row never touched does not decay at all."""
     data = _labelled_full_coverage()
-    with pytest.raises(ConfigError, match="weight-decay"):
-        _fit("on", data, weight_decay=0.01)
-    _fit("auto", data, weight_decay=0.01)  # dense, no error
+    torch.manual_seed(0)
+    start = build_model("hybrid", num_users=4, num_items=6, **TINY).state_dict()
+    sparse, dense = _fit("on", data, weight_decay=0.05), _fit("off", data, weight_decay=0.05)
+    plain = _fit("on", data)
+    for name, a in sparse.state_dict().items():
+        b, moved = dense.state_dict()[name], (a - start[name]).norm()
+        assert (a - b).norm() <= 0.01 * moved + 1e-7, name
+    decayed = (sparse.item_embedding.weight - plain.item_embedding.weight).norm()
+    assert decayed > 0.05 * (plain.item_embedding.weight - start["item_embedding.weight"]).norm()
+    torch.manual_seed(0)
+    net = build_model("hybrid", num_users=6, num_items=8, **TINY)  # users 4, 5 never seen
+    before = net.user_embedding.weight[4:].clone()
+    config = TrainConfig(epochs=2, batch_size=4, ema_decay=0.0, early_stop=None,
+                         sparse_embeddings="on", weight_decay=0.1)  # fmt: skip
+    hybridrec.fit(net, data, None, config, show_progress=False)
+    assert torch.equal(net.user_embedding.weight[4:], before)
 
 
 # ---------------------------------------------------------------- mixed precision and compile

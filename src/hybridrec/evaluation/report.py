@@ -33,6 +33,8 @@ def format_metrics(metrics: dict[str, float], protocol: str) -> str:
             else f"~{negatives:.1f}"
         )
         label = f"sampled (test item vs {count} negatives)"
+    elif protocol == "cold":
+        label = f"cold (test items among the {metrics.get('candidates', 0):.0f} test items)"
     else:
         label = protocol
     users = metrics.get("users")

@@ -50,7 +50,7 @@ class RecModel(nn.Module):
     default_loss: ClassVar[str] = "bce"
     #: Learns by gradient descent; ``False``: ``fit`` only prepares and validates it.
     trainable: ClassVar[bool] = True
-    #: Takes side features (``user_features``/``item_features`` shapes in its config, its
+    #: Takes side features (``user_feature_shape``/``item_feature_shape`` in its config, its
     #: ``user_embedding``/``item_embedding`` made by ``models.featured.make_table``).
     features: ClassVar[bool] = False
     #: The attributes above as one value, read when the class is made: asking costs an

@@ -38,8 +38,8 @@ class HybridRecSysConfig:
         "so that features alone score ids that never appeared in training (DropoutNet)",
     )
     #: Shapes of the feature tables (FeatureTable.shape()), set from the feature files.
-    user_features: dict[str, int] | None = field(default=None, metadata={"cli": False})
-    item_features: dict[str, int] | None = field(default=None, metadata={"cli": False})
+    user_feature_shape: dict[str, int] | None = field(default=None, metadata={"cli": False})
+    item_feature_shape: dict[str, int] | None = field(default=None, metadata={"cli": False})
 
     def __post_init__(self) -> None:
         check_finite(self)
@@ -87,9 +87,9 @@ class HybridRecSys(RecModel):
     def __init__(self, config: HybridRecSysConfig) -> None:
         super().__init__(config)
         dim = config.embedding_dim
-        self.user_embedding = make_table(config.num_users, dim, config.user_features,
+        self.user_embedding = make_table(config.num_users, dim, config.user_feature_shape,
                                          config.id_dropout, UNKNOWN_INDEX)  # fmt: skip
-        self.item_embedding = make_table(config.num_items, dim, config.item_features,
+        self.item_embedding = make_table(config.num_items, dim, config.item_feature_shape,
                                          config.id_dropout, UNKNOWN_INDEX)  # fmt: skip
         self.mlp = MLP(2 * dim, config.mlp_layer_sizes, out_dim=1, dropout=config.dropout)
         init_embedding(self.user_embedding, config.init_std)

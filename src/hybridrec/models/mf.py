@@ -29,8 +29,8 @@ class MFConfig:
         "so that features alone score ids that never appeared in training (DropoutNet)",
     )
     #: Shapes of the feature tables (FeatureTable.shape()), set from the feature files.
-    user_features: dict[str, int] | None = field(default=None, metadata={"cli": False})
-    item_features: dict[str, int] | None = field(default=None, metadata={"cli": False})
+    user_feature_shape: dict[str, int] | None = field(default=None, metadata={"cli": False})
+    item_feature_shape: dict[str, int] | None = field(default=None, metadata={"cli": False})
 
     def __post_init__(self) -> None:
         check_finite(self)
@@ -63,9 +63,9 @@ class MatrixFactorization(RecModel):
     def __init__(self, config: MFConfig) -> None:
         super().__init__(config)
         dim = config.embedding_dim
-        self.user_embedding = make_table(config.num_users, dim, config.user_features,
+        self.user_embedding = make_table(config.num_users, dim, config.user_feature_shape,
                                          config.id_dropout, UNKNOWN_INDEX)  # fmt: skip
-        self.item_embedding = make_table(config.num_items, dim, config.item_features,
+        self.item_embedding = make_table(config.num_items, dim, config.item_feature_shape,
                                          config.id_dropout, UNKNOWN_INDEX)  # fmt: skip
         self.user_bias = nn.Embedding(config.num_users, 1, padding_idx=UNKNOWN_INDEX)
         self.item_bias = nn.Embedding(config.num_items, 1, padding_idx=UNKNOWN_INDEX)

@@ -45,8 +45,6 @@ def sparse_tables(
     if config.sparse_embeddings == "off" or not tables:
         return []
     blockers = []
-    if config.weight_decay > 0:
-        blockers.append("--weight-decay (lazy Adam has no weight decay)")
     if not objective.supports_sparse:
         blockers.append(f"the {type(objective).__name__} objective (it reads whole tables)")
     if world > 1 and device.type != "cpu":
