@@ -981,6 +981,10 @@ def test_serve_on_a_busy_port_fails_before_loading(capsys, no_work):
         (["--host", "no-such-host.invalid"], "--host 'no-such-host.invalid' is not an address"),
         (["--threads", "-2"], "--threads must be in 0..1024"),
         (["--cache-top", "-1"], "--cache-top must be >= 0"),
+        (["--header-timeout", "0"], "--header-timeout must be in (0, 3600]"),
+        (["--header-timeout", "nan"], "--header-timeout must be in (0, 3600]"),
+        (["--max-connections", "0"], "--max-connections must be in 1..1000000"),
+        (["--max-pending", "-3"], "--max-pending must be in 1..1000000"),
     ],
 )
 def test_serve_options_are_checked_before_loading(capsys, no_work, flags, fragment):
@@ -1018,3 +1022,17 @@ def test_training_data_without_positives_is_refused(tmp_path, capsys):
     code, _, err = call(capsys, "train", "--train", "neg.csv", "--out", "m", *FAST)
     assert_user_error(code, err, "neg.csv, column 'target': no positive rows to learn from")
     assert not (tmp_path / "m").exists()
+
+
+def test_serve_passes_its_limits_on(monkeypatch, capsys):
+    import hybridrec.artifact
+    import hybridrec.serve
+
+    seen = {}
+    monkeypatch.setattr(hybridrec.serve, "serve", lambda model, **kw: seen.update(kw))
+    monkeypatch.setattr(hybridrec.cli, "check_port", lambda host, port: None)
+    monkeypatch.setattr(hybridrec.artifact, "load_artifact", lambda path: None)
+    code, _, err = call(capsys, "serve", "--model", "m", "--header-timeout", "2.5",
+                        "--max-connections", "10", "--max-pending", "3")  # fmt: skip
+    assert code == 0, err
+    assert (seen["header_timeout"], seen["max_connections"], seen["max_pending"]) == (2.5, 10, 3)

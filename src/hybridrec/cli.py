@@ -306,6 +306,29 @@ def build_parser() -> argparse.ArgumentParser:
         help="POST /admin/reload loads only model directories under DIR (default: the "
         "directory that holds --model)",
     )
+    p.add_argument(
+        "--header-timeout",
+        type=float,
+        default=5.0,
+        metavar="S",
+        help="seconds a connection has to send a request's headers, and an idle keep-alive "
+        "connection stays open (5)",
+    )
+    p.add_argument(
+        "--max-connections",
+        type=int,
+        default=1000,
+        metavar="N",
+        help="open connections beyond which requests get a 503 (1000; twice as many are "
+        "refused when accepted)",
+    )
+    p.add_argument(
+        "--max-pending",
+        type=int,
+        default=32,
+        metavar="N",
+        help="model requests running or waiting beyond which a request gets a 503 (32)",
+    )
     p = sub.add_parser(
         "export", help="write a model as a TorchScript or ONNX scorer of (user_idx, item_idx)"
     )
@@ -647,6 +670,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise ConfigError(
             f"--threads must be in 0..{MAX_THREADS} (0 = PyTorch default), got {args.threads}"
         )
+    if not (math.isfinite(args.header_timeout) and 0 < args.header_timeout <= 3600):
+        raise ConfigError(f"--header-timeout must be in (0, 3600] s, got {args.header_timeout}")
+    for flag, value in (("--max-connections", args.max_connections),
+                        ("--max-pending", args.max_pending)):  # fmt: skip
+        if not 1 <= value <= 1_000_000:
+            raise ConfigError(f"{flag} must be in 1..1000000, got {value}")
     check_port(args.host, args.port)  # before the model is loaded and its cache built
     set_num_threads(args.threads)
     load_artifact(args.model)  # fail here, with a clear error, before the server starts
@@ -659,6 +688,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         access_log=args.access_log,
         admin_token=args.admin_token,
         models_root=args.models_root,
+        header_timeout=args.header_timeout,
+        max_connections=args.max_connections,
+        max_pending=args.max_pending,
     )
     return 0
 
