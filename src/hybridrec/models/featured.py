@@ -14,10 +14,32 @@ row's full vector, which is what scoring all items must use instead of ``weight`
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import torch
 from torch import nn
 
+from hybridrec.config import option
+from hybridrec.errors import ConfigError
 from hybridrec.features.table import EncodedFeatures
+
+
+@dataclass
+class FeatureOptions:
+    """The config fields of a model that takes side features (a base of its config)."""
+
+    id_dropout: float = option(
+        0.5,
+        "with user or item features: share of training rows whose id embedding is dropped, "
+        "so that features alone score ids that never appeared in training (DropoutNet)",
+    )
+    #: Shapes of the feature tables (FeatureTable.shape()), set from the feature files.
+    user_feature_shape: dict[str, int] | None = field(default=None, metadata={"cli": False})
+    item_feature_shape: dict[str, int] | None = field(default=None, metadata={"cli": False})
+
+    def check_feature_options(self) -> None:
+        if not 0.0 <= self.id_dropout < 1.0:
+            raise ConfigError(f"--id-dropout must be in [0, 1), got {self.id_dropout}")
 
 
 class FeaturedEmbedding(nn.Embedding):
@@ -115,4 +137,4 @@ def make_table(
     return FeaturedEmbedding(num, dim, shape, padding_idx=padding_idx, id_dropout=id_dropout)
 
 
-__all__ = ["FeaturedEmbedding", "make_table", "table_vectors"]
+__all__ = ["FeatureOptions", "FeaturedEmbedding", "make_table", "table_vectors"]

@@ -10,12 +10,12 @@ from hybridrec.config import check_finite, option
 from hybridrec.data.encoding import UNKNOWN_INDEX
 from hybridrec.errors import ConfigError
 from hybridrec.models.base import RecModel
-from hybridrec.models.featured import make_table, table_vectors
+from hybridrec.models.featured import FeatureOptions, make_table, table_vectors
 from hybridrec.models.layers import MLP, all_pairs, init_embedding
 
 
 @dataclass
-class HybridRecSysConfig:
+class HybridRecSysConfig(FeatureOptions):
     """Hyper-parameters of :class:`HybridRecSys`.
 
     ``num_users``/``num_items`` count embedding rows, including the reserved unknown row 0
@@ -32,14 +32,6 @@ class HybridRecSysConfig:
     )
     dropout: float = option(0.0, "dropout after each MLP hidden layer (0 disables it)")
     init_std: float = option(0.01, "standard deviation of the initial embeddings")
-    id_dropout: float = option(
-        0.5,
-        "with user or item features: share of training rows whose id embedding is dropped, "
-        "so that features alone score ids that never appeared in training (DropoutNet)",
-    )
-    #: Shapes of the feature tables (FeatureTable.shape()), set from the feature files.
-    user_feature_shape: dict[str, int] | None = field(default=None, metadata={"cli": False})
-    item_feature_shape: dict[str, int] | None = field(default=None, metadata={"cli": False})
 
     def __post_init__(self) -> None:
         check_finite(self)
@@ -58,8 +50,7 @@ class HybridRecSysConfig:
             raise ConfigError(f"--dropout must be in [0, 1), got {self.dropout}")
         if not self.init_std > 0:
             raise ConfigError(f"--init-std must be positive, got {self.init_std}")
-        if not 0.0 <= self.id_dropout < 1.0:
-            raise ConfigError(f"--id-dropout must be in [0, 1), got {self.id_dropout}")
+        self.check_feature_options()
 
 
 class HybridRecSys(RecModel):

@@ -11,33 +11,24 @@ from hybridrec.config import check_finite, option
 from hybridrec.data.encoding import UNKNOWN_INDEX
 from hybridrec.errors import ConfigError
 from hybridrec.models.base import RecModel
-from hybridrec.models.featured import make_table, table_vectors
+from hybridrec.models.featured import FeatureOptions, make_table, table_vectors
 from hybridrec.models.layers import init_embedding
 
 
 @dataclass
-class MFConfig:
+class MFConfig(FeatureOptions):
     """Hyper-parameters of :class:`MatrixFactorization`."""
 
     num_users: int = field(default=1, metadata={"cli": False})
     num_items: int = field(default=1, metadata={"cli": False})
     embedding_dim: int = option(64, "size of the user and item embeddings")
     init_std: float = option(0.01, "standard deviation of the initial embeddings")
-    id_dropout: float = option(
-        0.5,
-        "with user or item features: share of training rows whose id embedding is dropped, "
-        "so that features alone score ids that never appeared in training (DropoutNet)",
-    )
-    #: Shapes of the feature tables (FeatureTable.shape()), set from the feature files.
-    user_feature_shape: dict[str, int] | None = field(default=None, metadata={"cli": False})
-    item_feature_shape: dict[str, int] | None = field(default=None, metadata={"cli": False})
 
     def __post_init__(self) -> None:
         check_finite(self)
         if self.num_users < 1 or self.num_items < 1:
             raise ConfigError("num_users and num_items must be >= 1")
-        if not 0.0 <= self.id_dropout < 1.0:
-            raise ConfigError(f"--id-dropout must be in [0, 1), got {self.id_dropout}")
+        self.check_feature_options()
         if self.embedding_dim < 1:
             raise ConfigError(f"--embedding-dim must be >= 1, got {self.embedding_dim}")
         if not self.init_std > 0:
