@@ -92,3 +92,28 @@ def test_cli_trains_with_feature_files_and_evaluates_cold(tmp_path, capsys):
                 "--out", str(tmp_path / "m2"), "--no-progress"])  # fmt: skip
     assert bad == 2
     assert "colour" in capsys.readouterr().err
+
+
+def test_a_new_user_is_recommended_from_their_features():
+    frame, items, _ = planted()
+    users = pd.DataFrame(
+        {"userId": np.arange(1, 61), "taste": [GENRES[u % 4] for u in range(1, 61)]}
+    )
+    result = hybridrec.train(
+        frame, None, user_features=users,
+        model_options={"embedding_dim": 8, "mlp_layer_sizes": (8,)},
+        train_config=TrainConfig(epochs=15, batch_size=256, seed=0),
+    )  # fmt: skip
+    rec = result.recommender
+    for genre in GENRES:
+        out = rec.recommend_for_features({"taste": genre}, k=10)
+        assert out.source == "features"
+        share = np.mean([GENRES[(i - 1) % 4] == genre for i in out.item_ids])
+        assert share >= 0.8, (genre, out.item_ids)
+    both = rec.recommend_for_features({"taste": "horror"}, item_ids=[3, 7], k=5)
+    assert both.source == "features+items" and 3 not in both.item_ids
+    with pytest.raises(ConfigError, match="unknown user feature"):
+        rec.recommend_for_features({"mood": "sad"})
+    plain = hybridrec.train(frame, None, train_config=TrainConfig(epochs=1)).recommender
+    with pytest.raises(ConfigError, match="without user features"):
+        plain.recommend_for_features({"taste": "drama"})

@@ -20,6 +20,7 @@ from torch import nn
 
 from hybridrec.data.encoding import UNKNOWN_INDEX, IdEncoder
 from hybridrec.errors import ConfigError
+from hybridrec.features.table import EncodedFeatures, FeatureTable
 from hybridrec.models import capabilities, model_device
 from hybridrec.models.featured import FeaturedEmbedding
 from hybridrec.recommend.checks import check_k, id_list, unique
@@ -41,8 +42,10 @@ def recommend_for_items(
     steps: int,
     lr: float,
     seed: int,
+    features: EncodedFeatures | None = None,
 ) -> Recommendation:
-    """:meth:`Recommender.recommend_for_items`, which documents the arguments."""
+    """:meth:`Recommender.recommend_for_items`, which documents the arguments; with
+    ``features`` (two encoded rows, the new user's in row 1) the user is known by them too."""
     k = check_k(k)
     if isinstance(steps, bool) or not isinstance(steps, int | np.integer) or steps < 0:
         raise ConfigError(f"steps must be an integer >= 0, got {steps!r}")
@@ -56,23 +59,66 @@ def recommend_for_items(
     given = np.unique(known)
     exclude = given if exclude_seen else None
     declared = capabilities(model)
-    if len(given) and declared.sequences:
+    if len(given) and declared.sequences and features is None:
         # sequence models read the items themselves, in the order given: no fitting
         with torch.no_grad():
             sequence = torch.as_tensor(known, dtype=torch.int64, device=device)[None]
             logits = model.score_sequences(sequence).float()
         return _top_of(items, logits, k, exclude, unknown_items)
-    names = _user_parameters(model, declared.user_parameters) if len(given) else ()
+    names = _user_parameters(model, declared.user_parameters)
+    if not (len(given) or features is not None):
+        names = ()
     if not names:
         item_out, scores = recommender.popular(k, exclude=exclude)
         return Recommendation(None, item_out, scores, "popularity", unknown_items)
-    # The service calls this under torch.inference_mode(); fitting needs autograd.
-    with torch.inference_mode(False), torch.enable_grad():
-        scorer, tables = _fit_user(model, names, given, items.num_embeddings, steps, lr, seed)
-        with torch.no_grad():
-            one = torch.ones(1, dtype=torch.int64, device=device)
-            logits = torch.func.functional_call(scorer, tables, (one,)).float()
-    return _top_of(items, logits, k, exclude, unknown_items)
+    if len(given):
+        # The service calls this under torch.inference_mode(); fitting needs autograd.
+        with torch.inference_mode(False), torch.enable_grad():
+            scorer, tables = _fit_user(
+                model, names, given, items.num_embeddings, steps, lr, seed, features
+            )
+    else:  # features alone: an id row of zeros, nothing to fit
+        scorer = _Scorer(_structural_copy(model))
+        params = dict(model.named_parameters())
+        tables = {
+            **_featured_user_rows(model, names, features),
+            **{f"model.{n}": torch.cat([params[n].detach()[:1], torch.zeros_like(params[n][:1])])
+               for n in names},
+        }  # fmt: skip
+    with torch.no_grad():
+        one = torch.ones(1, dtype=torch.int64, device=device)
+        logits = torch.func.functional_call(scorer, tables, (one,)).float()
+    result = _top_of(items, logits, k, exclude, unknown_items)
+    if features is not None:
+        source = "features+items" if len(given) else "features"
+        result = Recommendation(None, result.item_ids, result.scores, source, unknown_items)
+    return result
+
+
+def encode_user_features(recommender: Recommender, features: dict[str, Any]) -> EncodedFeatures:
+    """A new user's attributes (field name -> value; missing fields are unknown) as the two
+    encoded rows :func:`recommend_for_items` takes, by the vocabularies saved at training."""
+    table = getattr(recommender.model, "user_embedding", None)
+    stored = recommender.config.get("settings", {}).get("features", {}).get("users")
+    if not isinstance(table, FeaturedEmbedding) or stored is None:
+        raise ConfigError(
+            "this model was trained without user features (train with --user-features); "
+            "describe the user by items instead"
+        )
+    if not isinstance(features, dict):
+        raise ConfigError(
+            f"user features must be a mapping of field to value, got {features!r:.60}"
+        )
+    fitted = FeatureTable.from_dict(stored)
+    names = {f.name for f in fitted.fields}
+    strange = sorted(str(n) for n in features if n not in names)
+    if strange:
+        raise ConfigError(
+            f"unknown user feature(s) {', '.join(map(repr, strange[:5]))}; the model knows "
+            f"{', '.join(sorted(names))}"
+        )
+    values = {name: [value] for name, value in features.items()}
+    return fitted.encode(values, np.array([1]), 2)
 
 
 def _top_of(
@@ -117,6 +163,7 @@ def _fit_user(
     steps: int,
     lr: float,
     seed: int,
+    features: EncodedFeatures | None = None,
 ) -> tuple[nn.Module, dict[str, torch.Tensor]]:
     """Fit a new user's rows to ``positives``: ``(scorer, parameter replacements)``.
 
@@ -134,7 +181,7 @@ def _fit_user(
         start = table[1:].mean(0, keepdim=True) if len(table) > 1 else table[:1]
         rows.append(start.clone().requires_grad_(True))
 
-    fixed = _featured_user_rows(model, names)
+    fixed = _featured_user_rows(model, names, features)
 
     def tables() -> dict[str, torch.Tensor]:
         return {
@@ -165,9 +212,12 @@ def _fit_user(
     return scorer, {name: t.detach() for name, t in tables().items()}
 
 
-def _featured_user_rows(model: nn.Module, names: tuple[str, ...]) -> dict[str, torch.Tensor]:
+def _featured_user_rows(
+    model: nn.Module, names: tuple[str, ...], features: EncodedFeatures | None = None
+) -> dict[str, torch.Tensor]:
     """Two-row feature buffers for a per-user table that has features: the new user (row
-    1) is known by the fitted id row alone, with no features of another user's row 1."""
+    1) is known by ``features`` (row 1 of them) and the fitted id row, never by another
+    user's row 1; without ``features`` by the id row alone."""
     modules = dict(model.named_modules())
     out: dict[str, torch.Tensor] = {}
     for name in names:
@@ -175,9 +225,12 @@ def _featured_user_rows(model: nn.Module, names: tuple[str, ...]) -> dict[str, t
         table = modules.get(owner)
         if not isinstance(table, FeaturedEmbedding):
             continue
-        for buffer in ("feature_tokens", "feature_weights", "feature_numeric"):
+        given = (features.tokens, features.weights, features.numeric) if features else None
+        for j, buffer in enumerate(("feature_tokens", "feature_weights", "feature_numeric")):
             rows = getattr(table, buffer)
-            out[f"model.{owner}.{buffer}"] = torch.zeros_like(rows[:2])
+            out[f"model.{owner}.{buffer}"] = (
+                torch.zeros_like(rows[:2]) if given is None else given[j].to(rows)
+            )
         out[f"model.{owner}.has_id"] = torch.ones_like(table.has_id[:2])
     return out
 

@@ -310,6 +310,34 @@ class Recommender:
         """
         return cold_start.recommend_for_items(self, item_ids, k, exclude_seen, steps, lr, seed)
 
+    def recommend_for_features(
+        self,
+        features: dict[str, Any],
+        item_ids: IdsLike = (),
+        k: int = 10,
+        exclude_seen: bool = True,
+        steps: int = 50,
+        lr: float = 0.05,
+        seed: int = 0,
+    ) -> Recommendation:
+        """The ``k`` best items for a new user described by attributes (and optionally the
+        items they interacted with), for a model trained with ``--user-features``.
+
+        ``features`` maps field names of the training user-feature file to values (a
+        missing field, or a value never seen in training, is "unknown"). Without items the
+        user's vector is its features alone (``source="features"``); with items an id row
+        is also fitted to them as in :meth:`recommend_for_items`
+        (``source="features+items"``).
+
+        Raises:
+            ConfigError: the model has no user features, or ``features`` names a field it
+                does not know.
+        """
+        encoded = cold_start.encode_user_features(self, features)
+        return cold_start.recommend_for_items(
+            self, item_ids, k, exclude_seen, steps, lr, seed, features=encoded
+        )
+
     def similar_items(self, item_id: Any, k: int = 10) -> Recommendation:
         """The ``k`` items whose embeddings are most cosine-similar to ``item_id``'s.
 
