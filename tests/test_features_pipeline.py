@@ -117,3 +117,35 @@ def test_a_new_user_is_recommended_from_their_features():
     plain = hybridrec.train(frame, None, train_config=TrainConfig(epochs=1)).recommender
     with pytest.raises(ConfigError, match="without user features"):
         plain.recommend_for_features({"taste": "drama"})
+
+
+def test_the_service_recommends_for_a_new_user_by_features():
+    from fastapi.testclient import TestClient
+
+    from hybridrec.serve import create_app
+
+    frame, items, cold = planted()
+    users = pd.DataFrame(
+        {"userId": np.arange(1, 61), "taste": [GENRES[u % 4] for u in range(1, 61)]}
+    )
+    rec = hybridrec.train(
+        frame[~frame.itemId.isin(cold)], None, user_features=users, item_features=items,
+        model_options={"embedding_dim": 8, "mlp_layer_sizes": (8,)},
+        train_config=TrainConfig(epochs=10, batch_size=256, seed=0),
+    ).recommender  # fmt: skip
+    with TestClient(create_app(rec)) as client:
+        got = client.post("/recommend", json={"user_features": {"taste": "comedy"}, "k": 5})
+        assert got.status_code == 200, got.text
+        assert got.json()["source"] == "features"
+        both = client.post("/recommend", json={"user_features": {"taste": "comedy"},
+                                               "item_ids": [2, 6], "k": 5})  # fmt: skip
+        assert both.json()["source"] == "features+items"
+        bad = client.post("/recommend", json={"user_features": {"mood": "x"}})
+        assert bad.status_code == 422 and "unknown user feature" in bad.text
+        nested = client.post("/recommend", json={"user_features": {"taste": ["a"]}})
+        assert nested.status_code == 422
+        mixed = client.post("/recommend", json={"user_features": {}, "user_ids": [1]})
+        assert mixed.status_code == 422
+        # a cold item (features only) is recommended to users like any other
+        top = client.get("/recommend/2", params={"k": 80}).json()["items"]
+        assert {i["item_id"] for i in top} & set(cold)

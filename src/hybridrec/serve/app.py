@@ -274,7 +274,8 @@ def _add_recommend_routes(app: FastAPI, holder: ModelHolder, gate: ModelGate) ->
     )
     async def recommend_batch(request: Request) -> Response:
         """Top-k items for several users (``user_ids``: ``{"results": [...]}``), or for a new
-        user described by the items they interacted with (``item_ids``: one result)."""
+        user described by the items they interacted with (``item_ids``) and/or attributes
+        (``user_features``): one result."""
         served = holder.get()
         raw = await request.body()
         if len(raw) > _LOOP_BODY_BYTES:
@@ -436,6 +437,12 @@ def _recommend_batch_sync(served: Served, body: RecommendRequest) -> Response:
         cached = served.cache.batch(body.user_ids, body.k, body.exclude_seen)
         if cached is not None:
             return Response(cached, media_type="application/json")
+    if body.user_features is not None:
+        with _model_call():
+            result = rec.recommend_for_features(
+                body.user_features, body.item_ids or (), k=body.k, exclude_seen=body.exclude_seen
+            )
+        return _json_response(to_out(result))
     if body.item_ids is not None:
         with _model_call():
             result = rec.recommend_for_items(

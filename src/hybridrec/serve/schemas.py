@@ -31,6 +31,10 @@ K = Annotated[int, Query(ge=1, le=MAX_K, description="number of items to return"
 KField = Annotated[StrictInt, Field(ge=1, le=MAX_K, description="number of items to return")]
 
 
+#: Attributes a new user may be described by in one request.
+MAX_FEATURES = 100
+
+
 class ItemScore(BaseModel):
     """One recommended item and the model's score for it."""
 
@@ -48,9 +52,12 @@ class RecommendationOut(BaseModel):
         description="the user, as known to the model when it is; null for item-based results"
     )
     items: list[ItemScore]
-    source: Literal["model", "popularity", "items", "similar"] = Field(
-        description="model: the user's own scores; popularity: fallback for an unknown user; "
-        "items: a new user described by items; similar: items like a given item"
+    source: Literal["model", "popularity", "items", "features", "features+items", "similar"] = (
+        Field(
+            description="model: the user's own scores; popularity: fallback for an unknown "
+            "user; items: a new user described by items; features (features+items): a new "
+            "user described by attributes (and items); similar: items like a given item"
+        )
     )
     unknown_items: list[RawId] = Field(
         default_factory=list, description="requested ids the model does not know (skipped)"
@@ -74,6 +81,12 @@ class RecommendRequest(BaseModel):
         max_length=MAX_BATCH,
         description="items a new user interacted with; recommendations come from those",
     )
+    user_features: dict[str, StrictStr | StrictInt | float | None] | None = Field(
+        default=None,
+        max_length=MAX_FEATURES,
+        description="attributes of a new user (field -> value, as in the training "
+        "--user-features file), alone or with item_ids; for models trained with them",
+    )
     k: KField = 10
     exclude_seen: bool = True
     items: list[RawId] | None = Field(
@@ -85,9 +98,13 @@ class RecommendRequest(BaseModel):
     @model_validator(mode="after")
     def _exactly_one(self) -> RecommendRequest:
         # Two shapes share one endpoint; reject ambiguous bodies instead of guessing.
-        if (self.user_ids is None) == (self.item_ids is None):
-            raise ValueError("give exactly one of user_ids (known users) or item_ids (a new user)")
-        if self.item_ids is not None and self.items is not None:
+        new_user = self.item_ids is not None or self.user_features is not None
+        if (self.user_ids is None) == (not new_user):
+            raise ValueError(
+                "give exactly one of user_ids (known users) or item_ids and/or user_features "
+                "(a new user)"
+            )
+        if new_user and self.items is not None:
             raise ValueError("items (candidate restriction) can only be used with user_ids")
         if self.user_ids is not None and len(self.user_ids) * self.k > MAX_RESULTS:
             raise ValueError(
