@@ -149,3 +149,32 @@ def test_the_service_recommends_for_a_new_user_by_features():
         # a cold item (features only) is recommended to users like any other
         top = client.get("/recommend/2", params={"k": 80}).json()["items"]
         assert {i["item_id"] for i in top} & set(cold)
+
+
+def test_new_items_join_a_trained_model_from_their_features(tmp_path):
+    frame, items, cold = planted()
+    known = items[~items.itemId.isin(cold)]
+    rec = hybridrec.train(
+        frame[~frame.itemId.isin(cold)], None, item_features=known,
+        model_options={"embedding_dim": 8, "mlp_layer_sizes": (8,)},
+        train_config=TrainConfig(epochs=15, batch_size=256, seed=0),
+    ).recommender  # fmt: skip
+    assert rec.items.num_embeddings == 61  # the cold items are unknown to this model
+    before = rec.recommend(4, k=10)
+    grown = rec.with_items(items[items.itemId.isin(cold)])
+    assert grown.items.num_embeddings == 81 and rec.items.num_embeddings == 61
+    after = grown.recommend(4, k=10)
+    # known items keep their scores; user 4 (likes GENRES[0]) now also gets new ones of it
+    assert grown.score([4], [before.item_ids[0]]) == pytest.approx(
+        rec.score([4], [before.item_ids[0]])
+    )
+    new = [i for i in grown.recommend(4, k=40).item_ids if i in cold]
+    assert new and GENRES[(new[0] - 1) % 4] == GENRES[0]
+    assert after.source == "model"
+    grown.save(tmp_path / "grown")  # and it saves and loads like any model
+    again = hybridrec.Recommender.load(tmp_path / "grown")
+    assert again.score([4], [cold[0]]) == pytest.approx(grown.score([4], [cold[0]]))
+    with pytest.raises(ConfigError, match="already known"):
+        grown.with_items(items[items.itemId.isin(cold)])
+    with pytest.raises(ConfigError, match="not item features"):
+        rec.with_items(pd.DataFrame({"itemId": [500], "colour": ["red"]}))

@@ -72,6 +72,32 @@ def read_features(
             or a cell that does not fit its stated kind (file, row and column named).
         ConfigError: ``kinds`` names a column the file does not have.
     """
+    path, key, ids, columns = read_feature_rows(data, id_col)
+    kinds = dict(kinds or {})
+    unknown = sorted(set(kinds) - set(columns))
+    if unknown:
+        raise ConfigError(
+            f"feature types name column(s) {', '.join(map(repr, unknown))} that {path} does "
+            f"not have; its feature columns are {', '.join(columns)}"
+        )
+    values: dict[str, list[Any]] = {}
+    fields: list[Field] = []
+    offset = 1  # token 0 pads
+    for name, cells in columns.items():
+        kind = kinds.get(name) or infer_kind(cells, separator)
+        f = _fit_field(name, kind, cells, separator, offset, path)
+        offset += f.num_tokens
+        fields.append(f)
+        values[name] = cells
+    return FeatureData(ids, values, FeatureTable(fields, separator), str(path))
+
+
+def read_feature_rows(
+    data: str | Path | pd.DataFrame, id_col: str
+) -> tuple[Path, str, np.ndarray, dict[str, list[Any]]]:
+    """``(path, id column, ids, {feature column: cells})`` of a feature file or frame, the
+    ids checked (parsed as interaction ids are, none missing or repeated); cells are Python
+    values with None for missing ones. Nothing is fitted."""
     if isinstance(data, pd.DataFrame):
         path, frame = Path("<DataFrame>"), data
     else:
@@ -83,27 +109,10 @@ def read_features(
     if len(set(map(str, frame.columns))) != len(frame.columns):
         raise DataError(path, "has repeated column names; name each feature once")
     key = id_col if id_col in frame.columns else frame.columns[0]
-    kinds = dict(kinds or {})
-    unknown = sorted(set(kinds) - {str(c) for c in frame.columns if c != key})
-    if unknown:
-        columns = ", ".join(str(c) for c in frame.columns if c != key)
-        raise ConfigError(
-            f"feature types name column(s) {', '.join(map(repr, unknown))} that {path} does "
-            f"not have; its feature columns are {columns}"
-        )
     ids = parse_ids(frame[key], path, str(key), is_csv_path(path))
     _check_unique(ids, path, str(key))
-    values: dict[str, list[Any]] = {}
-    fields: list[Field] = []
-    offset = 1  # token 0 pads
-    for name in (str(c) for c in frame.columns if c != key):
-        cells = _cells(frame[name])
-        kind = kinds.get(name) or infer_kind(cells, separator)
-        f = _fit_field(name, kind, cells, separator, offset, path)
-        offset += f.num_tokens
-        fields.append(f)
-        values[name] = cells
-    return FeatureData(ids, values, FeatureTable(fields, separator), str(path))
+    columns = {str(c): _cells(frame[c]) for c in frame.columns if c != key}
+    return path, str(key), ids, columns
 
 
 def infer_kind(cells: list[Any], separator: str) -> str:

@@ -310,6 +310,19 @@ class Recommender:
         """
         return cold_start.recommend_for_items(self, item_ids, k, exclude_seen, steps, lr, seed)
 
+    def with_items(self, data: Any, id_col: str | None = None) -> Recommender:
+        """A new recommender that also ranks the items of ``data`` (a CSV/Parquet feature
+        file or frame with the columns of the training ``--item-features`` file), scored
+        from their features, with no retraining; this one is unchanged.
+
+        Raises:
+            ConfigError: no item features in the model, an unknown column or a known id.
+        """
+        from hybridrec.recommend.new_items import with_items
+
+        column = id_col or self.config.get("settings", {}).get("data", {}).get("item_col", "itemId")
+        return with_items(self, data, column)
+
     def recommend_for_features(
         self,
         features: dict[str, Any],
