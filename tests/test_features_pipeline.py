@@ -178,3 +178,30 @@ def test_new_items_join_a_trained_model_from_their_features(tmp_path):
         grown.with_items(items[items.itemId.isin(cold)])
     with pytest.raises(ConfigError, match="not item features"):
         rec.with_items(pd.DataFrame({"itemId": [500], "colour": ["red"]}))
+
+
+def test_the_service_adds_new_items_from_their_features():
+    from fastapi.testclient import TestClient
+
+    from hybridrec.serve import create_app
+
+    frame, items, cold = planted()
+    rec = hybridrec.train(
+        frame[~frame.itemId.isin(cold)], None, item_features=items[~items.itemId.isin(cold)],
+        model_options={"embedding_dim": 8, "mlp_layer_sizes": (8,)},
+        train_config=TrainConfig(epochs=10, batch_size=256, seed=0),
+    ).recommender  # fmt: skip
+    new = [{"item_id": i, "features": {"genre": GENRES[(i - 1) % 4]}} for i in cold]
+    auth = {"Authorization": "Bearer s3cret"}
+    with TestClient(create_app(rec, admin_token="s3cret")) as client:
+        assert client.post("/admin/items", json={"items": new}).status_code == 401
+        got = client.post("/admin/items", json={"items": new}, headers=auth)
+        assert got.status_code == 200, got.text
+        assert got.json() == {"status": "added", "added": 20, "num_items": 80, "saved": False}
+        top = client.get("/recommend/4", params={"k": 40}).json()["items"]
+        assert {i["item_id"] for i in top} & set(cold)  # the cache was rebuilt with them
+        again = client.post("/admin/items", json={"items": new[:1]}, headers=auth)
+        assert again.status_code == 422 and "already known" in again.text
+        odd = [{"item_id": 999, "features": {"colour": "red"}}]
+        assert client.post("/admin/items", json={"items": odd}, headers=auth).status_code == 422
+        assert client.post("/admin/items", json={"items": []}, headers=auth).status_code == 422

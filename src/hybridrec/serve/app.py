@@ -19,6 +19,7 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager, context
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
+import pandas as pd
 from fastapi import FastAPI, HTTPException, Query, Request, Response
 from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
@@ -39,6 +40,8 @@ from hybridrec.serve.schemas import (
     HealthOut,
     K,
     ModelOut,
+    NewItemsOut,
+    NewItemsRequest,
     RecommendationOut,
     RecommendRequest,
     ReloadOut,
@@ -415,6 +418,42 @@ def _add_admin_routes(
         return ReloadOut(
             status="reloaded", model=served.recommender.model_name, model_dir=str(served.model_dir)
         )
+
+    @app.post(
+        "/admin/items",
+        tags=["admin"],
+        responses={
+            401: {"description": "missing or wrong admin token"},
+            403: {"description": "admin endpoints are off (no token configured)"},
+            422: {"description": "the model has no item features, or a bad or known item"},
+        },
+        openapi_extra=body_doc(NewItemsRequest),
+    )
+    async def add_items(request: Request) -> NewItemsOut:
+        """Add items the model has never seen, ranked from their features at once."""
+        check(request)
+        body = parse_body(NewItemsRequest, await request.body())
+        frame = _items_frame(holder.get().recommender, body)
+        before = holder.get().recommender.items.num_embeddings
+        try:
+            served = await run_in_threadpool(holder.add_items, frame)
+        except (HybridRecError, ValueError) as exc:
+            raise HTTPException(status_code=422, detail=_message(exc)) from exc
+        total = served.recommender.items.num_embeddings
+        return NewItemsOut(status="added", added=total - before, num_items=total - 1, saved=False)
+
+
+def _items_frame(rec: Recommender, body: NewItemsRequest) -> pd.DataFrame:
+    """The request's items as a feature frame (id column, then one column per field)."""
+    column = rec.config.get("settings", {}).get("data", {}).get("item_col", "itemId")
+    names = sorted({name for item in body.items for name in item.features})
+    if column in names:
+        raise HTTPException(status_code=422, detail=f"{column!r} is the id, not a feature")
+    rows = {column: [item.item_id for item in body.items]}
+    rows.update({n: [item.features.get(n) for item in body.items] for n in names})
+    if not names:
+        raise HTTPException(status_code=422, detail="give each item's features")
+    return pd.DataFrame(rows)
 
 
 def _recommend_one(rec: Recommender, user_id: str, k: int, exclude_seen: bool) -> Response:

@@ -72,6 +72,20 @@ class ModelHolder:
         logger.info(f"serving {served.recommender!r} from {served.model_dir}")
         return served
 
+    def add_items(self, data: Any) -> Served:
+        """Swap in the served model grown by the items of ``data`` (a feature frame), with
+        its cache rebuilt; serialised with reloads, the old model serving until then.
+
+        Raises:
+            ConfigError, DataError: the model or the rows cannot take the items.
+        """
+        with self._reload_lock:
+            current = self.get()
+            served = _served(current.recommender.with_items(data), self.cache_top)
+            self.current = served
+        logger.info(f"added new items: serving {served.recommender!r}")
+        return served
+
     def reload_in_background(self) -> threading.Thread:
         """Reload from the current directory in a thread (for signal handlers: a load must not
         block the event loop); errors are logged and the old model keeps serving."""

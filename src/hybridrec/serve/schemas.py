@@ -158,6 +158,38 @@ class ReloadRequest(BaseModel):
     )
 
 
+#: New items one ``POST /admin/items`` may add.
+MAX_NEW_ITEMS = 10_000
+
+
+class NewItem(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    item_id: RawId
+    features: dict[str, StrictStr | StrictInt | float | None] = Field(
+        max_length=MAX_FEATURES,
+        description="its attributes: columns of the training --item-features file",
+    )
+
+
+class NewItemsRequest(BaseModel):
+    """Items to add to the served model, scored from their features (no retraining)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    items: list[NewItem] = Field(min_length=1, max_length=MAX_NEW_ITEMS)
+
+
+class NewItemsOut(BaseModel):
+    status: Literal["added"]
+    added: int
+    num_items: int = Field(description="items the served model now ranks")
+    saved: bool = Field(
+        description="false: the items live in the served model only; a reload from disk "
+        "drops them (save a model with Recommender.with_items to keep them)"
+    )
+
+
 class ReloadOut(BaseModel):
     status: Literal["reloaded"]
     model: str
