@@ -339,7 +339,7 @@ raw_bodies = st.one_of(
     ),
     st.builds(lambda body: json.dumps(body).encode(), bodies),
 )
-POSTS = ("/recommend", "/score", "/admin/reload")
+POSTS = ("/recommend", "/score", "/admin/reload", "/admin/items")
 
 
 def assert_contract(response: Any) -> None:
@@ -423,6 +423,7 @@ def test_property_suites_cover_every_endpoint(hostile_client):
         "/score",
         "/similar/{item_id}",
         "/admin/reload",
+        "/admin/items",
     }
 
 
