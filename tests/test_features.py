@@ -159,3 +159,22 @@ def test_new_user_fold_in_ignores_the_features_of_existing_users(tmp_path):
     after = recommender.recommend_for_items([1, 2, 3], k=5)
     assert before.source == after.source == "items"
     assert list(before.item_ids) == list(after.item_ids)
+
+
+def test_dense_and_bag_pooling_agree(tmp_path, monkeypatch):
+    import hybridrec.models.featured as featured
+
+    model = featured_model(tmp_path)
+    table = model.item_embedding
+    with torch.no_grad():
+        table.feature_embedding.weight.normal_()
+    idx = torch.tensor([3, 1, 1, 2, 0])
+    dense = table.features(idx)
+    dense.sum().backward()
+    grad_dense = table.feature_embedding.weight.grad.clone()
+    table.feature_embedding.weight.grad = None
+    monkeypatch.setattr(featured, "DENSE_VOCABULARY", 0)
+    bag = table.features(idx)
+    bag.sum().backward()
+    assert torch.allclose(dense, bag, atol=1e-6)
+    assert torch.allclose(grad_dense, table.feature_embedding.weight.grad, atol=1e-6)
