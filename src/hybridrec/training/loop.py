@@ -95,6 +95,11 @@ def fit(
         CheckpointError: ``config.resume`` names a missing or damaged checkpoint.
     """
     early_stop = _check_options(train, val, config, checkpoint_dir)
+    # Subnormal floats (weights or moments decayed towards zero, e.g. feature tokens that
+    # only weight decay moves) take a slow path in every CPU product: on ML-100K with side
+    # features epochs went from 3.4 s to 23 s after the fourth. Flushing them to zero
+    # changes nothing a model can notice (they are below 1e-38).
+    torch.set_flush_denormal(True)
     checkpoint_dir = config.checkpoint_dir or checkpoint_dir
     device = device or model_device(model)
     model.to(device)
