@@ -34,7 +34,7 @@ class FeatureOptions:
     """The config fields of a model that takes side features (a base of its config)."""
 
     id_dropout: float = option(
-        0.5,
+        0.3,
         "with user or item features: share of training rows whose id embedding is dropped, "
         "so that features alone score ids that never appeared in training (DropoutNet)",
     )
