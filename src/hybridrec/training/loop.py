@@ -95,11 +95,6 @@ def fit(
         CheckpointError: ``config.resume`` names a missing or damaged checkpoint.
     """
     early_stop = _check_options(train, val, config, checkpoint_dir)
-    # Subnormal floats (weights or moments decayed towards zero, e.g. feature tokens that
-    # only weight decay moves) take a slow path in every CPU product: on ML-100K with side
-    # features epochs went from 3.4 s to 23 s after the fourth. Flushing them to zero
-    # changes nothing a model can notice (they are below 1e-38).
-    torch.set_flush_denormal(True)
     checkpoint_dir = config.checkpoint_dir or checkpoint_dir
     device = device or model_device(model)
     model.to(device)
@@ -131,10 +126,17 @@ def fit(
         history=History(),
         average=WeightAverage(params, config.ema_decay) if config.ema_decay > 0 else None,
     )
+    # Subnormal floats (weights or moments decayed towards zero, e.g. feature tokens that
+    # only weight decay moves) take a slow path in every CPU product: on ML-100K with side
+    # features epochs went from 3.4 s to 23 s after the fourth. Flushing them to zero
+    # changes nothing a model can notice (they are below 1e-38); the process-wide switch
+    # is turned back off (PyTorch's default) when training ends.
+    torch.set_flush_denormal(True)
     try:
         loop = _Loop(run, objective, validator, autocast, show_progress, on_epoch_end)
         return loop.run(checkpoint_dir)
     finally:
+        torch.set_flush_denormal(False)
         for table in tables:  # sparse gradients are a training setting, not the model's
             table.sparse = False
         model.zero_grad(set_to_none=True)  # the last step's gradients are of no further use
