@@ -112,3 +112,20 @@ def test_fit_rejects_empty_training_data():
     model = build_model("hybrid", num_users=2, num_items=2)
     with pytest.raises(ValueError, match="no rows"):
         fit(model, data, None, TrainConfig(epochs=1, device="cpu"), show_progress=False)
+
+
+def test_subnormals_are_flushed_while_training_only():
+    """fit flushes subnormal floats (slow on CPUs) and turns the process-wide switch back
+    off, so other code (hypothesis' float strategies, numpy users) sees IEEE floats."""
+    users = torch.tensor([1, 2, 3, 1])
+    data = RecSysDataset(users, torch.tensor([1, 2, 3, 2]), torch.tensor([1.0, 0, 1, 0]))
+    seen = []
+
+    def during(stats, history):
+        seen.append(float(torch.tensor(1e-40) * 1.0))
+
+    model = build_model("hybrid", num_users=4, num_items=4, embedding_dim=4, mlp_layer_sizes=(4,))
+    fit(model, data, None, TrainConfig(epochs=1, device="cpu"), show_progress=False,
+        on_epoch_end=during)  # fmt: skip
+    assert seen == [0.0]
+    assert float(torch.tensor(1e-40) * 1.0) > 0.0
