@@ -205,3 +205,27 @@ def test_the_service_adds_new_items_from_their_features():
         odd = [{"item_id": 999, "features": {"colour": "red"}}]
         assert client.post("/admin/items", json={"items": odd}, headers=auth).status_code == 422
         assert client.post("/admin/items", json={"items": []}, headers=auth).status_code == 422
+
+
+def test_full_evaluation_reports_warm_and_cold_items_separately(tmp_path, capsys):
+    frame, items, cold = planted()
+    rng = np.random.default_rng(1)
+    warm = frame[~frame.itemId.isin(cold)]
+    held = warm.groupby("userId").sample(1, random_state=1)  # one warm test item per user
+    train = warm.drop(held.index)
+    test = pd.concat(
+        [held, frame[frame.itemId.isin(cold)].sample(40, random_state=int(rng.integers(9)))]
+    )
+    train.to_csv(tmp_path / "train.csv", index=False)
+    test.to_csv(tmp_path / "test.csv", index=False)
+    items.to_csv(tmp_path / "items.csv", index=False)
+    assert main(["train", "--train", str(tmp_path / "train.csv"), "--item-features",
+                 str(tmp_path / "items.csv"), "--out", str(tmp_path / "m"), "--epochs", "2",
+                 "--embedding-dim", "8", "--no-progress", "--val", "none"]) == 0  # fmt: skip
+    capsys.readouterr()
+    assert main(["evaluate", "--model", str(tmp_path / "m"), "--train", str(tmp_path / "train.csv"),
+                 "--test", str(tmp_path / "test.csv"), "--k", "5", "--json"]) == 0  # fmt: skip
+    out = json.loads(capsys.readouterr().out)
+    assert out["warm"]["users"] == 60  # the held-out warm item of every user
+    assert out["cold"]["candidates"] == len(set(test.itemId) & set(cold))
+    assert 0.0 <= out["cold"]["auc"] <= 1.0

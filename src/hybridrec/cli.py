@@ -533,9 +533,41 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         out.update(ranking)
         if not args.json:
             print(format_metrics(ranking, args.protocol))
+        if args.protocol == "full":
+            out.update(_warm_and_cold(rec.model, common, args, quiet=args.json))
     if args.json:
         _print_json(out)
     return 0
+
+
+def _warm_and_cold(
+    model: Any, common: dict[str, Any], args: argparse.Namespace, quiet: bool
+) -> dict[str, Any]:
+    """With test rows on both warm items and cold items (known only by their features),
+    the two groups' results separately: warm by the full protocol, cold by the cold one
+    (averages over both hide how a model does on new items)."""
+    from hybridrec.evaluation import evaluate_full
+    from hybridrec.evaluation.cold import evaluate_cold
+    from hybridrec.models.featured import FeaturedEmbedding
+
+    table = getattr(model, "item_embedding", None)
+    if not isinstance(table, FeaturedEmbedding):
+        return {}
+    items = common["test_item_idx"]
+    cold = (table.has_id[items.long()] == 0) & (items != 0)
+    if not bool(cold.any()) or bool(cold.all()):
+        return {}
+    warm_rows = {**common, "test_user_idx": common["test_user_idx"][~cold],
+                 "test_item_idx": items[~cold]}  # fmt: skip
+    warm = evaluate_full(**warm_rows)
+    cold_metrics = evaluate_cold(model, common["test_user_idx"][cold], items[cold],
+                                 ks=common["ks"], seed=args.seed)  # fmt: skip
+    if not quiet:
+        print(f"{int((~cold).sum()):,} test rows on items trained on, {int(cold.sum()):,} on "
+              "items known only by their features:")  # fmt: skip
+        print("warm: " + format_metrics(warm, "full"))
+        print("cold: " + format_metrics(cold_metrics, "cold"))
+    return {"warm": warm, "cold": cold_metrics}
 
 
 def cmd_recommend(args: argparse.Namespace) -> int:
