@@ -254,7 +254,9 @@ def test_model_work_beyond_the_bound_gets_503_with_retry_after(blocking):
         assert blocking.started.acquire(timeout=WAIT)
         second = pool.submit(fold_in, client, blocking)
         gate = client.app.state.gate
+        deadline = time.monotonic() + WAIT
         while gate.pending < 2:  # the second is queued behind the first
+            assert time.monotonic() < deadline, "the second request never reached the queue"
             time.sleep(0.001)
         for refused in (fold_in(client, blocking), client.post("/score", json={"pairs": []})):
             assert refused.status_code == 503
