@@ -229,3 +229,12 @@ def test_full_evaluation_reports_warm_and_cold_items_separately(tmp_path, capsys
     assert out["warm"]["users"] == 60  # the held-out warm item of every user
     assert out["cold"]["candidates"] == len(set(test.itemId) & set(cold))
     assert 0.0 <= out["cold"]["auc"] <= 1.0
+
+
+def test_feature_ids_of_another_kind_are_a_clear_error():
+    from hybridrec.errors import DataError
+
+    frame, items, _ = planted()
+    text_items = pd.DataFrame({"itemId": ["a", "b"], "genre": ["drama", "comedy"]})
+    with pytest.raises(DataError, match="'a' is text, but the training data's ids"):
+        hybridrec.train(frame, None, item_features=text_items, train_config=TrainConfig(epochs=1))

@@ -37,6 +37,7 @@ from hybridrec.data.io import (
 )
 from hybridrec.data.seen import SeenItems
 from hybridrec.errors import ConfigError, DataError
+from hybridrec.features import FeatureData
 from hybridrec.features.attach import FEATURE_WEIGHT_DECAY, FeatureConfig, SideFeatures
 from hybridrec.files import atomic_write_json, check_output_dir, exclusive, recover
 from hybridrec.models import build_model, capabilities, model_class, model_device
@@ -310,11 +311,14 @@ def _train(
             f"{_name(train_data)} holds only positives: sampling {train_config.negatives} "
             f"{train_config.sampling} negatives per positive each epoch"
         )
-    users = IdEncoder.fit(_ids(train_frame[USER].to_numpy(), side.user_ids()))
-    item_ids = _ids(train_frame[ITEM].to_numpy(), side.item_ids())
+    users = IdEncoder.fit(
+        _with_features(train_frame[USER].to_numpy(), side.users, data_config.user_col)
+    )
+    item_ids = _with_features(train_frame[ITEM].to_numpy(), side.items, data_config.item_col)
     if items is not None:
         catalogue = read_item_catalog(items, data_config)
-        item_ids = np.concatenate([item_ids, _same_kind(catalogue, item_ids, items, data_config)])
+        extra = _same_kind(catalogue, item_ids, _name(items), data_config.item_col)
+        item_ids = np.concatenate([item_ids, extra])
     items = IdEncoder.fit(item_ids)
     positives = int((train_frame["target"].to_numpy() > 0.5).sum())
     check_memory(
@@ -563,13 +567,13 @@ def _holdout_then_refit(
     return net, history, val_rows, info
 
 
-def _ids(ids: np.ndarray, extra: np.ndarray) -> np.ndarray:
-    """``ids`` and the ids only a feature file names (cold users or items), in one array."""
-    if len(extra) == 0:
+def _with_features(ids: np.ndarray, features: FeatureData | None, column: str) -> np.ndarray:
+    """``ids`` and the ids only a feature file names (cold users or items), in one array
+    of the training ids' kind."""
+    if features is None or len(features.ids) == 0:
         return ids
-    if ids.dtype != extra.dtype and object in (ids.dtype, extra.dtype):
-        return np.concatenate([ids.astype(object), extra.astype(object)])
-    return np.concatenate([ids, extra])
+    source = Path(features.source).name
+    return np.concatenate([ids, _same_kind(features.ids, ids, source, column)])
 
 
 def read_item_catalog(data: DataLike, config: DataConfig) -> np.ndarray:
@@ -587,9 +591,10 @@ def read_item_catalog(data: DataLike, config: DataConfig) -> np.ndarray:
 
 
 def _same_kind(
-    catalogue: np.ndarray, train_ids: np.ndarray, source: DataLike, config: DataConfig
+    catalogue: np.ndarray, train_ids: np.ndarray, source: str, column: str
 ) -> np.ndarray:
-    """Catalogue item ids in the training ids' kind, so one encoder holds them all.
+    """Ids of a catalogue or feature file in the training ids' kind, so one encoder holds
+    them all.
 
     Integer ids join text ids as their text (``42`` is the item ``"42"``, as when scoring);
     text ids cannot join integer ids: the first one is named.
@@ -600,11 +605,11 @@ def _same_kind(
         return catalogue.astype(str).astype(object)
     pos = int(np.argmax([re.fullmatch(CANONICAL_INT, str(v)) is None for v in catalogue]))
     raise row_error(
-        Path(_name(source)),
+        Path(source),
         pos,
-        config.item_col,
-        f"item id {catalogue[pos]!r} is text, but the training data's item ids are integers",
-        "integer item ids, like the training data's",
+        column,
+        f"id {catalogue[pos]!r} is text, but the training data's ids in {column!r} are integers",
+        "integer ids, like the training data's",
     )
 
 

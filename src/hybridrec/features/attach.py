@@ -12,7 +12,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import torch
 
@@ -20,7 +19,6 @@ from hybridrec.config import check_finite, option
 from hybridrec.data.encoding import IdEncoder
 from hybridrec.errors import ConfigError
 from hybridrec.features import FeatureData, encode_features, parse_kinds, read_features
-from hybridrec.features.table import FeatureTable
 from hybridrec.models import capabilities, models_with
 
 #: ``--weight-decay`` when it is not given and the run has side features. On the ML-100K
@@ -63,10 +61,6 @@ class FeatureConfig:
         parse_kinds(self.user_feature_types, "--user-feature-types")
         parse_kinds(self.item_feature_types, "--item-feature-types")
 
-    @property
-    def any(self) -> bool:
-        return self.user_features is not None or self.item_features is not None
-
 
 @dataclass
 class SideFeatures:
@@ -106,12 +100,6 @@ class SideFeatures:
                 f"{', '.join(models_with(features=True))}"
             )
 
-    def user_ids(self) -> np.ndarray:
-        return self.users.ids if self.users is not None else np.zeros(0, dtype=np.int64)
-
-    def item_ids(self) -> np.ndarray:
-        return self.items.ids if self.items is not None else np.zeros(0, dtype=np.int64)
-
     def model_options(self) -> dict[str, Any]:
         """The feature-table shapes the model is built with."""
         out: dict[str, Any] = {}
@@ -147,8 +135,3 @@ class SideFeatures:
             for name, data in (("users", self.users), ("items", self.items))
             if data is not None
         }
-
-
-def feature_tables(stored: dict[str, Any]) -> dict[str, FeatureTable]:
-    """The artifact's stored tables back as :class:`FeatureTable` objects."""
-    return {name: FeatureTable.from_dict(table) for name, table in stored.items()}
