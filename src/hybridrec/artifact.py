@@ -8,6 +8,8 @@ Layout (``FORMAT_VERSION`` 1):
 - ``seen.npz``      optional: each user's training positives (CSR ``indptr``/``items``) and
   each item's positive count (``item_counts``), so recommendations can leave out what a user
   already has and fall back to popularity; artifacts saved before it existed load without it;
+- ``optimizer.pt``  optional: Adam's moments by parameter name, so ``hybridrec update``
+  continues the optimisation; read only by :func:`load_moments` (serving never needs it);
 - ``config.json``   written last: format version, model name and hyper-parameters, data and
   training settings, and the SHA-256 of every other file, so a truncated file or a mix of two
   saves is detected on load instead of producing wrong scores.
@@ -36,7 +38,7 @@ from hybridrec.models import model_class
 FORMAT = "hybridrec-model"
 FORMAT_VERSION = 1
 CONFIG, WEIGHTS, ID_MAPS, METRICS = "config.json", "weights.pt", "id_maps.json", "metrics.json"
-SEEN = "seen.npz"
+SEEN, OPTIMIZER = "seen.npz", "optimizer.pt"
 
 
 class Artifact(NamedTuple):
@@ -59,10 +61,13 @@ def save_artifact(
     metrics: dict[str, Any] | None = None,
     settings: dict[str, Any] | None = None,
     seen: SeenItems | None = None,
+    moments: dict[str, torch.Tensor] | None = None,
 ) -> Path:
     """Write the artifact; each file atomically, ``config.json`` (with checksums) last.
 
-    ``seen`` (the users' training positives) is written as ``seen.npz`` when given.
+    ``seen`` (the users' training positives) is written as ``seen.npz`` and ``moments``
+    (the optimiser's state, :meth:`hybridrec.training.optim.Optimizers.export_moments`)
+    as ``optimizer.pt`` when given.
     """
     from hybridrec import __version__
 
@@ -78,6 +83,10 @@ def save_artifact(
     }
     if seen is not None:
         payloads[SEEN] = seen.to_bytes()
+    if moments:
+        buffer = io.BytesIO()
+        torch.save({k: v.detach().cpu() for k, v in moments.items()}, buffer)
+        payloads[OPTIMIZER] = buffer.getvalue()
     # Over an existing model the new one is built beside it and swapped in whole, so a
     # crash mid-save leaves a loadable model (the old or the new), never a mix.
     replacing = (directory / CONFIG).exists()
@@ -104,7 +113,7 @@ def save_artifact(
 
 
 #: The files of an artifact; anything else in a model directory is left alone on a resave.
-ARTIFACT_FILES = frozenset({CONFIG, WEIGHTS, ID_MAPS, METRICS, SEEN})
+ARTIFACT_FILES = frozenset({CONFIG, WEIGHTS, ID_MAPS, METRICS, SEEN, OPTIMIZER})
 
 
 def is_artifact(directory: Path) -> bool:
@@ -147,17 +156,11 @@ def load_artifact(directory: str | Path) -> Artifact:
             f"{directory / CONFIG} lists files that are not part of a model "
             f"({', '.join(repr(n[:40]) for n in strange[:3])}); save the model again"
         )
-    blobs = {}
-    for name, digest in checksums.items():
-        path = directory / name
-        if not path.is_file():
-            raise ArtifactError(f"{path} is missing; the artifact is incomplete, save it again")
-        blobs[name] = path.read_bytes()
-        if hashlib.sha256(blobs[name]).hexdigest() != digest:
-            raise ArtifactError(
-                f"{path} is truncated or belongs to another save (checksum mismatch); "
-                "save or copy the model again"
-            )
+    blobs = {
+        name: _checked_bytes(directory / name, digest)
+        for name, digest in checksums.items()
+        if name != OPTIMIZER  # training state: read by load_moments alone
+    }
     if WEIGHTS not in blobs or ID_MAPS not in blobs:
         raise ArtifactError(f"{directory / CONFIG} lists no {WEIGHTS}/{ID_MAPS}; save it again")
     try:
@@ -192,6 +195,44 @@ def load_artifact(directory: str | Path) -> Artifact:
             ) from exc
     model.eval()
     return Artifact(model, users, items, config, seen)
+
+
+def load_moments(directory: str | Path) -> dict[str, torch.Tensor] | None:
+    """The optimiser state saved with an artifact, or None when it has none (saved before
+    ``optimizer.pt`` existed, or by a model with nothing to optimise).
+
+    Raises:
+        ArtifactError: the file is missing, damaged or not a flat dict of tensors.
+    """
+    directory = Path(directory)
+    config = _read_json(directory, CONFIG, what="is not a hybridrec model")
+    digest = (config.get("sha256") or {}).get(OPTIMIZER)
+    if not isinstance(digest, str):
+        return None
+    path = directory / OPTIMIZER
+    blob = _checked_bytes(path, digest)
+    try:
+        state = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ArtifactError(f"{path} cannot be read ({exc}); retrain the model") from exc
+    if not isinstance(state, dict) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
+    ):
+        raise ArtifactError(f"{path} is not an optimiser state; retrain the model")
+    return state
+
+
+def _checked_bytes(path: Path, digest: str) -> bytes:
+    """The file's bytes, checked against the SHA-256 the config lists for it."""
+    if not path.is_file():
+        raise ArtifactError(f"{path} is missing; the artifact is incomplete, save it again")
+    blob = path.read_bytes()
+    if hashlib.sha256(blob).hexdigest() != digest:
+        raise ArtifactError(
+            f"{path} is truncated or belongs to another save (checksum mismatch); "
+            "save or copy the model again"
+        )
+    return blob
 
 
 def read_metrics(directory: str | Path) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""Command line: ``hybridrec train | evaluate | recommend | serve | export | demo | split |
+"""Command line: ``hybridrec train | update | evaluate | recommend | serve | export | demo | split |
 data`` and ``python RecSys.py``.
 
 Options are generated from the config dataclasses, so flags, defaults and help text always
@@ -28,6 +28,7 @@ from hybridrec.evaluation import format_metrics
 from hybridrec.features.attach import FeatureConfig
 from hybridrec.files import check_output_dir, check_output_file
 from hybridrec.models import MODELS, capabilities, model_class, models_with
+from hybridrec.update import command as update_command
 
 logger = logging.getLogger("hybridrec")
 
@@ -186,6 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     p = sub.add_parser("train", help="train a model on interaction files and save it")
     _train_parser(p, train=None, val=None, out="model")
+    update_command.add_parser(sub)
     p = sub.add_parser(
         "evaluate",
         help="evaluate a saved model: pointwise (--data) and/or ranking (--train + --test)",
@@ -769,6 +771,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "train": cmd_train,
+    "update": update_command.run,
     "evaluate": cmd_evaluate,
     "recommend": cmd_recommend,
     "serve": cmd_serve,
@@ -864,7 +867,7 @@ def _is_out_of_memory(exc: BaseException) -> bool:
 
 def _interrupted(args: argparse.Namespace) -> str:
     """What an interrupted command left: training saves its model only at the end."""
-    if args.command not in ("train", "demo"):
+    if args.command not in ("train", "demo", "update"):
         return "no output file was written (they appear only when complete)"
     every = getattr(args, "checkpoint_every", 0)
     kept = "a model already there is unchanged"

@@ -363,11 +363,13 @@ def _train(
         if out_dir is not None:  # fit calls this on rank 0 only
             atomic_write_json(out_dir / PROGRESS, {"history": history.to_list()})
 
+    moments: dict[str, torch.Tensor] = {}  # the optimiser state of the last run, for update
+
     def run(config: TrainConfig, data: RecSysDataset, val: RecSysDataset | None, **kw: Any):
         net = new_model()
         history = fit(
             net, data, val, config, device=device, show_progress=show_progress,
-            on_epoch_end=write_progress, checkpoint_dir=out_dir, **kw,
+            on_epoch_end=write_progress, checkpoint_dir=out_dir, moments=moments, **kw,
         )  # fmt: skip
         return net, history
 
@@ -397,7 +399,7 @@ def _train(
             metrics["val_unknown"] = asdict(val_unknown)
         if holdout_info is not None:
             metrics["holdout"] = holdout_info
-        recommender.save(out_dir, metrics=metrics)
+        recommender.save(out_dir, metrics=metrics, moments=moments)
         plot_history(history, out_dir / CURVES)
         (out_dir / PROGRESS).unlink(missing_ok=True)  # metrics.json now holds the history
         logger.info(f"saved the model to {out_dir}")

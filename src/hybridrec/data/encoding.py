@@ -101,6 +101,32 @@ class IdEncoder:
             raise ValueError(f"indices must lie in 1..{len(self._ids)} (0 is the unknown id)")
         return self._ids[idx - 1]
 
+    def extended(self, ids: Sequence[Any] | np.ndarray) -> IdEncoder:
+        """A new encoder that keeps every index of this one and appends the ids of ``ids``
+        it does not know (first appearance order; repeats allowed), so a grown model's old
+        rows stay where they were. New ids take the encoder's kind (text ids stay text;
+        integer ids must be integers).
+
+        Example:
+            >>> IdEncoder.fit([3, 1]).extended([5, 1, 4, 5]).ids.tolist()
+            [1, 3, 5, 4]
+        """
+        values = np.asarray(ids, dtype=_dtype_of(ids)).reshape(-1)
+        fresh = pd.unique(pd.Series(values[self.transform(values) == UNKNOWN_INDEX]))
+        if len(fresh) == 0:
+            return self
+        fresh = np.asarray(fresh, dtype=_dtype_of(fresh))
+        if len(self._ids) and isinstance(self._ids[0], str):
+            own = np.asarray([str(x) for x in fresh], dtype=object)
+        else:
+            own, valid = self._as_own_kind(fresh)
+            if valid is not None and not valid.all():
+                raise ValueError(
+                    f"the model's ids are integers; {fresh[~valid][0]!r} is not "
+                    "(give integer ids)"
+                )
+        return IdEncoder(np.concatenate([self._ids, own]))
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form, kept with the model artifact."""
         kind = "str" if len(self._ids) and isinstance(self._ids[0], str) else "int"

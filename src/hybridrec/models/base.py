@@ -32,6 +32,15 @@ class RecModel(nn.Module):
     #: user's fitted rows replace in ``recommend_for_items``. Empty: no per-user weights,
     #: so a new user gets the popular items (unless the model reads sequences).
     user_parameters: ClassVar[tuple[str, ...]] = ()
+    #: Which weights and buffers have one row per user or per item: ``(owner, "users" or
+    #: "items")`` pairs, the owner being the name of the module holding the tensor
+    #: (``user_embedding`` matches ``tower.user_embedding.weight`` too) or, for a buffer of
+    #: the model itself, the buffer's name. ``hybridrec update`` grows these when new users
+    #: and items arrive; a model whose row tables are not all listed cannot be updated.
+    row_tables: ClassVar[tuple[tuple[str, str], ...]] = (
+        ("user_embedding", "users"), ("user_bias", "users"),
+        ("item_embedding", "items"), ("item_bias", "items"),
+    )  # fmt: skip
     #: ``user_embedding``/``item_embedding`` tables (``nn.Embedding``) whose dot product,
     #: with :meth:`retrieval_query` as the user side, ranks much as the model does: two-stage
     #: top-K (``num_candidates``) and the catalogue loss (``--catalogue-weight``) use it.
@@ -78,6 +87,7 @@ class Capabilities:
 
     config_class: type | None
     user_parameters: tuple[str, ...]
+    row_tables: tuple[tuple[str, str], ...]
     retrieval: bool
     similar_items: bool
     sequences: bool

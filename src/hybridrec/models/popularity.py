@@ -39,6 +39,7 @@ class Popularity(RecModel):
     config_class = PopularityConfig
     #: No per-user tables: every user gets the same scores.
     user_parameters = ()
+    row_tables = (("item_counts", "items"),)  # an update adds the new positives' counts
     reads_training_data = True  # counts the positives
     trainable = False
 

@@ -74,6 +74,7 @@ class SASRec(RecModel):
     config_class = SASRecConfig
     #: No per-user tables: a user is their history, so a new user needs no fitted vector.
     user_parameters = ()
+    row_tables = (("histories", "users"), ("item_embedding", "items"))
     sequences = True
     reads_training_data = True  # stores the histories
     similar_items = True

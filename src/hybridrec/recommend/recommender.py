@@ -84,8 +84,14 @@ class Recommender:
         config = {**config, "directory": str(directory)}
         return cls(model, users, items, model_name=config["model"], config=config, seen=seen)
 
-    def save(self, directory: str | Path, metrics: dict[str, Any] | None = None) -> Path:
-        """Write the artifact atomically (see :mod:`hybridrec.artifact`)."""
+    def save(
+        self,
+        directory: str | Path,
+        metrics: dict[str, Any] | None = None,
+        moments: dict[str, torch.Tensor] | None = None,
+    ) -> Path:
+        """Write the artifact atomically (see :mod:`hybridrec.artifact`); ``moments``: the
+        optimiser state training ended with, kept for ``hybridrec update``."""
         return save_artifact(
             directory,
             model=self.model,
@@ -95,6 +101,7 @@ class Recommender:
             metrics=metrics,
             settings=self.config.get("settings"),
             seen=self.seen,
+            moments=moments,
         )
 
     @property

@@ -63,6 +63,7 @@ def fit(
     show_progress: bool = True,
     on_epoch_end: Callable[[EpochStats, History], None] | None = None,
     checkpoint_dir: str | Path | None = None,
+    moments: dict[str, torch.Tensor] | None = None,
 ) -> History:
     """Train ``model`` in place with Adam, validating after every epoch.
 
@@ -78,6 +79,10 @@ def fit(
         on_epoch_end: called as ``on_epoch_end(stats, history)`` after each epoch (on rank
             0 only when training with several processes).
         checkpoint_dir: where ``checkpoint.pt`` goes when ``config.checkpoint_dir`` is unset.
+        moments: Adam's state by parameter name
+            (:meth:`~hybridrec.training.optim.Optimizers.export_moments`) to start from,
+            replaced in place by the state training ends with: what an artifact keeps so
+            that ``hybridrec update`` continues the optimisation. ``None``: not kept.
 
     With a ``torch.distributed`` process group (``torchrun``; see
     :mod:`hybridrec.distributed`) every rank trains on its shard of each epoch under
@@ -131,10 +136,17 @@ def fit(
     # features epochs went from 3.4 s to 23 s after the fourth. Flushing them to zero
     # changes nothing a model can notice (they are below 1e-38); the process-wide switch
     # is turned back off (PyTorch's default) when training ends.
+    names = {id(p): name for name, p in model.named_parameters()}
+    if moments:
+        run.optimizer.import_moments(names, moments)
     torch.set_flush_denormal(True)
     try:
         loop = _Loop(run, objective, validator, autocast, show_progress, on_epoch_end)
-        return loop.run(checkpoint_dir)
+        history = loop.run(checkpoint_dir)
+        if moments is not None:
+            moments.clear()
+            moments.update(run.optimizer.export_moments(names))
+        return history
     finally:
         torch.set_flush_denormal(False)
         for table in tables:  # sparse gradients are a training setting, not the model's

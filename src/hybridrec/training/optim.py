@@ -142,6 +142,55 @@ class Optimizers:
             optimizer.load_state_dict(one)
 
 
+    def export_moments(self, names: dict[int, str]) -> dict[str, torch.Tensor]:
+        """Adam's state of every parameter that has one, keyed ``"<parameter name>:<field>"``
+        (``exp_avg``, ``exp_avg_sq``, ``step``) with ``names`` mapping ``id(param)`` to its
+        name: a flat dict of tensors, saved beside the weights so ``hybridrec update``
+        continues the optimisation instead of restarting it (fresh moments make the first
+        steps of an update as large as the first steps of training)."""
+        out: dict[str, torch.Tensor] = {}
+        for optimizer in self.optimizers:
+            for group in optimizer.param_groups:
+                for param in group["params"]:
+                    state = optimizer.state.get(param)
+                    if not state or id(param) not in names:
+                        continue
+                    name = names[id(param)]
+                    out[f"{name}:exp_avg"] = state["exp_avg"].detach().cpu()
+                    out[f"{name}:exp_avg_sq"] = state["exp_avg_sq"].detach().cpu()
+                    out[f"{name}:step"] = torch.tensor(float(state["step"]))
+        return out
+
+    def import_moments(self, names: dict[int, str], moments: dict[str, torch.Tensor]) -> int:
+        """Start from :meth:`export_moments`' state (parameters it lacks start fresh);
+        returns how many parameters took a state. The moments must have the parameters'
+        shapes (``hybridrec.update`` grows them with the tables)."""
+        loaded = 0
+        for optimizer in self.optimizers:
+            lazy = isinstance(optimizer, LazyAdam)
+            for group in optimizer.param_groups:
+                for param in group["params"]:
+                    name = names.get(id(param))
+                    if name is None or f"{name}:exp_avg" not in moments:
+                        continue
+                    avg, avg_sq = moments[f"{name}:exp_avg"], moments[f"{name}:exp_avg_sq"]
+                    if avg.shape != param.shape or avg_sq.shape != param.shape:
+                        raise ValueError(
+                            f"the saved optimiser state of {name} has shape {tuple(avg.shape)}, "
+                            f"the parameter {tuple(param.shape)}"
+                        )
+                    step = float(moments[f"{name}:step"])
+                    optimizer.state[param] = {
+                        "step": int(step)
+                        if lazy
+                        else torch.tensor(step, dtype=torch.float32, device=param.device),
+                        "exp_avg": avg.to(param.device, param.dtype).clone(),
+                        "exp_avg_sq": avg_sq.to(param.device, param.dtype).clone(),
+                    }
+                    loaded += 1
+        return loaded
+
+
 def fast_adam_options(device: torch.device) -> dict[str, bool]:
     """Fused Adam (one kernel for all parameters) where PyTorch supports it on ``device``."""
     if device.type in {"cpu", "cuda"}:

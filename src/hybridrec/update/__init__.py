@@ -1,0 +1,476 @@
+"""Update a trained model with new users, items and interactions, without a full retrain.
+
+``hybridrec update --model OLD --train new.csv --out NEW`` (or ``--events LOG``):
+
+1. the id encoders are extended: every existing id keeps its index, new users and items
+   (from the new rows, ``--items`` and the feature files) are appended;
+2. the tables grow (:mod:`hybridrec.update.grow`): new rows start from their features when
+   the model has them, otherwise from the mean row; Adam's saved state grows with them, so
+   training continues rather than restarts;
+3. training runs on the new positives, the whole history of every user they touch and a
+   replay sample of the others (:mod:`hybridrec.update.rows`), for as many epochs as the
+   parent's training chose (``epochs``);
+4. the seen items and counts take the new positives; the new artifact records its parent,
+   what it was updated with and a watermark (the last event id consumed, the latest
+   timestamp), and loads like any other. ``OLD`` is never modified.
+
+Popularity adds the new counts (nothing to train); sasrec appends the new items to each
+touched user's history and trains next-item prediction on those histories.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from hybridrec.artifact import CONFIG, load_moments, read_metrics
+from hybridrec.config import DataConfig, TrainConfig
+from hybridrec.data.dataset import RecSysDataset
+from hybridrec.data.encoding import IdEncoder
+from hybridrec.data.io import ITEM, TARGET, TIMESTAMP, USER
+from hybridrec.data.seen import SeenItems
+from hybridrec.errors import ConfigError, DataError
+from hybridrec.features.read import read_feature_rows
+from hybridrec.features.table import FeatureTable
+from hybridrec.models import capabilities
+from hybridrec.models.featured import FeaturedEmbedding
+from hybridrec.pipeline import _output, load_data, model_dir_path, read_item_catalog
+from hybridrec.recommend import Recommender
+from hybridrec.runtime import resolve_device, set_num_threads
+from hybridrec.training import History, fit
+from hybridrec.update.grow import Growth, grow_model, grow_moments, grow_seen
+from hybridrec.update.rows import (
+    NewRows,
+    UpdateRows,
+    seen_histories,
+    sequence_histories,
+    update_rows,
+)
+
+logger = logging.getLogger(__name__)
+
+#: Default ``replay``: untouched users' rows per row of the touched users.
+REPLAY = 1.0
+
+DataLike = str | Path | pd.DataFrame
+
+
+@dataclass
+class UpdateResult:
+    """What :func:`update` returns: the updated model and what the update did."""
+
+    recommender: Recommender
+    history: History
+    info: dict[str, Any]
+
+
+def update(
+    model_dir: str | Path,
+    data: DataLike | None = None,
+    *,
+    out: str | Path,
+    events: str | Path | None = None,
+    items: DataLike | None = None,
+    user_features: DataLike | None = None,
+    item_features: DataLike | None = None,
+    epochs: int | None = None,
+    replay: float = REPLAY,
+    seed: int = 0,
+    learning_rate: float | None = None,
+    num_threads: int = 1,
+    device: str = "auto",
+    show_progress: bool = False,
+) -> UpdateResult:
+    """Update the model in ``model_dir`` with new interactions and save it to ``out``.
+
+    Args:
+        model_dir: the trained model (never modified).
+        data: new interactions (a CSV/Parquet path or a frame, in the columns the model was
+            trained with); positives are learned from, other rows are counted and left out.
+        out: the new model's directory (not ``model_dir``).
+        events: an event log of ``hybridrec serve --events`` instead of ``data``: the
+            events after the model's watermark are used.
+        items: a catalogue file of items to know even without interactions.
+        user_features, item_features: feature files for new users and items of a model
+            trained with features (columns as at training; known ids are left as they are).
+        epochs: passes over the update's rows; default: the epochs the parent's training
+            chose (its holdout's best epoch, else the epochs it trained); 0 grows the model
+            and its seen items without training (new rows from features or the mean row).
+        replay: untouched users' rows to train on, per row of the touched users' (new rows
+            and their histories); 0 trains on the touched users alone.
+        seed: shuffling, sampling and which users are replayed.
+        learning_rate: default: the parent's.
+        num_threads, device: as for training.
+
+    Raises:
+        ConfigError: a bad option, ``out`` is ``model_dir``, or no new positives.
+        ArtifactError: ``model_dir`` is not a loadable model.
+        DataError: the new data is unreadable or invalid (file, row and column named).
+    """
+    _check_options(data, events, epochs, replay)
+    set_num_threads(num_threads)
+    out = model_dir_path(out)
+    if Path(out).resolve() == Path(model_dir).resolve():
+        raise ConfigError(
+            f"--out {out} is the model being updated; an update writes a new model and leaves "
+            "the old one as it is: give another --out"
+        )
+    parent = Recommender.load(model_dir)
+    settings = parent.config.get("settings", {})
+    data_config = DataConfig(**settings.get("data", {}))
+    train_config = _train_config(settings, model_dir, epochs, seed, learning_rate, device)
+    grow_only = epochs == 0
+    with _output(out, train_config):
+        frame, source, event_id = _new_interactions(data, events, parent, data_config)
+        return _update(
+            parent, Path(model_dir), frame, source, event_id,
+            out=Path(out), data_config=data_config, train_config=train_config,
+            items=items, user_features=user_features, item_features=item_features,
+            replay=replay, show_progress=show_progress, grow_only=grow_only,
+        )  # fmt: skip
+
+
+def _check_options(
+    data: DataLike | None, events: str | Path | None, epochs: int | None, replay: float
+) -> None:
+    if (data is None) == (events is None):
+        raise ConfigError("give the new interactions as --train FILE or --events LOG (one)")
+    if epochs is not None and (isinstance(epochs, bool) or not 0 <= epochs <= 10_000):
+        raise ConfigError(f"--epochs must be an integer in 0..10000, got {epochs!r}")
+    if not (isinstance(replay, int | float) and math.isfinite(replay) and 0 <= replay <= 1000):
+        raise ConfigError(f"--replay must be a number in 0..1000, got {replay!r}")
+
+
+def _train_config(
+    settings: dict[str, Any],
+    model_dir: str | Path,
+    epochs: int | None,
+    seed: int,
+    learning_rate: float | None,
+    device: str,
+) -> TrainConfig:
+    """The parent's training settings, for ``epochs`` and without validation."""
+    known = {f.name for f in fields(TrainConfig)}
+    stored = {k: v for k, v in settings.get("train", {}).items() if k in known}
+    if "ks" in stored:
+        stored["ks"] = tuple(stored["ks"])
+    if epochs is None:
+        epochs = _parent_epochs(settings, model_dir)
+    config = TrainConfig(**stored)
+    return replace(
+        config,
+        epochs=max(1, epochs),  # 0 (grow only) is handled by the caller
+        seed=seed,
+        learning_rate=learning_rate or config.learning_rate,
+        device=device,
+        early_stop=None,
+        checkpoint_every=0,
+        checkpoint_dir=None,
+        resume=None,
+        num_threads=config.num_threads,
+    )
+
+
+def _parent_epochs(settings: dict[str, Any], model_dir: str | Path) -> int:
+    """The epochs the parent's training chose: its holdout's best epoch, else the number it
+    trained (a run with ``--val`` that stopped early)."""
+    best = settings.get("holdout", {}).get("best_epoch")
+    if isinstance(best, int) and best > 0:
+        return best
+    trained = len(read_metrics(model_dir).get("history", []))
+    return max(1, trained)
+
+
+def _new_interactions(
+    data: DataLike | None,
+    events: str | Path | None,
+    parent: Recommender,
+    data_config: DataConfig,
+) -> tuple[pd.DataFrame, str, int | None]:
+    """The new rows as the standard frame, where they came from, and the last event id."""
+    if events is None:
+        assert data is not None
+        name = "<DataFrame>" if isinstance(data, pd.DataFrame) else str(data)
+        return load_data(data, data_config), name, None
+    from hybridrec.events import read_events, watermark_of
+
+    after = watermark_of(parent.config)
+    raw, last = read_events(
+        events,
+        after,
+        user_col=data_config.user_col,
+        item_col=data_config.item_col,
+        target_col=data_config.target_col,
+        time_col="timestamp",
+    )
+    if len(raw) == 0:
+        raise ConfigError(
+            f"{events} has no events after this model's watermark (event {after}); nothing "
+            "to update with"
+        )
+    if raw["timestamp"].isna().all():
+        raw = raw.drop(columns=["timestamp"])
+    return load_data(raw, data_config), f"events:{events}", last
+
+
+def _update(
+    parent: Recommender,
+    parent_dir: Path,
+    frame: pd.DataFrame,
+    source: str,
+    event_id: int | None,
+    *,
+    out: Path,
+    data_config: DataConfig,
+    train_config: TrainConfig,
+    items: DataLike | None,
+    user_features: DataLike | None,
+    item_features: DataLike | None,
+    replay: float,
+    show_progress: bool,
+    grow_only: bool,
+) -> UpdateResult:
+    positive = frame[TARGET].to_numpy() > 0.5
+    if not positive.any():
+        raise ConfigError(f"{source} has no positive interactions; an update learns from them")
+    if (~positive).any():
+        logger.info(f"{source}: {int((~positive).sum()):,} non-positive rows left out")
+    new_frame = frame.loc[positive]
+    if TIMESTAMP in new_frame.columns:
+        new_frame = new_frame.sort_values(TIMESTAMP, kind="stable")
+    users, item_enc = _grown_encoders(
+        parent, new_frame, items, user_features, item_features, data_config
+    )
+    growth = Growth(
+        parent.users.num_embeddings, parent.items.num_embeddings,
+        users.num_embeddings, item_enc.num_embeddings,
+    )  # fmt: skip
+    new = NewRows(
+        users.transform(new_frame[USER].to_numpy()),
+        item_enc.transform(new_frame[ITEM].to_numpy()),
+        timed=TIMESTAMP in new_frame.columns,
+    )
+    model = grow_model(parent.model, growth)
+    _set_features(model, parent, users, item_enc, growth, user_features, item_features)
+    declared = capabilities(model)
+    histories = (
+        sequence_histories(parent.model.histories)  # type: ignore[arg-type]
+        if declared.sequences
+        else seen_histories(parent.seen or _no_seen(parent))
+    )
+    rows = update_rows(new, histories, replay, train_config.seed, ordered=declared.sequences)
+    _mark_trained(model, rows)
+    moments = _grown_moments(parent, parent_dir, growth)
+    if grow_only and capabilities(model).trainable:
+        history = History()
+    else:
+        history = _train(model, rows, new, train_config, moments, show_progress)
+    seen = grow_seen(parent.seen or _no_seen(parent), growth, new.user_idx, new.item_idx)
+    info = _record(
+        parent, parent_dir, frame, new_frame, source, event_id, growth, rows, train_config,
+        grow_only,
+    )  # fmt: skip
+    settings = {**parent.config.get("settings", {}), "update": info["update"]}
+    settings["watermark"] = info["watermark"]
+    recommender = Recommender(
+        model.cpu().eval(), users, item_enc, model_name=parent.model_name,
+        config={"settings": settings}, seen=seen,
+    )  # fmt: skip
+    metrics = {"history": history.to_list(), "update": info["update"]}
+    recommender.save(out, metrics=metrics, moments=moments or None)
+    logger.info(f"saved the updated model to {out}")
+    return UpdateResult(recommender, history, info)
+
+
+def _no_seen(parent: Recommender) -> SeenItems:
+    return SeenItems.empty(parent.users.num_embeddings, parent.items.num_embeddings)
+
+
+def _grown_encoders(
+    parent: Recommender,
+    new_frame: pd.DataFrame,
+    items: DataLike | None,
+    user_features: DataLike | None,
+    item_features: DataLike | None,
+    data_config: DataConfig,
+) -> tuple[IdEncoder, IdEncoder]:
+    """The parent's encoders with the new users and items appended (from the rows, the
+    catalogue and the feature files, in that order)."""
+    user_ids = [new_frame[USER].to_numpy()]
+    item_ids = [new_frame[ITEM].to_numpy()]
+    if items is not None:
+        item_ids.append(read_item_catalog(items, data_config))
+    for source, col, out in (
+        (user_features, data_config.user_col, user_ids),
+        (item_features, data_config.item_col, item_ids),
+    ):
+        if source is not None:
+            out.append(read_feature_rows(source, col)[2])
+    try:
+        users = parent.users
+        for ids in user_ids:
+            users = users.extended(ids)
+        item_enc = parent.items
+        for ids in item_ids:
+            item_enc = item_enc.extended(ids)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    return users, item_enc
+
+
+def _set_features(
+    model: torch.nn.Module,
+    parent: Recommender,
+    users: IdEncoder,
+    items: IdEncoder,
+    growth: Growth,
+    user_features: DataLike | None,
+    item_features: DataLike | None,
+) -> None:
+    """Encode the new ids' features (with the vocabularies saved at training) into the
+    grown tables; new ids without a feature row get the documented default."""
+    stored = parent.config.get("settings", {}).get("features", {})
+    for kind, source, encoder, old in (
+        ("users", user_features, users, growth.old_users),
+        ("items", item_features, items, growth.old_items),
+    ):
+        table = getattr(model, f"{kind[:-1]}_embedding", None)
+        if not isinstance(table, FeaturedEmbedding):
+            if source is not None:
+                raise ConfigError(
+                    f"this model was trained without {kind[:-1]} features; "
+                    f"--{kind[:-1]}-features cannot be used to update it"
+                )
+            continue
+        features = FeatureTable.from_dict(stored[kind])
+        ids, columns = np.zeros(0), {}
+        if source is not None:
+            path, _, ids, columns = read_feature_rows(source, "")
+            strange = sorted(set(columns) - {f.name for f in features.fields})
+            if strange:
+                raise DataError(
+                    path, f"has column(s) {', '.join(map(repr, strange[:5]))} that are not "
+                    f"{kind[:-1]} features of this model"
+                )  # fmt: skip
+        index = encoder.transform(ids)
+        fresh = index >= old
+        chosen = {
+            name: [cell for cell, keep in zip(cells, fresh, strict=True) if keep]
+            for name, cells in columns.items()
+        }
+        encoded = features.encode(chosen, index[fresh], encoder.num_embeddings)
+        new = slice(old, encoder.num_embeddings)
+        with torch.no_grad():
+            table.feature_tokens[new] = encoded.tokens[new]
+            table.feature_weights[new] = encoded.weights[new]
+            table.feature_numeric[new] = encoded.numeric[new]
+
+
+def _mark_trained(model: torch.nn.Module, rows: UpdateRows) -> None:
+    """Rows with interactions in the update use their id part from now on."""
+    data = rows.data
+    for name, idx in (("user_embedding", data.user_idx), ("item_embedding", data.item_idx)):
+        table = getattr(model, name, None)
+        if isinstance(table, FeaturedEmbedding):
+            table.has_id[idx.unique()] = 1.0
+
+
+def _grown_moments(
+    parent: Recommender, parent_dir: Path, growth: Growth
+) -> dict[str, torch.Tensor]:
+    moments = load_moments(parent_dir)
+    if moments is None:
+        if capabilities(parent.model).trainable:
+            logger.info(
+                f"{parent_dir} has no saved optimiser state (saved by an older hybridrec): "
+                "the update starts Adam afresh"
+            )
+        return {}
+    return grow_moments(moments, parent.model, growth)
+
+
+def _train(
+    model: torch.nn.Module,
+    rows: UpdateRows,
+    new: NewRows,
+    config: TrainConfig,
+    moments: dict[str, torch.Tensor],
+    show_progress: bool,
+) -> History:
+    """Fit on the update's rows; a model that only counts (popularity) adds the counts of
+    the new positives to its own, and a sequence model keeps the stored histories of the
+    users the update left alone."""
+    declared = capabilities(model)
+    if not declared.trainable:
+        before = {k: v.clone() for k, v in model.state_dict().items()}
+        counted = RecSysDataset(
+            torch.from_numpy(new.user_idx), torch.from_numpy(new.item_idx),
+            torch.ones(len(new.user_idx)),
+        )  # fmt: skip
+        fit(model, counted, None, config, device=torch.device("cpu"), show_progress=False)
+        for name, counts in before.items():  # prepare() counted the new positives alone
+            if torch.is_floating_point(counts):
+                model.get_buffer(name).add_(counts)
+        return History()
+    kept = model.histories.clone() if declared.sequences else None  # type: ignore[union-attr]
+    device = resolve_device(config.device)
+    history = fit(model, rows.data, None, config, device=device, show_progress=show_progress,
+                  moments=moments)  # fmt: skip
+    if kept is not None:  # prepare() stored the histories of the update's users only
+        trained = torch.zeros(len(kept), dtype=torch.bool)
+        trained[rows.data.user_idx.unique()] = True
+        model.histories[~trained] = kept[~trained].to(model.histories.device)  # type: ignore[index]
+    return history
+
+
+def _record(
+    parent: Recommender,
+    parent_dir: Path,
+    frame: pd.DataFrame,
+    new_frame: pd.DataFrame,
+    source: str,
+    event_id: int | None,
+    growth: Growth,
+    rows: UpdateRows,
+    config: TrainConfig,
+    grow_only: bool,
+) -> dict[str, Any]:
+    """The lineage and watermark the new artifact keeps."""
+    parent_config = parent_dir / CONFIG
+    digest = hashlib.sha256(parent_config.read_bytes()).hexdigest()
+    old_mark = parent.config.get("settings", {}).get("watermark", {})
+    latest = None
+    if TIMESTAMP in new_frame.columns and len(new_frame):
+        latest = float(new_frame[TIMESTAMP].max())
+    if old_mark.get("timestamp") is not None:
+        latest = max(x for x in (latest, old_mark["timestamp"]) if x is not None)
+    update = {
+        "parent": str(parent_dir),
+        "parent_created": parent.config.get("created"),
+        "parent_config_sha256": digest,
+        "data": source,
+        "rows": len(frame),
+        "positives": len(new_frame),
+        "new_users": growth.num_users - growth.old_users,
+        "new_items": growth.num_items - growth.old_items,
+        "epochs": 0 if grow_only else config.epochs,
+        "seed": config.seed,
+        **rows.describe(),
+    }
+    watermark = {
+        "event_id": event_id if event_id is not None else old_mark.get("event_id"),
+        "timestamp": latest,
+        "rows": int(old_mark.get("rows", 0)) + len(frame),
+    }
+    return {"update": update, "watermark": watermark}
+
+
+__all__ = ["REPLAY", "UpdateResult", "update"]

@@ -1,0 +1,147 @@
+"""What an update trains on: the new positives, the whole history of every user they touch,
+and a replay sample of the other users.
+
+A model trained on the new rows alone would drift: the users it touches would be fitted to
+their last few items, and every shared weight (the MLP, the item tables) would follow the
+new rows. So each touched user brings their stored history (the artifact's seen items; a
+sequence model's ordered histories) and a sample of untouched users comes along, as many
+rows as ``replay`` times the rows above, so the rest of the model keeps seeing the data it
+was fitted to (experience replay, as in continual learning for recommenders).
+
+Old rows have no timestamps in the artifact. Each user's rows get an order instead: their
+old rows first (in history order for sequence models, tied otherwise), then their new rows
+in time order, which is all that the recency weights and the sequence models read.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from hybridrec.data.dataset import RecSysDataset
+from hybridrec.data.seen import SeenItems
+
+
+@dataclass(frozen=True)
+class NewRows:
+    """The new positives, encoded in the grown encoders, in time (or file) order."""
+
+    user_idx: np.ndarray
+    item_idx: np.ndarray
+    timed: bool  # the data had timestamps
+
+
+@dataclass(frozen=True)
+class UpdateRows:
+    """The training set of an update and what it is made of (for the artifact's record)."""
+
+    data: RecSysDataset
+    new_rows: int
+    history_rows: int
+    replay_rows: int
+    touched_users: int
+    replay_users: int
+
+    def describe(self) -> dict[str, int]:
+        return {
+            "new_rows": self.new_rows,
+            "history_rows": self.history_rows,
+            "replay_rows": self.replay_rows,
+            "touched_users": self.touched_users,
+            "replay_users": self.replay_users,
+        }
+
+
+def update_rows(
+    new: NewRows,
+    histories: list[np.ndarray],
+    replay: float,
+    seed: int,
+    ordered: bool,
+) -> UpdateRows:
+    """The rows an update trains on.
+
+    Args:
+        new: the new positives.
+        histories: each old user's stored items (index = user index; in order when
+            ``ordered``), from :func:`seen_histories` or :func:`sequence_histories`.
+        replay: untouched users' rows to add, as a multiple of the touched users' rows.
+        seed: which untouched users are replayed.
+        ordered: give every row an order (sequence models need one); otherwise rows have
+            an order only when the new data had timestamps.
+    """
+    touched = np.unique(new.user_idx)
+    old_touched = touched[touched < len(histories)]
+    history = [histories[u] for u in old_touched]
+    history_rows = sum(len(h) for h in history)
+    replayed = _replay_users(histories, touched, replay * (len(new.user_idx) + history_rows), seed)
+    old_users = np.concatenate([old_touched, replayed]).astype(np.int64)
+    old_lists = history + [histories[u] for u in replayed]
+    lengths = np.array([len(h) for h in old_lists], dtype=np.int64)
+    users = np.concatenate([np.repeat(old_users, lengths), new.user_idx])
+    items = np.concatenate([np.concatenate(old_lists or [np.zeros(0)]), new.item_idx])
+    timestamp = None
+    if ordered or new.timed:
+        timestamp = torch.from_numpy(_order(users, lengths, new, ordered))
+    data = RecSysDataset(
+        torch.from_numpy(users),
+        torch.from_numpy(items.astype(np.int64)),
+        torch.ones(len(users)),
+        timestamp,
+    )
+    return UpdateRows(
+        data,
+        new_rows=len(new.user_idx),
+        history_rows=history_rows,
+        replay_rows=int(lengths.sum()) - history_rows,
+        touched_users=len(touched),
+        replay_users=len(replayed),
+    )
+
+
+def seen_histories(seen: SeenItems) -> list[np.ndarray]:
+    """Each user's training positives (sorted item indices; no order is stored)."""
+    return [seen.items[seen.indptr[u] : seen.indptr[u + 1]] for u in range(seen.num_users)]
+
+
+def sequence_histories(histories: torch.Tensor) -> list[np.ndarray]:
+    """Each user's stored sequence (a sequence model's left-padded ``histories`` buffer),
+    oldest first, without the padding."""
+    rows = histories.cpu().numpy()
+    return [row[row != 0] for row in rows]
+
+
+def _replay_users(
+    histories: list[np.ndarray], touched: np.ndarray, rows: float, seed: int
+) -> np.ndarray:
+    """Untouched users with a history, in random order, until their rows reach ``rows``."""
+    if rows <= 0:
+        return np.zeros(0, dtype=np.int64)
+    sizes = np.array([len(h) for h in histories], dtype=np.int64)
+    sizes[touched[touched < len(sizes)]] = 0
+    candidates = np.flatnonzero(sizes)
+    order = np.random.default_rng(seed).permutation(candidates)
+    enough = int(np.searchsorted(np.cumsum(sizes[order]), rows)) + 1
+    return order[:enough]
+
+
+def _order(users: np.ndarray, lengths: np.ndarray, new: NewRows, ordered: bool) -> np.ndarray:
+    """Per-row order keys (float64): within a user, old rows (0..n-1 in history order, or
+    all 0 when the history has no order) come before new rows (n + their rank in time)."""
+    old_count = int(lengths.sum())
+    if ordered:  # 0..n-1 within each user's run of old rows
+        run_start = np.repeat(np.cumsum(lengths) - lengths, lengths)
+        old = np.arange(old_count, dtype=np.float64) - run_start
+    else:
+        old = np.zeros(old_count, dtype=np.float64)
+    size = int(max(users.max(initial=0), new.user_idx.max(initial=0))) + 1
+    old_per_user = np.bincount(users[:old_count], minlength=size)
+    # rank of each new row among its user's new rows (they come in time order)
+    sorter = np.argsort(new.user_idx, kind="stable")
+    sorted_users = new.user_idx[sorter]
+    first = np.searchsorted(sorted_users, sorted_users, side="left")
+    rank = np.empty(len(sorter), dtype=np.float64)
+    rank[sorter] = np.arange(len(sorter)) - first
+    return np.concatenate([old, old_per_user[new.user_idx] + rank])

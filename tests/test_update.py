@@ -1,0 +1,226 @@
+"""hybridrec update: grown encoders and tables, carried optimiser state, lineage, every model."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import hybridrec
+from hybridrec.artifact import load_moments
+from hybridrec.cli import main
+from hybridrec.data.synthetic import planted_groups
+from hybridrec.errors import ConfigError
+from hybridrec.models import MODELS
+from hybridrec.update import update
+from hybridrec.update.grow import Growth, grow_model, grow_moments
+from tests.helpers import OPTIONS, config
+
+
+def _split() -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Planted groups: users 1-40 in the old data; new rows of 4 old users, 2 new users
+    (41, 42) and 2 new items (101: group 0, 102: group 1)."""
+    train, _ = planted_groups(seed=0, num_users=40, num_items=40, per_user=7)
+    new = pd.DataFrame(
+        {
+            "userId": [4, 4, 8, 5, 41, 41, 41, 42, 42, 42],
+            "itemId": [101, 2, 101, 102, 1, 2, 101, 11, 12, 102],
+        }
+    )
+    return train, new
+
+
+def _trained(tmp_path, model="hybrid", epochs=3, **overrides):
+    train, new = _split()
+    out = tmp_path / "old"
+    hybridrec.train(
+        train, None, out=out, model=model, model_options=OPTIONS[model],
+        train_config=config(epochs=epochs, **overrides),
+    )  # fmt: skip
+    return out, new
+
+
+def _snapshot(directory):
+    return {p.name: p.read_bytes() for p in sorted(directory.iterdir())}
+
+
+def test_update_extends_keeps_the_old_model_and_records_lineage(tmp_path):
+    old, new = _trained(tmp_path)
+    before = _snapshot(old)
+    parent = hybridrec.load(old)
+    result = update(old, new, out=tmp_path / "new", epochs=2)
+    assert _snapshot(old) == before  # OLD is never modified
+    rec = hybridrec.load(tmp_path / "new")
+    # every old id keeps its index; new ones are appended
+    assert rec.users.ids[: len(parent.users)].tolist() == parent.users.ids.tolist()
+    assert rec.items.ids[: len(parent.items)].tolist() == parent.items.ids.tolist()
+    assert set(rec.users.ids[len(parent.users) :].tolist()) == {41, 42}
+    assert set(rec.items.ids[len(parent.items) :].tolist()) == {101, 102}
+    # new positives are seen (excluded) and counted
+    seen_41 = rec.items.inverse_transform(rec.seen.of(int(rec.users.transform([41])[0])))
+    assert set(seen_41.tolist()) == {1, 2, 101}
+    counts = rec.seen.item_counts[rec.items.transform([101, 1])]
+    assert (
+        counts[0] == 3 and counts[1] == parent.seen.item_counts[parent.items.transform([1])[0]] + 1
+    )
+    settings = rec.config["settings"]
+    assert settings["update"]["parent"] == str(old)
+    assert settings["update"]["new_users"] == 2 and settings["update"]["new_items"] == 2
+    assert settings["update"]["positives"] == len(new)
+    assert settings["watermark"]["rows"] == len(new)
+    assert result.info["update"]["touched_users"] == 5
+    # the new item can be recommended, and scores are finite
+    scores = rec.score([1, 41], [101, 102])
+    assert np.isfinite(scores).all()
+    assert 101 not in rec.recommend(41, k=5).item_ids.tolist()  # seen: left out
+
+
+def test_new_user_learns_their_group_from_the_update(tmp_path):
+    old, new = _trained(tmp_path, epochs=8)
+    update(old, new, out=tmp_path / "new", epochs=8)
+    rec = hybridrec.load(tmp_path / "new")
+    # user 41 took items 1, 2 (group 0: items 1-10), user 42 items 11, 12 (group 1)
+    top_41 = rec.recommend(41, k=5).item_ids
+    top_42 = rec.recommend(42, k=5).item_ids
+    assert np.mean([1 <= i <= 10 for i in top_41]) >= 0.6
+    assert np.mean([11 <= i <= 20 for i in top_42]) >= 0.6
+
+
+def test_optimiser_state_is_saved_and_carried_over(tmp_path):
+    old, new = _trained(tmp_path, epochs=2)
+    moments = load_moments(old)
+    assert moments is not None
+    steps = {k: float(v) for k, v in moments.items() if k.endswith(":step")}
+    assert steps and all(s > 0 for s in steps.values())
+    update(old, new, out=tmp_path / "new", epochs=1)
+    after = load_moments(tmp_path / "new")
+    rec = hybridrec.load(tmp_path / "new")
+    for key, step in steps.items():  # continued, not restarted
+        assert float(after[key]) > step
+    name = "user_embedding.weight"
+    assert after[f"{name}:exp_avg"].shape == rec.model.user_embedding.weight.shape
+
+
+def test_grown_rows_start_from_the_mean_and_old_rows_stay():
+    model = hybridrec.models.build_model("mf", num_users=4, num_items=5, embedding_dim=3)
+    growth = Growth(4, 5, 6, 8)
+    grown = grow_model(model, growth)
+    old = model.item_embedding.weight.detach()
+    new = grown.item_embedding.weight.detach()
+    assert torch.equal(new[:5], old)
+    assert torch.allclose(new[5:], old[1:].mean(0).expand(3, -1))
+    assert grown.user_bias.weight.shape == (6, 1)
+    moments = {
+        "item_embedding.weight:exp_avg": torch.ones(5, 3),
+        "item_embedding.weight:exp_avg_sq": torch.arange(15.0).reshape(5, 3),
+        "item_embedding.weight:step": torch.tensor(7.0),
+    }
+    out = grow_moments(moments, model, growth)
+    assert out["item_embedding.weight:exp_avg"][5:].abs().sum() == 0
+    expected_sq = torch.arange(15.0).reshape(5, 3)[1:].mean(0)
+    assert torch.allclose(out["item_embedding.weight:exp_avg_sq"][7], expected_sq)
+    assert float(out["item_embedding.weight:step"]) == 7.0
+
+
+def test_a_model_with_an_undeclared_row_table_is_refused():
+    model = hybridrec.models.build_model("mf", num_users=4, num_items=5, embedding_dim=3)
+    model.register_buffer("user_votes", torch.zeros(4))  # one row per user, not declared
+    with pytest.raises(ConfigError, match="row_tables"):
+        grow_model(model, Growth(4, 5, 6, 5))
+
+
+@pytest.mark.parametrize("model", sorted(MODELS))
+def test_every_registered_model_updates(tmp_path, model):
+    old, new = _trained(tmp_path, model=model, epochs=1)
+    update(old, new, out=tmp_path / "new", epochs=1)
+    rec = hybridrec.load(tmp_path / "new")
+    assert rec.recommend(42, k=3).source != "popularity" or model == "popularity"
+    assert len(rec.recommend(1, k=3).item_ids) == 3
+
+
+def test_popularity_counts_add_up_to_a_retrain(tmp_path):
+    old, new = _trained(tmp_path, model="popularity", epochs=1)
+    update(old, new, out=tmp_path / "new")
+    train, _ = _split()
+    full = hybridrec.train(pd.concat([train, new]), None, model="popularity",
+                           train_config=config())  # fmt: skip
+    rec = hybridrec.load(tmp_path / "new")
+    ids = full.recommender.items.ids
+    ours = rec.model.item_counts[rec.items.transform(ids)]
+    theirs = full.recommender.model.item_counts[full.recommender.items.transform(ids)]
+    assert torch.equal(ours, theirs)
+
+
+def test_sasrec_histories_grow_and_untouched_ones_stay(tmp_path):
+    old, new = _trained(tmp_path, model="sasrec", epochs=1)
+    parent = hybridrec.load(old)
+    update(old, new, out=tmp_path / "new", epochs=1, replay=1.0)
+    rec = hybridrec.load(tmp_path / "new")
+
+    def history(r, user):
+        row = r.model.histories[int(r.users.transform([user])[0])]
+        return r.items.inverse_transform(row[row != 0].numpy()).tolist()
+
+    assert history(rec, 4) == (history(parent, 4) + [101, 2])[-8:]  # max_len 8
+    assert history(rec, 41) == [1, 2, 101]
+    for user in (1, 2, 3, 6, 7):
+        assert history(rec, user) == history(parent, user)
+
+
+def test_update_options_and_inputs_are_checked(tmp_path):
+    old, new = _trained(tmp_path, epochs=1)
+    with pytest.raises(ConfigError, match="leaves the old one"):
+        update(old, new, out=old)
+    with pytest.raises(ConfigError, match="one"):
+        update(old, None, out=tmp_path / "x")
+    with pytest.raises(ConfigError, match="no positive"):
+        update(old, new.assign(target=0), out=tmp_path / "x")
+    with pytest.raises(ConfigError, match="replay"):
+        update(old, new, out=tmp_path / "x", replay=float("nan"))
+    with pytest.raises(ConfigError, match="integer"):
+        update(old, new.assign(userId=["u"] * len(new)), out=tmp_path / "x")
+    assert not (tmp_path / "x").exists()
+
+
+def test_cli_update(tmp_path, capsys):
+    old, new = _trained(tmp_path, epochs=1)
+    new_csv = tmp_path / "new.csv"
+    new.to_csv(new_csv, index=False)
+    args = ["--out", str(tmp_path / "new"), "--epochs", "1", "--json", "--no-progress"]
+    code = main(["update", "--model", str(old), "--train", str(new_csv), *args])
+    assert code == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["update"]["new_items"] == 2
+    assert (tmp_path / "new" / "config.json").is_file()
+    bad = tmp_path / "bad.csv"
+    bad.write_text("userId,itemId\n1,\n")
+    code = main(["update", "--model", str(old), "--train", str(bad), "--out", str(tmp_path / "b")])
+    err = capsys.readouterr().err
+    assert code == 2 and "bad.csv" in err and "Traceback" not in err
+    assert not (tmp_path / "b").exists()
+    code = main(["update", "--model", str(tmp_path / "none"), "--train", str(new_csv),
+                 "--out", str(tmp_path / "c")])  # fmt: skip
+    assert code == 2
+
+
+def test_new_items_start_from_their_features(tmp_path):
+    train, new = _split()
+    genres = ["a", "b", "c", "d"]
+    items = pd.DataFrame(
+        {"itemId": range(1, 41), "genre": [genres[(i - 1) // 10] for i in range(1, 41)]}
+    )
+    out = tmp_path / "old"
+    hybridrec.train(train, None, out=out, model="hybrid", model_options=OPTIONS["hybrid"],
+                    train_config=config(epochs=2), item_features=items)  # fmt: skip
+    new_items = pd.DataFrame({"itemId": [101, 102, 103], "genre": ["a", "b", "zzz"]})
+    update(out, new, out=tmp_path / "new", epochs=0, item_features=new_items)
+    rec = hybridrec.load(tmp_path / "new")
+    table = rec.model.item_embedding
+    row_101, row_1 = (int(rec.items.transform([i])[0]) for i in (101, 1))
+    assert torch.equal(table.feature_tokens[row_101], table.feature_tokens[row_1])  # genre a
+    row_103 = int(rec.items.transform([103])[0])
+    assert table.has_id[row_103] == 0  # no interactions: its features alone
+    assert table.has_id[row_101] == 1
