@@ -219,6 +219,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed for sampled negatives (0)")
     add_config_arguments(p, DataConfig, "data columns")
     p.add_argument("--json", action="store_true", help="print the metrics as one JSON object")
+    p.add_argument(
+        "--per-user",
+        metavar="PATH",
+        help="full protocol: write each evaluated user's metrics (raw user id, training "
+        "interactions, HR/NDCG/... and the beyond-accuracy ones) to a .parquet, .csv or "
+        ".jsonl file",
+    )
     p = sub.add_parser(
         "recommend", help="write the top-k items of many users to a CSV, JSONL or Parquet file"
     )
@@ -456,7 +463,6 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from hybridrec.data.dataset import RecSysDataset
     from hybridrec.evaluation import (
-        evaluate_full,
         evaluate_pointwise,
         evaluate_sampled,
         read_candidates,
@@ -471,6 +477,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         raise ConfigError("--test needs --train: a user's training items are not candidates")
     if args.candidates is not None and args.protocol != "sampled":
         raise ConfigError("--candidates is for --protocol sampled")
+    _check_per_user(args)
     rec = Recommender.load(args.model)
     data_config = config_from_args(DataConfig, args)
     out: dict[str, Any] = {}
@@ -515,7 +522,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             ks=tuple(args.k),
         )
         if args.protocol == "full":
-            ranking = evaluate_full(**common, show_progress=True)
+            report = _full_report(rec, common, data_config.user_col)
+            ranking = report.metrics
         else:
             candidates = None
             if args.candidates is not None:
@@ -534,10 +542,52 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         if not args.json:
             print(format_metrics(ranking, args.protocol))
         if args.protocol == "full":
+            out.update(_show_full_report(report, args))
             out.update(_warm_and_cold(rec.model, common, args, quiet=args.json))
     if args.json:
         _print_json(out)
     return 0
+
+
+def _check_per_user(args: argparse.Namespace) -> None:
+    """``--per-user`` needs the full protocol and a writable file of a known format; checked
+    before the model is loaded."""
+    from hybridrec.evaluation.slices import per_user_format
+
+    if args.per_user is None:
+        return
+    if args.test is None or args.protocol != "full":
+        raise ConfigError("--per-user needs --train and --test with --protocol full")
+    per_user_format(args.per_user)
+    check_output_file(args.per_user, "--per-user")
+
+
+def _full_report(rec: Any, common: dict[str, Any], user_col: str) -> Any:
+    """The full protocol with beyond-accuracy metrics and slices, from one ranking pass."""
+    from hybridrec.evaluation.slices import full_report
+
+    return full_report(
+        common["model"], rec.users, common["train_user_idx"], common["train_item_idx"],
+        common["test_user_idx"], common["test_item_idx"], common["num_items"], common["ks"],
+        user_col=user_col, show_progress=True,
+    )  # fmt: skip
+
+
+def _show_full_report(report: Any, args: argparse.Namespace) -> dict[str, Any]:
+    """Print the beyond-accuracy metrics and the slices, write ``--per-user``; return what
+    the JSON output adds."""
+    from hybridrec.evaluation.report import format_beyond, format_slices
+
+    if args.per_user is not None:
+        from hybridrec.evaluation.slices import write_per_user
+
+        write_per_user(report.per_user, args.per_user)
+    if not args.json:
+        print(format_beyond(report.beyond))
+        print(format_slices(report.slices, sorted(set(args.k))))
+        if args.per_user is not None:
+            print(f"{args.per_user}: metrics of {len(report.per_user):,} users")
+    return {**report.beyond, "slices": report.slices}
 
 
 def _warm_and_cold(
@@ -783,10 +833,18 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
 
 
 def _print_json(data: dict[str, Any]) -> None:
-    clean = {
-        k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in data.items()
-    }
-    print(json.dumps(clean, sort_keys=True))
+    print(json.dumps(_finite(data), sort_keys=True))
+
+
+def _finite(value: Any) -> Any:
+    """``value`` with NaN and infinities as None at any depth (JSON has no NaN)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
 
 
 def _print_table(rows: Sequence[tuple[str, dict[str, Any]]], columns: Sequence[str]) -> None:
