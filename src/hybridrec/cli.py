@@ -336,6 +336,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="model requests running or waiting beyond which a request gets a 503 (32)",
     )
+    p.add_argument(
+        "--events",
+        metavar="PATH",
+        help="event log (SQLite; created if missing): enables POST /events, and events after "
+        "the model's watermark change /recommend at once (their items excluded, new users "
+        "folded in); hybridrec update trains on them",
+    )
     p = sub.add_parser(
         "export", help="write a model as a TorchScript or ONNX scorer of (user_idx, item_idx)"
     )
@@ -773,6 +780,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         header_timeout=args.header_timeout,
         max_connections=args.max_connections,
         max_pending=args.max_pending,
+        events=args.events,
     )
     return 0
 
