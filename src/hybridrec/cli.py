@@ -22,6 +22,7 @@ from string import Template
 from typing import Any
 
 from hybridrec.config import MAX_THREADS, DataConfig, TrainConfig
+from hybridrec.configfile import add_config_option, expand_config
 from hybridrec.data.split import METHODS as SPLIT_METHODS
 from hybridrec.errors import ConfigError, HybridRecError
 from hybridrec.evaluation import format_metrics
@@ -186,6 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     p = sub.add_parser("train", help="train a model on interaction files and save it")
     _train_parser(p, train=None, val=None, out="model")
+    add_config_option(p)
     p = sub.add_parser(
         "evaluate",
         help="evaluate a saved model: pointwise (--data) and/or ranking (--train + --test)",
@@ -226,6 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
         "interactions, HR/NDCG/... and the beyond-accuracy ones) to a .parquet, .csv or "
         ".jsonl file",
     )
+    add_config_option(p)
     p = sub.add_parser(
         "recommend", help="write the top-k items of many users to a CSV, JSONL or Parquet file"
     )
@@ -276,6 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(default): 1000 above 10,000 items for those models, else none",
     )
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    add_config_option(p)
     p = sub.add_parser("serve", help="serve a model over HTTP (FastAPI + uvicorn)")
     p.add_argument("--model", required=True, metavar="DIR", help="model directory")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
@@ -351,6 +355,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--out", metavar="PATH", help="output file (default: DIR/model.pt or DIR/model.onnx)"
     )
+    p = sub.add_parser(
+        "info", help="print the configuration a model was trained with, as a --config file"
+    )
+    p.add_argument("--model", required=True, metavar="DIR", help="model directory")
     p = sub.add_parser("split", help="split interactions into train.csv, val.csv and test.csv")
     p.add_argument("--data", required=True, metavar="PATH", help="interactions to split")
     p.add_argument("--out", required=True, metavar="DIR", help="folder for the three files")
@@ -438,6 +446,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         items=args.items,
         feature_config=config_from_args(FeatureConfig, args),
         show_progress=not args.no_progress,
+        run_config=_run_config(args),
     )
     if not result.is_main:  # a rank other than 0 of `torchrun ... -m hybridrec train`
         return 0
@@ -811,6 +820,23 @@ def check_port(host: str, port: int) -> None:
         raise ConfigError(f"cannot listen on {host}:{port}: {reason}") from None
 
 
+def _run_config(args: argparse.Namespace) -> dict[str, Any]:
+    """The command's options as they took effect, saved with the model for ``info``."""
+    from hybridrec.configfile import resolved_options, subparser
+
+    sub = subparser(build_parser(), args.command)
+    assert sub is not None
+    return {"command": args.command, "cwd": str(Path.cwd()),
+            "options": resolved_options(args, sub)}  # fmt: skip
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from hybridrec.configfile import model_config_toml
+
+    print(model_config_toml(args.model, build_parser()), end="")
+    return 0
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from hybridrec.export import FORMATS, export_model
     from hybridrec.recommend import Recommender
@@ -831,6 +857,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "recommend": cmd_recommend,
     "serve": cmd_serve,
     "export": cmd_export,
+    "info": cmd_info,
     "demo": cmd_demo,
     "split": cmd_split,
     "data": cmd_data,
@@ -943,10 +970,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """``hybridrec`` console entry point."""
     parser = build_parser()
     try:
-        args = parser.parse_args(argv)
-    except ConfigError as exc:  # raised by a type= parser; argparse exits 2 on its own errors
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        args = parser.parse_args(expand_config(parser, sys.argv[1:] if argv is None else argv))
+    except ConfigError as exc:  # a --config file, or a type= parser; argparse exits 2 itself
+        return _fail(str(exc))
     return run(args)
 
 
