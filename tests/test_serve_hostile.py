@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -26,6 +27,7 @@ from hypothesis import strategies as st
 import hybridrec
 from hybridrec import TrainConfig
 from hybridrec.data.synthetic import SyntheticConfig, write_synthetic_data
+from hybridrec.events import read_events
 from hybridrec.serve import create_app
 from hybridrec.serve.connections import guarded_protocol
 from hybridrec.serve.run import server_config
@@ -341,7 +343,7 @@ raw_bodies = st.one_of(
     ),
     st.builds(lambda body: json.dumps(body).encode(), bodies),
 )
-POSTS = ("/recommend", "/score", "/admin/reload", "/admin/items")
+POSTS = ("/recommend", "/score", "/admin/reload", "/admin/items", "/events")
 
 
 def assert_contract(response: Any) -> None:
@@ -381,6 +383,65 @@ def test_generated_json_bodies_never_give_a_5xx(hostile_client, body):
 def test_generated_raw_bodies_never_give_a_5xx(hostile_client, raw):
     for path in POSTS:
         assert_contract(hostile_client.post(path, content=raw, headers=ADMIN))
+
+
+EVENT_FIELDS = ["user", "item", "target", "timestamp", "extra"]
+timestamps = st.one_of(
+    ids,
+    st.sampled_from(["2024-01-01", "2024-02-30", "1e999", " 12 ", "nan", "T", "2024-01-01T25:00"]),
+    st.datetimes().map(lambda d: d.isoformat()),
+)
+event = st.one_of(
+    st.fixed_dictionaries(
+        {"user": ids, "item": ids}, optional={"target": ids, "timestamp": timestamps}
+    ),
+    st.dictionaries(st.sampled_from(EVENT_FIELDS), values, max_size=5),
+    values,
+)
+good_id = st.one_of(
+    st.integers(-(2**63), 2**63 - 1), st.text(min_size=1, max_size=30).filter(str.strip)
+)
+good_event = st.fixed_dictionaries(
+    {"user": good_id, "item": good_id},
+    optional={
+        "target": st.floats(allow_nan=False, allow_infinity=False) | st.integers(-9, 9),
+        "timestamp": st.floats(allow_nan=False, allow_infinity=False)
+        | st.datetimes().map(lambda d: d.isoformat()),
+    },
+)
+event_bodies = st.one_of(
+    st.fixed_dictionaries({"events": st.lists(event, max_size=8)}),
+    st.fixed_dictionaries({"events": st.lists(good_event, min_size=1, max_size=8)}),
+    st.dictionaries(st.sampled_from(["events", "extra"]), values, max_size=2),
+    values,
+)
+
+
+@pytest.fixture(scope="module")
+def events_client(rec, tmp_path_factory) -> Iterator[tuple[TestClient, Path]]:
+    log = tmp_path_factory.mktemp("events") / "events.db"
+    with TestClient(create_app(rec, events=log), raise_server_exceptions=False) as client:
+        yield client, log
+
+
+@HOSTILE
+@given(body=event_bodies)
+def test_generated_event_bodies_never_give_a_5xx_and_write_all_or_nothing(events_client, body):
+    client, log = events_client
+    _, before = read_events(log)
+    response = client.post("/events", content=json.dumps(body).encode())
+    assert_contract(response)
+    frame, after = read_events(log, before)
+    if response.status_code == 200:
+        answer = response.json()
+        assert answer == {"accepted": len(body["events"]), "first_id": before + 1, "last_id": after}
+        assert len(frame) == len(body["events"])
+        users = [e["user"] for e in body["events"]]
+        for user in users[:2]:  # the users' answers now come through their events
+            assert_contract(client.get("/recommend/" + quote(str(user), safe="")))
+        assert_contract(client.post("/recommend", json={"user_ids": users}))
+    else:
+        assert len(frame) == 0 and after == before  # nothing of a refused batch
 
 
 queries = st.dictionaries(
@@ -426,6 +487,7 @@ def test_property_suites_cover_every_endpoint(hostile_client):
         "/similar/{item_id}",
         "/admin/reload",
         "/admin/items",
+        "/events",
     }
 
 

@@ -22,6 +22,7 @@ from string import Template
 from typing import Any
 
 from hybridrec.config import MAX_THREADS, DataConfig, TrainConfig
+from hybridrec.configfile import add_config_option, expand_config
 from hybridrec.data.split import METHODS as SPLIT_METHODS
 from hybridrec.errors import ConfigError, HybridRecError
 from hybridrec.evaluation import format_metrics
@@ -187,6 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     p = sub.add_parser("train", help="train a model on interaction files and save it")
     _train_parser(p, train=None, val=None, out="model")
+    add_config_option(p)
     update_command.add_parser(sub)
     p = sub.add_parser(
         "evaluate",
@@ -221,6 +223,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed for sampled negatives (0)")
     add_config_arguments(p, DataConfig, "data columns")
     p.add_argument("--json", action="store_true", help="print the metrics as one JSON object")
+    p.add_argument(
+        "--per-user",
+        metavar="PATH",
+        help="full protocol: write each evaluated user's metrics (raw user id, training "
+        "interactions, HR/NDCG/... and the beyond-accuracy ones) to a .parquet, .csv or "
+        ".jsonl file",
+    )
+    add_config_option(p)
     p = sub.add_parser(
         "recommend", help="write the top-k items of many users to a CSV, JSONL or Parquet file"
     )
@@ -271,6 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(default): 1000 above 10,000 items for those models, else none",
     )
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    add_config_option(p)
     p = sub.add_parser("serve", help="serve a model over HTTP (FastAPI + uvicorn)")
     p.add_argument("--model", required=True, metavar="DIR", help="model directory")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
@@ -331,6 +342,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="model requests running or waiting beyond which a request gets a 503 (32)",
     )
+    p.add_argument(
+        "--events",
+        metavar="PATH",
+        help="event log (SQLite; created if missing): enables POST /events, and events after "
+        "the model's watermark change /recommend at once (their items excluded, new users "
+        "folded in); hybridrec update trains on them",
+    )
     p = sub.add_parser(
         "export", help="write a model as a TorchScript or ONNX scorer of (user_idx, item_idx)"
     )
@@ -339,6 +357,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--out", metavar="PATH", help="output file (default: DIR/model.pt or DIR/model.onnx)"
     )
+    p = sub.add_parser(
+        "info", help="print the configuration a model was trained with, as a --config file"
+    )
+    p.add_argument("--model", required=True, metavar="DIR", help="model directory")
     p = sub.add_parser("split", help="split interactions into train.csv, val.csv and test.csv")
     p.add_argument("--data", required=True, metavar="PATH", help="interactions to split")
     p.add_argument("--out", required=True, metavar="DIR", help="folder for the three files")
@@ -426,6 +448,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         items=args.items,
         feature_config=config_from_args(FeatureConfig, args),
         show_progress=not args.no_progress,
+        run_config=_run_config(args),
     )
     if not result.is_main:  # a rank other than 0 of `torchrun ... -m hybridrec train`
         return 0
@@ -458,7 +481,6 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from hybridrec.data.dataset import RecSysDataset
     from hybridrec.evaluation import (
-        evaluate_full,
         evaluate_pointwise,
         evaluate_sampled,
         read_candidates,
@@ -473,6 +495,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         raise ConfigError("--test needs --train: a user's training items are not candidates")
     if args.candidates is not None and args.protocol != "sampled":
         raise ConfigError("--candidates is for --protocol sampled")
+    _check_per_user(args)
     rec = Recommender.load(args.model)
     data_config = config_from_args(DataConfig, args)
     out: dict[str, Any] = {}
@@ -517,7 +540,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             ks=tuple(args.k),
         )
         if args.protocol == "full":
-            ranking = evaluate_full(**common, show_progress=True)
+            report = _full_report(rec, common, data_config.user_col)
+            ranking = report.metrics
         else:
             candidates = None
             if args.candidates is not None:
@@ -536,10 +560,52 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         if not args.json:
             print(format_metrics(ranking, args.protocol))
         if args.protocol == "full":
+            out.update(_show_full_report(report, args))
             out.update(_warm_and_cold(rec.model, common, args, quiet=args.json))
     if args.json:
         _print_json(out)
     return 0
+
+
+def _check_per_user(args: argparse.Namespace) -> None:
+    """``--per-user`` needs the full protocol and a writable file of a known format; checked
+    before the model is loaded."""
+    from hybridrec.evaluation.slices import per_user_format
+
+    if args.per_user is None:
+        return
+    if args.test is None or args.protocol != "full":
+        raise ConfigError("--per-user needs --train and --test with --protocol full")
+    per_user_format(args.per_user)
+    check_output_file(args.per_user, "--per-user")
+
+
+def _full_report(rec: Any, common: dict[str, Any], user_col: str) -> Any:
+    """The full protocol with beyond-accuracy metrics and slices, from one ranking pass."""
+    from hybridrec.evaluation.slices import full_report
+
+    return full_report(
+        common["model"], rec.users, common["train_user_idx"], common["train_item_idx"],
+        common["test_user_idx"], common["test_item_idx"], common["num_items"], common["ks"],
+        user_col=user_col, show_progress=True,
+    )  # fmt: skip
+
+
+def _show_full_report(report: Any, args: argparse.Namespace) -> dict[str, Any]:
+    """Print the beyond-accuracy metrics and the slices, write ``--per-user``; return what
+    the JSON output adds."""
+    from hybridrec.evaluation.report import format_beyond, format_slices
+
+    if args.per_user is not None:
+        from hybridrec.evaluation.slices import write_per_user
+
+        write_per_user(report.per_user, args.per_user)
+    if not args.json:
+        print(format_beyond(report.beyond))
+        print(format_slices(report.slices, sorted(set(args.k))))
+        if args.per_user is not None:
+            print(f"{args.per_user}: metrics of {len(report.per_user):,} users")
+    return {**report.beyond, "slices": report.slices}
 
 
 def _warm_and_cold(
@@ -725,6 +791,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         header_timeout=args.header_timeout,
         max_connections=args.max_connections,
         max_pending=args.max_pending,
+        events=args.events,
     )
     return 0
 
@@ -755,6 +822,23 @@ def check_port(host: str, port: int) -> None:
         raise ConfigError(f"cannot listen on {host}:{port}: {reason}") from None
 
 
+def _run_config(args: argparse.Namespace) -> dict[str, Any]:
+    """The command's options as they took effect, saved with the model for ``info``."""
+    from hybridrec.configfile import resolved_options, subparser
+
+    sub = subparser(build_parser(), args.command)
+    assert sub is not None
+    return {"command": args.command, "cwd": str(Path.cwd()),
+            "options": resolved_options(args, sub)}  # fmt: skip
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from hybridrec.configfile import model_config_toml
+
+    print(model_config_toml(args.model, build_parser()), end="")
+    return 0
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from hybridrec.export import FORMATS, export_model
     from hybridrec.recommend import Recommender
@@ -776,6 +860,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "recommend": cmd_recommend,
     "serve": cmd_serve,
     "export": cmd_export,
+    "info": cmd_info,
     "demo": cmd_demo,
     "split": cmd_split,
     "data": cmd_data,
@@ -786,10 +871,18 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
 
 
 def _print_json(data: dict[str, Any]) -> None:
-    clean = {
-        k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in data.items()
-    }
-    print(json.dumps(clean, sort_keys=True))
+    print(json.dumps(_finite(data), sort_keys=True))
+
+
+def _finite(value: Any) -> Any:
+    """``value`` with NaN and infinities as None at any depth (JSON has no NaN)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
 
 
 def _print_table(rows: Sequence[tuple[str, dict[str, Any]]], columns: Sequence[str]) -> None:
@@ -880,10 +973,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """``hybridrec`` console entry point."""
     parser = build_parser()
     try:
-        args = parser.parse_args(argv)
-    except ConfigError as exc:  # raised by a type= parser; argparse exits 2 on its own errors
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        args = parser.parse_args(expand_config(parser, sys.argv[1:] if argv is None else argv))
+    except ConfigError as exc:  # a --config file, or a type= parser; argparse exits 2 itself
+        return _fail(str(exc))
     return run(args)
 
 

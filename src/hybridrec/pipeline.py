@@ -134,6 +134,7 @@ def train(
     user_features: DataLike | None = None,
     item_features: DataLike | None = None,
     show_progress: bool = False,
+    run_config: dict[str, Any] | None = None,
 ) -> TrainResult:
     """Train a model on interaction data and optionally save it.
 
@@ -160,6 +161,9 @@ def train(
             ``feature_config``. Ids they name join the encoders even without training rows
             (cold users and items, scored from their features).
         show_progress: show a progress bar per epoch.
+        run_config: the command's resolved options (:mod:`hybridrec.configfile`), saved in
+            the artifact's settings as ``run_config`` so ``hybridrec info`` can print a
+            file that reruns the training.
 
     Under ``torchrun`` (``WORLD_SIZE > 1`` in the environment) every process calls this;
     they train together with DistributedDataParallel and only rank 0 logs, validates and
@@ -204,6 +208,7 @@ def train(
                 ),
                 show_progress=show_progress,
                 device=device,
+                run_config=run_config,
             )
     finally:
         distributed.cleanup()
@@ -297,6 +302,7 @@ def _train(
     side: SideFeatures,
     show_progress: bool,
     device: torch.device,
+    run_config: dict[str, Any] | None = None,
 ) -> TrainResult:
     main = distributed.is_main()
     side.check_model(model)
@@ -357,6 +363,8 @@ def _train(
     settings: dict[str, Any] = {"data": asdict(data_config), "train": asdict(train_config)}
     if side.tables():
         settings["features"] = side.tables()
+    if run_config is not None:
+        settings["run_config"] = run_config
     out_dir = Path(out) if out is not None else None
 
     def write_progress(stats: EpochStats, history: History) -> None:

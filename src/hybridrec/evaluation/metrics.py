@@ -1,7 +1,9 @@
 """Metric maths as plain tensor functions: no model, no data loading.
 
 Pointwise (:func:`accuracy`, :func:`auc`) and ranking metrics from ranks
-(:func:`metrics_from_ranks`: HR, NDCG, Recall, Precision, MAP @K, MRR, per-user AUC).
+(:func:`metrics_from_ranks`: HR, NDCG, Recall, Precision, MAP @K, MRR, per-user AUC; the
+same per user from :func:`per_user_metrics`). Beyond-accuracy metrics of the recommended
+lists are in :mod:`hybridrec.evaluation.beyond`.
 """
 
 from __future__ import annotations
@@ -86,16 +88,8 @@ def metrics_from_ranks(
         (1.0, 0.5, 1.0, 0.75)
     """
     ks = check_ks(ks)
-    ranks = torch.as_tensor(ranks).double().cpu()
-    if ranks.dim() == 1:
-        ranks = ranks[:, None]
-    neg_above = torch.as_tensor(neg_above).double().cpu().reshape(ranks.shape)
-    num_relevant = torch.as_tensor(num_relevant).cpu().long().reshape(-1)
-    num_candidates = torch.as_tensor(num_candidates).double().cpu().reshape(-1)
-
-    keep = num_relevant > 0
-    ranks, neg_above = ranks[keep], neg_above[keep]
-    n_rel, n_neg = num_relevant[keep], num_candidates[keep]
+    per_user = per_user_metrics(ranks, neg_above, num_relevant, num_candidates, ks)
+    keep = per_user.pop("evaluated")
     users = int(keep.sum())
     out: dict[str, float] = {}
     if users == 0:
@@ -103,6 +97,40 @@ def metrics_from_ranks(
         out.update({f"{name}@{k}": nan for k in ks for name in RANKING_METRICS})
         out.update(mrr=nan, auc=nan, users=0.0)
         return out
+    for name, values in per_user.items():
+        values = values[keep]
+        if name == "auc":  # only rows with a negative have an AUC
+            values = values[~torch.isnan(values)]
+            out[name] = values.mean().item() if len(values) else float("nan")
+        else:
+            out[name] = values.mean().item()
+    out["users"] = float(users)
+    return out
+
+
+def per_user_metrics(
+    ranks: torch.Tensor,
+    neg_above: torch.Tensor,
+    num_relevant: torch.Tensor,
+    num_candidates: torch.Tensor,
+    ks: Sequence[int],
+) -> dict[str, torch.Tensor]:
+    """Each row's ranking metrics: what :func:`metrics_from_ranks` averages, kept per user
+    so results can be written out or broken down by user group.
+
+    Same arguments as :func:`metrics_from_ranks`. Returns (U,) float64 tensors
+    ``"{metric}@{k}"``, ``"mrr"`` and ``"auc"`` (NaN for a row without negatives), plus the
+    bool ``"evaluated"`` (rows with a relevant item; the others hold NaN).
+    """
+    ks = check_ks(ks)
+    ranks = torch.as_tensor(ranks).double().cpu()
+    if ranks.dim() == 1:
+        ranks = ranks[:, None]
+    neg_above = torch.as_tensor(neg_above).double().cpu().reshape(ranks.shape)
+    n_rel = torch.as_tensor(num_relevant).cpu().long().reshape(-1)
+    n_neg = torch.as_tensor(num_candidates).double().cpu().reshape(-1)
+    keep = n_rel > 0
+    n_rel_f = n_rel.double().clamp(min=1.0)  # rows with none are NaN'd at the end
 
     width = ranks.shape[1]
     valid = torch.arange(width)[None, :] < n_rel[:, None]  # (U, T)
@@ -112,37 +140,32 @@ def metrics_from_ranks(
     # included), which is the number of hits up to and including that position.
     ranks, _ = torch.sort(ranks, dim=1)
     count_le = torch.searchsorted(ranks.contiguous(), ranks.contiguous(), right=True).double()
-    n_rel_f = n_rel.double()
     position = torch.arange(width, dtype=torch.float64)
     discount = 1.0 / torch.log2(ranks + 2.0)  # 0 where the rank is inf
 
+    out: dict[str, torch.Tensor] = {}
     for k in ks:
         hit = ranks < k  # (U, T)
         hits = hit.sum(1).double()
         n_cut = n_rel_f.clamp(max=k)  # at most K relevant items fit in the top K
         ideal = ((position[None, :] < n_cut[:, None]) / torch.log2(position + 2.0)).sum(1)
         precision_at_hit = torch.where(hit, count_le / (ranks + 1.0), 0.0)
-        per_user = {
-            "hr": (hits > 0).double(),
-            "ndcg": torch.where(hit, discount, 0.0).sum(1) / ideal,
-            "recall": hits / n_rel_f,
-            "precision": hits / k,
-            "map": precision_at_hit.sum(1) / n_cut,
-        }
-        for name in RANKING_METRICS:
-            out[f"{name}@{k}"] = per_user[name].mean().item()
-
-    out["mrr"] = (1.0 / (ranks[:, 0] + 1.0)).mean().item()
-    with_negatives = n_neg > 0
-    if with_negatives.any():
-        denom = n_neg[with_negatives, None]
-        above = torch.where(valid, neg_above, 0.0)[with_negatives].clamp(min=0.0)
-        item_auc = 1.0 - torch.minimum(above, denom) / denom
-        item_auc = torch.where(valid[with_negatives], item_auc, 0.0)
-        out["auc"] = (item_auc.sum(1) / n_rel_f[with_negatives]).mean().item()
+        out[f"hr@{k}"] = (hits > 0).double()
+        out[f"ndcg@{k}"] = torch.where(hit, discount, 0.0).sum(1) / ideal
+        out[f"recall@{k}"] = hits / n_rel_f
+        out[f"precision@{k}"] = hits / k
+        out[f"map@{k}"] = precision_at_hit.sum(1) / n_cut
+    if width:
+        out["mrr"] = 1.0 / (ranks[:, 0] + 1.0)
     else:
-        out["auc"] = float("nan")
-    out["users"] = float(users)
+        out["mrr"] = torch.zeros(len(n_rel), dtype=torch.float64)
+    denom = n_neg[:, None].clamp(min=1.0)
+    above = torch.where(valid, neg_above, 0.0).clamp(min=0.0)
+    item_auc = torch.where(valid, 1.0 - torch.minimum(above, denom) / denom, 0.0)
+    out["auc"] = torch.where(n_neg > 0, item_auc.sum(1) / n_rel_f, math.nan)
+    nan = torch.tensor(math.nan, dtype=torch.float64)
+    out = {name: torch.where(keep, values, nan) for name, values in out.items()}
+    out["evaluated"] = keep
     return out
 
 

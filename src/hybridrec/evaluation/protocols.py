@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -25,7 +26,7 @@ from tqdm.auto import tqdm
 
 from hybridrec.data.encoding import UNKNOWN_INDEX
 from hybridrec.errors import ConfigError
-from hybridrec.evaluation.metrics import check_ks, metrics_from_ranks
+from hybridrec.evaluation.metrics import check_ks, metrics_from_ranks, per_user_metrics
 from hybridrec.models import model_device
 
 #: Elements of the (users, test items, items) comparison tensor per chunk of users.
@@ -68,7 +69,54 @@ def evaluate_full(
     Returns:
         :func:`metrics_from_ranks`'s dict plus ``"unknown_test_items"`` (test rows with item
         index 0, counted as misses) and ``"unknown_test_users"`` (rows with user index 0,
-        skipped).
+        skipped). :func:`rank_full` keeps the per-user results and top-K lists too.
+    """
+    return rank_full(
+        model, train_user_idx, train_item_idx, test_user_idx, test_item_idx, num_items,
+        ks=ks, chunk_users=chunk_users, device=device, show_progress=show_progress,
+    ).metrics  # fmt: skip
+
+
+@dataclass
+class FullRanking:
+    """What the full protocol computed, kept for more than the averages.
+
+    ``metrics``: :func:`evaluate_full`'s dict. ``users`` (U,): the evaluated users' indices,
+    sorted; ``per_user``: their (U,) metrics (:func:`per_user_metrics`); ``items`` and
+    ``ranks`` (U, T): each user's held-out items (0 = padding or unknown) and their 0-based
+    ranks (``inf`` = unknown item; padding where ``items`` is 0 past ``num_relevant``);
+    ``num_relevant`` (U,); ``top`` (U, max K): each user's recommended items among the
+    candidates, best first, ties to the lower index, ``-1`` past the user's candidates
+    (None when not asked for).
+    """
+
+    metrics: dict[str, float]
+    users: torch.Tensor
+    per_user: dict[str, torch.Tensor]
+    items: torch.Tensor
+    ranks: torch.Tensor
+    num_relevant: torch.Tensor
+    top: torch.Tensor | None = None
+
+
+@torch.no_grad()
+def rank_full(
+    model: nn.Module,
+    train_user_idx: torch.Tensor,
+    train_item_idx: torch.Tensor,
+    test_user_idx: torch.Tensor,
+    test_item_idx: torch.Tensor,
+    num_items: int,
+    ks: Sequence[int] = (10,),
+    chunk_users: int | None = None,
+    device: torch.device | str | None = None,
+    show_progress: bool = False,
+    keep_top: bool = False,
+) -> FullRanking:
+    """The full protocol of :func:`evaluate_full`, returning per-user results as well.
+
+    ``keep_top``: also keep each user's top max(K) candidates, taken from the same scores
+    (no second scoring pass; (users, K) memory), for the beyond-accuracy metrics.
     """
     ks = check_ks(ks)
     train_u, train_i = _pairs(train_user_idx, train_item_idx, num_items, "train")
@@ -98,6 +146,7 @@ def evaluate_full(
     ranks = torch.full((len(users), width), math.inf, dtype=torch.float64)
     neg_above = torch.zeros(len(users), width, dtype=torch.float64)
     num_negatives = torch.zeros(len(users), dtype=torch.float64)
+    top = torch.full((len(users), max(ks)), -1, dtype=torch.int64) if keep_top else None
     was_training = model.training
     model.eval()
     try:
@@ -128,6 +177,8 @@ def evaluate_full(
             ranks[start:end] = torch.where(ok, rank.double().cpu(), math.inf)
             neg_above[start:end] = above.double().cpu()
             num_negatives[start:end] = negative.sum(1).double().cpu()
+            if top is not None:
+                top[start:end] = _top_candidates(scores, candidate, top.shape[1]).cpu()
             bar.update(size)
     finally:
         bar.close()
@@ -138,6 +189,31 @@ def evaluate_full(
     out = metrics_from_ranks(ranks, neg_above, num_relevant, num_negatives, ks)
     out["unknown_test_items"] = float(unknown_items)
     out["unknown_test_users"] = float(unknown_users)
+    per_user = per_user_metrics(ranks, neg_above, num_relevant, num_negatives, ks)
+    per_user.pop("evaluated")
+    return FullRanking(out, users, per_user, items, ranks, num_relevant, top)
+
+
+def _top_candidates(scores: torch.Tensor, candidate: torch.Tensor, k: int) -> torch.Tensor:
+    """(C, k) each row's best candidates, best first, ties to the lower item index (as
+    :func:`hybridrec.recommend.topk.top_k`); ``-1`` past a row's candidates."""
+    masked = scores.float().masked_fill(~candidate, -math.inf)
+    kk = min(k, masked.shape[1])
+    values, index = torch.topk(masked, kk, dim=1)
+    # rows where an item outside the top ties with the k-th: sort those rows whole
+    straddle = (masked >= values[:, -1:]).sum(1) > kk
+    if bool(straddle.any()):
+        _, order = torch.sort(masked[straddle], dim=1, descending=True, stable=True)
+        index[straddle] = order[:, :kk]
+        values[straddle] = masked[straddle].gather(1, order[:, :kk])
+    # inside the top, equal scores in index order: sort by index, then stably by score
+    by_index = torch.argsort(index, dim=1)
+    index, values = index.gather(1, by_index), values.gather(1, by_index)
+    by_score = torch.sort(values, dim=1, descending=True, stable=True).indices
+    index = index.gather(1, by_score)
+    index = torch.where(candidate.gather(1, index), index, -1)
+    out = torch.full((len(scores), k), -1, dtype=torch.int64, device=scores.device)
+    out[:, :kk] = index
     return out
 
 

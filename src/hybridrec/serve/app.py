@@ -29,9 +29,11 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from hybridrec.errors import HybridRecError
+from hybridrec.events.log import EventLog
 from hybridrec.recommend import Recommender
 from hybridrec.recommend.two_stage import AUTO
 from hybridrec.serve.cache import CACHE_TOP
+from hybridrec.serve.events import RecentEvents, add_event_routes
 from hybridrec.serve.gate import MAX_PENDING, ModelGate
 from hybridrec.serve.holder import ModelHolder, Served
 from hybridrec.serve.schemas import (
@@ -163,6 +165,7 @@ def create_app(
     admin_token: str | None = None,
     models_root: str | Path | None = None,
     max_pending: int = MAX_PENDING,
+    events: str | Path | EventLog | None = None,
 ) -> FastAPI:
     """Build the service around a recommender, or one loaded from ``model_dir`` at startup.
 
@@ -178,26 +181,38 @@ def create_app(
             ``model_dir``; an injected recommender without one is not confined).
         max_pending: requests needing the model, running or waiting, before 503
             (:class:`ModelGate`).
+        events: an event log (path, opened or created; or an open :class:`EventLog`, which
+            the caller closes) for ``POST /events``; its events after the model's
+            watermark change ``/recommend`` at once (:mod:`hybridrec.serve.events`).
 
     Raises:
         ValueError: neither or both of ``recommender`` and ``model_dir`` were given.
+        ConfigError: ``events`` is not a usable event log.
     """
     if (recommender is None) == (model_dir is None):
         raise ValueError("create_app needs exactly one of recommender or model_dir")
     holder = ModelHolder(recommender, cache_top)
     gate = ModelGate(max_pending)
+    log = events if isinstance(events, EventLog) or events is None else EventLog(events)
+    recent = RecentEvents(log) if log is not None else None
+    if recent is not None:
+        holder.listeners.append(recent.sync)  # a new model: its watermark applies
+        if holder.current is not None:
+            recent.sync(holder.current)
+    owned = log if log is not events else None  # opened here: closed with the app
     app = FastAPI(
         title="hybridrec",
         summary="Recommendations, pair scores and similar items from a trained hybridrec model.",
-        lifespan=_lifespan(holder, model_dir, gate),
+        lifespan=_lifespan(holder, model_dir, gate, owned),
     )
-    app.state.holder, app.state.gate = holder, gate
+    app.state.holder, app.state.gate, app.state.events = holder, gate, recent
     app.add_exception_handler(RequestValidationError, _invalid_request)
     app.add_exception_handler(StarletteHTTPException, _http_error)
-    app.add_middleware(CachedRecommendations, holder=holder)
+    app.add_middleware(CachedRecommendations, holder=holder, events=recent)
     app.add_middleware(BodyLimit)  # added last: runs first, before any body is parsed
     _add_service_routes(app, holder)
-    _add_recommend_routes(app, holder, gate)
+    _add_recommend_routes(app, holder, gate, recent)
+    add_event_routes(app, log)
     _add_score_routes(app, holder, gate)
     if admin_token is None:
         admin_token = os.environ.get(ADMIN_TOKEN_ENV) or None
@@ -208,10 +223,10 @@ def create_app(
 
 
 def _lifespan(
-    holder: ModelHolder, model_dir: str | Path | None, gate: ModelGate
+    holder: ModelHolder, model_dir: str | Path | None, gate: ModelGate, log: EventLog | None
 ) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
     """Load ``model_dir`` (if given) when the app starts: a broken artifact stops startup;
-    stop the model worker when it ends."""
+    stop the model worker (and close the event log it opened) when it ends."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -221,6 +236,8 @@ def _lifespan(
             yield
         finally:
             gate.close()
+            if log is not None:
+                log.close()  # what is queued is written first
 
     return lifespan
 
@@ -250,9 +267,11 @@ def _add_service_routes(app: FastAPI, holder: ModelHolder) -> None:
         )
 
 
-def _add_recommend_routes(app: FastAPI, holder: ModelHolder, gate: ModelGate) -> None:
+def _add_recommend_routes(
+    app: FastAPI, holder: ModelHolder, gate: ModelGate, events: RecentEvents | None = None
+) -> None:
     """``GET /recommend/{user_id}`` and ``POST /recommend``: the cache first, else the model
-    worker."""
+    worker; users with events since the model's watermark through ``events``."""
 
     @app.get("/recommend/{user_id}", tags=["recommend"], response_model=RecommendationOut)
     async def recommend_user(
@@ -262,6 +281,8 @@ def _add_recommend_routes(app: FastAPI, holder: ModelHolder, gate: ModelGate) ->
     ) -> Response:
         """Top-k items for one user (an unknown user gets the most popular items)."""
         served = holder.get()
+        if events is not None and events.concerns(served, user_id, exclude_seen):
+            return await events.recommend_one(served, user_id, k, exclude_seen, gate)
         # The cached answer is a lookup, cheap enough for the event loop
         if served.cache is not None:
             body = served.cache.body(user_id, k, exclude_seen)
@@ -282,8 +303,10 @@ def _add_recommend_routes(app: FastAPI, holder: ModelHolder, gate: ModelGate) ->
         served = holder.get()
         raw = await request.body()
         if len(raw) > _LOOP_BODY_BYTES:
-            return await gate.run(_parse_and_recommend, served, raw)
+            return await gate.run(_parse_and_recommend, served, raw, events)
         body = parse_body(RecommendRequest, raw)
+        if _with_events(events, served, body):
+            return await gate.run(events.batch_response, served, body)  # type: ignore[union-attr]
         cached = _cached_batch(served, body)
         if cached is not None:
             return cached
@@ -463,9 +486,21 @@ def _recommend_one(rec: Recommender, user_id: str, k: int, exclude_seen: bool) -
     return _json_response(to_out(result, _known_ids(rec, [user_id])[0]))
 
 
-def _parse_and_recommend(served: Served, raw: bytes) -> Response:
+def _parse_and_recommend(
+    served: Served, raw: bytes, events: RecentEvents | None = None
+) -> Response:
     """``POST /recommend`` with a large body, parsed here in the model worker."""
-    return _recommend_batch_sync(served, parse_body(RecommendRequest, raw))
+    body = parse_body(RecommendRequest, raw)
+    if _with_events(events, served, body):
+        return events.batch_response(served, body)  # type: ignore[union-attr]
+    return _recommend_batch_sync(served, body)
+
+
+def _with_events(events: RecentEvents | None, served: Served, body: RecommendRequest) -> bool:
+    """Whether a batch of users has a user whose events change their answer."""
+    if events is None or body.user_ids is None:
+        return False
+    return events.concerns_any(served, body.user_ids, body.exclude_seen)
 
 
 def _recommend_batch_sync(served: Served, body: RecommendRequest) -> Response:
@@ -593,9 +628,10 @@ class CachedRecommendations:
     goes on to the app, which answers as it always has. Both give the same JSON.
     """
 
-    def __init__(self, app: Any, holder: ModelHolder) -> None:
+    def __init__(self, app: Any, holder: ModelHolder, events: RecentEvents | None = None) -> None:
         self.app = app
         self.holder = holder
+        self.events = events  # users with events since the watermark: filtered or to the app
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] == "http" and scope["method"] == "GET":
@@ -616,6 +652,9 @@ class CachedRecommendations:
         params = _fast_query(scope["query_string"])
         if params is None:
             return None
+        events = self.events
+        if events is not None and events.concerns(served, user_id, params[1]):
+            return events.cached_body(served, user_id, *params)
         return served.cache.body(user_id, *params)
 
 

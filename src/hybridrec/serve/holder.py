@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,9 @@ class ModelHolder:
             _served(recommender, cache_top) if recommender is not None else None
         )
         self._reload_lock = threading.Lock()
+        #: called with each newly swapped-in model, under the reload lock (the event
+        #: log's per-user state follows the new model's watermark)
+        self.listeners: list[Callable[[Served], None]] = []
 
     def get(self) -> Served:
         """The served model, or 503 before startup has loaded one."""
@@ -69,6 +73,7 @@ class ModelHolder:
                 raise ValueError("no model_dir given and the served model has no directory")
             served = _served(Recommender.load(model_dir), self.cache_top)
             self.current = served
+            self._swapped(served)
         logger.info(f"serving {served.recommender!r} from {served.model_dir}")
         return served
 
@@ -83,8 +88,16 @@ class ModelHolder:
             current = self.get()
             served = _served(current.recommender.with_items(data), self.cache_top)
             self.current = served
+            self._swapped(served)
         logger.info(f"added new items: serving {served.recommender!r}")
         return served
+
+    def _swapped(self, served: Served) -> None:
+        for listener in self.listeners:
+            try:
+                listener(served)
+            except Exception:  # the model is already swapped in; a listener must not undo it
+                logger.exception("a listener of the model swap failed")
 
     def reload_in_background(self) -> threading.Thread:
         """Reload from the current directory in a thread (for signal handlers: a load must not

@@ -58,6 +58,7 @@ def serve(
     header_timeout: float = HEADER_TIMEOUT,
     max_connections: int = MAX_CONNECTIONS,
     max_pending: int = MAX_PENDING,
+    events: str | Path | None = None,
 ) -> None:
     """Serve ``model_dir`` over HTTP with uvicorn until interrupted; SIGHUP reloads it.
 
@@ -78,6 +79,8 @@ def serve(
             opening, or from the previous response); then it is closed.
         max_connections: open connections served at once; a request beyond gets 503.
         max_pending: requests that need the model, running or waiting; beyond: 503.
+        events: event log for ``POST /events`` (opened or created; see
+            :mod:`hybridrec.serve.events`); None: no events.
     """
     app = create_app(
         model_dir=model_dir,
@@ -85,6 +88,7 @@ def serve(
         admin_token=admin_token,
         models_root=models_root,
         max_pending=max_pending,
+        events=events,
     )
     config = server_config(app, host, port, log_level, access_log, header_timeout, max_connections)
     import uvicorn

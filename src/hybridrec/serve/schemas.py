@@ -52,12 +52,21 @@ class RecommendationOut(BaseModel):
         description="the user, as known to the model when it is; null for item-based results"
     )
     items: list[ItemScore]
-    source: Literal["model", "popularity", "items", "features", "features+items", "similar"] = (
-        Field(
-            description="model: the user's own scores; popularity: fallback for an unknown "
-            "user; items: a new user described by items; features (features+items): a new "
-            "user described by attributes (and items); similar: items like a given item"
-        )
+    source: Literal[
+        "model",
+        "popularity",
+        "items",
+        "features",
+        "features+items",
+        "similar",
+        "model+events",
+        "events",
+    ] = Field(
+        description="model: the user's own scores; popularity: fallback for an unknown "
+        "user; items: a new user described by items; features (features+items): a new "
+        "user described by attributes (and items); similar: items like a given item; "
+        "model+events: the user's own scores without items from their events since the "
+        "model was trained; events: a user new to the model, folded in from their events"
     )
     unknown_items: list[RawId] = Field(
         default_factory=list, description="requested ids the model does not know (skipped)"

@@ -1,0 +1,432 @@
+"""A durable event log: interactions recorded by the service, read back by ``update``.
+
+One SQLite file (the standard library's ``sqlite3``) in WAL mode. Each event is ``user,
+item, target, timestamp`` plus an integer id assigned at commit (strictly increasing, never
+reused: ``AUTOINCREMENT``) and the time it was received. The id is what a model's watermark
+records, so ``update`` can take exactly the events after it.
+
+Durability. ``PRAGMA synchronous=FULL`` (the default here): in WAL mode every commit
+fsyncs the write-ahead log before it returns, so an acknowledged event survives a power
+loss or an OS crash, not only a crash of the process. ``NORMAL`` fsyncs only at
+checkpoints: a commit then survives the process being killed (the WAL is in the OS's page
+cache) but the last transactions may roll back on power loss. FULL costs one fsync per
+transaction, which group commit amortises; docs/benchmarks.md has both measured.
+
+Throughput. Batches are written by one dedicated writer thread (never the event loop nor
+the model's worker): it takes every batch that is waiting, writes them in one transaction
+and commits once (group commit), so concurrent clients share the cost of the fsync. Each
+batch is all or nothing: if the group's transaction fails, its batches are retried one by
+one, each in its own transaction, and a batch that still fails is reported to its caller
+alone (:class:`EventLogUnavailable`) with nothing of it written.
+
+Ids keep their type: the id columns have no declared type (SQLite's "BLOB" affinity, which
+converts nothing), so an integer id is stored as an INTEGER and text as TEXT.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import pandas as pd
+
+from hybridrec.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+#: ``PRAGMA application_id`` of an event log ("hrev"): tells it from any other SQLite file.
+APPLICATION_ID = 0x68726576
+#: ``PRAGMA user_version``: the layout of the tables below.
+FORMAT_VERSION = 1
+#: Events waiting for the writer beyond which :meth:`EventLog.append` refuses a batch
+#: (EventLogBusy): a bound on memory when the disk is slower than the clients.
+MAX_QUEUED_EVENTS = 200_000
+#: Most events one group commit writes; the rest wait for the next transaction.
+MAX_GROUP_EVENTS = 20_000
+SYNCHRONOUS = ("FULL", "NORMAL")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    user NOT NULL,   -- no declared type: ints stay INTEGER, text stays TEXT
+    item NOT NULL,
+    target REAL NOT NULL,
+    timestamp REAL,  -- Unix seconds; NULL when the event had none
+    received REAL NOT NULL  -- Unix seconds when the writer committed it
+)
+"""
+
+
+class Event(NamedTuple):
+    """One interaction as stored: ids as given (int or str), target, Unix seconds or None."""
+
+    user: int | str
+    item: int | str
+    target: float = 1.0
+    timestamp: float | None = None
+
+
+class EventLogUnavailable(Exception):
+    """The log cannot take a batch now (locked, read-only, disk full, I/O error, closed);
+    nothing of the batch was written. The service answers 503."""
+
+
+class EventLogBusy(EventLogUnavailable):
+    """Too many events are already waiting for the writer."""
+
+
+#: Called by the writer thread after each commit, before the batch is acknowledged, with
+#: the batch's first id and its events (ids ``first .. first + len - 1``).
+CommitListener = Callable[[int, Sequence[Event]], None]
+
+
+class _Batch:
+    __slots__ = ("events", "future")
+
+    def __init__(self, events: Sequence[Event]) -> None:
+        self.events = events
+        self.future: Future[tuple[int, int]] = Future()
+
+
+class EventLog:
+    """An open event log with its writer thread; :meth:`append` batches, :meth:`close` at end.
+
+    Args:
+        path: the SQLite file; created (with its tables) when it does not exist.
+        synchronous: ``"FULL"`` (power-loss safe, the default) or ``"NORMAL"`` (safe
+            against a crash of the process only); see the module docstring.
+        busy_timeout: seconds a write waits for another connection's lock before the batch
+            fails with :class:`EventLogUnavailable`.
+
+    Raises:
+        ConfigError: the path is a folder, its folder is missing, or the file is not an
+            event log (another SQLite database, or not SQLite at all).
+    """
+
+    def __init__(
+        self, path: str | Path, *, synchronous: str = "FULL", busy_timeout: float = 5.0
+    ) -> None:
+        synchronous = str(synchronous).upper()
+        if synchronous not in SYNCHRONOUS:
+            raise ConfigError(f"synchronous must be one of {SYNCHRONOUS}, got {synchronous!r}")
+        self.path = Path(path)
+        self.synchronous = synchronous
+        self._conn = _open_writer(self.path, synchronous, busy_timeout)
+        self._listeners: list[CommitListener] = []
+        self._queue: list[_Batch] = []
+        self._queued_events = 0
+        self._cond = threading.Condition()
+        self._closing = False
+        self._thread = threading.Thread(target=self._run, name="hybridrec-events", daemon=True)
+        self._thread.start()
+
+    # ------------------------------------------------------------------ writing
+
+    def add_listener(self, listener: CommitListener) -> None:
+        """Call ``listener(first_id, events)`` in the writer thread after every commit."""
+        self._listeners.append(listener)
+
+    def append(self, events: Sequence[Event]) -> Future[tuple[int, int]]:
+        """Queue one batch for the writer; the future gives ``(first_id, last_id)`` once the
+        whole batch is committed, or raises :class:`EventLogUnavailable` (nothing written).
+
+        Raises:
+            EventLogBusy: more than :data:`MAX_QUEUED_EVENTS` are already waiting.
+            EventLogUnavailable: the log is closed.
+            ValueError: an empty batch.
+        """
+        if not events:
+            raise ValueError("a batch needs at least one event")
+        batch = _Batch(list(events))
+        with self._cond:
+            if self._closing:
+                raise EventLogUnavailable("the event log is closed")
+            if self._queued_events + len(events) > MAX_QUEUED_EVENTS and self._queue:
+                raise EventLogBusy(f"{self._queued_events:,} events are waiting to be written")
+            self._queue.append(batch)
+            self._queued_events += len(events)
+            self._cond.notify()
+        return batch.future
+
+    def write(self, events: Sequence[Event]) -> tuple[int, int]:
+        """:meth:`append` and wait for the commit: ``(first_id, last_id)``."""
+        return self.append(events).result()
+
+    def close(self) -> None:
+        """Write what is queued, stop the writer thread, close the file."""
+        with self._cond:
+            if self._closing:
+                return
+            self._closing = True
+            self._cond.notify()
+        self._thread.join()
+        self._conn.close()
+
+    def last_id(self) -> int:
+        """The id of the last committed event (0 for an empty log)."""
+        return _last_id(_open_reader(self.path))
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._queue and not self._closing:
+                    self._cond.wait()
+                if not self._queue:
+                    return  # closing, and everything queued is written
+                group, size = [], 0
+                while self._queue and (
+                    not group or size + len(self._queue[0].events) <= MAX_GROUP_EVENTS
+                ):
+                    batch = self._queue.pop(0)
+                    group.append(batch)
+                    size += len(batch.events)
+                self._queued_events -= size
+            self._commit_group(group)
+
+    def _commit_group(self, group: list[_Batch]) -> None:
+        try:
+            firsts = self._transaction(group)
+        except sqlite3.Error as exc:
+            if len(group) == 1:
+                self._fail(group[0], exc)
+                return
+            for batch in group:  # each alone: one batch's failure is not the others'
+                try:
+                    firsts = self._transaction([batch])
+                except sqlite3.Error as single:
+                    self._fail(batch, single)
+                else:
+                    self._done([batch], firsts)
+            return
+        self._done(group, firsts)
+
+    def _transaction(self, group: list[_Batch]) -> list[int]:
+        """Write ``group`` in one transaction; the first id of each batch."""
+        conn = self._conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            next_id = _last_id(conn) + 1
+            received = time.time()
+            rows, firsts = [], []
+            for batch in group:
+                firsts.append(next_id)
+                for event in batch.events:
+                    rows.append(
+                        (next_id, event.user, event.item, event.target, event.timestamp, received)
+                    )
+                    next_id += 1
+            conn.executemany(
+                "INSERT INTO events (id, user, item, target, timestamp, received) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                rows,
+            )
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                try:
+                    conn.execute("ROLLBACK")
+                except sqlite3.Error:  # pragma: no cover - the connection is already broken
+                    logger.exception("rollback of the event log failed")
+            raise
+        return firsts
+
+    def _done(self, group: list[_Batch], firsts: list[int]) -> None:
+        for batch, first in zip(group, firsts, strict=True):
+            for listener in self._listeners:
+                try:
+                    listener(first, batch.events)
+                except Exception:  # a listener bug must not lose the acknowledgement
+                    logger.exception("event log listener failed")
+            batch.future.set_result((first, first + len(batch.events) - 1))
+
+    def _fail(self, batch: _Batch, exc: sqlite3.Error) -> None:
+        logger.warning(f"event log {self.path}: a batch of {len(batch.events)} not written: {exc}")
+        batch.future.set_exception(EventLogUnavailable(_reason(exc)))
+
+
+def _reason(exc: sqlite3.Error) -> str:
+    """A short reason for a failed write, naming no paths."""
+    text = str(exc).lower()
+    for key, reason in (
+        ("locked", "the event log is locked by another process"),
+        ("busy", "the event log is locked by another process"),
+        ("readonly", "the event log is read-only"),
+        ("read-only", "the event log is read-only"),
+        ("full", "the disk holding the event log is full"),
+        ("disk i/o", "the event log could not be written (I/O error)"),
+    ):
+        if key in text:
+            return reason
+    return "the event log could not be written"
+
+
+# ---------------------------------------------------------------------- opening
+
+
+def _open_writer(path: Path, synchronous: str, busy_timeout: float) -> sqlite3.Connection:
+    """The writer's connection: the file created or checked, WAL mode, ``synchronous``."""
+    if path.is_dir():
+        raise ConfigError(f"event log {path}: is a folder; give a file path")
+    if not path.parent.is_dir():
+        raise ConfigError(f"event log {path}: folder {path.parent} does not exist")
+    try:
+        conn = sqlite3.connect(
+            path, timeout=busy_timeout, isolation_level=None, check_same_thread=False
+        )
+    except sqlite3.Error as exc:
+        raise ConfigError(f"event log {path}: cannot be opened ({exc})") from None
+    try:
+        _check_or_create(conn, path)
+        mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            raise ConfigError(f"event log {path}: WAL mode is not available here (got {mode})")
+        conn.execute(f"PRAGMA synchronous={synchronous}")
+    except sqlite3.Error as exc:
+        conn.close()
+        raise ConfigError(f"event log {path}: cannot be used ({exc})") from None
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def _check_or_create(conn: sqlite3.Connection, path: Path) -> None:
+    """An empty database becomes an event log; anything else must already be one."""
+    app_id = conn.execute("PRAGMA application_id").fetchone()[0]
+    tables = conn.execute("SELECT count(*) FROM sqlite_schema").fetchone()[0]
+    if app_id == 0 and tables == 0:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.execute(_SCHEMA)
+            conn.execute(f"PRAGMA application_id={APPLICATION_ID}")
+            conn.execute(f"PRAGMA user_version={FORMAT_VERSION}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        return
+    _check_format(conn, path)
+
+
+def _check_format(conn: sqlite3.Connection, path: Path) -> None:
+    app_id = conn.execute("PRAGMA application_id").fetchone()[0]
+    if app_id != APPLICATION_ID:
+        raise ConfigError(f"event log {path}: is an SQLite database but not a hybridrec event log")
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    if version != FORMAT_VERSION:
+        raise ConfigError(
+            f"event log {path}: format version {version}, this hybridrec reads {FORMAT_VERSION}"
+        )
+
+
+def _open_reader(path: Path) -> sqlite3.Connection:
+    """A read-only connection to an existing event log (ConfigError naming the path)."""
+    path = Path(path)
+    if not path.is_file():
+        what = "is a folder" if path.is_dir() else "does not exist"
+        raise ConfigError(f"event log {path}: {what}")
+    try:
+        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=30.0)
+        _check_format(conn, path)
+    except sqlite3.Error as exc:
+        raise ConfigError(f"event log {path}: not readable as an event log ({exc})") from None
+    return conn
+
+
+def _last_id(conn: sqlite3.Connection) -> int:
+    row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'events'").fetchone()
+    return int(row[0]) if row else 0
+
+
+# ---------------------------------------------------------------------- reading
+
+
+def read_rows(path: str | Path, after: int = 0) -> list[tuple[Any, ...]]:
+    """``(id, user, item, target, timestamp)`` of the events with id > ``after``, in id order.
+
+    Raises:
+        ConfigError: a missing or unreadable file, or one that is not an event log.
+    """
+    conn = _open_reader(Path(path))
+    try:
+        return conn.execute(
+            "SELECT id, user, item, target, timestamp FROM events WHERE id > ? ORDER BY id",
+            (after,),
+        ).fetchall()
+    except sqlite3.Error as exc:
+        raise ConfigError(f"event log {path}: not readable as an event log ({exc})") from None
+    finally:
+        conn.close()
+
+
+def read_events(
+    path: str | Path,
+    after: int = 0,
+    *,
+    user_col: str = "userId",
+    item_col: str = "itemId",
+    target_col: str = "target",
+    time_col: str = "timestamp",
+) -> tuple[pd.DataFrame, int]:
+    """The events with id > ``after``, in id order, as an interactions frame.
+
+    What ``hybridrec update`` consumes: the rows a model has not seen yet (``after`` = its
+    watermark, :func:`watermark_of`), and the id to record as the new watermark.
+
+    Columns ``user_col``, ``item_col``, ``target_col`` (float) and ``time_col`` (float Unix
+    seconds, NaN for an event without a timestamp). An id column is int64 when every id in
+    it is an integer; otherwise it is text throughout (an integer id as its decimal text),
+    the rule the file readers follow, so an encoder sees one kind of id per column.
+
+    Returns:
+        ``(frame, last_id)``: ``last_id`` is the id of the last event returned, ``after``
+        when none is.
+
+    Raises:
+        ConfigError: ``after`` is not an integer >= 0, or the file is missing, unreadable or
+            not an event log (the CLI turns it into exit status 2).
+    """
+    if isinstance(after, bool) or not isinstance(after, int | np.integer) or after < 0:
+        raise ConfigError(f"after must be an event id (an integer >= 0), got {after!r}")
+    rows = read_rows(path, int(after))
+    ids = [row[0] for row in rows]
+    frame = pd.DataFrame(
+        {
+            user_col: _id_column([row[1] for row in rows]),
+            item_col: _id_column([row[2] for row in rows]),
+            target_col: np.array([row[3] for row in rows], dtype=np.float64),
+            time_col: np.array(
+                [np.nan if row[4] is None else row[4] for row in rows], dtype=np.float64
+            ),
+        }
+    )
+    return frame, (int(ids[-1]) if ids else int(after))
+
+
+def _id_column(values: list[Any]) -> np.ndarray:
+    """int64 when every id is an integer, else text throughout (as the file readers do)."""
+    if all(isinstance(v, int) for v in values):
+        return np.array(values, dtype=np.int64)
+    return np.array([v if isinstance(v, str) else str(v) for v in values], dtype=object)
+
+
+def watermark_of(config: dict[str, Any]) -> int:
+    """The last event id a model has consumed: ``settings.watermark.event_id`` of its
+    ``config`` (written by ``hybridrec update``), 0 for a model trained from files only.
+
+    Events after it are the ones the model has not learned from: the service excludes and
+    folds in those, and ``update`` trains on them."""
+    settings = config.get("settings") or {}
+    watermark = settings.get("watermark") or {} if isinstance(settings, dict) else {}
+    event_id = watermark.get("event_id") if isinstance(watermark, dict) else None
+    if isinstance(event_id, bool) or not isinstance(event_id, int | float):
+        return 0
+    return int(event_id) if math.isfinite(event_id) and event_id > 0 else 0

@@ -1,0 +1,464 @@
+"""``POST /events`` and what recorded events change in ``/recommend`` at once.
+
+With an event log (``hybridrec serve --events PATH``) the service appends each validated
+batch through the log's writer thread (:class:`hybridrec.events.EventLog`: never on the
+event loop, never in the model's worker) and answers only once it is committed.
+
+Events after the served model's watermark (:func:`hybridrec.events.watermark_of`) are kept
+in memory per user (:class:`RecentEvents`: loaded from the log at startup and after every
+reload, extended by the writer after each commit, before the batch is acknowledged), so:
+
+- a user the model knows does not get items they interacted with since (with
+  ``exclude_seen``); the cached top list is filtered on the event loop when enough of it is
+  left, else the model ranks ``k`` + those items (``source: "model+events"``);
+- a user the model does not know but the log does is folded in from their positive events
+  (:meth:`Recommender.recommend_for_items`; ``source: "events"``) instead of getting the
+  popular items.
+
+Users without such events are answered exactly as before (cache, then model).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import threading
+import weakref
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Annotated, Any
+
+import numpy as np
+import pandas as pd
+import torch
+from fastapi import FastAPI, HTTPException, Request, Response
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr
+from starlette.concurrency import run_in_threadpool
+
+from hybridrec.events.log import Event, EventLog, EventLogUnavailable, read_rows, watermark_of
+from hybridrec.recommend.two_stage import AUTO
+from hybridrec.serve.schemas import BatchOut, ItemScore, RecommendationOut, plain
+
+if TYPE_CHECKING:
+    from hybridrec.recommend import Recommendation, Recommender
+    from hybridrec.serve.gate import ModelGate
+    from hybridrec.serve.holder import Served
+
+#: Most events in one ``POST /events`` batch.
+MAX_EVENTS = 1000
+#: Largest body parsed on the event loop (a 100-event batch is ~6 KB); larger ones in a thread.
+_LOOP_BODY_BYTES = 16 * 1024
+#: Finished answers kept for users with events (fold-ins cost a fit each), then cleared.
+_MEMO_ENTRIES = 10_000
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+SOURCE_EXCLUDED, SOURCE_FOLDED = "model+events", "events"
+
+
+# ---------------------------------------------------------------------- request bodies
+
+
+def _event_id(value: int | str) -> int | str:
+    if isinstance(value, str):
+        text = value.strip()
+        if not text:
+            raise ValueError("blank id (expected a non-empty integer or string id)")
+        return text
+    if not _INT64_MIN <= value <= _INT64_MAX:
+        raise ValueError("integer id outside int64 (expected an integer id of at most 64 bits)")
+    return value
+
+
+def _target(value: float) -> float:
+    if not math.isfinite(value):
+        raise ValueError("target is not finite (expected a finite number, e.g. 1 or 0)")
+    return float(value)
+
+
+def _timestamp(value: float | str | None) -> float | None:
+    """Unix seconds from a finite number or an ISO date (naive dates are UTC), as files."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            number = float(text)
+        except ValueError:
+            try:
+                stamp = pd.to_datetime(text, utc=True, format="ISO8601")
+            except (ValueError, OverflowError):
+                raise ValueError(
+                    "timestamp is neither a number nor an ISO date "
+                    "(expected a finite number or an ISO date)"
+                ) from None
+            return float((stamp - pd.Timestamp(0, tz="UTC")) / pd.Timedelta(seconds=1))
+        value = number
+    if not math.isfinite(value):
+        raise ValueError("timestamp is not finite (expected a finite number or an ISO date)")
+    return float(value)
+
+
+EventId = Annotated[StrictInt | StrictStr, AfterValidator(_event_id)]
+
+
+class EventIn(BaseModel):
+    """One interaction: ids as in the training files (JSON integers stay integers, text
+    stays text), ``target`` a number (default 1: a positive), ``timestamp`` optional."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    user: EventId
+    item: EventId
+    target: Annotated[StrictFloat | StrictInt, AfterValidator(_target)] = 1.0
+    timestamp: Annotated[StrictFloat | StrictInt | StrictStr | None, AfterValidator(_timestamp)] = (
+        Field(default=None, description="Unix seconds or an ISO date (naive: UTC)")
+    )
+
+
+class EventsRequest(BaseModel):
+    """A batch, committed all or nothing."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    events: list[EventIn] = Field(min_length=1, max_length=MAX_EVENTS)
+
+
+class EventsOut(BaseModel):
+    accepted: int = Field(description="events committed (the whole batch)")
+    first_id: int = Field(description="event id of the batch's first event")
+    last_id: int = Field(description="event id of its last; the ids in between are the rest")
+
+
+# ---------------------------------------------------------------------- per-user state
+
+
+def user_key(raw: Any) -> str:
+    """The key of a user's events: their id as text, so 42 and "42" are one user (as the
+    model's encoder treats them)."""
+    return str(raw).strip()
+
+
+class UserEvents:
+    """One user's events after the watermark: every item, and the positives (target > 0)
+    in event order."""
+
+    __slots__ = ("items", "positives", "_encoded")
+
+    def __init__(self) -> None:
+        self.items: list[Any] = []
+        self.positives: list[Any] = []
+        self._encoded: tuple[Any, int, np.ndarray] | None = None
+
+    def add(self, item: Any, target: float) -> None:
+        self.items.append(item)
+        if target > 0:
+            self.positives.append(item)
+
+    def item_indices(self, rec: Recommender) -> np.ndarray:
+        """The distinct indices of these items in ``rec`` (unknown items dropped), kept
+        until the user's items or the model change."""
+        n, cached = len(self.items), self._encoded
+        if cached is None or cached[0]() is not rec or cached[1] != n:
+            index = rec.items.transform(self.items[:n]) if n else np.zeros(0, dtype=np.int64)
+            cached = (weakref.ref(rec), n, np.unique(index[index > 0]))
+            self._encoded = cached
+        return cached[2]
+
+
+class RecentEvents:
+    """The events after the served model's watermark, per user, kept current.
+
+    Built from the log by :meth:`sync` (at startup and after each reload: the new model's
+    watermark), extended by the log's writer after each commit (:meth:`add`). Both hold a
+    lock and remember the last event id applied, so an event read by a rebuild and also
+    reported by the writer counts once.
+    """
+
+    def __init__(self, log: EventLog) -> None:
+        self.log = log
+        self.watermark: int | None = None
+        self.last_id = 0
+        self.users: dict[str, UserEvents] = {}
+        self._lock = threading.Lock()
+        self._memo: dict[tuple[Any, ...], bytes] = {}
+        log.add_listener(self.add)
+
+    def sync(self, served: Served) -> None:
+        """Reload the per-user events when the served model's watermark changed."""
+        watermark = watermark_of(served.recommender.config)
+        if watermark == self.watermark:
+            return
+        with self._lock:
+            users: dict[str, UserEvents] = {}
+            last = watermark
+            for event_id, user, item, target, _ in read_rows(self.log.path, watermark):
+                users.setdefault(user_key(user), UserEvents()).add(item, target)
+                last = event_id
+            self.users, self.last_id, self.watermark = users, last, watermark
+            self._memo = {}
+
+    def add(self, first_id: int, events: Sequence[Event]) -> None:
+        """A committed batch (the log's writer thread calls this before acknowledging it)."""
+        with self._lock:
+            users = self.users
+            for offset, event in enumerate(events):
+                if first_id + offset > self.last_id:
+                    users.setdefault(user_key(event.user), UserEvents()).add(
+                        event.item, event.target
+                    )
+            self.last_id = max(self.last_id, first_id + len(events) - 1)
+
+    # -------------------------------------------------------------- which users
+
+    def of(self, rec: Recommender, user_id: Any, index: int) -> UserEvents | None:
+        """The events of a user (``index``: their index in ``rec``, 0 when unknown)."""
+        if not self.users:
+            return None
+        raw = rec.users.ids[index - 1] if index > 0 else user_id
+        return self.users.get(user_key(plain(raw)))
+
+    def concerns(self, served: Served, user_id: Any, exclude_seen: bool) -> bool:
+        """Whether events change this user's answer: a known user with event items the
+        model knows (and ``exclude_seen``), or an unknown user with events."""
+        if not self.users:  # the common case, and the cheapest test
+            return False
+        rec = served.recommender
+        index = _index(served, user_id)
+        events = self.of(rec, user_id, index)
+        if events is None:
+            return False
+        if index == 0:
+            return True
+        return exclude_seen and len(events.item_indices(rec)) > 0
+
+    # -------------------------------------------------------------- answers
+
+    def cached_body(self, served: Served, user_id: str, k: int, exclude_seen: bool) -> bytes | None:
+        """The answer for a user with events, on the event loop when it is cheap: a known
+        user's cached top list without their event items (when at least ``k`` are left or
+        the list is the whole ranking), or a memoised fold-in; None: ask the model."""
+        cache, rec = served.cache, served.recommender
+        index = _index(served, user_id)
+        events = self.of(rec, user_id, index)
+        if events is None:
+            return None
+        if index == 0:
+            return self._memo.get(_fold_key(rec, user_id, events, k, exclude_seen))
+        if cache is None or not exclude_seen:
+            return None
+        drop = events.item_indices(rec)
+        key = (id(cache), index, len(events.items), k)
+        body = self._memo.get(key)
+        if body is not None:
+            return body
+        n = int(cache.count[True][index])
+        top = cache.top[True][index, :n]
+        kept = np.flatnonzero(~np.isin(top, drop))
+        if len(kept) < k and n == cache.depth:
+            return None  # the list was cut at its depth: the model must rank further
+        kept = kept[:k]
+        scores = torch.sigmoid(torch.from_numpy(cache.logits[True][index, kept])).tolist()
+        head = cache.item_head
+        items = b",".join(
+            head[i] + _score_json(s) + b"}" for i, s in zip(top[kept].tolist(), scores, strict=True)
+        )
+        body = (
+            b'{"user_id":' + cache.user_json[index] + b',"items":[' + items + b'],"source":"'
+            + SOURCE_EXCLUDED.encode() + b'","unknown_items":[]}'
+        )  # fmt: skip
+        self._remember(key, body)
+        return body
+
+    async def recommend_one(
+        self, served: Served, user_id: str, k: int, exclude_seen: bool, gate: ModelGate
+    ) -> Response:
+        """``GET /recommend/{user_id}`` for a user with events: on the loop when cached,
+        else in the model's worker."""
+        body = self.cached_body(served, user_id, k, exclude_seen)
+        if body is None:
+            body = await gate.run(self._one_json, served, user_id, k, exclude_seen)
+        return Response(body, media_type="application/json")
+
+    def _one_json(self, served: Served, user_id: Any, k: int, exclude_seen: bool) -> bytes:
+        rec = served.recommender
+        out = self.result(served, user_id, k, exclude_seen, None)
+        body = out.model_dump_json().encode()
+        events = self.of(rec, user_id, _index(served, user_id))
+        if out.source == SOURCE_FOLDED and events is not None:
+            self._remember(_fold_key(rec, user_id, events, k, exclude_seen), body)
+        return body
+
+    def concerns_any(self, served: Served, user_ids: Sequence[Any], exclude_seen: bool) -> bool:
+        """Whether events change the answer of any of ``user_ids``."""
+        return bool(self.users) and any(self.concerns(served, u, exclude_seen) for u in user_ids)
+
+    def batch_response(self, served: Served, body: Any) -> Response:
+        """``POST /recommend`` with ``user_ids`` of which some have events (model worker):
+        those through :meth:`result`, the rest as one ``recommend_many`` call."""
+        from hybridrec.serve.app import _known_ids, _model_call  # the app imports this module
+
+        rec = served.recommender
+        users = list(body.user_ids)
+        special = [self.concerns(served, u, body.exclude_seen) for u in users]
+        plain_users = [u for u, s in zip(users, special, strict=True) if not s]
+        with _model_call():
+            normal = iter(
+                rec.recommend_many(
+                    plain_users,
+                    k=body.k,
+                    exclude_seen=body.exclude_seen,
+                    items=body.items,
+                    num_candidates=AUTO,
+                )
+            )
+            known = iter(_known_ids(rec, plain_users))
+            results = []
+            for user, is_special in zip(users, special, strict=True):
+                if is_special:
+                    results.append(self.result(served, user, body.k, body.exclude_seen, body.items))
+                else:
+                    results.append(_to_out(next(normal), next(known)))
+        return Response(BatchOut(results=results).model_dump_json(), media_type="application/json")
+
+    def result(
+        self,
+        served: Served,
+        user_id: Any,
+        k: int,
+        exclude_seen: bool,
+        items: Sequence[Any] | None,
+    ) -> RecommendationOut:
+        """One user's answer with their events (in the model worker)."""
+        rec = served.recommender
+        index = _index(served, user_id)
+        events = self.of(rec, user_id, index)
+        drop = events.item_indices(rec) if events is not None and exclude_seen else _NONE
+        if index > 0:
+            known_id = plain(rec.users.ids[index - 1])
+            if not len(drop):
+                result = rec.recommend(user_id, k, exclude_seen, items, num_candidates=AUTO)
+                return _to_out(result, known_id)
+            result = rec.recommend(user_id, k + len(drop), True, items, num_candidates=AUTO)
+            return _to_out(result, known_id, _without(rec, result, drop, None, k), SOURCE_EXCLUDED)
+        allowed = None if items is None else np.unique(rec.items.transform(list(items)))
+        positives = events.positives if events is not None else []
+        depth = rec.items.num_embeddings if allowed is not None else k + len(drop)
+        result = rec.recommend_for_items(positives, k=depth, exclude_seen=exclude_seen)
+        source = SOURCE_FOLDED if result.source == "items" else result.source
+        unknown = [] if items is None else _unknown(rec, items)
+        kept = _without(rec, result, drop, allowed, k)
+        return _to_out(result, user_id, kept, source, unknown)
+
+    def _remember(self, key: tuple[Any, ...], body: bytes) -> None:
+        if len(self._memo) >= _MEMO_ENTRIES:
+            self._memo = {}
+        self._memo[key] = body
+
+
+_NONE = np.zeros(0, dtype=np.int64)
+
+
+def _index(served: Served, user_id: Any) -> int:
+    """The user's index in the served model (0: unknown), by the cache's lookup if any."""
+    if served.cache is not None and isinstance(user_id, str):
+        return served.cache.lookup(user_id)
+    if isinstance(user_id, int) and not _INT64_MIN <= user_id <= _INT64_MAX:
+        return 0
+    return int(served.recommender.users.transform([user_id])[0])
+
+
+def _fold_key(rec: Any, user_id: Any, events: UserEvents, k: int, exclude: bool) -> tuple:
+    return ("fold", id(rec), user_key(user_id), len(events.items), k, exclude, type(user_id))
+
+
+def _without(
+    rec: Recommender,
+    result: Recommendation,
+    drop: np.ndarray,
+    allowed: np.ndarray | None,
+    k: int,
+) -> np.ndarray:
+    """Positions of ``result`` kept: not in ``drop``, in ``allowed`` (if given), the first k."""
+    index = rec.items.transform(result.item_ids)
+    keep = ~np.isin(index, drop)
+    if allowed is not None:
+        keep &= np.isin(index, allowed)
+    return np.flatnonzero(keep)[:k]
+
+
+def _unknown(rec: Recommender, items: Sequence[Any]) -> list[Any]:
+    index = rec.items.transform(list(items))
+    seen: dict[Any, None] = {}
+    for raw, i in zip(items, index, strict=True):
+        if i == 0:
+            seen.setdefault(raw, None)
+    return list(seen)
+
+
+def _to_out(
+    result: Recommendation,
+    user_id: Any,
+    kept: np.ndarray | None = None,
+    source: str | None = None,
+    unknown: list[Any] | None = None,
+) -> RecommendationOut:
+    item_ids, scores = result.item_ids, result.scores
+    if kept is not None:
+        item_ids, scores = item_ids[kept], scores[kept]
+    return RecommendationOut(
+        user_id=user_id,
+        items=[
+            ItemScore(item_id=i, score=s)
+            for i, s in zip(item_ids.tolist(), scores.tolist(), strict=True)
+        ],
+        source=source or result.source,  # type: ignore[arg-type]
+        unknown_items=[plain(i) for i in (result.unknown_items if unknown is None else unknown)],
+    )
+
+
+def _score_json(score: float) -> bytes:
+    # as the cache writes scores: the shortest repr, null for NaN/infinity
+    return repr(score).encode() if math.isfinite(score) else b"null"
+
+
+# ---------------------------------------------------------------------- the route
+
+
+def add_event_routes(app: FastAPI, log: EventLog | None) -> None:
+    """``POST /events``: validate a batch, commit it, answer with its ids (404 without a log;
+    503, nothing written, when the log cannot be written)."""
+    from hybridrec.serve.app import body_doc, parse_body  # the app imports this module
+
+    @app.post(
+        "/events",
+        tags=["events"],
+        response_model=EventsOut,
+        responses={
+            404: {"description": "the service has no event log (start it with --events PATH)"},
+            422: {"description": "a bad event (its index and field named); nothing written"},
+            503: {"description": "the log cannot be written now; nothing written, retry"},
+        },
+        openapi_extra=body_doc(EventsRequest),
+    )
+    async def post_events(request: Request) -> Response:
+        """Record a batch of interactions; answered once the whole batch is committed."""
+        if log is None:
+            raise HTTPException(
+                status_code=404,
+                detail="this service records no events: start it with --events PATH "
+                "(create_app(events=PATH)) to enable POST /events",
+            )
+        raw = await request.body()
+        if len(raw) <= _LOOP_BODY_BYTES:
+            body = parse_body(EventsRequest, raw)
+        else:
+            body = await run_in_threadpool(parse_body, EventsRequest, raw)
+        events = [Event(e.user, e.item, e.target, e.timestamp) for e in body.events]
+        try:
+            first, last = await asyncio.wrap_future(log.append(events))
+        except EventLogUnavailable as exc:
+            raise HTTPException(
+                status_code=503,
+                detail=f"{exc}; nothing of this batch was written, retry it",
+                headers={"Retry-After": "1"},
+            ) from exc
+        answer = b'{"accepted":%d,"first_id":%d,"last_id":%d}' % (len(events), first, last)
+        return Response(answer, media_type="application/json")

@@ -1,0 +1,411 @@
+"""events/ (the durable event log) and what it does in the service: POST /events, the
+exclusion of a known user's new items, the fold-in of a user known only to the log, the
+cache's bypass, reloads that move the watermark, and a log that cannot be written (503).
+
+In-process through FastAPI's TestClient; no sleeps, no timed assertions.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sqlite3
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+from fastapi.testclient import TestClient
+
+import hybridrec
+from hybridrec import TrainConfig
+from hybridrec.cli import main
+from hybridrec.data.synthetic import SyntheticConfig, write_synthetic_data
+from hybridrec.errors import ConfigError
+from hybridrec.events import Event, EventLog, read_events, watermark_of
+from hybridrec.serve import create_app
+
+TINY = {"embedding_dim": 8, "mlp_layer_sizes": (16, 8)}
+ADMIN = {"Authorization": "Bearer s3cret"}
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    directory = tmp_path_factory.mktemp("events_model")
+    config = SyntheticConfig(num_users=80, num_items=50, num_positives=1500, seed=2)
+    train_csv, val_csv = write_synthetic_data(directory, config)
+    hybridrec.train(
+        train_csv,
+        val_csv,
+        out=directory / "model",
+        model_options=TINY,
+        train_config=TrainConfig(epochs=1, device="cpu", seed=0),
+    )
+    return directory / "model"
+
+
+@pytest.fixture(scope="module")
+def rec(model_dir) -> hybridrec.Recommender:
+    return hybridrec.load(model_dir)
+
+
+@pytest.fixture
+def log_path(tmp_path) -> Path:
+    return tmp_path / "events.db"
+
+
+@pytest.fixture
+def client(rec, log_path):
+    with TestClient(create_app(rec, events=log_path)) as c:
+        yield c
+
+
+def post(client: TestClient, events: list[dict[str, Any]]) -> Any:
+    return client.post("/events", json={"events": events})
+
+
+def top(client: TestClient, user: Any, k: int = 10, query: str = "") -> dict[str, Any]:
+    response = client.get(f"/recommend/{user}?k={k}{query}")
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def ids(answer: dict[str, Any]) -> list[Any]:
+    return [item["item_id"] for item in answer["items"]]
+
+
+# --------------------------------------------------------------------------- the log itself
+
+
+def test_log_assigns_increasing_ids_and_keeps_id_types(tmp_path):
+    log = EventLog(tmp_path / "log.db")
+    try:
+        assert log.write([Event(1, "a"), Event("007", 2, 0.0, 5.5)]) == (1, 2)
+        assert log.write([Event(2**63 - 1, -(2**63))]) == (3, 3)
+        assert log.last_id() == 3
+    finally:
+        log.close()
+    conn = sqlite3.connect(tmp_path / "log.db")
+    kinds = conn.execute("SELECT typeof(user), typeof(item) FROM events ORDER BY id").fetchall()
+    assert kinds == [("integer", "text"), ("text", "integer"), ("integer", "integer")]
+    conn.close()
+    frame, last = read_events(tmp_path / "log.db")
+    assert last == 3
+    assert list(frame.columns) == ["userId", "itemId", "target", "timestamp"]
+    # a column holding a text id is text throughout, as the file readers make it
+    assert frame["userId"].tolist() == ["1", "007", str(2**63 - 1)]
+    assert frame["itemId"].tolist() == ["a", "2", str(-(2**63))]
+    assert frame["target"].tolist() == [1.0, 0.0, 1.0]
+    assert frame["timestamp"].isna().tolist() == [True, False, True]
+    later, last = read_events(tmp_path / "log.db", after=1, user_col="u", item_col="i")
+    assert last == 3 and len(later) == 2 and list(later.columns[:2]) == ["u", "i"]
+    assert later["i"].dtype == np.int64 and later["i"].tolist() == [2, -(2**63)]
+    none, last = read_events(tmp_path / "log.db", after=3)
+    assert len(none) == 0 and last == 3
+
+
+def test_concurrent_batches_are_group_committed_whole(tmp_path):
+    log = EventLog(tmp_path / "log.db")
+    results: dict[int, tuple[int, int]] = {}
+
+    def client(c: int) -> None:
+        for b in range(20):
+            results[c * 100 + b] = log.write([Event(f"c{c}b{b}", i) for i in range(c + 1)])
+
+    threads = [threading.Thread(target=client, args=(c,)) for c in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    log.close()
+    frame, last = read_events(tmp_path / "log.db")
+    assert last == len(frame) == sum(20 * (c + 1) for c in range(8))
+    for key, (first, end) in results.items():
+        c, b = divmod(key, 100)
+        rows = frame.iloc[first - 1 : end]
+        assert end - first + 1 == c + 1
+        assert set(rows["userId"]) == {f"c{c}b{b}"}
+        assert rows["itemId"].tolist() == list(range(c + 1))
+
+
+def test_read_events_refuses_what_is_not_an_event_log(tmp_path):
+    other = tmp_path / "other.db"
+    sqlite3.connect(other).execute("CREATE TABLE t (x)").connection.commit()
+    text = tmp_path / "notes.txt"
+    text.write_text("userId,itemId\n1,2\n" * 100)
+    for path in (tmp_path / "missing.db", tmp_path, other, text):
+        with pytest.raises(ConfigError, match=str(path.name)):
+            read_events(path)
+        if path.exists() and path.is_file():
+            with pytest.raises(ConfigError, match=path.name):
+                EventLog(path)
+    EventLog(tmp_path / "ok.db").close()
+    for after in (-1, 1.5, True, "3"):
+        with pytest.raises(ConfigError, match="after"):
+            read_events(tmp_path / "ok.db", after)  # type: ignore[arg-type]
+
+
+def test_watermark_of():
+    assert watermark_of({}) == 0
+    assert watermark_of({"settings": {}}) == 0
+    assert watermark_of({"settings": {"watermark": {"event_id": None, "rows": 3}}}) == 0
+    assert watermark_of({"settings": {"watermark": {"event_id": 41, "timestamp": 1.0}}}) == 41
+    assert watermark_of({"settings": None}) == 0
+
+
+# --------------------------------------------------------------------------- POST /events
+
+
+def test_post_events_commits_and_answers_the_ids(client, log_path):
+    first = post(client, [{"user": 5, "item": "x"}, {"user": "u", "item": 7, "target": 0}])
+    assert first.status_code == 200
+    assert first.json() == {"accepted": 2, "first_id": 1, "last_id": 2}
+    stamped = [
+        {"user": 9, "item": 1, "timestamp": 1_700_000_000},
+        {"user": 9, "item": 2, "timestamp": "2024-01-01T00:00:00"},
+        {"user": 9, "item": 3, "timestamp": "2024-01-01T01:00:00+01:00"},
+        {"user": 9, "item": 4, "timestamp": " 12.5 ", "target": 0.5},
+    ]
+    assert post(client, stamped).json() == {"accepted": 4, "first_id": 3, "last_id": 6}
+    frame, last = read_events(log_path)
+    assert last == 6
+    assert frame["userId"].tolist() == ["5", "u", "9", "9", "9", "9"]
+    assert frame["target"].tolist() == [1.0, 0.0, 1.0, 1.0, 1.0, 0.5]
+    assert frame["timestamp"].tolist()[2:] == [1_700_000_000.0, 1704067200.0, 1704067200.0, 12.5]
+    _, after = read_events(log_path, after=2)
+    assert len(_) == 4 and after == 6
+
+
+BAD_EVENTS = [
+    ({"user": 1.5, "item": 1}, "user"),
+    ({"user": True, "item": 1}, "user"),
+    ({"user": 1, "item": "  "}, "item"),
+    ({"user": 1, "item": 2**63}, "item"),
+    ({"user": 1, "item": None}, "item"),
+    ({"item": 1}, "user"),
+    ({"user": 1, "item": 2, "target": "1"}, "target"),
+    ({"user": 1, "item": 2, "target": True}, "target"),
+    ({"user": 1, "item": 2, "timestamp": "yesterday"}, "timestamp"),
+    ({"user": 1, "item": 2, "timestamp": "nan"}, "timestamp"),
+    ({"user": 1, "item": 2, "timestamp": [1]}, "timestamp"),
+    ({"user": 1, "item": 2, "rating": 5}, "rating"),
+]
+
+
+@pytest.mark.parametrize(("bad", "field"), BAD_EVENTS)
+def test_a_bad_event_is_422_naming_its_index_and_field_and_nothing_is_written(
+    client, log_path, bad, field
+):
+    events = [{"user": 1, "item": 1}, {"user": 2, "item": 2}, bad, {"user": 3, "item": 3}]
+    response = post(client, events)
+    assert response.status_code == 422
+    assert len(response.content) < 1024
+    locs = [error["loc"] for error in response.json()["detail"]]
+    assert any(loc[:4] == ["body", "events", 2, field] for loc in locs), locs
+    frame, last = read_events(log_path)
+    assert len(frame) == 0 and last == 0
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"events": []}',
+        b'{"events": [{"user": 1, "item": 2, "target": NaN}]}',
+        b'{"events": [{"user": 1, "item": 2, "target": Infinity}]}',
+        b'{"events": [{"user": 1, "item": 2, "timestamp": -Infinity}]}',
+        b'{"events": {"user": 1}}',
+        b'{"events": [], "more": 1}',
+        b"[]",
+        b"not json",
+        json.dumps({"events": [{"user": 1, "item": i} for i in range(1001)]}).encode(),
+    ],
+)
+def test_bad_bodies_are_422_and_nothing_is_written(client, log_path, raw):
+    response = client.post("/events", content=raw)
+    assert response.status_code == 422
+    assert len(response.content) < 1024
+    assert len(read_events(log_path)[0]) == 0
+
+
+def test_without_an_event_log_post_events_says_how_to_enable_it(rec):
+    with TestClient(create_app(rec)) as c:
+        response = post(c, [{"user": 1, "item": 1}])
+    assert response.status_code == 404
+    assert "--events" in response.json()["detail"]
+
+
+def test_a_locked_log_is_503_and_nothing_of_the_batch_is_written(rec, log_path):
+    log = EventLog(log_path, busy_timeout=0.05)
+    try:
+        with TestClient(create_app(rec, events=log)) as c:
+            assert post(c, [{"user": 1, "item": 1}]).status_code == 200
+            other = sqlite3.connect(log_path, isolation_level=None)
+            other.execute("BEGIN IMMEDIATE")  # another process holds the write lock
+            response = post(c, [{"user": 2, "item": 2}, {"user": 3, "item": 3}])
+            assert response.status_code == 503
+            assert len(response.content) < 1024
+            assert "locked" in response.json()["detail"]
+            assert response.headers["retry-after"] == "1"
+            other.execute("ROLLBACK")
+            other.close()
+            assert post(c, [{"user": 4, "item": 4}]).json()["first_id"] == 2
+    finally:
+        log.close()
+    assert read_events(log_path)[0]["userId"].tolist() == [1, 4]
+
+
+def test_a_read_only_log_is_503(rec, log_path):
+    log = EventLog(log_path)
+    try:
+        log._conn.execute("PRAGMA query_only = ON")  # the writer's connection cannot write
+        with TestClient(create_app(rec, events=log)) as c:
+            response = post(c, [{"user": 1, "item": 1}])
+        assert response.status_code == 503
+        assert "read-only" in response.json()["detail"]
+    finally:
+        log.close()
+    assert len(read_events(log_path)[0]) == 0
+
+
+def test_serve_cli_refuses_a_bad_event_log(model_dir, tmp_path, capsys):
+    not_a_log = tmp_path / "x.db"
+    not_a_log.write_text("hello")
+    for path in (tmp_path, not_a_log, tmp_path / "missing" / "e.db"):
+        argv = ["serve", "--model", str(model_dir), "--port", "0", "--events", str(path)]
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert "event log" in err and "Traceback" not in err
+
+
+# --------------------------------------------------------------------------- /recommend
+
+
+def test_a_known_users_new_items_are_excluded_at_once(client, rec):
+    user = int(rec.users.ids[3])
+    before = top(client, user, k=10)
+    assert before["source"] == "model"
+    gone = ids(before)[:3]
+    post(client, [{"user": user, "item": item} for item in gone])
+    after = top(client, user, k=10)  # the cached fast path must not answer the stale list
+    assert after["source"] == "model+events"
+    assert not set(gone) & set(ids(after))
+    want = rec.recommend(user, k=13)
+    assert ids(after) == [i for i in want.item_ids.tolist() if i not in gone][:10]
+    # the same through the model (k beyond the cached depth is not asked: uncached app below)
+    assert top(client, user, k=10, query="&exclude_seen=false")["source"] == "model"
+    batch = client.post("/recommend", json={"user_ids": [user, int(rec.users.ids[4])], "k": 10})
+    results = batch.json()["results"]
+    assert results[0] == after
+    assert results[1] == top(client, int(rec.users.ids[4]), k=10)
+    assert results[1]["source"] == "model"
+
+
+def test_exclusion_is_the_same_without_the_cache(rec, log_path):
+    user = int(rec.users.ids[7])
+    with TestClient(create_app(rec, events=log_path)) as cached:
+        gone = ids(top(cached, user, k=5))[:2]
+        post(cached, [{"user": user, "item": item} for item in gone])
+        via_cache = top(cached, user, k=8)
+        via_batch = cached.post("/recommend", json={"user_ids": [user], "k": 8}).json()
+    with TestClient(create_app(rec, events=log_path, cache_top=0)) as uncached:
+        via_model = top(uncached, user, k=8)  # loaded from the log at startup
+    assert ids(via_cache) == ids(via_model) == ids(via_batch["results"][0])
+    assert via_model["source"] == "model+events"
+    np.testing.assert_allclose(
+        [i["score"] for i in via_cache["items"]], [i["score"] for i in via_model["items"]]
+    )
+
+
+def test_a_cached_list_too_short_after_the_exclusion_goes_to_the_model(rec, log_path):
+    user = int(rec.users.ids[9])
+    with TestClient(create_app(rec, events=log_path, cache_top=5)) as c:
+        gone = ids(top(c, user, k=5))[:2]
+        post(c, [{"user": user, "item": item} for item in gone])
+        answer = top(c, user, k=5)
+    want = rec.recommend(user, k=7).item_ids.tolist()
+    assert ids(answer) == [i for i in want if i not in gone][:5]
+    assert answer["source"] == "model+events"
+
+
+def test_a_user_only_the_log_knows_is_folded_in_from_their_events(client, rec):
+    items = [int(i) for i in rec.items.ids[:4]]
+    assert top(client, "newcomer")["source"] == "popularity"
+    post(client, [{"user": "newcomer", "item": i} for i in items])
+    post(client, [{"user": "newcomer", "item": int(rec.items.ids[10]), "target": 0}])
+    answer = top(client, "newcomer", k=10)
+    assert answer["source"] == "events" and answer["user_id"] == "newcomer"
+    want = rec.recommend_for_items(items, k=11)  # the target-0 item is excluded, not fitted
+    skip = int(rec.items.ids[10])
+    assert ids(answer) == [i for i in want.item_ids.tolist() if i != skip][:10]
+    assert not set(items) & set(ids(answer))
+    assert top(client, "newcomer", k=10) == answer  # the memoised answer is the same
+    batch = client.post("/recommend", json={"user_ids": ["newcomer", "nobody"], "k": 10})
+    assert [r["source"] for r in batch.json()["results"]] == ["events", "popularity"]
+    assert batch.json()["results"][0] == answer
+
+
+def test_integer_and_text_spellings_of_a_user_are_one_user(client, rec):
+    user = int(rec.users.ids[12])
+    gone = ids(top(client, user, k=3))[0]
+    post(client, [{"user": str(user), "item": gone}])  # text "12" for an integer model
+    assert gone not in ids(top(client, user, k=10))
+
+
+def _with_watermark(model_dir: Path, target: Path, event_id: int) -> Path:
+    shutil.copytree(model_dir, target)
+    config = json.loads((target / "config.json").read_text())
+    config["settings"]["watermark"] = {"event_id": event_id, "timestamp": None, "rows": 0}
+    (target / "config.json").write_text(json.dumps(config))
+    return target
+
+
+def test_after_a_reload_the_new_models_watermark_applies(model_dir, tmp_path, log_path):
+    root = tmp_path / "models"
+    root.mkdir()
+    old = root / "old"
+    shutil.copytree(model_dir, old)
+    app = create_app(model_dir=old, events=log_path, admin_token="s3cret", models_root=root)
+    with TestClient(app, headers=ADMIN) as c:
+        rec = app.state.holder.get().recommender
+        user = int(rec.users.ids[1])
+        gone = ids(top(c, user, k=5))[:2]
+        first = post(c, [{"user": user, "item": gone[0]}]).json()["last_id"]
+        post(c, [{"user": user, "item": gone[1]}])
+        assert not set(gone) & set(ids(top(c, user, k=10)))
+        # a model that has consumed the first event: only the second one is still new
+        new = _with_watermark(model_dir, root / "new", first)
+        assert c.post("/admin/reload", json={"model_dir": str(new)}).status_code == 200
+        answer = top(c, user, k=10)
+        assert gone[0] in ids(answer) and gone[1] not in ids(answer)
+        # events keep arriving after the reload and still count
+        post(c, [{"user": user, "item": gone[0]}])
+        assert gone[0] not in ids(top(c, user, k=10))
+        # one that has consumed them all: the model's own list again
+        newest = _with_watermark(model_dir, root / "newest", 10**6)
+        assert c.post("/admin/reload", json={"model_dir": str(newest)}).status_code == 200
+        assert top(c, user, k=10)["source"] == "model"
+
+
+def test_events_of_concurrent_clients_are_all_excluded(client, rec):
+    user = int(rec.users.ids[20])
+    ranked = ids(top(client, user, k=20))
+    threads = [
+        threading.Thread(target=post, args=(client, [{"user": user, "item": item}]))
+        for item in ranked[:8]
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not set(ranked[:8]) & set(ids(top(client, user, k=10)))
+
+
+def test_the_log_is_flushed_when_the_app_stops(rec, log_path):
+    with TestClient(create_app(rec, events=log_path)) as c:
+        for n in range(5):
+            post(c, [{"user": n, "item": n}])
+    frame, last = read_events(log_path)
+    assert last == 5 and frame["userId"].tolist() == list(range(5))
+    assert isinstance(frame, pd.DataFrame)
