@@ -224,3 +224,31 @@ def test_new_items_start_from_their_features(tmp_path):
     row_103 = int(rec.items.transform([103])[0])
     assert table.has_id[row_103] == 0  # no interactions: its features alone
     assert table.has_id[row_101] == 1
+
+
+def test_update_from_the_event_log_moves_the_watermark(tmp_path):
+    from hybridrec.events import Event, EventLog
+
+    old, new = _trained(tmp_path, epochs=1)
+    log = EventLog(tmp_path / "events.db")
+    log.write([Event(int(u), int(i), 1.0, 1e9 + n) for n, (u, i) in enumerate(new.to_numpy())])
+    log.write([Event(41, 3, 0.0, None)])  # a non-positive event: counted, not learned
+    log.close()
+    result = update(old, events=tmp_path / "events.db", out=tmp_path / "new", epochs=1)
+    assert result.info["watermark"]["event_id"] == len(new) + 1
+    assert result.info["update"]["positives"] == len(new)
+    assert result.info["update"]["data"].startswith("events:")
+    rec = hybridrec.load(tmp_path / "new")
+    assert set(rec.items.ids[-2:].tolist()) == {101, 102}
+    with pytest.raises(ConfigError, match="no events after"):  # all consumed
+        update(tmp_path / "new", events=tmp_path / "events.db", out=tmp_path / "newer")
+    log = EventLog(tmp_path / "events.db")
+    log.write([Event(43, 1), Event(43, 2)])
+    log.close()
+    code = main(["update", "--model", str(tmp_path / "new"), "--events",
+                 str(tmp_path / "events.db"), "--out", str(tmp_path / "newer"), "--json",
+                 "--epochs", "1"])  # fmt: skip
+    assert code == 0
+    newer = hybridrec.load(tmp_path / "newer")
+    assert newer.config["settings"]["watermark"]["event_id"] == len(new) + 3
+    assert 43 in newer.users.ids.tolist()

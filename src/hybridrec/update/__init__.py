@@ -216,7 +216,9 @@ def _new_interactions(
             f"{events} has no events after this model's watermark (event {after}); nothing "
             "to update with"
         )
-    if raw["timestamp"].isna().all():
+    if raw["timestamp"].isna().any():  # the log's order (arrival) is the time order then
+        if raw["timestamp"].notna().any():
+            logger.info(f"{events}: some events have no timestamp; using the log's order")
         raw = raw.drop(columns=["timestamp"])
     return load_data(raw, data_config), f"events:{events}", last
 
