@@ -180,13 +180,16 @@ def _train_config(
 
 
 def _parent_epochs(settings: dict[str, Any], model_dir: str | Path) -> int:
-    """The epochs the parent's training chose: its holdout's best epoch, else the number it
-    trained (a run with ``--val`` that stopped early)."""
+    """The epochs the parent's training chose: its holdout's best epoch, else the epoch its
+    early stopping kept (a run with ``--val``), else the epochs it trained."""
     best = settings.get("holdout", {}).get("best_epoch")
     if isinstance(best, int) and best > 0:
         return best
-    trained = len(read_metrics(model_dir).get("history", []))
-    return max(1, trained)
+    metrics = read_metrics(model_dir)
+    kept = metrics.get("final", {}).get("best_epoch")
+    if isinstance(kept, int) and kept > 0:
+        return kept
+    return max(1, len(metrics.get("history", [])))
 
 
 def _new_interactions(
