@@ -24,7 +24,7 @@ from hybridrec import TrainConfig
 from hybridrec.cli import main
 from hybridrec.data.synthetic import SyntheticConfig, write_synthetic_data
 from hybridrec.errors import ConfigError
-from hybridrec.events import Event, EventLog, read_events, watermark_of
+from hybridrec.events import Event, EventLog, EventLogUnavailable, read_events, watermark_of
 from hybridrec.serve import create_app
 
 TINY = {"embedding_dim": 8, "mlp_layer_sizes": (16, 8)}
@@ -128,6 +128,24 @@ def test_concurrent_batches_are_group_committed_whole(tmp_path):
         assert end - first + 1 == c + 1
         assert set(rows["userId"]) == {f"c{c}b{b}"}
         assert rows["itemId"].tolist() == list(range(c + 1))
+
+
+def test_a_batch_the_database_cannot_take_fails_alone(tmp_path):
+    """An id SQLite cannot store (the service refuses it before; the Python API does not)
+    fails its own batch, nothing of it written, and the writer goes on."""
+    log = EventLog(tmp_path / "log.db")
+    try:
+        bad = log.append([Event(1, 1), Event(2**64, 2)])
+        good = log.append([Event(3, 3)])
+        with pytest.raises(EventLogUnavailable):
+            bad.result()
+        assert good.result() == (1, 1)
+        assert log.write([Event(4, 4)]) == (2, 2)
+    finally:
+        log.close()
+    assert read_events(tmp_path / "log.db")[0]["userId"].tolist() == [3, 4]
+    with pytest.raises(EventLogUnavailable, match="closed"):
+        log.append([Event(5, 5)])
 
 
 def test_read_events_refuses_what_is_not_an_event_log(tmp_path):

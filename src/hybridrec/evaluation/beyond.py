@@ -13,12 +13,12 @@ Definitions (one per function, with its source):
 - Gini index@K: inequality of how often items are recommended, 0 = all equally often
   (RecBole ``GiniIndex``; Fleder & Hosanagar 2009);
 - average popularity@K: mean training popularity of a list's items (RecBole
-  ``AveragePopularity``; Abdollahpouri et al. 2019);
+  ``AveragePopularity``; ARP of Abdollahpouri et al. 2019);
 - novelty@K: mean self-information ``-log2 p(i)`` of a list's items, ``p(i)`` the share of
   training users who interacted with ``i`` (Vargas & Castells 2011, "Rank and relevance in
   novelty and diversity metrics"; Microsoft Recommenders ``novelty``; Zhou et al. 2010);
-- tail share@K: share of a list's items in the long tail (Abdollahpouri et al. 2019's
-  APLT; RecBole ``TailPercentage``), the tail defined by :meth:`ItemPopularity.tail`;
+- tail share@K: share of a list's items in the long tail (APLT of Abdollahpouri et al.
+  2017; RecBole ``TailPercentage``), the tail defined by :meth:`ItemPopularity.tail`;
 - intra-list diversity@K: mean pairwise ``1 - cosine`` of a list's items' attribute
   vectors (Ziegler et al. 2005; Castells et al., "Novelty and diversity in recommender
   systems", 2015; Microsoft Recommenders ``diversity``).

@@ -87,9 +87,15 @@ def metrics_from_ranks(
         >>> m["hr@2"], m["recall@2"], m["mrr"], m["auc"]
         (1.0, 0.5, 1.0, 0.75)
     """
-    ks = check_ks(ks)
-    per_user = per_user_metrics(ranks, neg_above, num_relevant, num_candidates, ks)
+    return average_metrics(per_user_metrics(ranks, neg_above, num_relevant, num_candidates, ks))
+
+
+def average_metrics(per_user: dict[str, torch.Tensor]) -> dict[str, float]:
+    """:func:`metrics_from_ranks`'s dict from :func:`per_user_metrics`'s (which it does not
+    change): each metric averaged over the evaluated rows, AUC over those with negatives."""
+    per_user = dict(per_user)
     keep = per_user.pop("evaluated")
+    ks = sorted({int(name.split("@")[1]) for name in per_user if "@" in name})
     users = int(keep.sum())
     out: dict[str, float] = {}
     if users == 0:

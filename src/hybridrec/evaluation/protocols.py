@@ -26,7 +26,12 @@ from tqdm.auto import tqdm
 
 from hybridrec.data.encoding import UNKNOWN_INDEX
 from hybridrec.errors import ConfigError
-from hybridrec.evaluation.metrics import check_ks, metrics_from_ranks, per_user_metrics
+from hybridrec.evaluation.metrics import (
+    average_metrics,
+    check_ks,
+    metrics_from_ranks,
+    per_user_metrics,
+)
 from hybridrec.models import model_device
 
 #: Elements of the (users, test items, items) comparison tensor per chunk of users.
@@ -186,10 +191,10 @@ def rank_full(
 
     # An unranked (unknown) item is a miss: every negative counts as scoring above it.
     neg_above = torch.where(rankable, neg_above, num_negatives[:, None])
-    out = metrics_from_ranks(ranks, neg_above, num_relevant, num_negatives, ks)
+    per_user = per_user_metrics(ranks, neg_above, num_relevant, num_negatives, ks)
+    out = average_metrics(per_user)
     out["unknown_test_items"] = float(unknown_items)
     out["unknown_test_users"] = float(unknown_users)
-    per_user = per_user_metrics(ranks, neg_above, num_relevant, num_negatives, ks)
     per_user.pop("evaluated")
     return FullRanking(out, users, per_user, items, ranks, num_relevant, top)
 

@@ -192,16 +192,18 @@ class EventLog:
             self._commit_group(group)
 
     def _commit_group(self, group: list[_Batch]) -> None:
+        # Any exception fails the batches it concerns (a future left unresolved would
+        # hang its request), and the writer thread carries on with the next group.
         try:
             firsts = self._transaction(group)
-        except sqlite3.Error as exc:
+        except Exception as exc:
             if len(group) == 1:
                 self._fail(group[0], exc)
                 return
             for batch in group:  # each alone: one batch's failure is not the others'
                 try:
                     firsts = self._transaction([batch])
-                except sqlite3.Error as single:
+                except Exception as single:
                     self._fail(batch, single)
                 else:
                     self._done([batch], firsts)
@@ -247,12 +249,12 @@ class EventLog:
                     logger.exception("event log listener failed")
             batch.future.set_result((first, first + len(batch.events) - 1))
 
-    def _fail(self, batch: _Batch, exc: sqlite3.Error) -> None:
+    def _fail(self, batch: _Batch, exc: Exception) -> None:
         logger.warning(f"event log {self.path}: a batch of {len(batch.events)} not written: {exc}")
         batch.future.set_exception(EventLogUnavailable(_reason(exc)))
 
 
-def _reason(exc: sqlite3.Error) -> str:
+def _reason(exc: Exception) -> str:
     """A short reason for a failed write, naming no paths."""
     text = str(exc).lower()
     for key, reason in (

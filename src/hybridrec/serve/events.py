@@ -178,11 +178,13 @@ class RecentEvents:
         self.last_id = 0
         self.users: dict[str, UserEvents] = {}
         self._lock = threading.Lock()
-        self._memo: dict[tuple[Any, ...], bytes] = {}
+        self._memo: dict[tuple[Any, ...], tuple[weakref.ref[Any], bytes]] = {}
         log.add_listener(self.add)
 
     def sync(self, served: Served) -> None:
-        """Reload the per-user events when the served model's watermark changed."""
+        """A model was swapped in: forget finished answers, and reload the per-user events
+        when its watermark differs from the previous model's."""
+        self._memo = {}
         watermark = watermark_of(served.recommender.config)
         if watermark == self.watermark:
             return
@@ -193,7 +195,6 @@ class RecentEvents:
                 users.setdefault(user_key(user), UserEvents()).add(item, target)
                 last = event_id
             self.users, self.last_id, self.watermark = users, last, watermark
-            self._memo = {}
 
     def add(self, first_id: int, events: Sequence[Event]) -> None:
         """A committed batch (the log's writer thread calls this before acknowledging it)."""
@@ -241,12 +242,12 @@ class RecentEvents:
         if events is None:
             return None
         if index == 0:
-            return self._memo.get(_fold_key(rec, user_id, events, k, exclude_seen))
+            return self._recall(rec, _fold_key(rec, user_id, events, k, exclude_seen))
         if cache is None or not exclude_seen:
             return None
         drop = events.item_indices(rec)
         key = (id(cache), index, len(events.items), k)
-        body = self._memo.get(key)
+        body = self._recall(cache, key)
         if body is not None:
             return body
         n = int(cache.count[True][index])
@@ -264,7 +265,7 @@ class RecentEvents:
             b'{"user_id":' + cache.user_json[index] + b',"items":[' + items + b'],"source":"'
             + SOURCE_EXCLUDED.encode() + b'","unknown_items":[]}'
         )  # fmt: skip
-        self._remember(key, body)
+        self._remember(cache, key, body)
         return body
 
     async def recommend_one(
@@ -283,7 +284,7 @@ class RecentEvents:
         body = out.model_dump_json().encode()
         events = self.of(rec, user_id, _index(served, user_id))
         if out.source == SOURCE_FOLDED and events is not None:
-            self._remember(_fold_key(rec, user_id, events, k, exclude_seen), body)
+            self._remember(rec, _fold_key(rec, user_id, events, k, exclude_seen), body)
         return body
 
     def concerns_any(self, served: Served, user_ids: Sequence[Any], exclude_seen: bool) -> bool:
@@ -347,10 +348,17 @@ class RecentEvents:
         kept = _without(rec, result, drop, allowed, k)
         return _to_out(result, user_id, kept, source, unknown)
 
-    def _remember(self, key: tuple[Any, ...], body: bytes) -> None:
+    def _remember(self, owner: Any, key: tuple[Any, ...], body: bytes) -> None:
+        """Keep ``body``, made from ``owner`` (a model or its cache), for :meth:`_recall`."""
         if len(self._memo) >= _MEMO_ENTRIES:
             self._memo = {}
-        self._memo[key] = body
+        self._memo[key] = (weakref.ref(owner), body)
+
+    def _recall(self, owner: Any, key: tuple[Any, ...]) -> bytes | None:
+        """A kept answer, only if made from this very ``owner`` (an ``id`` in the key
+        may have been reused by a later model's object)."""
+        kept = self._memo.get(key)
+        return kept[1] if kept is not None and kept[0]() is owner else None
 
 
 _NONE = np.zeros(0, dtype=np.int64)
