@@ -252,3 +252,17 @@ def test_update_from_the_event_log_moves_the_watermark(tmp_path):
     newer = hybridrec.load(tmp_path / "newer")
     assert newer.config["settings"]["watermark"]["event_id"] == len(new) + 3
     assert 43 in newer.users.ids.tolist()
+
+
+def test_info_of_an_updated_model_gives_its_update_command(tmp_path, capsys):
+    old, new = _trained(tmp_path, epochs=1)
+    new_csv = tmp_path / "new.csv"
+    new.to_csv(new_csv, index=False)
+    (tmp_path / "u.toml").write_text(f'train = "{new_csv}"\nepochs = 1\nreplay = 0.5\n')
+    args = ["--model", str(old), "--config", str(tmp_path / "u.toml"), "--out"]
+    assert main(["update", *args, str(tmp_path / "new"), "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["info", "--model", str(tmp_path / "new")]) == 0
+    shown = capsys.readouterr().out
+    assert "hybridrec update --config" in shown and "replay = 0.5" in shown
+    assert hybridrec.load(tmp_path / "new").config["settings"]["update"]["replay_rows"] >= 0

@@ -88,6 +88,7 @@ def update(
     num_threads: int = 1,
     device: str = "auto",
     show_progress: bool = False,
+    run_config: dict[str, Any] | None = None,
 ) -> UpdateResult:
     """Update the model in ``model_dir`` with new interactions and save it to ``out``.
 
@@ -109,6 +110,9 @@ def update(
         seed: shuffling, sampling and which users are replayed.
         learning_rate: default: the parent's.
         num_threads, device: as for training.
+        run_config: the command's resolved options (:mod:`hybridrec.configfile`), saved as
+            the new model's ``run_config`` (``hybridrec info`` prints them); the parent's
+            training options are not carried over (its path is recorded instead).
 
     Raises:
         ConfigError: a bad option, ``out`` is ``model_dir``, or no new positives.
@@ -135,6 +139,7 @@ def update(
             out=Path(out), data_config=data_config, train_config=train_config,
             items=items, user_features=user_features, item_features=item_features,
             replay=replay, show_progress=show_progress, grow_only=grow_only,
+            run_config=run_config,
         )  # fmt: skip
 
 
@@ -242,6 +247,7 @@ def _update(
     replay: float,
     show_progress: bool,
     grow_only: bool,
+    run_config: dict[str, Any] | None,
 ) -> UpdateResult:
     positive = frame[TARGET].to_numpy() > 0.5
     if not positive.any():
@@ -283,8 +289,11 @@ def _update(
         parent, parent_dir, frame, new_frame, source, event_id, growth, rows, train_config,
         grow_only,
     )  # fmt: skip
-    settings = {**parent.config.get("settings", {}), "update": info["update"]}
-    settings["watermark"] = info["watermark"]
+    info["update"]["replay"] = replay
+    settings = {**parent.config.get("settings", {}), **info}
+    settings.pop("run_config", None)  # the parent's command; its path is in "update"
+    if run_config is not None:
+        settings["run_config"] = run_config
     recommender = Recommender(
         model.cpu().eval(), users, item_enc, model_name=parent.model_name,
         config={"settings": settings}, seen=seen,

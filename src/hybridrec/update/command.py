@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 from hybridrec.config import MAX_THREADS
+from hybridrec.configfile import add_config_option
 from hybridrec.errors import ConfigError
 
 
@@ -55,9 +56,11 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.add_argument("--json", action="store_true", help="print what was done as one JSON object")
+    add_config_option(p)
 
 
 def run(args: argparse.Namespace) -> int:
+    from hybridrec.cli import _run_config
     from hybridrec.update import REPLAY, update
 
     if not 0 <= args.threads <= MAX_THREADS:
@@ -79,6 +82,7 @@ def run(args: argparse.Namespace) -> int:
         num_threads=args.threads,
         device=args.device,
         show_progress=not args.no_progress,
+        run_config=_run_config(args),
     )
     if args.json:
         print(json.dumps(result.info, sort_keys=True))
