@@ -122,8 +122,7 @@ class IdEncoder:
             own, valid = self._as_own_kind(fresh)
             if valid is not None and not valid.all():
                 raise ValueError(
-                    f"the model's ids are integers; {fresh[~valid][0]!r} is not "
-                    "(give integer ids)"
+                    f"the model's ids are integers; {fresh[~valid][0]!r} is not (give integer ids)"
                 )
         return IdEncoder(np.concatenate([self._ids, own]))
 

@@ -141,7 +141,6 @@ class Optimizers:
         for optimizer, one in zip(self.optimizers, states, strict=True):
             optimizer.load_state_dict(one)
 
-
     def export_moments(self, names: dict[int, str]) -> dict[str, torch.Tensor]:
         """Adam's state of every parameter that has one, keyed ``"<parameter name>:<field>"``
         (``exp_avg``, ``exp_avg_sq``, ``step``) with ``names`` mapping ``id(param)`` to its
