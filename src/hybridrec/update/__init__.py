@@ -8,8 +8,8 @@
    the model has them, otherwise from the mean row; Adam's saved state grows with them, so
    training continues rather than restarts;
 3. training runs on the new positives, the whole history of every user they touch and a
-   replay sample of the others (:mod:`hybridrec.update.rows`), for as many epochs as the
-   parent's training chose (``epochs``);
+   replay sample of the others (:mod:`hybridrec.update.rows`), for the epochs that predict
+   each touched user's latest new positive best (held out; at most the parent's epochs);
 4. the seen items and counts take the new positives; the new artifact records its parent,
    what it was updated with and a watermark (the last event id consumed, the latest
    timestamp), and loads like any other. ``OLD`` is never modified.
@@ -50,6 +50,7 @@ from hybridrec.update.grow import Growth, grow_model, grow_moments, grow_seen
 from hybridrec.update.rows import (
     NewRows,
     UpdateRows,
+    hold_out_latest,
     seen_histories,
     sequence_histories,
     update_rows,
@@ -102,9 +103,12 @@ def update(
         items: a catalogue file of items to know even without interactions.
         user_features, item_features: feature files for new users and items of a model
             trained with features (columns as at training; known ids are left as they are).
-        epochs: passes over the update's rows; default: the epochs the parent's training
-            chose (its holdout's best epoch, else the epochs it trained); 0 grows the model
-            and its seen items without training (new rows from features or the mean row).
+        epochs: passes over the update's rows. Default: chosen by early stopping on each
+            touched user's latest new positive, held out (users with one new positive keep
+            it), at most the epochs the parent's training chose (its holdout's best epoch,
+            else the epochs it trained); the held-out rows are not trained on but are seen
+            items. 0 grows the model and its seen items without training (new rows from
+            features or the mean row).
         replay: untouched users' rows to train on, per row of the touched users' (new rows
             and their histories); 0 trains on the touched users alone.
         seed: shuffling, sampling and which users are replayed.
@@ -131,7 +135,7 @@ def update(
     settings = parent.config.get("settings", {})
     data_config = DataConfig(**settings.get("data", {}))
     train_config = _train_config(settings, model_dir, epochs, seed, learning_rate, device)
-    grow_only = epochs == 0
+    grow_only, choose_epochs = epochs == 0, epochs is None
     with _output(out, train_config):
         frame, source, event_id = _new_interactions(data, events, parent, data_config)
         return _update(
@@ -139,6 +143,7 @@ def update(
             out=Path(out), data_config=data_config, train_config=train_config,
             items=items, user_features=user_features, item_features=item_features,
             replay=replay, show_progress=show_progress, grow_only=grow_only,
+            choose_epochs=choose_epochs,
             run_config=run_config,
         )  # fmt: skip
 
@@ -247,6 +252,7 @@ def _update(
     replay: float,
     show_progress: bool,
     grow_only: bool,
+    choose_epochs: bool,
     run_config: dict[str, Any] | None,
 ) -> UpdateResult:
     positive = frame[TARGET].to_numpy() > 0.5
@@ -277,19 +283,28 @@ def _update(
         if declared.sequences
         else seen_histories(parent.seen or _no_seen(parent))
     )
-    rows = update_rows(new, histories, replay, train_config.seed, ordered=declared.sequences)
+    train_new, val = new, None
+    if choose_epochs and declared.trainable and not grow_only:
+        train_new, val = hold_out_latest(new)
+        if len(val) == 0:
+            val = None
+    rows = update_rows(train_new, histories, replay, train_config.seed, ordered=declared.sequences)
     _mark_trained(model, rows)
     moments = _grown_moments(parent, parent_dir, growth)
     if grow_only and capabilities(model).trainable:
         history = History()
     else:
-        history = _train(model, rows, new, train_config, moments, show_progress)
+        history = _train(model, rows, new, val, train_config, moments, show_progress)
     seen = grow_seen(parent.seen or _no_seen(parent), growth, new.user_idx, new.item_idx)
     info = _record(
         parent, parent_dir, frame, new_frame, source, event_id, growth, rows, train_config,
         grow_only,
     )  # fmt: skip
     info["update"]["replay"] = replay
+    if val is not None and history.epochs:
+        info["update"].update(
+            epochs=history.best.epoch, max_epochs=train_config.epochs, held_out_rows=len(val)
+        )
     settings = {**parent.config.get("settings", {}), **info}
     settings.pop("run_config", None)  # the parent's command; its path is in "update"
     if run_config is not None:
@@ -415,6 +430,7 @@ def _train(
     model: torch.nn.Module,
     rows: UpdateRows,
     new: NewRows,
+    val: RecSysDataset | None,
     config: TrainConfig,
     moments: dict[str, torch.Tensor],
     show_progress: bool,
@@ -436,7 +452,9 @@ def _train(
         return History()
     kept = model.histories.clone() if declared.sequences else None  # type: ignore[union-attr]
     device = resolve_device(config.device)
-    history = fit(model, rows.data, None, config, device=device, show_progress=show_progress,
+    if val is not None:  # stop at the best epoch on the held-out latest positives
+        config = replace(config, early_stop="auto")
+    history = fit(model, rows.data, val, config, device=device, show_progress=show_progress,
                   moments=moments)  # fmt: skip
     if kept is not None:  # prepare() stored the histories of the update's users only
         trained = torch.zeros(len(kept), dtype=torch.bool)

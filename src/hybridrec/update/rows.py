@@ -101,6 +101,27 @@ def update_rows(
     )
 
 
+def hold_out_latest(new: NewRows) -> tuple[NewRows, RecSysDataset]:
+    """Each user's latest new positive, held out to choose the update's epochs (users with
+    one new positive keep it): ``(the rows to train on, the held-out rows)``. What the
+    update measures is how well it predicts what its users did next, the quantity more
+    epochs first improve and then, as the model drifts towards the update's rows, harm."""
+    order = np.arange(len(new.user_idx))
+    last = np.zeros(len(order), dtype=bool)
+    # rows come in time order: a user's last row is their latest
+    _, first_from_end = np.unique(new.user_idx[::-1], return_index=True)
+    last[len(order) - 1 - first_from_end] = True
+    counts = np.bincount(new.user_idx)
+    held = last & (counts[new.user_idx] >= 2)
+    kept = NewRows(new.user_idx[~held], new.item_idx[~held], new.timed)
+    val = RecSysDataset(
+        torch.from_numpy(new.user_idx[held]),
+        torch.from_numpy(new.item_idx[held]),
+        torch.ones(int(held.sum())),
+    )
+    return kept, val
+
+
 def seen_histories(seen: SeenItems) -> list[np.ndarray]:
     """Each user's training positives (sorted item indices; no order is stored)."""
     return [seen.items[seen.indptr[u] : seen.indptr[u + 1]] for u in range(seen.num_users)]
