@@ -40,7 +40,8 @@ def add_parser(sub: Any) -> None:
         "--epochs",
         type=int,
         metavar="N",
-        help="passes over the update's rows (default: the epochs the parent's training chose)",
+        help="passes over the update's rows (default: early stopping on each touched user's "
+        "latest new positive, held out; at most the epochs the parent's training chose)",
     )
     p.add_argument(
         "--replay",
