@@ -482,3 +482,18 @@ def test_validation_ranking_matches_the_saved_model(trained_models, name):
     recomputed = full_ranking(result, model=loaded.model)
     assert recomputed["hr@10"] == result.history.best.ranking["hr@10"]
     assert recomputed["ndcg@10"] == result.history.best.ranking["ndcg@10"]
+
+
+@pytest.mark.parametrize(
+    ("model", "options", "flag"),
+    [
+        ("sasrec", {"num_blocks": 100_000_000}, "--num-blocks"),
+        ("hybrid", {"mlp_layer_sizes": (8,) * 65}, "--mlp-layers"),
+        ("neumf", {"mlp_layer_sizes": (8,) * 65}, "--mlp-layers"),
+    ],
+)
+def test_absurd_depths_are_refused_before_building(model, options, flag):
+    from hybridrec.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=flag):
+        build_model(model, num_users=3, num_items=3, **options)

@@ -43,6 +43,17 @@ def check_finite(config: object) -> None:
                 raise ConfigError(f"{flag} must be a 64-bit integer (at most 2^63-1), got {number}")
 
 
+#: Layers (MLP hidden layers, transformer blocks) above this are surely a typo, and building
+#: them would take minutes before the memory check could refuse the model.
+MAX_LAYERS = 64
+
+
+def check_depth(count: int, flag: str) -> None:
+    """Refuse a layer count over :data:`MAX_LAYERS` before any layer is built."""
+    if count > MAX_LAYERS:
+        raise ConfigError(f"{flag} asks for {count:,} layers; at most {MAX_LAYERS} are allowed")
+
+
 #: ``--threads`` above this is surely a typo (and PyTorch's thread count is a C int).
 MAX_THREADS = 1024
 LOSSES = ("auto", "bce", "bpr", "ce")

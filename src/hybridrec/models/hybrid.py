@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from hybridrec.config import check_finite, option
+from hybridrec.config import check_depth, check_finite, option
 from hybridrec.data.encoding import UNKNOWN_INDEX
 from hybridrec.errors import ConfigError
 from hybridrec.models.base import RecModel
@@ -42,6 +42,7 @@ class HybridRecSysConfig(FeatureOptions):
             )
         if self.embedding_dim < 1:
             raise ConfigError(f"--embedding-dim must be >= 1, got {self.embedding_dim}")
+        check_depth(len(self.mlp_layer_sizes), "--mlp-layers")
         if any(s < 1 for s in self.mlp_layer_sizes):
             raise ConfigError(
                 f"--mlp-layers must be positive sizes like 64,32,16, got {self.mlp_layer_sizes}"

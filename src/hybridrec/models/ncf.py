@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from hybridrec.config import check_finite, option
+from hybridrec.config import check_depth, check_finite, option
 from hybridrec.data.encoding import UNKNOWN_INDEX
 from hybridrec.errors import ConfigError
 from hybridrec.models.base import RecModel
@@ -45,6 +45,7 @@ class NCFConfig:
             raise ConfigError("num_users and num_items must be >= 1")
         if self.embedding_dim < 1:
             raise ConfigError(f"--embedding-dim must be >= 1, got {self.embedding_dim}")
+        check_depth(len(self.mlp_layer_sizes), "--mlp-layers")
         if not self.mlp_layer_sizes or any(s < 2 for s in self.mlp_layer_sizes):
             raise ConfigError(
                 f"--mlp-layers must be sizes >= 2 like 64,32,16, got {self.mlp_layer_sizes}"

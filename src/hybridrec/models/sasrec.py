@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from hybridrec.config import check_finite, option
+from hybridrec.config import check_depth, check_finite, option
 from hybridrec.data.encoding import UNKNOWN_INDEX
 from hybridrec.data.sequences import append_items, pack_histories
 from hybridrec.errors import ConfigError
@@ -51,6 +51,7 @@ class SASRecConfig:
             if getattr(self, name) < 1:
                 flag = "--" + name.replace("_", "-")
                 raise ConfigError(f"{flag} must be >= 1, got {getattr(self, name)}")
+        check_depth(self.num_blocks, "--num-blocks")
         if self.hidden_dim % self.num_heads:
             raise ConfigError(
                 f"--num-heads ({self.num_heads}) must divide --hidden-dim ({self.hidden_dim})"
