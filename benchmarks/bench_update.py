@@ -82,8 +82,9 @@ class _Factors(torch.nn.Module):
 
 def implicit_comparison(data: pd.DataFrame, cut: int, directory: Path, seed: int) -> dict:
     """The same comparison for implicit's ALS: full fit vs fit on the first part and
-    ``partial_fit_users``/``partial_fit_items`` with the rest (users, items, users again:
-    new users need the new items' factors and the other way round)."""
+    ``partial_fit_users``/``partial_fit_items`` with the rest (factor tables grown with zero
+    rows first; then users, items, users again: new users need the new items' factors and
+    the other way round)."""
     import scipy.sparse as sp
     from implicit.cpu.als import AlternatingLeastSquares
 
@@ -126,6 +127,9 @@ def implicit_comparison(data: pd.DataFrame, cut: int, directory: Path, seed: int
     touched_users = np.unique(users.transform(new["userId"].to_numpy()))
     touched_items = np.unique(items.transform(new["itemId"].to_numpy()))
     by_item = everything.T.tocsr()
+    # the factor tables grow first (zeros), so no solve reads a row that does not exist
+    parent.user_factors = _padded(parent.user_factors, users.num_embeddings)
+    parent.item_factors = _padded(parent.item_factors, items.num_embeddings)
     try:
         parent.partial_fit_users(touched_users, everything[touched_users])
         parent.partial_fit_items(touched_items, by_item[touched_items])

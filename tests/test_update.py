@@ -266,3 +266,17 @@ def test_info_of_an_updated_model_gives_its_update_command(tmp_path, capsys):
     shown = capsys.readouterr().out
     assert "hybridrec update --config" in shown and "replay = 0.5" in shown
     assert hybridrec.load(tmp_path / "new").config["settings"]["update"]["replay_rows"] >= 0
+
+
+def test_rows_scope_leaves_untouched_users_scores_alone(tmp_path):
+    old, new = _trained(tmp_path, epochs=2)
+    parent = hybridrec.load(old)
+    update(old, new, out=tmp_path / "new", epochs=2, scope="rows")
+    rec = hybridrec.load(tmp_path / "new")
+    items = parent.items.ids.tolist()
+    for user in (1, 2, 3):  # not in the new rows
+        assert np.allclose(rec.score([user] * len(items), items),
+                           parent.score([user] * len(items), items), atol=1e-6)  # fmt: skip
+    assert not np.allclose(
+        rec.score([4] * len(items), items), parent.score([4] * len(items), items)
+    )

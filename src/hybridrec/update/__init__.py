@@ -90,6 +90,7 @@ def update(
     device: str = "auto",
     show_progress: bool = False,
     run_config: dict[str, Any] | None = None,
+    scope: str = "all",
 ) -> UpdateResult:
     """Update the model in ``model_dir`` with new interactions and save it to ``out``.
 
@@ -144,7 +145,7 @@ def update(
             items=items, user_features=user_features, item_features=item_features,
             replay=replay, show_progress=show_progress, grow_only=grow_only,
             choose_epochs=choose_epochs,
-            run_config=run_config,
+            run_config=run_config, scope=scope,
         )  # fmt: skip
 
 
@@ -254,6 +255,7 @@ def _update(
     grow_only: bool,
     choose_epochs: bool,
     run_config: dict[str, Any] | None,
+    scope: str,
 ) -> UpdateResult:
     positive = frame[TARGET].to_numpy() > 0.5
     if not positive.any():
@@ -294,7 +296,7 @@ def _update(
     if grow_only and capabilities(model).trainable:
         history = History()
     else:
-        history = _train(model, rows, new, val, train_config, moments, show_progress)
+        history = _train(model, rows, new, val, train_config, moments, show_progress, growth, scope)
     seen = grow_seen(parent.seen or _no_seen(parent), growth, new.user_idx, new.item_idx)
     info = _record(
         parent, parent_dir, frame, new_frame, source, event_id, growth, rows, train_config,
@@ -434,6 +436,8 @@ def _train(
     config: TrainConfig,
     moments: dict[str, torch.Tensor],
     show_progress: bool,
+    growth: Growth,
+    scope: str,
 ) -> History:
     """Fit on the update's rows; a model that only counts (popularity) adds the counts of
     the new positives to its own, and a sequence model keeps the stored histories of the
@@ -452,15 +456,81 @@ def _train(
         return History()
     kept = model.histories.clone() if declared.sequences else None  # type: ignore[union-attr]
     device = resolve_device(config.device)
+    frozen = _RowsOnly(model, new, growth, moments) if scope == "rows" else None
     if val is not None:  # stop at the best epoch on the held-out latest positives
         config = replace(config, early_stop="auto")
-    history = fit(model, rows.data, val, config, device=device, show_progress=show_progress,
-                  moments=moments)  # fmt: skip
+    try:
+        history = fit(model, rows.data, val, config, device=device,
+                      show_progress=show_progress, moments=moments)  # fmt: skip
+    finally:
+        if frozen is not None:
+            frozen.release(moments)
     if kept is not None:  # prepare() stored the histories of the update's users only
         trained = torch.zeros(len(kept), dtype=torch.bool)
         trained[rows.data.user_idx.unique()] = True
         model.histories[~trained] = kept[~trained].to(model.histories.device)  # type: ignore[index]
     return history
+
+
+class _RowsOnly:
+    """Train only the rows of the users the update touches and of the new items; the rest
+    of the model cannot drift. Other parameters are frozen; a gradient hook zeroes the
+    other rows of the row tables, their Adam momentum is cleared (it would move them with
+    a zero gradient), and :meth:`release` puts them back exactly (weight decay moves them
+    too) and keeps the frozen parameters' optimiser state in ``moments``."""
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        new: NewRows,
+        growth: Growth,
+        moments: dict[str, torch.Tensor],
+    ) -> None:
+        from hybridrec.update.grow import row_kind
+
+        allowed = {
+            "users": torch.zeros(growth.num_users, dtype=torch.bool),
+            "items": torch.zeros(growth.num_items, dtype=torch.bool),
+        }
+        allowed["users"][torch.from_numpy(np.unique(new.user_idx))] = True
+        allowed["items"][growth.old_items :] = True
+        self.model, self.saved = model, dict(moments)
+        self.rows: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.hooks = []
+        for name, param in model.named_parameters():
+            kind = row_kind(model, name)
+            if kind is None:
+                param.requires_grad_(False)
+                continue
+            mask = allowed[kind]
+            self.rows[name] = (mask, param.detach().clone())
+            self.hooks.append(param.register_hook(lambda g, m=mask: _masked_rows(g, m)))
+            if f"{name}:exp_avg" in moments:
+                moments[f"{name}:exp_avg"] = moments[f"{name}:exp_avg"] * mask.unsqueeze(-1)
+
+    def release(self, moments: dict[str, torch.Tensor]) -> None:
+        for hook in self.hooks:
+            hook.remove()
+        params = dict(self.model.named_parameters())
+        with torch.no_grad():
+            for name, (mask, before) in self.rows.items():
+                param = params[name]
+                param[~mask.to(param.device)] = before[~mask].to(param.device)
+        for param in params.values():
+            param.requires_grad_(True)
+        moments.update({k: v for k, v in self.saved.items() if k not in moments})
+
+
+def _masked_rows(grad: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``grad`` with the rows outside ``mask`` zero (sparse gradients lose them)."""
+    mask = mask.to(grad.device)
+    if grad.is_sparse:
+        grad = grad.coalesce()
+        keep = mask[grad.indices()[0]]
+        return torch.sparse_coo_tensor(
+            grad.indices()[:, keep], grad.values()[keep], grad.shape, device=grad.device
+        )
+    return grad * mask.to(grad.dtype).unsqueeze(-1)
 
 
 def _record(
