@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import copy
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -60,6 +60,8 @@ class Linearisation:
             ``scores`` over the items (item 0 left out).
         eigenvalues, eigenvectors: float64, of the softmax's curvature at ``start``,
             ``H = sum_j p_j J_j J_j^T - m m^T`` (P x P).
+        scorer: a structural copy of the model, for linearising given items outside the
+            sample (a copy per request cost ~8 ms), used under ``lock``.
     """
 
     names: tuple[str, ...]
@@ -72,6 +74,8 @@ class Linearisation:
     mean_gradient: torch.Tensor
     eigenvalues: torch.Tensor
     eigenvectors: torch.Tensor
+    scorer: nn.Module = field(repr=False, compare=False)
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
 
 def linearise(
@@ -93,7 +97,8 @@ def linearise(
     else:  # the real items 1..num_items-1, a seeded sample, ascending
         generator = torch.Generator().manual_seed(seed)
         items = torch.randperm(num_items - 1, generator=generator)[:max_items].sort().values + 1
-    scores, jacobian = scores_and_jacobian(model, names, widths, start, items)
+    scorer = _structural_copy(model)
+    scores, jacobian = scores_and_jacobian(model, names, widths, start, items, scorer)
     real = items != 0
     prob = torch.softmax(scores[real].double(), dim=0)
     design = jacobian[real].double()
@@ -102,7 +107,7 @@ def linearise(
     eigenvalues, eigenvectors = torch.linalg.eigh(curvature)
     return Linearisation(
         names, widths, start, items, every_item, jacobian, scores,
-        mean, eigenvalues.clamp(min=0), eigenvectors,
+        mean, eigenvalues.clamp(min=0), eigenvectors, scorer,
     )  # fmt: skip
 
 
@@ -112,14 +117,17 @@ def scores_and_jacobian(
     widths: tuple[int, ...],
     start: torch.Tensor,
     items: torch.Tensor,
+    scorer: nn.Module | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(logits (S,), d logit / d user rows (S, P))`` of the user ``start`` with ``items``.
 
     Each pair gets its own copy of the user's rows (user ``j + 1`` of a replacement table),
-    so one backward pass of the summed logits gives every pair's gradient.
+    so one backward pass of the summed logits gives every pair's gradient. ``scorer``: a
+    structural copy of ``model`` to swap them into, used by one thread at a time (default:
+    a new one).
     """
     device = model_device(model)
-    scorer = _structural_copy(model)
+    scorer = _structural_copy(model) if scorer is None else scorer
     scores, jacobians = [], []
     # The service calls this under torch.inference_mode(); the Jacobian needs autograd, and
     # tensors made in inference mode could not be saved for backward.
@@ -152,7 +160,8 @@ def closed_form_rows(
     if lin.every_item:
         rows = lin.jacobian[pos]
     else:  # a large catalogue: the given items are linearised now
-        _, rows = scores_and_jacobian(model, lin.names, lin.widths, lin.start, pos)
+        with lin.lock:
+            _, rows = scores_and_jacobian(model, lin.names, lin.widths, lin.start, pos, lin.scorer)
     n = len(pos)
     gradient = rows.double().sum(0) - n * lin.mean_gradient
     basis = lin.eigenvectors
