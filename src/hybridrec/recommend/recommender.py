@@ -34,7 +34,7 @@ def _per_user_k(k: int | Sequence[int], count: int) -> np.ndarray:
     The deepest ``k`` is ranked once and each user keeps its prefix, which is that user's
     own top-``k`` list: :func:`~hybridrec.recommend.topk.top_k` orders by score, then index.
     """
-    if isinstance(k, Sequence) and not isinstance(k, str | bytes):
+    if isinstance(k, Sequence | np.ndarray) and not isinstance(k, str | bytes):
         if len(k) != count:
             raise ConfigError(f"k must be one integer or one per user ({count}), got {len(k)}")
         return np.array([check_k(one) for one in k], dtype=np.int64)
