@@ -203,6 +203,21 @@ def test_empty_batch(rec):
     assert rec.recommend_many([], k=3) == []
 
 
+def test_recommend_many_with_one_k_per_user_is_each_users_recommend(rec):
+    users = [*rec.users.ids[:4].tolist(), "nobody"]
+    ks = [1, 7, 3, len(rec.items) + 5, 2]
+    for exclude_seen in (True, False):
+        many = rec.recommend_many(users, k=ks, exclude_seen=exclude_seen)
+        pairs = zip(users, ks, strict=True)
+        alone = [rec.recommend(u, k=k, exclude_seen=exclude_seen) for u, k in pairs]
+        assert many == alone  # bit for bit, scores included
+    assert rec.recommend_many(users, k=np.array(ks)) == rec.recommend_many(users, k=ks)
+    with pytest.raises(ConfigError, match="one per user"):
+        rec.recommend_many(users, k=[1, 2])
+    with pytest.raises(ConfigError, match="k must be"):
+        rec.recommend_many(users, k=[1, 2, 0, 1, 1])
+
+
 # ------------------------------------------------------------------ a new user from items
 
 

@@ -317,6 +317,10 @@ class Failing(hybridrec.Recommender):
     def recommend(self, *args: Any, **kwargs: Any) -> Any:
         raise self.error
 
+    # the service scores waiting users together, and one by one (recommend) if that fails
+    def recommend_many(self, *args: Any, **kwargs: Any) -> Any:
+        raise self.error
+
 
 @pytest.mark.parametrize(
     ("error", "status"),

@@ -428,7 +428,64 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--model", default="hybrid", choices=sorted(MODELS), help=argparse.SUPPRESS)
     _add_train_options(p)
+    _tune_parser(sub)
+    _report_parser(sub)
     return parser
+
+
+def _tune_parser(sub: Any) -> None:
+    """``hybridrec tune``: the training options (fixed for every trial unless searched)
+    and the study's own."""
+    p = sub.add_parser(
+        "tune", help="search hyperparameters with Optuna; write the best as a --config file"
+    )
+    _train_parser(p, train=None, val=None, out="tune")
+    p._option_string_actions["--out"].help = (
+        "folder for best.toml, trials.csv, history.png, importance.png and the default "
+        "storage study.db (default: tune)"
+    )
+    g = p.add_argument_group("search")
+    g.add_argument("--trials", type=int, default=20, help="trials this run adds (default: 20)")
+    g.add_argument("--space", metavar="PATH", help="TOML search space over the model's default")
+    g.add_argument(
+        "--storage",
+        metavar="URL",
+        help="Optuna storage shared by runs and processes (default: sqlite:///OUT/study.db)",
+    )
+    g.add_argument("--study-name", metavar="NAME", help="default: hybridrec-MODEL")
+    g.add_argument("--timeout", type=float, metavar="S", help="start no trial after S seconds")
+    g.add_argument(
+        "--sampler-seed",
+        type=int,
+        metavar="N",
+        help="TPE seed, combined with each trial's number (default: --seed)",
+    )
+    g.add_argument(
+        "--pruner", choices=("median", "none"), default="median", help="(default: median)"
+    )
+    g.add_argument(
+        "--warmup-epochs", type=int, default=2, help="epochs of a trial never pruned (default: 2)"
+    )
+    g.add_argument(
+        "--startup-trials",
+        type=int,
+        default=3,
+        help="trials the study completes before any is pruned (default: 3)",
+    )
+    add_config_option(p)
+
+
+def _report_parser(sub: Any) -> None:
+    p = sub.add_parser("report", help="compare saved models on one split: report.md and PNG plots")
+    p.add_argument("--models", nargs="+", required=True, metavar="DIR", help="model directories")
+    p.add_argument("--train", required=True, metavar="PATH", help="training interactions")
+    p.add_argument("--test", required=True, metavar="PATH", help="held-out positives")
+    p.add_argument("--out", required=True, metavar="DIR", help="folder for report.md and PNGs")
+    p.add_argument(
+        "--k", type=_parse_sizes, default=(1, 5, 10, 20, 50), help="cut-offs (1,5,10,20,50)"
+    )
+    add_config_arguments(p, DataConfig, "data columns")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
 
 
 # ---------------------------------------------------------------- commands
@@ -475,6 +532,59 @@ def cmd_train(args: argparse.Namespace) -> int:
             f"kept epoch {best.epoch} of {len(result.history.epochs)}; "
             f"{summary['samples_per_second']:,.0f} samples/s; saved to {args.out}/"
         )
+    return 0
+
+
+def _train_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """``hybridrec.train``'s options from parsed flags (what a tune trial trains with)."""
+    return {
+        "model": args.model,
+        "model_options": _model_options(args),
+        "data_config": config_from_args(DataConfig, args),
+        "train_config": config_from_args(TrainConfig, args),
+        "items": args.items,
+        "feature_config": config_from_args(FeatureConfig, args),
+    }
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    from hybridrec.configfile import subparser
+    from hybridrec.tune import run_tune
+
+    train_parser = subparser(build_parser(), "train")
+    assert train_parser is not None
+    summary = run_tune(args, train_parser, _train_kwargs)
+    if args.json:
+        _print_json(summary)
+        return 0
+    print(
+        f"study {summary['study']}: {summary['trials']} trials ({summary['this_run']} "
+        f"by this run): {summary['complete']} complete, {summary['pruned']} pruned, "
+        f"{summary['fail']} failed; {summary['epochs']} epochs trained"
+    )
+    params = " ".join(f"{k}={v}" for k, v in summary["best_params"].items())
+    print(f"best: trial {summary['best_trial']}, {summary['metric']} "
+          f"{summary['best_value']:.4f}: {params}")  # fmt: skip
+    if "note" in summary:
+        print(summary["note"])
+    print(f"wrote {summary['best']} (hybridrec train --config {summary['best']}), "
+          f"{summary['history_png']}" + (f", {summary['importance_png']}"
+                                          if "importance_png" in summary else ""))  # fmt: skip
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from hybridrec.report import write_report
+
+    done = write_report(args.models, args.train, args.test, args.out, ks=args.k,
+                        data_config=config_from_args(DataConfig, args),
+                        show_progress=not args.no_progress)  # fmt: skip
+    k = done["k"]
+    for r in done["results"]:
+        print(f"{r.name}: HR@{k} {r.metrics.get(f'hr@{k}', float('nan')):.4f}  "
+              f"NDCG@{k} {r.metrics.get(f'ndcg@{k}', float('nan')):.4f}  "
+              f"coverage@{k} {r.beyond.get(f'coverage@{k}', float('nan')):.4f}")  # fmt: skip
+    print("wrote " + ", ".join(done["files"]))
     return 0
 
 
@@ -864,6 +974,8 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "demo": cmd_demo,
     "split": cmd_split,
     "data": cmd_data,
+    "tune": cmd_tune,
+    "report": cmd_report,
 }
 
 
@@ -960,6 +1072,8 @@ def _is_out_of_memory(exc: BaseException) -> bool:
 
 def _interrupted(args: argparse.Namespace) -> str:
     """What an interrupted command left: training saves its model only at the end."""
+    if args.command == "tune":
+        return "finished trials are kept in the study's storage; rerun to resume"
     if args.command not in ("train", "demo", "update"):
         return "no output file was written (they appear only when complete)"
     every = getattr(args, "checkpoint_every", 0)

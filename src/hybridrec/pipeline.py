@@ -8,7 +8,7 @@ import json
 import logging
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
@@ -135,6 +135,7 @@ def train(
     item_features: DataLike | None = None,
     show_progress: bool = False,
     run_config: dict[str, Any] | None = None,
+    on_epoch_end: Callable[[EpochStats, History], None] | None = None,
 ) -> TrainResult:
     """Train a model on interaction data and optionally save it.
 
@@ -164,6 +165,10 @@ def train(
         run_config: the command's resolved options (:mod:`hybridrec.configfile`), saved in
             the artifact's settings as ``run_config`` so ``hybridrec info`` can print a
             file that reruns the training.
+        on_epoch_end: called as ``on_epoch_end(stats, history)`` after every epoch of every
+            run (the automatic holdout's refit has no validation metrics), e.g. to report
+            to a hyperparameter search. An exception it raises (a pruned trial) ends
+            training and propagates unchanged; nothing is saved then.
 
     Under ``torchrun`` (``WORLD_SIZE > 1`` in the environment) every process calls this;
     they train together with DistributedDataParallel and only rank 0 logs, validates and
@@ -209,6 +214,7 @@ def train(
                 show_progress=show_progress,
                 device=device,
                 run_config=run_config,
+                on_epoch_end=on_epoch_end,
             )
     finally:
         distributed.cleanup()
@@ -303,6 +309,7 @@ def _train(
     show_progress: bool,
     device: torch.device,
     run_config: dict[str, Any] | None = None,
+    on_epoch_end: Callable[[EpochStats, History], None] | None = None,
 ) -> TrainResult:
     main = distributed.is_main()
     side.check_model(model)
@@ -370,6 +377,8 @@ def _train(
     def write_progress(stats: EpochStats, history: History) -> None:
         if out_dir is not None:  # fit calls this on rank 0 only
             atomic_write_json(out_dir / PROGRESS, {"history": history.to_list()})
+        if on_epoch_end is not None:
+            on_epoch_end(stats, history)
 
     moments: dict[str, torch.Tensor] = {}  # the optimiser state of the last run, for update
 

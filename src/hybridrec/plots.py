@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
+from typing import Any
 
 from hybridrec.files import atomic_write
 from hybridrec.training import History
@@ -45,6 +46,27 @@ def plot_history(history: History, path: str | Path) -> Path | None:
     right.set_xlabel("epoch")
     right.set_title("validation")
     right.legend(fontsize="small")
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=90)
+    plt.close(fig)
+    atomic_write(path, lambda f: f.write(buffer.getvalue()))
+    return Path(path)
+
+
+def pyplot() -> Any:
+    """matplotlib's pyplot on the Agg backend (no display needed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_png(fig: Any, path: str | Path) -> Path:
+    """Write ``fig`` as a PNG atomically (a reader never sees half a file) and close it."""
+    plt = pyplot()
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=90)

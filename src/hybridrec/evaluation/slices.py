@@ -189,12 +189,16 @@ def write_per_user(frame: pd.DataFrame, path: str | Path) -> None:
 class FullReport:
     """The full protocol with everything beyond the averages: ``metrics`` (ranking and
     beyond-accuracy), ``slices`` (by user activity and held-out item popularity) and
-    ``per_user`` (one row per evaluated user)."""
+    ``per_user`` (one row per evaluated user); ``top`` (users, max K) the recommended item
+    indices and ``popularity`` the training popularity they were described with, for
+    plots that need the lists themselves (``hybridrec report``)."""
 
     metrics: dict[str, float]
     beyond: dict[str, float]
     slices: dict[str, Any]
     per_user: pd.DataFrame
+    top: torch.Tensor | None = None
+    popularity: ItemPopularity | None = None
 
 
 def full_report(
@@ -228,7 +232,7 @@ def full_report(
         "item_popularity": by_item_popularity(ranking, popularity, ks),
     }
     frame = per_user_frame(ranking, users, activity, user_col, beyond_per_user)
-    return FullReport(ranking.metrics, beyond, slices, frame)
+    return FullReport(ranking.metrics, beyond, slices, frame, ranking.top, popularity)
 
 
 def item_feature_tokens(model: nn.Module) -> tuple[torch.Tensor, torch.Tensor] | None:

@@ -20,6 +20,7 @@ Modules, one job each:
 - ``topk``: scoring every item for a chunk of users and taking the best ``k``;
 - ``two_stage``: candidate retrieval and re-ranking (``num_candidates``);
 - ``cold_start``: a new user described by items (``recommend_for_items``);
+- ``fold_in``: its default fit, in closed form (the model linearised at the mean user);
 - ``similar``: similar items by embedding (``similar_items``);
 - ``batch_file``: recommendations for many users written to a file;
 - ``result``: the :class:`Recommendation` every path returns; ``checks``: argument checks.

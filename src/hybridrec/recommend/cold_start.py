@@ -3,9 +3,11 @@
 Sequence models (the ``sequences`` capability: ``score_sequences``) read the items as a
 history and rank directly. Other models fold the user in: fresh rows of the model's per-user
 tables (its declared ``user_parameters``) are fitted to the items on the spot, every other
-weight frozen. The model itself is never modified: the fitted rows replace its tables only
-inside a structural copy, through ``torch.func.functional_call``, so threads scoring with
-the real model never see them.
+weight frozen: by default in closed form (:mod:`hybridrec.recommend.fold_in`, ~0.1 ms), or
+by Adam steps through the model (``fit="gradient"``, ~30 ms; the only way for a user who is
+also described by features). The model itself is never modified: the fitted rows replace
+its tables only inside a structural copy, through ``torch.func.functional_call``, so
+threads scoring with the real model never see them.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from hybridrec.errors import ConfigError
 from hybridrec.features.table import EncodedFeatures, FeatureTable
 from hybridrec.models import capabilities, model_device
 from hybridrec.models.featured import FeaturedEmbedding
+from hybridrec.recommend import fold_in
 from hybridrec.recommend.checks import check_k, id_list, unique
 from hybridrec.recommend.result import IdsLike, Recommendation, frozen
 from hybridrec.recommend.topk import sigmoid, top_k
@@ -30,8 +33,11 @@ from hybridrec.recommend.topk import sigmoid, top_k
 if TYPE_CHECKING:
     from hybridrec.recommend.recommender import Recommender
 
-#: Negatives sampled per given item when fitting a new user's vector.
+#: Negatives sampled per given item when fitting a new user's vector by gradient.
 _NEGATIVES_PER_ITEM = 4
+#: How a new user's rows are fitted: ``closed-form`` (:mod:`~hybridrec.recommend.fold_in`),
+#: ``gradient`` (Adam steps), or ``auto``: closed form unless the user also has features.
+FIT_METHODS = ("auto", "closed-form", "gradient")
 
 
 def recommend_for_items(
@@ -43,10 +49,12 @@ def recommend_for_items(
     lr: float,
     seed: int,
     features: EncodedFeatures | None = None,
+    fit: str = "auto",
 ) -> Recommendation:
     """:meth:`Recommender.recommend_for_items`, which documents the arguments; with
     ``features`` (two encoded rows, the new user's in row 1) the user is known by them too."""
     k = check_k(k)
+    closed_form = _closed_form(fit, features)
     if isinstance(steps, bool) or not isinstance(steps, int | np.integer) or steps < 0:
         raise ConfigError(f"steps must be an integer >= 0, got {steps!r}")
     if not lr > 0:
@@ -71,6 +79,10 @@ def recommend_for_items(
     if not names:
         item_out, scores = recommender.popular(k, exclude=exclude)
         return Recommendation(None, item_out, scores, "popularity", unknown_items)
+    if len(given) and closed_form:
+        rows = fold_in.closed_form_rows(model, recommender.linearisation(), given)
+        logits = recommender.row_scorer().score(rows)
+        return _top_of(items, logits, k, exclude, unknown_items)
     if len(given):
         # The service calls this under torch.inference_mode(); fitting needs autograd.
         with torch.inference_mode(False), torch.enable_grad():
@@ -93,6 +105,18 @@ def recommend_for_items(
         source = "features+items" if len(given) else "features"
         result = Recommendation(None, result.item_ids, result.scores, source, unknown_items)
     return result
+
+
+def _closed_form(fit: str, features: EncodedFeatures | None) -> bool:
+    """Whether ``fit`` means the closed form; refused where it is not a method, or the
+    closed form where the user has features (its linearisation has none)."""
+    if fit not in FIT_METHODS:
+        raise ConfigError(f"fit must be one of {', '.join(FIT_METHODS)}, got {fit!r}")
+    if fit == "closed-form" and features is not None:
+        raise ConfigError(
+            "fit='closed-form' cannot use user features; use fit='gradient' or 'auto'"
+        )
+    return fit == "closed-form" or (fit == "auto" and features is None)
 
 
 def encode_user_features(recommender: Recommender, features: dict[str, Any]) -> EncodedFeatures:

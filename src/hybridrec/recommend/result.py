@@ -43,6 +43,18 @@ class Recommendation:
     def __len__(self) -> int:
         return len(self.item_ids)
 
+    def top(self, k: int) -> Recommendation:
+        """The first ``k`` items: what the same ranking with ``k`` would have returned."""
+        if k >= len(self.item_ids):
+            return self
+        return Recommendation(
+            self.user_id,
+            frozen(self.item_ids[:k]),
+            frozen(self.scores[:k]),
+            self.source,
+            list(self.unknown_items),
+        )
+
     def __eq__(self, other: object) -> bool:
         # the generated __eq__ would compare arrays element-wise and fail on bool()
         if not isinstance(other, Recommendation):

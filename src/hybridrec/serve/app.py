@@ -288,7 +288,8 @@ def _add_recommend_routes(
             body = served.cache.body(user_id, k, exclude_seen)
             if body is not None:
                 return Response(body, media_type="application/json")
-        return await gate.run(_recommend_one, served.recommender, user_id, k, exclude_seen)
+        request = (served.recommender, user_id, k, exclude_seen)
+        return await gate.run_batched(_recommend_known_batch, request)
 
     @app.post(
         "/recommend",
@@ -310,6 +311,8 @@ def _add_recommend_routes(
         cached = _cached_batch(served, body)
         if cached is not None:
             return cached
+        if body.user_ids is None and body.user_features is None:  # a new user by items
+            return await gate.run_batched(_one_by_one, (_recommend_batch_sync, served, body))
         return await gate.run(_recommend_batch_sync, served, body)
 
 
@@ -484,6 +487,46 @@ def _recommend_one(rec: Recommender, user_id: str, k: int, exclude_seen: bool) -
     with _model_call():
         result = rec.recommend(user_id, k=k, exclude_seen=exclude_seen, num_candidates=AUTO)
     return _json_response(to_out(result, _known_ids(rec, [user_id])[0]))
+
+
+def _recommend_known_batch(
+    requests: list[tuple[Recommender, str, int, bool]],
+) -> list[Response | BaseException]:
+    """Uncached ``GET /recommend/{user_id}`` requests that waited together
+    (:meth:`ModelGate.run_batched`): one ``recommend_many`` per model and ``exclude_seen``,
+    with each request's own ``k``, so each answer is :func:`_recommend_one`'s, byte for
+    byte. A batch that fails is answered one request at a time: a bad one fails alone."""
+    groups: dict[tuple[int, bool], list[int]] = {}
+    for j, (rec, _, _, exclude_seen) in enumerate(requests):
+        groups.setdefault((id(rec), exclude_seen), []).append(j)
+    out: dict[int, Response | BaseException] = {}
+    for positions in groups.values():
+        rec, _, _, exclude_seen = requests[positions[0]]
+        users = [requests[j][1] for j in positions]
+        ks = [requests[j][2] for j in positions]
+        try:
+            results = rec.recommend_many(
+                users, k=ks, exclude_seen=exclude_seen, num_candidates=AUTO
+            )
+        except Exception:
+            for j in positions:
+                out[j] = _one_by_one([(_recommend_one, *requests[j])])[0]
+            continue
+        for j, result, user in zip(positions, results, _known_ids(rec, users), strict=True):
+            out[j] = _json_response(to_out(result, user))
+    return [out[j] for j in range(len(requests))]
+
+
+def _one_by_one(requests: list[tuple[Any, ...]]) -> list[Response | BaseException]:
+    """Requests that waited together (:meth:`ModelGate.run_batched`), each ``fn(*args)`` in
+    turn: one trip through the model's queue for all, each failing alone."""
+    out: list[Response | BaseException] = []
+    for fn, *args in requests:
+        try:
+            out.append(fn(*args))
+        except Exception as exc:
+            out.append(exc)
+    return out
 
 
 def _parse_and_recommend(

@@ -128,6 +128,9 @@ def _served(recommender: Recommender, cache_top: int) -> Served:
             f"{time.perf_counter() - started:.1f} s"
         )
         started = time.perf_counter()
+    if recommender.prepare_fold_in():  # the closed-form fold-in's linearisation
+        logger.info(f"new-user fold-in prepared in {time.perf_counter() - started:.2f} s")
+        started = time.perf_counter()
     cache = build_cache(recommender, cache_top)
     if cache is not None:
         logger.info(
