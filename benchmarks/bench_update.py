@@ -9,7 +9,7 @@ model, and how many of them reach some user's top 10. ``--split val`` uses the v
 (``val/``) for choosing settings; ``test`` is for the record.
 
     python benchmarks/bench_update.py [--split val|test] [--seeds 0,1,2] [--model hybrid]
-        [--replay 1.0] [--epochs N] [--fraction 0.1]
+        [--scope rows|all] [--replay R] [--epochs N] [--fraction 0.1]
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ import torch
 import hybridrec
 from hybridrec import TrainConfig
 from hybridrec.evaluation import evaluate_full, evaluate_sampled, read_candidates
-from hybridrec.update import REPLAY, update
+from hybridrec.update import update
 
 LOO = Path(__file__).resolve().parents[2] / "shared" / "data" / "movielens-100k-loo"
 
@@ -168,7 +168,7 @@ def one_seed(args: argparse.Namespace, seed: int, work: Path) -> dict[str, Any]:
     ).recommender
     start = time.perf_counter()
     updated = update(work / "old", work / "new.csv", out=work / "new", seed=seed,
-                     replay=args.replay, epochs=args.epochs)  # fmt: skip
+                     replay=args.replay, epochs=args.epochs, scope=args.scope)  # fmt: skip
     update_s = time.perf_counter() - start
     out = {
         "parent (90%)": {**scores(parent, data, directory), "seconds": math.nan},
@@ -188,7 +188,8 @@ def main() -> None:
     parser.add_argument("--split", choices=("val", "test"), default="val")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--model", default="hybrid")
-    parser.add_argument("--replay", type=float, default=REPLAY)
+    parser.add_argument("--replay", type=float, default=None)
+    parser.add_argument("--scope", default="rows")
     parser.add_argument("--epochs", type=int, default=None)
     parser.add_argument("--fraction", type=float, default=0.1)
     args = parser.parse_args()
@@ -200,7 +201,7 @@ def main() -> None:
             work.mkdir()
             runs.append(one_seed(args, seed, work))
     print(f"\n{args.model}, {args.split} split, last {args.fraction:.0%} by time, "
-          f"replay {args.replay}, seeds {args.seeds} (mean)")  # fmt: skip
+          f"scope {args.scope}, replay {args.replay}, seeds {args.seeds} (mean)")  # fmt: skip
     metrics = ("sampled hr@10", "sampled ndcg@10", "full hr@10", "seconds")
     print("| run | " + " | ".join(metrics) + " |")
     print("|---" * (len(metrics) + 1) + "|")

@@ -53,6 +53,7 @@ def test_files_written(trained):
         "config.json",
         "id_maps.json",
         "metrics.json",
+        "optimizer.pt",
         "seen.npz",
         "training_curves.png",
         "weights.pt",
@@ -121,7 +122,13 @@ def test_config_json_contents(trained):
     assert config["model_config"]["embedding_dim"] == 8
     assert config["model_config"]["mlp_layer_sizes"] == [16, 8]
     assert config["settings"]["train"]["batch_size"] == 256
-    assert set(config["sha256"]) == {"weights.pt", "id_maps.json", "metrics.json", "seen.npz"}
+    assert set(config["sha256"]) == {
+        "weights.pt",
+        "id_maps.json",
+        "metrics.json",
+        "seen.npz",
+        "optimizer.pt",
+    }
 
 
 def test_loaded_recommender_exposes_metrics(trained):

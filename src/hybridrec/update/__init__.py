@@ -58,7 +58,13 @@ from hybridrec.update.rows import (
 
 logger = logging.getLogger(__name__)
 
-#: Default ``replay``: untouched users' rows per row of the touched users.
+#: What an update trains: ``rows`` (the touched users' and new items' rows, everything else
+#: frozen) or ``all`` (every weight, with a replay sample against drift). On the ML-100K
+#: val split (3 seeds, last 10% by time) ``rows`` gave sampled HR@10 0.697 / NDCG@10 0.420
+#: against 0.693 / 0.410 for ``all`` and 0.694 / 0.418 for a full retrain: training every
+#: weight on a tenth of the data moved the model away from the other users.
+SCOPES = ("rows", "all")
+#: Default ``replay`` of ``scope="all"``: untouched users' rows per row of the touched users.
 REPLAY = 1.0
 
 DataLike = str | Path | pd.DataFrame
@@ -83,14 +89,14 @@ def update(
     user_features: DataLike | None = None,
     item_features: DataLike | None = None,
     epochs: int | None = None,
-    replay: float = REPLAY,
+    replay: float | None = None,
     seed: int = 0,
     learning_rate: float | None = None,
     num_threads: int = 1,
     device: str = "auto",
     show_progress: bool = False,
     run_config: dict[str, Any] | None = None,
-    scope: str = "all",
+    scope: str = "rows",
 ) -> UpdateResult:
     """Update the model in ``model_dir`` with new interactions and save it to ``out``.
 
@@ -111,10 +117,14 @@ def update(
             items. 0 grows the model and its seen items without training (new rows from
             features or the mean row).
         replay: untouched users' rows to train on, per row of the touched users' (new rows
-            and their histories); 0 trains on the touched users alone.
+            and their histories); default 1.0 with ``scope="all"``, 0 with ``"rows"`` (the
+            untouched users' rows are frozen then).
         seed: shuffling, sampling and which users are replayed.
         learning_rate: default: the parent's.
         num_threads, device: as for training.
+        scope: ``"rows"`` (default) trains only the rows of the users the update touches
+            and of the new items, every other weight frozen, so users the update does not
+            concern keep their scores; ``"all"`` trains every weight (see :data:`SCOPES`).
         run_config: the command's resolved options (:mod:`hybridrec.configfile`), saved as
             the new model's ``run_config`` (``hybridrec info`` prints them); the parent's
             training options are not carried over (its path is recorded instead).
@@ -124,6 +134,10 @@ def update(
         ArtifactError: ``model_dir`` is not a loadable model.
         DataError: the new data is unreadable or invalid (file, row and column named).
     """
+    if scope not in SCOPES:
+        raise ConfigError(f"--scope must be one of {', '.join(SCOPES)}, got {scope!r}")
+    if replay is None:
+        replay = REPLAY if scope == "all" else 0.0
     _check_options(data, events, epochs, replay)
     set_num_threads(num_threads)
     out = model_dir_path(out)
@@ -136,7 +150,8 @@ def update(
     settings = parent.config.get("settings", {})
     data_config = DataConfig(**settings.get("data", {}))
     train_config = _train_config(settings, model_dir, epochs, seed, learning_rate, device)
-    grow_only, choose_epochs = epochs == 0, epochs is None
+    # early stopping guards "all" against drift; "rows" cannot drift and uses every new row
+    grow_only, choose_epochs = epochs == 0, epochs is None and scope == "all"
     with _output(out, train_config):
         frame, source, event_id = _new_interactions(data, events, parent, data_config)
         return _update(
@@ -575,4 +590,4 @@ def _record(
     return {"update": update, "watermark": watermark}
 
 
-__all__ = ["REPLAY", "UpdateResult", "update"]
+__all__ = ["REPLAY", "SCOPES", "UpdateResult", "update"]

@@ -40,16 +40,25 @@ def add_parser(sub: Any) -> None:
         "--epochs",
         type=int,
         metavar="N",
-        help="passes over the update's rows (default: early stopping on each touched user's "
-        "latest new positive, held out; at most the epochs the parent's training chose)",
+        help="passes over the update's rows (default: the epochs the parent's training chose; "
+        "with --scope all, early stopping on each touched user's latest new positive, held "
+        "out, up to that many)",
     )
     p.add_argument(
         "--replay",
         type=float,
         default=None,
         metavar="R",
-        help="untouched users' rows trained on per row of the touched users' (default 1.0; "
-        "0 = the touched users alone)",
+        help="--scope all: untouched users' rows trained on per row of the touched users' "
+        "(default 1.0; 0 = the touched users alone); --scope rows: default 0",
+    )
+    p.add_argument(
+        "--scope",
+        choices=("rows", "all"),
+        default="rows",
+        help="rows (default): train only the touched users' and the new items' rows, every "
+        "other weight frozen, so other users keep their scores; all: train every weight, "
+        "with a replay sample against drift",
     )
     p.add_argument("--seed", type=int, default=0, help="seed (0)")
     p.add_argument("--lr", type=float, metavar="LR", help="learning rate (default: the parent's)")
@@ -62,7 +71,7 @@ def add_parser(sub: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from hybridrec.cli import _run_config
-    from hybridrec.update import REPLAY, update
+    from hybridrec.update import update
 
     if not 0 <= args.threads <= MAX_THREADS:
         raise ConfigError(f"--threads must be in 0..{MAX_THREADS}, got {args.threads}")
@@ -77,7 +86,8 @@ def run(args: argparse.Namespace) -> int:
         user_features=args.user_features,
         item_features=args.item_features,
         epochs=args.epochs,
-        replay=REPLAY if args.replay is None else args.replay,
+        replay=args.replay,
+        scope=args.scope,
         seed=args.seed,
         learning_rate=args.lr,
         num_threads=args.threads,
