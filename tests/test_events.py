@@ -130,22 +130,53 @@ def test_concurrent_batches_are_group_committed_whole(tmp_path):
         assert rows["itemId"].tolist() == list(range(c + 1))
 
 
-def test_a_batch_the_database_cannot_take_fails_alone(tmp_path):
-    """An id SQLite cannot store (the service refuses it before; the Python API does not)
-    fails its own batch, nothing of it written, and the writer goes on."""
+def test_a_batch_that_cannot_be_written_fails_alone(tmp_path, monkeypatch):
+    """A write that fails fails its own batch, nothing of it written, even when it was
+    grouped with others; the writer goes on."""
+    import hybridrec.events.log as log_module
+
+    real = log_module.json.dumps
+
+    def dumps(rows: Any, **kwargs: Any) -> str:
+        if any(row[0] == "boom" for row in rows):
+            raise sqlite3.OperationalError("disk I/O error")
+        return real(rows, **kwargs)
+
+    monkeypatch.setattr(log_module.json, "dumps", dumps)
     log = EventLog(tmp_path / "log.db")
     try:
-        bad = log.append([Event(1, 1), Event(2**64, 2)])
-        good = log.append([Event(3, 3)])
-        with pytest.raises(EventLogUnavailable):
-            bad.result()
-        assert good.result() == (1, 1)
-        assert log.write([Event(4, 4)]) == (2, 2)
+        futures = [log.append([Event(u, 1), Event(u, 2)]) for u in ("a", "boom", "b")]
+        with pytest.raises(EventLogUnavailable, match="I/O error"):
+            futures[1].result()
+        assert futures[0].result() == (1, 2) and futures[2].result() == (3, 4)
+        assert log.write([Event("c", 4)]) == (5, 5)
     finally:
         log.close()
-    assert read_events(tmp_path / "log.db")[0]["userId"].tolist() == [3, 4]
+    assert read_events(tmp_path / "log.db")[0]["userId"].tolist() == ["a", "a", "b", "b", "c"]
     with pytest.raises(EventLogUnavailable, match="closed"):
         log.append([Event(5, 5)])
+
+
+@pytest.mark.parametrize(
+    "event",
+    [
+        Event(2**64, 1),
+        Event(1, True),
+        Event(1.5, 1),
+        Event(1, 2, float("nan")),
+        Event(1, 2, 1.0, float("inf")),
+        Event(None, 1),
+        Event(1, 2, "1"),
+    ],  # fmt: skip
+)
+def test_the_python_api_refuses_what_the_log_cannot_store_exactly(tmp_path, event):
+    log = EventLog(tmp_path / "log.db")
+    try:
+        with pytest.raises(ValueError, match="event 1"):
+            log.append([Event(1, 1), event])
+        assert log.write([Event(1, 1)]) == (1, 1)
+    finally:
+        log.close()
 
 
 def test_read_events_refuses_what_is_not_an_event_log(tmp_path):
