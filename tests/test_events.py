@@ -458,3 +458,27 @@ def test_the_log_is_flushed_when_the_app_stops(rec, log_path):
     frame, last = read_events(log_path)
     assert last == 5 and frame["userId"].tolist() == list(range(5))
     assert isinstance(frame, pd.DataFrame)
+
+
+@pytest.mark.parametrize(("sync", "pragma"), [("full", 2), ("normal", 1)])
+def test_serve_opens_the_log_with_its_sync_setting_and_closes_it(
+    monkeypatch, model_dir, tmp_path, sync, pragma
+):
+    import uvicorn
+
+    from hybridrec.serve.run import freeze_heap
+
+    seen: dict[str, Any] = {}
+
+    def run(server: Any, sockets: Any = None) -> None:
+        state = server.config.app.state
+        seen["log"], seen["listeners"] = state.events.log, list(state.holder.listeners)
+        seen["pragma"] = seen["log"]._conn.execute("PRAGMA synchronous").fetchone()[0]
+
+    monkeypatch.setattr(uvicorn.Server, "run", run)
+    argv = ["serve", "--model", str(model_dir), "--port", "0", "--events", str(tmp_path / "e.db")]
+    assert main([*argv, "--events-sync", sync]) == 0
+    assert seen["log"].synchronous == sync.upper() and seen["pragma"] == pragma
+    assert freeze_heap in seen["listeners"]  # the heap is frozen after every model load
+    with pytest.raises(EventLogUnavailable, match="closed"):  # closed when serve returns
+        seen["log"].append([Event(1, 1)])
