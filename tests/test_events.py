@@ -400,6 +400,12 @@ def test_integer_and_text_spellings_of_a_user_are_one_user(client, rec):
     gone = ids(top(client, user, k=3))[0]
     post(client, [{"user": str(user), "item": gone}])  # text "12" for an integer model
     assert gone not in ids(top(client, user, k=10))
+    other = int(rec.users.ids[13])
+    batch = client.post("/recommend", json={"user_ids": [other, str(user), user], "k": 10})
+    results = batch.json()["results"]
+    assert [r["source"] for r in results] == ["model", "model+events", "model+events"]
+    assert [r["user_id"] for r in results] == [other, user, user]  # the model's own ids
+    assert all(gone not in ids(r) for r in results[1:])
 
 
 def _with_watermark(model_dir: Path, target: Path, event_id: int) -> Path:

@@ -325,8 +325,25 @@ class RecentEvents:
         return body
 
     def concerns_any(self, served: Served, user_ids: Sequence[Any], exclude_seen: bool) -> bool:
-        """Whether events change the answer of any of ``user_ids``."""
-        return bool(self.users) and any(self.concerns(served, u, exclude_seen) for u in user_ids)
+        """Whether events change the answer of any of ``user_ids`` (on the event loop: one
+        vectorised id lookup for the batch)."""
+        return bool(self.users) and any(self.concerned(served, user_ids, exclude_seen))
+
+    def concerned(self, served: Served, user_ids: Sequence[Any], exclude_seen: bool) -> list[bool]:
+        """:meth:`concerns` for each of ``user_ids``."""
+        if not self.users:
+            return [False] * len(user_ids)
+        rec = served.recommender
+        ids = list(user_ids)
+        index = rec.users.transform(ids).tolist() if ids else []
+        known, users, out = rec.users.ids, self.users, []
+        for raw, i in zip(ids, index, strict=True):
+            events = users.get(user_key(plain(known[i - 1]) if i > 0 else raw))
+            out.append(
+                events is not None
+                and (i == 0 or (exclude_seen and len(events.item_indices(rec)) > 0))
+            )
+        return out
 
     def batch_response(self, served: Served, body: Any) -> Response:
         """``POST /recommend`` with ``user_ids`` of which some have events (model worker):
@@ -335,7 +352,7 @@ class RecentEvents:
 
         rec = served.recommender
         users = list(body.user_ids)
-        special = [self.concerns(served, u, body.exclude_seen) for u in users]
+        special = self.concerned(served, users, body.exclude_seen)
         plain_users = [u for u, s in zip(users, special, strict=True) if not s]
         with _model_call():
             normal = iter(
