@@ -227,6 +227,14 @@ def test_post_events_commits_and_answers_the_ids(client, log_path):
     assert len(_) == 4 and after == 6
 
 
+def test_the_largest_batch_is_parsed_off_the_event_loop_and_committed(client, log_path):
+    events = [{"user": f"u{i % 7}", "item": i, "timestamp": i} for i in range(1000)]
+    assert len(json.dumps({"events": events})) > 16 * 1024  # parsed in a worker thread
+    assert post(client, events).json() == {"accepted": 1000, "first_id": 1, "last_id": 1000}
+    frame, _ = read_events(log_path)
+    assert frame["itemId"].tolist() == list(range(1000))
+
+
 BAD_EVENTS = [
     ({"user": 1.5, "item": 1}, "user"),
     ({"user": True, "item": 1}, "user"),
