@@ -130,22 +130,53 @@ def test_concurrent_batches_are_group_committed_whole(tmp_path):
         assert rows["itemId"].tolist() == list(range(c + 1))
 
 
-def test_a_batch_the_database_cannot_take_fails_alone(tmp_path):
-    """An id SQLite cannot store (the service refuses it before; the Python API does not)
-    fails its own batch, nothing of it written, and the writer goes on."""
+def test_a_batch_that_cannot_be_written_fails_alone(tmp_path, monkeypatch):
+    """A write that fails fails its own batch, nothing of it written, even when it was
+    grouped with others; the writer goes on."""
+    import hybridrec.events.log as log_module
+
+    real = log_module.json.dumps
+
+    def dumps(rows: Any, **kwargs: Any) -> str:
+        if any(row[0] == "boom" for row in rows):
+            raise sqlite3.OperationalError("disk I/O error")
+        return real(rows, **kwargs)
+
+    monkeypatch.setattr(log_module.json, "dumps", dumps)
     log = EventLog(tmp_path / "log.db")
     try:
-        bad = log.append([Event(1, 1), Event(2**64, 2)])
-        good = log.append([Event(3, 3)])
-        with pytest.raises(EventLogUnavailable):
-            bad.result()
-        assert good.result() == (1, 1)
-        assert log.write([Event(4, 4)]) == (2, 2)
+        futures = [log.append([Event(u, 1), Event(u, 2)]) for u in ("a", "boom", "b")]
+        with pytest.raises(EventLogUnavailable, match="I/O error"):
+            futures[1].result()
+        assert futures[0].result() == (1, 2) and futures[2].result() == (3, 4)
+        assert log.write([Event("c", 4)]) == (5, 5)
     finally:
         log.close()
-    assert read_events(tmp_path / "log.db")[0]["userId"].tolist() == [3, 4]
+    assert read_events(tmp_path / "log.db")[0]["userId"].tolist() == ["a", "a", "b", "b", "c"]
     with pytest.raises(EventLogUnavailable, match="closed"):
         log.append([Event(5, 5)])
+
+
+@pytest.mark.parametrize(
+    "event",
+    [
+        Event(2**64, 1),
+        Event(1, True),
+        Event(1.5, 1),
+        Event(1, 2, float("nan")),
+        Event(1, 2, 1.0, float("inf")),
+        Event(None, 1),
+        Event(1, 2, "1"),
+    ],  # fmt: skip
+)
+def test_the_python_api_refuses_what_the_log_cannot_store_exactly(tmp_path, event):
+    log = EventLog(tmp_path / "log.db")
+    try:
+        with pytest.raises(ValueError, match="event 1"):
+            log.append([Event(1, 1), event])
+        assert log.write([Event(1, 1)]) == (1, 1)
+    finally:
+        log.close()
 
 
 def test_read_events_refuses_what_is_not_an_event_log(tmp_path):
@@ -194,6 +225,14 @@ def test_post_events_commits_and_answers_the_ids(client, log_path):
     assert frame["timestamp"].tolist()[2:] == [1_700_000_000.0, 1704067200.0, 1704067200.0, 12.5]
     _, after = read_events(log_path, after=2)
     assert len(_) == 4 and after == 6
+
+
+def test_the_largest_batch_is_parsed_off_the_event_loop_and_committed(client, log_path):
+    events = [{"user": f"u{i % 7}", "item": i, "timestamp": i} for i in range(1000)]
+    assert len(json.dumps({"events": events})) > 16 * 1024  # parsed in a worker thread
+    assert post(client, events).json() == {"accepted": 1000, "first_id": 1, "last_id": 1000}
+    frame, _ = read_events(log_path)
+    assert frame["itemId"].tolist() == list(range(1000))
 
 
 BAD_EVENTS = [
@@ -369,6 +408,12 @@ def test_integer_and_text_spellings_of_a_user_are_one_user(client, rec):
     gone = ids(top(client, user, k=3))[0]
     post(client, [{"user": str(user), "item": gone}])  # text "12" for an integer model
     assert gone not in ids(top(client, user, k=10))
+    other = int(rec.users.ids[13])
+    batch = client.post("/recommend", json={"user_ids": [other, str(user), user], "k": 10})
+    results = batch.json()["results"]
+    assert [r["source"] for r in results] == ["model", "model+events", "model+events"]
+    assert [r["user_id"] for r in results] == [other, user, user]  # the model's own ids
+    assert all(gone not in ids(r) for r in results[1:])
 
 
 def _with_watermark(model_dir: Path, target: Path, event_id: int) -> Path:
@@ -427,3 +472,27 @@ def test_the_log_is_flushed_when_the_app_stops(rec, log_path):
     frame, last = read_events(log_path)
     assert last == 5 and frame["userId"].tolist() == list(range(5))
     assert isinstance(frame, pd.DataFrame)
+
+
+@pytest.mark.parametrize(("sync", "pragma"), [("full", 2), ("normal", 1)])
+def test_serve_opens_the_log_with_its_sync_setting_and_closes_it(
+    monkeypatch, model_dir, tmp_path, sync, pragma
+):
+    import uvicorn
+
+    from hybridrec.serve.run import freeze_heap
+
+    seen: dict[str, Any] = {}
+
+    def run(server: Any, sockets: Any = None) -> None:
+        state = server.config.app.state
+        seen["log"], seen["listeners"] = state.events.log, list(state.holder.listeners)
+        seen["pragma"] = seen["log"]._conn.execute("PRAGMA synchronous").fetchone()[0]
+
+    monkeypatch.setattr(uvicorn.Server, "run", run)
+    argv = ["serve", "--model", str(model_dir), "--port", "0", "--events", str(tmp_path / "e.db")]
+    assert main([*argv, "--events-sync", sync]) == 0
+    assert seen["log"].synchronous == sync.upper() and seen["pragma"] == pragma
+    assert freeze_heap in seen["listeners"]  # the heap is frozen after every model load
+    with pytest.raises(EventLogUnavailable, match="closed"):  # closed when serve returns
+        seen["log"].append([Event(1, 1)])

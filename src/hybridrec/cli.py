@@ -349,6 +349,14 @@ def build_parser() -> argparse.ArgumentParser:
         "the model's watermark change /recommend at once (their items excluded, new users "
         "folded in); hybridrec update trains on them",
     )
+    p.add_argument(
+        "--events-sync",
+        choices=("full", "normal"),
+        default="full",
+        help="full (default): every commit of the event log is fsynced, so an acknowledged "
+        "event survives a power loss; normal: it survives the server being killed, not a "
+        "power loss (see docs/benchmarks.md#event-ingestion)",
+    )
     p = sub.add_parser(
         "export", help="write a model as a TorchScript or ONNX scorer of (user_idx, item_idx)"
     )
@@ -902,6 +910,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         max_connections=args.max_connections,
         max_pending=args.max_pending,
         events=args.events,
+        events_sync=args.events_sync.upper(),
     )
     return 0
 

@@ -19,12 +19,21 @@ batch is all or nothing: if the group's transaction fails, its batches are retri
 one, each in its own transaction, and a batch that still fails is reported to its caller
 alone (:class:`EventLogUnavailable`) with nothing of it written.
 
+Checkpoints (copying the WAL into the database file, with its own fsync) run in a thread
+of their own, passively (they never block the writer), rather than inside the commit that
+happens to cross SQLite's automatic threshold, which would stall every batch behind it.
+Under a steady stream such a checkpoint never catches up with the writer, and the WAL
+would grow without end (170 MB in 8 s, measured), so after each one the writer finishes
+it between two transactions (only the frames added meanwhile), and the next transaction
+starts the WAL afresh.
+
 Ids keep their type: the id columns have no declared type (SQLite's "BLOB" affinity, which
 converts nothing), so an integer id is stored as an INTEGER and text as TEXT.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import sqlite3
@@ -51,6 +60,9 @@ FORMAT_VERSION = 1
 MAX_QUEUED_EVENTS = 200_000
 #: Most events one group commit writes; the rest wait for the next transaction.
 MAX_GROUP_EVENTS = 20_000
+#: Events committed between two checkpoints (about 4 MB of write-ahead log; SQLite's own
+#: automatic checkpoint would run at about the same size, but inside a commit).
+CHECKPOINT_EVENTS = 50_000
 SYNCHRONOUS = ("FULL", "NORMAL")
 
 _SCHEMA = """
@@ -120,6 +132,14 @@ class EventLog:
         self.path = Path(path)
         self.synchronous = synchronous
         self._conn = _open_writer(self.path, synchronous, busy_timeout)
+        self._conn.execute("PRAGMA wal_autocheckpoint=0")  # the checkpointer does it
+        self._checkpointer = sqlite3.connect(
+            self.path, timeout=busy_timeout, isolation_level=None, check_same_thread=False
+        )
+        self._conn.execute(f"PRAGMA journal_size_limit={64 * 2**20}")  # WAL file kept <= 64 MB
+        self._checkpoint_due = threading.Event()
+        self._since_checkpoint = 0
+        self._catch_up = False  # a passive checkpoint ran: the writer finishes it
         self._listeners: list[CommitListener] = []
         self._queue: list[_Batch] = []
         self._queued_events = 0
@@ -127,6 +147,10 @@ class EventLog:
         self._closing = False
         self._thread = threading.Thread(target=self._run, name="hybridrec-events", daemon=True)
         self._thread.start()
+        self._checkpoint_thread = threading.Thread(
+            target=self._checkpoints, name="hybridrec-events-checkpoint", daemon=True
+        )
+        self._checkpoint_thread.start()
 
     # ------------------------------------------------------------------ writing
 
@@ -141,11 +165,12 @@ class EventLog:
         Raises:
             EventLogBusy: more than :data:`MAX_QUEUED_EVENTS` are already waiting.
             EventLogUnavailable: the log is closed.
-            ValueError: an empty batch.
+            ValueError: an empty batch, or an event that is not an :class:`Event` of int64 or
+                text ids, a finite target and a finite timestamp or None.
         """
         if not events:
             raise ValueError("a batch needs at least one event")
-        batch = _Batch(list(events))
+        batch = _Batch([_checked(i, event) for i, event in enumerate(events)])
         with self._cond:
             if self._closing:
                 raise EventLogUnavailable("the event log is closed")
@@ -168,7 +193,10 @@ class EventLog:
             self._closing = True
             self._cond.notify()
         self._thread.join()
-        self._conn.close()
+        self._checkpoint_due.set()
+        self._checkpoint_thread.join()
+        self._checkpointer.close()
+        self._conn.close()  # the last connection: SQLite checkpoints and removes the WAL
 
     def last_id(self) -> int:
         """The id of the last committed event (0 for an empty log)."""
@@ -176,6 +204,12 @@ class EventLog:
 
     def _run(self) -> None:
         while True:
+            if self._catch_up:
+                self._catch_up = False
+                try:
+                    self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                except sqlite3.Error as exc:  # the WAL keeps the data; retried next time
+                    logger.warning(f"event log {self.path}: checkpoint failed: {exc}")
             with self._cond:
                 while not self._queue and not self._closing:
                     self._cond.wait()
@@ -219,17 +253,9 @@ class EventLog:
             received = time.time()
             rows, firsts = [], []
             for batch in group:
-                firsts.append(next_id)
-                for event in batch.events:
-                    rows.append(
-                        (next_id, event.user, event.item, event.target, event.timestamp, received)
-                    )
-                    next_id += 1
-            conn.executemany(
-                "INSERT INTO events (id, user, item, target, timestamp, received) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
-                rows,
-            )
+                firsts.append(next_id + len(rows))
+                rows.extend(batch.events)  # NamedTuples: JSON arrays
+            conn.execute(_INSERT, (next_id, received, json.dumps(rows, allow_nan=False)))
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
@@ -240,7 +266,25 @@ class EventLog:
             raise
         return firsts
 
+    def _checkpoints(self) -> None:
+        """Checkpoint passively whenever enough events were committed, until closed."""
+        while True:
+            self._checkpoint_due.wait()
+            self._checkpoint_due.clear()
+            if self._closing and not self._thread.is_alive():
+                return
+            try:
+                self._checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            except sqlite3.Error as exc:  # the WAL keeps the data; retried next time
+                logger.warning(f"event log {self.path}: checkpoint failed: {exc}")
+            else:
+                self._catch_up = True
+
     def _done(self, group: list[_Batch], firsts: list[int]) -> None:
+        self._since_checkpoint += sum(len(batch.events) for batch in group)
+        if self._since_checkpoint >= CHECKPOINT_EVENTS:
+            self._since_checkpoint = 0
+            self._checkpoint_due.set()
         for batch, first in zip(group, firsts, strict=True):
             for listener in self._listeners:
                 try:
@@ -252,6 +296,39 @@ class EventLog:
     def _fail(self, batch: _Batch, exc: Exception) -> None:
         logger.warning(f"event log {self.path}: a batch of {len(batch.events)} not written: {exc}")
         batch.future.set_exception(EventLogUnavailable(_reason(exc)))
+
+
+def _checked(index: int, event: Any) -> Event:
+    """``event`` as an :class:`Event` that the log stores exactly (the service validates
+    first; this guards the Python API, e.g. against an id SQLite would turn into a float)."""
+    user, item, target, timestamp = event
+    for name, value in (("user", user), ("item", item)):
+        if isinstance(value, bool) or not (
+            isinstance(value, str) or (isinstance(value, int) and -(2**63) <= value < 2**63)
+        ):
+            raise ValueError(f"event {index}: {name} {value!r} is not an int64 or text id")
+    for name, value in (("target", target), ("timestamp", timestamp)):
+        if value is None and name == "timestamp":
+            continue
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not math.isfinite(value)
+        ):
+            raise ValueError(f"event {index}: {name} {value!r} is not a finite number")
+    return Event(user, item, float(target), None if timestamp is None else float(timestamp))
+
+
+#: The whole group in one statement, from one JSON array of ``[user, item, target,
+#: timestamp]`` rows: one call into SQLite, so the writer gives up and takes back the GIL
+#: a few times per transaction rather than once per row (``executemany`` steps each row
+#: with the GIL released, and under a busy event loop every retake could wait out
+#: Python's 5 ms switch interval). JSON integers become INTEGER, text TEXT, null NULL.
+_INSERT = (
+    "INSERT INTO events (id, user, item, target, timestamp, received) "
+    "SELECT ?1 + key, json_extract(value, '$[0]'), json_extract(value, '$[1]'), "
+    "json_extract(value, '$[2]'), json_extract(value, '$[3]'), ?2 FROM json_each(?3)"
+)
 
 
 def _reason(exc: Exception) -> str:

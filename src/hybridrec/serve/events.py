@@ -24,6 +24,7 @@ import asyncio
 import math
 import threading
 import weakref
+from array import array
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -136,28 +137,58 @@ def user_key(raw: Any) -> str:
     return str(raw).strip()
 
 
-class UserEvents:
-    """One user's events after the watermark: every item, and the positives (target > 0)
-    in event order."""
+class ItemCodes:
+    """Item ids as small integers, so each user's events are an ``array`` of codes: the
+    cyclic garbage collector does not walk arrays (it walks every element of a list, and
+    millions of event items made each full collection stall the service)."""
 
-    __slots__ = ("items", "positives", "_encoded")
+    __slots__ = ("codes", "raw")
 
     def __init__(self) -> None:
-        self.items: list[Any] = []
-        self.positives: list[Any] = []
+        self.codes: dict[Any, int] = {}
+        self.raw: list[Any] = []  # code -> item id
+
+    def code(self, item: Any) -> int:
+        code = self.codes.get(item)
+        if code is None:  # only the writer thread adds codes
+            code = len(self.raw)
+            self.raw.append(item)
+            self.codes[item] = code
+        return code
+
+
+class UserEvents:
+    """One user's events after the watermark: every item, and the positives (target > 0)
+    in event order, as item codes."""
+
+    __slots__ = ("codes", "items", "positives", "_encoded")
+
+    def __init__(self, codes: ItemCodes) -> None:
+        self.codes = codes
+        self.items = array("q")
+        self.positives = array("q")
         self._encoded: tuple[Any, int, np.ndarray] | None = None
 
     def add(self, item: Any, target: float) -> None:
-        self.items.append(item)
+        code = self.codes.code(item)
+        self.items.append(code)
         if target > 0:
-            self.positives.append(item)
+            self.positives.append(code)
+
+    def positive_items(self) -> list[Any]:
+        """The ids of the positive items, in event order."""
+        raw = self.codes.raw
+        return [raw[code] for code in self.positives[: len(self.positives)]]
 
     def item_indices(self, rec: Recommender) -> np.ndarray:
         """The distinct indices of these items in ``rec`` (unknown items dropped), kept
         until the user's items or the model change."""
         n, cached = len(self.items), self._encoded
         if cached is None or cached[0]() is not rec or cached[1] != n:
-            index = rec.items.transform(self.items[:n]) if n else np.zeros(0, dtype=np.int64)
+            codes = np.unique(np.frombuffer(self.items[:n], dtype=np.int64))  # a copy
+            raw = self.codes.raw
+            ids = [raw[code] for code in codes.tolist()]
+            index = rec.items.transform(ids) if ids else np.zeros(0, dtype=np.int64)
             cached = (weakref.ref(rec), n, np.unique(index[index > 0]))
             self._encoded = cached
         return cached[2]
@@ -177,6 +208,7 @@ class RecentEvents:
         self.watermark: int | None = None
         self.last_id = 0
         self.users: dict[str, UserEvents] = {}
+        self.codes = ItemCodes()
         self._lock = threading.Lock()
         self._memo: dict[tuple[Any, ...], tuple[weakref.ref[Any], bytes]] = {}
         log.add_listener(self.add)
@@ -190,11 +222,15 @@ class RecentEvents:
             return
         with self._lock:
             users: dict[str, UserEvents] = {}
+            codes = ItemCodes()
             last = watermark
             for event_id, user, item, target, _ in read_rows(self.log.path, watermark):
-                users.setdefault(user_key(user), UserEvents()).add(item, target)
+                events = users.get(key := user_key(user))
+                if events is None:
+                    events = users[key] = UserEvents(codes)
+                events.add(item, target)
                 last = event_id
-            self.users, self.last_id, self.watermark = users, last, watermark
+            self.users, self.codes, self.last_id, self.watermark = users, codes, last, watermark
 
     def add(self, first_id: int, events: Sequence[Event]) -> None:
         """A committed batch (the log's writer thread calls this before acknowledging it)."""
@@ -202,9 +238,10 @@ class RecentEvents:
             users = self.users
             for offset, event in enumerate(events):
                 if first_id + offset > self.last_id:
-                    users.setdefault(user_key(event.user), UserEvents()).add(
-                        event.item, event.target
-                    )
+                    events_of = users.get(key := user_key(event.user))
+                    if events_of is None:
+                        events_of = users[key] = UserEvents(self.codes)
+                    events_of.add(event.item, event.target)
             self.last_id = max(self.last_id, first_id + len(events) - 1)
 
     # -------------------------------------------------------------- which users
@@ -288,8 +325,25 @@ class RecentEvents:
         return body
 
     def concerns_any(self, served: Served, user_ids: Sequence[Any], exclude_seen: bool) -> bool:
-        """Whether events change the answer of any of ``user_ids``."""
-        return bool(self.users) and any(self.concerns(served, u, exclude_seen) for u in user_ids)
+        """Whether events change the answer of any of ``user_ids`` (on the event loop: one
+        vectorised id lookup for the batch)."""
+        return bool(self.users) and any(self.concerned(served, user_ids, exclude_seen))
+
+    def concerned(self, served: Served, user_ids: Sequence[Any], exclude_seen: bool) -> list[bool]:
+        """:meth:`concerns` for each of ``user_ids``."""
+        if not self.users:
+            return [False] * len(user_ids)
+        rec = served.recommender
+        ids = list(user_ids)
+        index = rec.users.transform(ids).tolist() if ids else []
+        known, users, out = rec.users.ids, self.users, []
+        for raw, i in zip(ids, index, strict=True):
+            events = users.get(user_key(plain(known[i - 1]) if i > 0 else raw))
+            out.append(
+                events is not None
+                and (i == 0 or (exclude_seen and len(events.item_indices(rec)) > 0))
+            )
+        return out
 
     def batch_response(self, served: Served, body: Any) -> Response:
         """``POST /recommend`` with ``user_ids`` of which some have events (model worker):
@@ -298,7 +352,7 @@ class RecentEvents:
 
         rec = served.recommender
         users = list(body.user_ids)
-        special = [self.concerns(served, u, body.exclude_seen) for u in users]
+        special = self.concerned(served, users, body.exclude_seen)
         plain_users = [u for u, s in zip(users, special, strict=True) if not s]
         with _model_call():
             normal = iter(
@@ -340,7 +394,7 @@ class RecentEvents:
             result = rec.recommend(user_id, k + len(drop), True, items, num_candidates=AUTO)
             return _to_out(result, known_id, _without(rec, result, drop, None, k), SOURCE_EXCLUDED)
         allowed = None if items is None else np.unique(rec.items.transform(list(items)))
-        positives = events.positives if events is not None else []
+        positives = events.positive_items() if events is not None else []
         depth = rec.items.num_embeddings if allowed is not None else k + len(drop)
         result = rec.recommend_for_items(positives, k=depth, exclude_seen=exclude_seen)
         source = SOURCE_FOLDED if result.source == "items" else result.source
