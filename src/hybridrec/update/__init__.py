@@ -60,9 +60,10 @@ logger = logging.getLogger(__name__)
 
 #: What an update trains: ``rows`` (the touched users' and new items' rows, everything else
 #: frozen) or ``all`` (every weight, with a replay sample against drift). On the ML-100K
-#: val split (3 seeds, last 10% by time, epochs by early stopping) ``rows`` gave sampled HR@10 0.697 / NDCG@10 0.420
-#: against 0.693 / 0.410 for ``all`` and 0.694 / 0.418 for a full retrain: training every
-#: weight on a tenth of the data moved the model away from the other users.
+#: val split (3 seeds, last 10% by time, epochs by early stopping) ``rows`` gave sampled
+#: HR@10 0.697 / NDCG@10 0.420 against 0.693 / 0.410 for ``all`` and 0.694 / 0.418 for a
+#: full retrain: training every weight on a tenth of the data moved the model away from
+#: the other users.
 SCOPES = ("rows", "all")
 #: Default ``replay`` of ``scope="all"``: untouched users' rows per row of the touched users.
 REPLAY = 1.0
