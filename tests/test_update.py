@@ -285,3 +285,16 @@ def test_rows_scope_leaves_untouched_users_scores_alone(tmp_path):
     assert not np.allclose(
         rec.score([4] * len(items), items), parent.score([4] * len(items), items)
     )
+
+
+def test_new_files_may_name_their_columns(tmp_path, capsys):
+    old, new = _trained(tmp_path, epochs=1)
+    renamed = tmp_path / "renamed.csv"
+    new.rename(columns={"userId": "u", "itemId": "i"}).to_csv(renamed, index=False)
+    args = ["update", "--model", str(old), "--train", str(renamed), "--epochs", "1"]
+    assert main([*args, "--out", str(tmp_path / "a")]) == 2
+    assert "--user-col" in capsys.readouterr().err
+    assert main([*args, "--out", str(tmp_path / "b"), "--user-col", "u", "--item-col", "i"]) == 0
+    rec = hybridrec.load(tmp_path / "b")
+    assert rec.config["settings"]["data"]["user_col"] == "userId"  # the model's own columns
+    assert 41 in rec.users.ids.tolist()

@@ -98,6 +98,7 @@ def update(
     show_progress: bool = False,
     run_config: dict[str, Any] | None = None,
     scope: str = "rows",
+    columns: dict[str, str] | None = None,
 ) -> UpdateResult:
     """Update the model in ``model_dir`` with new interactions and save it to ``out``.
 
@@ -126,6 +127,8 @@ def update(
         scope: ``"rows"`` (default) trains only the rows of the users the update touches
             and of the new items, every other weight frozen, so users the update does not
             concern keep their scores; ``"all"`` trains every weight (see :data:`SCOPES`).
+        columns: ``user_col``/``item_col``/``target_col`` of this update's files when
+            they differ from the columns the model was trained with.
         run_config: the command's resolved options (:mod:`hybridrec.configfile`), saved as
             the new model's ``run_config`` (``hybridrec info`` prints them); the parent's
             training options are not carried over (its path is recorded instead).
@@ -149,7 +152,7 @@ def update(
         )
     parent = Recommender.load(model_dir)
     settings = parent.config.get("settings", {})
-    data_config = DataConfig(**settings.get("data", {}))
+    data_config = replace(DataConfig(**settings.get("data", {})), **(columns or {}))
     train_config = _train_config(settings, model_dir, epochs, seed, learning_rate, device)
     # early stopping guards "all" against drift; "rows" cannot drift and uses every new row
     grow_only, choose_epochs = epochs == 0, epochs is None and scope == "all"

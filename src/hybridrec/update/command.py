@@ -33,6 +33,12 @@ def add_parser(sub: Any) -> None:
         help="the event log of `hybridrec serve --events`: the events after the model's watermark",
     )
     p.add_argument("--out", required=True, metavar="DIR", help="where the new model goes")
+    for name in ("user", "item", "target"):
+        p.add_argument(
+            f"--{name}-col",
+            metavar="COL",
+            help=f"{name} column of the new files (default: the one the model was trained with)",
+        )
     p.add_argument("--items", metavar="PATH", help="item catalogue: items to know without rows")
     p.add_argument("--user-features", metavar="PATH", help="features of new users")
     p.add_argument("--item-features", metavar="PATH", help="features of new items")
@@ -94,6 +100,11 @@ def run(args: argparse.Namespace) -> int:
         device=args.device,
         show_progress=not args.no_progress,
         run_config=_run_config(args),
+        columns={
+            f"{name}_col": getattr(args, f"{name}_col")
+            for name in ("user", "item", "target")
+            if getattr(args, f"{name}_col") is not None
+        },
     )
     if args.json:
         print(json.dumps(result.info, sort_keys=True))
