@@ -298,3 +298,22 @@ def test_new_files_may_name_their_columns(tmp_path, capsys):
     rec = hybridrec.load(tmp_path / "b")
     assert rec.config["settings"]["data"]["user_col"] == "userId"  # the model's own columns
     assert 41 in rec.users.ids.tolist()
+
+
+def test_every_training_run_starts_adam_afresh(monkeypatch):
+    """The refit after the automatic holdout must not start from the holdout run's Adam
+    state (one shared dict once carried it over and cost the refit quality)."""
+    import hybridrec.pipeline as pipeline
+
+    seen = []
+    real_fit = pipeline.fit
+
+    def spy(*args, moments=None, **kwargs):
+        seen.append(dict(moments or {}))
+        return real_fit(*args, moments=moments, **kwargs)
+
+    monkeypatch.setattr(pipeline, "fit", spy)
+    train, _ = _split()
+    hybridrec.train(train, model_options=OPTIONS["hybrid"], train_config=config(epochs=2))
+    assert len(seen) == 2  # the holdout run and the refit
+    assert seen == [{}, {}]

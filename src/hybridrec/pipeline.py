@@ -384,6 +384,7 @@ def _train(
 
     def run(config: TrainConfig, data: RecSysDataset, val: RecSysDataset | None, **kw: Any):
         net = new_model()
+        moments.clear()  # every run starts Adam afresh; only the last run's state is kept
         history = fit(
             net, data, val, config, device=device, show_progress=show_progress,
             on_epoch_end=write_progress, checkpoint_dir=out_dir, moments=moments, **kw,
