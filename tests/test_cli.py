@@ -1024,6 +1024,17 @@ def test_training_data_without_positives_is_refused(tmp_path, capsys):
     assert not (tmp_path / "m").exists()
 
 
+def test_validation_data_without_positives_is_refused(tmp_path, capsys, ranking_files):
+    """A val file of negatives only has no AUC and no ranking metric: nothing to choose by."""
+    (tmp_path / "neg.csv").write_text("userId,itemId,target\n1,2,0\n2,3,0\n")
+    code, _, err = call(
+        capsys, "train", "--train", ranking_files["train"], "--val", "neg.csv", "--out", "m",
+        *FAST,
+    )  # fmt: skip
+    assert_user_error(code, err, "neg.csv, column 'target': no positive rows to validate on")
+    assert not (tmp_path / "m").exists()
+
+
 def test_serve_passes_its_limits_on(monkeypatch, capsys):
     import hybridrec.artifact
     import hybridrec.serve

@@ -351,9 +351,10 @@ def _train(
     auto = isinstance(val_data, str) and val_data == AUTO
     val_set, val_unknown = None, None
     if val_data is not None and not auto:
-        val_set, val_unknown = RecSysDataset.from_frame(
-            load_data(val_data, data_config), users, items
-        )
+        val_frame = load_data(val_data, data_config)
+        _check_positives(val_frame, val_data, data_config, "to validate on")
+        val_set, val_unknown = RecSysDataset.from_frame(val_frame, users, items)
+        del val_frame
         logger.info(val_unknown.describe(_name(val_data)))
 
     def new_model() -> torch.nn.Module:
@@ -523,9 +524,12 @@ def _gib(size: int) -> str:
     return f"{size / 2**30:,.1f} GiB"
 
 
-def _check_positives(frame: pd.DataFrame, data: DataLike, config: DataConfig) -> None:
-    """Refuse training data without a single positive row: every model would learn to score
-    everything 0, and save it as if it were a model."""
+def _check_positives(
+    frame: pd.DataFrame, data: DataLike, config: DataConfig, purpose: str = "to learn from"
+) -> None:
+    """Refuse data without a single positive row: training would learn to score everything
+    0 and save it as if it were a model; validation could rank nothing (its AUC and ranking
+    metrics are undefined), so the epoch it keeps would mean nothing."""
     if bool((frame["target"].to_numpy() > 0.5).any()):
         return
     rule = (
@@ -535,7 +539,7 @@ def _check_positives(frame: pd.DataFrame, data: DataLike, config: DataConfig) ->
     )
     raise DataError(
         _name(data),
-        f"no positive rows to learn from: {rule}",
+        f"no positive rows {purpose}: {rule}",
         column=config.target_col,
         expected="at least one positive interaction",
     )
