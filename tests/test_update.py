@@ -317,3 +317,52 @@ def test_every_training_run_starts_adam_afresh(monkeypatch):
     hybridrec.train(train, model_options=OPTIONS["hybrid"], train_config=config(epochs=2))
     assert len(seen) == 2  # the holdout run and the refit
     assert seen == [{}, {}]
+
+
+def test_seen_items_keep_each_pairs_latest_recency_capped():
+    from hybridrec.data.seen import NEWER_CAP, SeenItems
+
+    seen = SeenItems.from_pairs(
+        [1, 1, 2, 1, 2], [3, 2, 3, 3, 1], num_users=3, num_items=4, newer=[4, 7, 0, 1, 900]
+    )  # fmt: skip
+    assert seen.of(1).tolist() == [2, 3] and seen.newer_of(1).tolist() == [7, 1]
+    assert seen.newer_of(2).tolist() == [NEWER_CAP, 0]  # item 1 (capped), item 3
+    back = SeenItems.from_bytes(seen.to_bytes(), num_users=3, num_items=4)
+    assert back.newer.tolist() == seen.newer.tolist()
+    plain = SeenItems.from_pairs([1, 1], [2, 2], num_users=3, num_items=4)
+    assert plain.newer is None
+    assert SeenItems.from_bytes(plain.to_bytes(), num_users=3, num_items=4).newer is None
+
+
+def test_update_orders_old_rows_by_their_stored_recency(tmp_path):
+    """With timestamps, training stores each positive's recency; an update gives the old
+    rows that order (oldest first, the new rows after them) and the grown store counts the
+    new rows as the most recent, so the recency weights are those of a retrain."""
+    from hybridrec.update.rows import NewRows, seen_ages, seen_histories, update_rows
+
+    old = pd.DataFrame({"userId": [1, 1, 1, 2, 2, 3], "itemId": [10, 11, 12, 10, 13, 14],
+                        "timestamp": [30, 10, 20, 5, 6, 7]})  # fmt: skip
+    hybridrec.train(old, None, out=tmp_path / "old", model="mf", model_options=OPTIONS["mf"],
+                    train_config=config(epochs=1))  # fmt: skip
+    parent = hybridrec.load(tmp_path / "old")
+    user1 = parent.users.transform(np.array([1]))[0]
+    items = parent.items.inverse_transform(parent.seen.of(user1)).tolist()
+    ages = dict(zip(items, parent.seen.newer_of(user1).tolist(), strict=True))
+    assert ages == {10: 0, 11: 2, 12: 1}
+    new = NewRows(np.array([user1, user1]), np.array([1, 2]), timed=True)
+    rows = update_rows(new, seen_histories(parent.seen), 0.0, 0, ordered=False,
+                       ages=seen_ages(parent.seen))  # fmt: skip
+    keys = rows.data.timestamp.numpy()
+    assert rows.history_rows == 3 and (keys[3:] > keys[:3].max()).all()  # new rows last
+    oldest_first = rows.data.item_idx.numpy()[:3][np.argsort(keys[:3])]
+    assert parent.items.inverse_transform(oldest_first).tolist() == [11, 12, 10]
+    new_rows = pd.DataFrame({"userId": [1, 2], "itemId": [13, 11], "timestamp": [40, 50]})
+    update(tmp_path / "old", new_rows, out=tmp_path / "new", epochs=1)
+    grown = hybridrec.load(tmp_path / "new").seen
+    got = dict(zip(grown.of(user1).tolist(), grown.newer_of(user1).tolist(), strict=True))
+    assert {int(parent.items.inverse_transform(np.array([k]))[0]): v for k, v in got.items()} == {
+        10: 1,
+        11: 3,
+        12: 2,
+        13: 0,
+    }

@@ -36,6 +36,7 @@ from hybridrec.data.io import (
     row_error,
 )
 from hybridrec.data.seen import SeenItems
+from hybridrec.data.sequences import interactions_newer
 from hybridrec.errors import ConfigError, DataError
 from hybridrec.features import FeatureData
 from hybridrec.features.attach import FEATURE_WEIGHT_DECAY, FeatureConfig, SideFeatures
@@ -342,12 +343,7 @@ def _train(
     del train_frame, item_ids  # the tensors hold what training needs (~0.5 GB at 20M rows)
     # the training positives: excluded from a user's recommendations, counted for popularity
     positive = train_set.target > 0.5
-    seen = SeenItems.from_pairs(
-        train_set.user_idx[positive].cpu().numpy(),
-        train_set.item_idx[positive].cpu().numpy(),
-        num_users=users.num_embeddings,
-        num_items=items.num_embeddings,
-    )
+    seen = _seen_items(train_set, positive, users.num_embeddings, items.num_embeddings)
     auto = isinstance(val_data, str) and val_data == AUTO
     val_set, val_unknown = None, None
     if val_data is not None and not auto:
@@ -522,6 +518,21 @@ def _cgroup_headroom() -> int | None:
 
 def _gib(size: int) -> str:
     return f"{size / 2**30:,.1f} GiB"
+
+
+def _seen_items(
+    train_set: RecSysDataset, positive: torch.Tensor, num_users: int, num_items: int
+) -> SeenItems:
+    """The training positives a model keeps: with timestamps, also each one's recency, so an
+    update can weight old positives as this training did."""
+    user_idx = train_set.user_idx[positive].cpu().numpy()
+    newer = None
+    if train_set.timestamp is not None:
+        newer = interactions_newer(user_idx, train_set.timestamp[positive].cpu().numpy())
+    return SeenItems.from_pairs(
+        user_idx, train_set.item_idx[positive].cpu().numpy(),
+        num_users=num_users, num_items=num_items, newer=newer,
+    )  # fmt: skip
 
 
 def _check_positives(

@@ -51,6 +51,7 @@ from hybridrec.update.rows import (
     NewRows,
     UpdateRows,
     hold_out_latest,
+    seen_ages,
     seen_histories,
     sequence_histories,
     update_rows,
@@ -309,7 +310,9 @@ def _update(
         train_new, val = hold_out_latest(new)
         if len(val) == 0:
             val = None
-    rows = update_rows(train_new, histories, replay, train_config.seed, ordered=declared.sequences)
+    ages = None if declared.sequences else seen_ages(parent.seen or _no_seen(parent))
+    rows = update_rows(train_new, histories, replay, train_config.seed,
+                       ordered=declared.sequences, ages=ages)  # fmt: skip
     _mark_trained(model, rows)
     moments = _grown_moments(parent, parent_dir, growth)
     if grow_only and capabilities(model).trainable:

@@ -121,16 +121,32 @@ def grow_moments(
 def grow_seen(
     seen: SeenItems, growth: Growth, user_idx: np.ndarray, item_idx: np.ndarray
 ) -> SeenItems:
-    """``seen`` with the new positive pairs added (indices in the grown encoders): the
-    items recommendations leave out, and item counts that add up (what a full retrain on
-    the old and the new rows would count)."""
+    """``seen`` with the new positive pairs added (indices in the grown encoders, in time
+    order): the items recommendations leave out, item counts that add up (what a full
+    retrain on the old and the new rows would count), and, when ``seen`` stores recency,
+    each pair's recency with the new rows counted as the most recent."""
     old_users = np.repeat(np.arange(seen.num_users), np.diff(seen.indptr))
+    newer = None
+    if seen.newer is not None:
+        per_user = np.bincount(user_idx, minlength=growth.num_users)
+        newer = np.concatenate([seen.newer + per_user[old_users], _newer_in_order(user_idx)])
     pairs = SeenItems.from_pairs(
         np.concatenate([old_users, user_idx]),
         np.concatenate([seen.items.astype(np.int64), item_idx]),
         num_users=growth.num_users,
         num_items=growth.num_items,
+        newer=newer,
     )
     counts = np.pad(seen.item_counts, (0, growth.num_items - seen.num_items))
     counts += np.bincount(item_idx, minlength=growth.num_items).astype(counts.dtype)
-    return SeenItems(pairs.indptr, pairs.items, counts)
+    return SeenItems(pairs.indptr, pairs.items, counts, pairs.newer)
+
+
+def _newer_in_order(user_idx: np.ndarray) -> np.ndarray:
+    """For rows in time order: how many later rows each row's user has."""
+    sorter = np.argsort(user_idx, kind="stable")  # each user's rows, still in time order
+    sorted_users = user_idx[sorter]
+    last = np.searchsorted(sorted_users, sorted_users, side="right") - 1
+    later = np.empty(len(user_idx), dtype=np.int64)
+    later[sorter] = last - np.arange(len(sorter))
+    return later

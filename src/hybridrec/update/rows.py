@@ -9,8 +9,12 @@ rows as ``replay`` times the rows above, so the rest of the model keeps seeing t
 was fitted to (experience replay, as in continual learning for recommenders).
 
 Old rows have no timestamps in the artifact. Each user's rows get an order instead: their
-old rows first (in history order for sequence models, tied otherwise), then their new rows
-in time order, which is all that the recency weights and the sequence models read.
+old rows first, then their new rows in time order, which is all that the recency weights
+and the sequence models read. The old rows are in history order for sequence models, by the
+stored recency of each pair (:attr:`SeenItems.newer`, kept when the training data had
+timestamps) for the others, and tied when neither is stored. Without that order an update
+would weigh a user's oldest positives like their latest: training every weight that way
+(``--scope all``) cost 0.03 HR@10 on ML-100K's val split in one epoch.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import numpy as np
 import torch
 
 from hybridrec.data.dataset import RecSysDataset
-from hybridrec.data.seen import SeenItems
+from hybridrec.data.seen import NEWER_CAP, SeenItems
 
 
 @dataclass(frozen=True)
@@ -60,6 +64,7 @@ def update_rows(
     replay: float,
     seed: int,
     ordered: bool,
+    ages: list[np.ndarray] | None = None,
 ) -> UpdateRows:
     """The rows an update trains on.
 
@@ -70,7 +75,9 @@ def update_rows(
         replay: untouched users' rows to add, as a multiple of the touched users' rows.
         seed: which untouched users are replayed.
         ordered: give every row an order (sequence models need one); otherwise rows have
-            an order only when the new data had timestamps.
+            an order only when the new data had timestamps or ``ages`` are given.
+        ages: each old user's stored recency per item (aligned with ``histories``, from
+            :func:`seen_ages`), ordering their old rows when ``ordered`` is false.
     """
     touched = np.unique(new.user_idx)
     old_touched = touched[touched < len(histories)]
@@ -83,8 +90,11 @@ def update_rows(
     users = np.concatenate([np.repeat(old_users, lengths), new.user_idx])
     items = np.concatenate([np.concatenate(old_lists or [np.zeros(0)]), new.item_idx])
     timestamp = None
-    if ordered or new.timed:
-        timestamp = torch.from_numpy(_order(users, lengths, new, ordered))
+    if ordered or new.timed or ages is not None:
+        old_ages = None
+        if ages is not None and not ordered:
+            old_ages = np.concatenate([ages[u] for u in old_users] or [np.zeros(0)])
+        timestamp = torch.from_numpy(_order(users, lengths, new, ordered, old_ages))
     data = RecSysDataset(
         torch.from_numpy(users),
         torch.from_numpy(items.astype(np.int64)),
@@ -123,8 +133,16 @@ def hold_out_latest(new: NewRows) -> tuple[NewRows, RecSysDataset]:
 
 
 def seen_histories(seen: SeenItems) -> list[np.ndarray]:
-    """Each user's training positives (sorted item indices; no order is stored)."""
+    """Each user's training positives (sorted item indices; their order is in
+    :func:`seen_ages`)."""
     return [seen.items[seen.indptr[u] : seen.indptr[u + 1]] for u in range(seen.num_users)]
+
+
+def seen_ages(seen: SeenItems) -> list[np.ndarray] | None:
+    """Each user's stored recency of the items of :func:`seen_histories`, or None."""
+    if seen.newer is None:
+        return None
+    return [seen.newer[seen.indptr[u] : seen.indptr[u + 1]] for u in range(seen.num_users)]
 
 
 def sequence_histories(histories: torch.Tensor) -> list[np.ndarray]:
@@ -148,17 +166,28 @@ def _replay_users(
     return order[:enough]
 
 
-def _order(users: np.ndarray, lengths: np.ndarray, new: NewRows, ordered: bool) -> np.ndarray:
-    """Per-row order keys (float64): within a user, old rows (0..n-1 in history order, or
-    all 0 when the history has no order) come before new rows (n + their rank in time)."""
+def _order(
+    users: np.ndarray,
+    lengths: np.ndarray,
+    new: NewRows,
+    ordered: bool,
+    ages: np.ndarray | None = None,
+) -> np.ndarray:
+    """Per-row order keys (float64): within a user, old rows (0..n-1 in history order;
+    ``NEWER_CAP - age`` by stored recency; all 0 when the history has no order) come before
+    new rows (n, or ``NEWER_CAP + 1``, plus their rank in time)."""
     old_count = int(lengths.sum())
+    size = int(max(users.max(initial=0), new.user_idx.max(initial=0))) + 1
     if ordered:  # 0..n-1 within each user's run of old rows
         run_start = np.repeat(np.cumsum(lengths) - lengths, lengths)
         old = np.arange(old_count, dtype=np.float64) - run_start
+        old_per_user = np.bincount(users[:old_count], minlength=size)
+    elif ages is not None:
+        old = NEWER_CAP - ages.astype(np.float64)
+        old_per_user = np.full(size, NEWER_CAP + 1)
     else:
         old = np.zeros(old_count, dtype=np.float64)
-    size = int(max(users.max(initial=0), new.user_idx.max(initial=0))) + 1
-    old_per_user = np.bincount(users[:old_count], minlength=size)
+        old_per_user = np.bincount(users[:old_count], minlength=size)
     # rank of each new row among its user's new rows (they come in time order)
     sorter = np.argsort(new.user_idx, kind="stable")
     sorted_users = new.user_idx[sorter]
