@@ -763,9 +763,15 @@ def cmd_recommend(args: argparse.Namespace) -> int:
         read_user_ids,
         write_recommendations,
     )
+    from hybridrec.recommend.checks import positive_int
 
     output_format(args.output)  # a bad suffix or path fails before the model is loaded
     check_output_file(args.output, "--output")
+    positive_int(args.k, "--k", name_value=False)  # the flags' names, not the API's
+    if args.chunk_users is not None:  # None: sized to the model
+        positive_int(args.chunk_users, "--chunk-users", name_value=False)
+    if isinstance(args.num_candidates, int):
+        positive_int(args.num_candidates, "--two-stage", name_value=False)
     rec = Recommender.load(args.model)
     # the users file names its column like the training data did (--user-col at training)
     trained_col = rec.config.get("settings", {}).get("data", {}).get("user_col", "userId")
