@@ -51,13 +51,20 @@ def rec(tmp_path_factory) -> hybridrec.Recommender:
 class Server:
     """The service's uvicorn configuration, run in a thread on a free loopback port."""
 
-    def __init__(self, app: Any, header_timeout: float, max_connections: int) -> None:
+    def __init__(
+        self,
+        app: Any,
+        header_timeout: float,
+        max_connections: int,
+        body_timeout: float | None = None,
+    ) -> None:
         self.sock = socket.socket()
         self.sock.bind(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]
         config = server_config(
-            app, "127.0.0.1", self.port, "critical", False, header_timeout, max_connections
-        )
+            app, "127.0.0.1", self.port, "critical", False, header_timeout, max_connections,
+            body_timeout,
+        )  # fmt: skip
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]})
 
@@ -100,7 +107,7 @@ def get(server: Server, path: str) -> tuple[int, bytes]:
 
 @pytest.fixture(scope="module")
 def server(rec) -> Iterator[Server]:
-    with Server(create_app(rec), header_timeout=0.5, max_connections=50) as s:
+    with Server(create_app(rec), header_timeout=0.5, max_connections=50, body_timeout=1.0) as s:
         yield s
 
 
@@ -202,8 +209,44 @@ def test_a_flood_of_connections_is_refused_at_accept(rec):
             conn.close()
 
 
+def test_a_body_trickled_past_its_deadline_gets_a_408_and_is_closed(server):
+    """Slowloris on the body: the headers are complete and quick, the body never is."""
+    with server.connect() as conn:
+        conn.sendall(
+            b"POST /recommend HTTP/1.1\r\nHost: t\r\ncontent-type: application/json\r\n"
+            b"content-length: 100000\r\n\r\n{"
+        )
+        start, closed = time.monotonic(), b""
+        while time.monotonic() - start < WAIT:  # a byte every 0.1 s: each in time
+            try:
+                conn.sendall(b" ")
+            except OSError:  # closed by the server
+                break
+            if closed := _peek(conn):
+                break
+            time.sleep(0.1)
+        answer = closed + _drain(conn)
+    assert time.monotonic() - start < WAIT
+    status, body = status_and_body(answer)
+    assert status == 408 and "body not complete" in json.loads(body)["detail"]
+    assert get(server, "/health")[0] == 200  # and the server still serves
+
+
+def test_a_body_sent_in_time_is_served(server):
+    """The body deadline does not touch an ordinary request with a body."""
+    payload = json.dumps({"user_ids": ["1"], "k": 3}).encode()
+    with server.connect() as conn:
+        conn.sendall(
+            b"POST /recommend HTTP/1.1\r\nHost: t\r\ncontent-type: application/json\r\n"
+            b"Connection: close\r\ncontent-length: %d\r\n\r\n" % len(payload) + payload
+        )
+        status, _ = status_and_body(read_all(conn))
+    assert status == 200
+
+
 def test_protocol_limits_must_be_positive():
-    for bad in ({"header_timeout": 0}, {"max_connections": 0}, {"max_header_bytes": 0}):
+    for bad in ({"header_timeout": 0}, {"max_connections": 0}, {"max_header_bytes": 0},
+                {"body_timeout": 0}):  # fmt: skip
         with pytest.raises(ValueError, match="must be positive"):
             guarded_protocol(**bad)
 

@@ -16,8 +16,11 @@ httptools protocol plus a few overrides, given to ``uvicorn.Config(http=...)``) 
   beyond twice that are closed as soon as they are accepted, so a flood can never use up the
   file descriptors. Half-open connections thus occupy a slot for at most ``header_timeout``.
 
-Bodies are not timed here: a request whose headers are complete is an ASGI task, counted
-against the cap, and its body size is bounded by :class:`hybridrec.serve.app.BodyLimit`.
+- **a body deadline**: once a request's headers are complete, its body must be complete
+  within ``body_timeout`` seconds, or a 408 is sent (if no answer has begun) and the
+  connection is closed. Without it a client trickling a body one byte at a time held a
+  connection, and its request task, for as long as it liked, and enough of them reached the
+  cap. The body's size is bounded by :class:`hybridrec.serve.app.BodyLimit`.
 """
 
 from __future__ import annotations
@@ -32,6 +35,10 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 #: limit): far more than any real client needs on a network, short enough that idle
 #: connections cannot pile up.
 HEADER_TIMEOUT = 5.0
+#: Seconds a request's body may take once its headers are complete: the largest body the
+#: service accepts (16 MiB) needs ~4.5 Mbit/s to arrive in time; real clients send theirs
+#: in one go.
+BODY_TIMEOUT = 30.0
 #: Open connections served at once; requests beyond get 503 (see the module docstring).
 MAX_CONNECTIONS = 1000
 #: Bytes of request line and headers accepted before they must be complete.
@@ -77,10 +84,12 @@ class GuardedHttpProtocol(HttpToolsProtocol):
     header_timeout: float = HEADER_TIMEOUT
     max_connections: int = MAX_CONNECTIONS
     max_header_bytes: int = MAX_HEADER_BYTES
+    body_timeout: float = BODY_TIMEOUT
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._deadline: asyncio.TimerHandle | None = None
+        self._body_deadline: asyncio.TimerHandle | None = None
         self._header_bytes = 0
 
     def connection_made(self, transport: Any) -> None:  # type: ignore[override]
@@ -104,6 +113,13 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         over = len(self.connections) > self.max_connections
         self.app = busy_app if over else self.config.loaded_app  # read by the parent's method
         super().on_headers_complete()
+        # cancelled by on_message_complete: at once for a request without a body
+        self._cancel_body_deadline()
+        self._body_deadline = self.loop.call_later(self.body_timeout, self._expire_body)
+
+    def on_message_complete(self) -> None:
+        self._cancel_body_deadline()
+        super().on_message_complete()
 
     def on_response_complete(self) -> None:
         next_is_queued = bool(self.pipeline)  # its headers are complete already
@@ -113,6 +129,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_deadline()
+        self._cancel_body_deadline()
         super().connection_lost(exc)
 
     def _await_headers(self) -> None:
@@ -125,6 +142,23 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         if self._deadline is not None:
             self._deadline.cancel()
             self._deadline = None
+
+    def _cancel_body_deadline(self) -> None:
+        if self._body_deadline is not None:
+            self._body_deadline.cancel()
+            self._body_deadline = None
+
+    def _expire_body(self) -> None:
+        """The body did not arrive in time: a 408 unless an answer has begun, then close
+        (the request's task sees a disconnect)."""
+        self._body_deadline = None
+        if self.transport.is_closing():
+            return
+        if self.cycle is not None and not self.cycle.response_started:
+            detail = f"request body not complete within {self.body_timeout:g} s"
+            self._close_with(refusal(408, detail))
+        else:
+            self.transport.close()
 
     def _expire(self) -> None:
         """The headers did not arrive in time: say so if a request had begun, then close."""
@@ -146,20 +180,28 @@ def guarded_protocol(
     header_timeout: float = HEADER_TIMEOUT,
     max_connections: int = MAX_CONNECTIONS,
     max_header_bytes: int = MAX_HEADER_BYTES,
+    body_timeout: float = BODY_TIMEOUT,
 ) -> type[GuardedHttpProtocol]:
     """A :class:`GuardedHttpProtocol` subclass with these limits, for ``uvicorn.Config``.
 
     Raises:
         ValueError: a limit is not positive.
     """
-    if not header_timeout > 0 or max_connections < 1 or max_header_bytes < 1:
+    if (
+        not header_timeout > 0
+        or not body_timeout > 0
+        or max_connections < 1
+        or max_header_bytes < 1
+    ):
         raise ValueError(
-            "header_timeout, max_connections and max_header_bytes must be positive, got "
-            f"{header_timeout}, {max_connections}, {max_header_bytes}"
+            "header_timeout, body_timeout, max_connections and max_header_bytes must be "
+            f"positive, got {header_timeout}, {body_timeout}, {max_connections}, "
+            f"{max_header_bytes}"
         )
     limits = {
         "header_timeout": float(header_timeout),
         "max_connections": int(max_connections),
         "max_header_bytes": int(max_header_bytes),
+        "body_timeout": float(body_timeout),
     }
     return type("GuardedHttpProtocol", (GuardedHttpProtocol,), limits)

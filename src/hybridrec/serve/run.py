@@ -19,7 +19,12 @@ from typing import Any
 from hybridrec.events.log import EventLog
 from hybridrec.serve.app import create_app
 from hybridrec.serve.cache import CACHE_TOP
-from hybridrec.serve.connections import HEADER_TIMEOUT, MAX_CONNECTIONS, guarded_protocol
+from hybridrec.serve.connections import (
+    BODY_TIMEOUT,
+    HEADER_TIMEOUT,
+    MAX_CONNECTIONS,
+    guarded_protocol,
+)
 from hybridrec.serve.gate import MAX_PENDING
 from hybridrec.serve.holder import ModelHolder
 
@@ -135,6 +140,7 @@ def server_config(
     access_log: bool,
     header_timeout: float,
     max_connections: int,
+    body_timeout: float | None = None,
 ) -> Any:
     """The ``uvicorn.Config`` of the service: the guarded HTTP protocol
     (:mod:`hybridrec.serve.connections`), idle keep-alive connections closed after
@@ -148,7 +154,11 @@ def server_config(
         port=port,
         log_level=log_level,
         access_log=access_log,
-        http=guarded_protocol(header_timeout, max_connections),
+        http=guarded_protocol(
+            header_timeout,
+            max_connections,
+            body_timeout=BODY_TIMEOUT if body_timeout is None else body_timeout,
+        ),  # fmt: skip
         ws="none",
         timeout_keep_alive=header_timeout,  # type: ignore[arg-type]  # call_later takes floats
     )
