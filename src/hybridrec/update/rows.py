@@ -13,8 +13,9 @@ old rows first, then their new rows in time order, which is all that the recency
 and the sequence models read. The old rows are in history order for sequence models, by the
 stored recency of each pair (:attr:`SeenItems.newer`, kept when the training data had
 timestamps) for the others, and tied when neither is stored. Without that order an update
-would weigh a user's oldest positives like their latest: training every weight that way
-(``--scope all``) cost 0.03 HR@10 on ML-100K's val split in one epoch.
+would weigh a user's oldest positives like their latest, unlike the training it continues:
+one epoch of ``--scope all`` over every user's rows then took ML-100K's val split (seed 0)
+from HR@10 0.696 to 0.667; with it, to 0.703.
 """
 
 from __future__ import annotations
