@@ -20,7 +20,6 @@ touched user's history and trains next-item prediction on those histories.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 from dataclasses import dataclass, fields, replace
@@ -31,9 +30,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from hybridrec.artifact import CONFIG, load_moments, read_metrics
+from hybridrec.artifact import load_moments, read_metrics
 from hybridrec.config import DataConfig, TrainConfig
-from hybridrec.data.dataset import RecSysDataset
 from hybridrec.data.encoding import IdEncoder
 from hybridrec.data.io import ITEM, TARGET, TIMESTAMP, USER
 from hybridrec.data.seen import SeenItems
@@ -44,27 +42,27 @@ from hybridrec.models import capabilities
 from hybridrec.models.featured import FeaturedEmbedding
 from hybridrec.pipeline import _output, load_data, model_dir_path, read_item_catalog
 from hybridrec.recommend import Recommender
-from hybridrec.runtime import resolve_device, set_num_threads
-from hybridrec.training import History, fit
+from hybridrec.runtime import set_num_threads
+from hybridrec.training import History
 from hybridrec.update.grow import Growth, grow_model, grow_moments, grow_seen
+from hybridrec.update.lineage import lineage
 from hybridrec.update.rows import (
     NewRows,
-    UpdateRows,
     hold_out_latest,
     seen_ages,
     seen_histories,
     sequence_histories,
     update_rows,
 )
+from hybridrec.update.train import mark_trained, train_update
 
 logger = logging.getLogger(__name__)
 
 #: What an update trains: ``rows`` (the touched users' and new items' rows, everything else
 #: frozen) or ``all`` (every weight, with a replay sample against drift). On the ML-100K
-#: val split (3 seeds, last 10% by time, epochs by early stopping) ``rows`` gave sampled
-#: HR@10 0.697 / NDCG@10 0.420 against 0.693 / 0.410 for ``all`` and 0.694 / 0.418 for a
-#: full retrain: training every weight on a tenth of the data moved the model away from
-#: the other users.
+#: val split (3 seeds, last 10% by time) ``rows`` gave sampled HR@10 0.690 / NDCG@10 0.427
+#: against 0.688 / 0.417 for ``all`` and 0.699 / 0.427 for a full retrain: training every
+#: weight on a tenth of the data moved the model away from the other users.
 SCOPES = ("rows", "all")
 #: Default ``replay`` of ``scope="all"``: untouched users' rows per row of the touched users.
 REPLAY = 1.0
@@ -313,14 +311,16 @@ def _update(
     ages = None if declared.sequences else seen_ages(parent.seen or _no_seen(parent))
     rows = update_rows(train_new, histories, replay, train_config.seed,
                        ordered=declared.sequences, ages=ages)  # fmt: skip
-    _mark_trained(model, rows)
+    mark_trained(model, rows)
     moments = _grown_moments(parent, parent_dir, growth)
     if grow_only and capabilities(model).trainable:
         history = History()
     else:
-        history = _train(model, rows, new, val, train_config, moments, show_progress, growth, scope)
+        history = train_update(
+            model, rows, new, val, train_config, moments, show_progress, growth, scope
+        )
     seen = grow_seen(parent.seen or _no_seen(parent), growth, new.user_idx, new.item_idx)
-    info = _record(
+    info = lineage(
         parent, parent_dir, frame, new_frame, source, event_id, growth, rows, train_config,
         grow_only,
     )  # fmt: skip
@@ -427,15 +427,6 @@ def _set_features(
             table.feature_numeric[new] = encoded.numeric[new]
 
 
-def _mark_trained(model: torch.nn.Module, rows: UpdateRows) -> None:
-    """Rows with interactions in the update use their id part from now on."""
-    data = rows.data
-    for name, idx in (("user_embedding", data.user_idx), ("item_embedding", data.item_idx)):
-        table = getattr(model, name, None)
-        if isinstance(table, FeaturedEmbedding):
-            table.has_id[idx.unique()] = 1.0
-
-
 def _grown_moments(
     parent: Recommender, parent_dir: Path, growth: Growth
 ) -> dict[str, torch.Tensor]:
@@ -448,153 +439,6 @@ def _grown_moments(
             )
         return {}
     return grow_moments(moments, parent.model, growth)
-
-
-def _train(
-    model: torch.nn.Module,
-    rows: UpdateRows,
-    new: NewRows,
-    val: RecSysDataset | None,
-    config: TrainConfig,
-    moments: dict[str, torch.Tensor],
-    show_progress: bool,
-    growth: Growth,
-    scope: str,
-) -> History:
-    """Fit on the update's rows; a model that only counts (popularity) adds the counts of
-    the new positives to its own, and a sequence model keeps the stored histories of the
-    users the update left alone."""
-    declared = capabilities(model)
-    if not declared.trainable:
-        before = {k: v.clone() for k, v in model.state_dict().items()}
-        counted = RecSysDataset(
-            torch.from_numpy(new.user_idx), torch.from_numpy(new.item_idx),
-            torch.ones(len(new.user_idx)),
-        )  # fmt: skip
-        fit(model, counted, None, config, device=torch.device("cpu"), show_progress=False)
-        for name, counts in before.items():  # prepare() counted the new positives alone
-            if torch.is_floating_point(counts):
-                model.get_buffer(name).add_(counts)
-        return History()
-    kept = model.histories.clone() if declared.sequences else None  # type: ignore[union-attr]
-    device = resolve_device(config.device)
-    frozen = _RowsOnly(model, new, growth, moments) if scope == "rows" else None
-    if val is not None:  # stop at the best epoch on the held-out latest positives
-        config = replace(config, early_stop="auto")
-    try:
-        history = fit(model, rows.data, val, config, device=device,
-                      show_progress=show_progress, moments=moments)  # fmt: skip
-    finally:
-        if frozen is not None:
-            frozen.release(moments)
-    if kept is not None:  # prepare() stored the histories of the update's users only
-        trained = torch.zeros(len(kept), dtype=torch.bool)
-        trained[rows.data.user_idx.unique()] = True
-        model.histories[~trained] = kept[~trained].to(model.histories.device)  # type: ignore[index]
-    return history
-
-
-class _RowsOnly:
-    """Train only the rows of the users the update touches and of the new items; the rest
-    of the model cannot drift. Other parameters are frozen; a gradient hook zeroes the
-    other rows of the row tables, their Adam momentum is cleared (it would move them with
-    a zero gradient), and :meth:`release` puts them back exactly (weight decay moves them
-    too) and keeps the frozen parameters' optimiser state in ``moments``."""
-
-    def __init__(
-        self,
-        model: torch.nn.Module,
-        new: NewRows,
-        growth: Growth,
-        moments: dict[str, torch.Tensor],
-    ) -> None:
-        from hybridrec.update.grow import row_kind
-
-        allowed = {
-            "users": torch.zeros(growth.num_users, dtype=torch.bool),
-            "items": torch.zeros(growth.num_items, dtype=torch.bool),
-        }
-        allowed["users"][torch.from_numpy(np.unique(new.user_idx))] = True
-        allowed["items"][growth.old_items :] = True
-        self.model, self.saved = model, dict(moments)
-        self.rows: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-        self.hooks = []
-        for name, param in model.named_parameters():
-            kind = row_kind(model, name)
-            if kind is None:
-                param.requires_grad_(False)
-                continue
-            mask = allowed[kind]
-            self.rows[name] = (mask, param.detach().clone())
-            self.hooks.append(param.register_hook(lambda g, m=mask: _masked_rows(g, m)))
-            if f"{name}:exp_avg" in moments:
-                moments[f"{name}:exp_avg"] = moments[f"{name}:exp_avg"] * mask.unsqueeze(-1)
-
-    def release(self, moments: dict[str, torch.Tensor]) -> None:
-        for hook in self.hooks:
-            hook.remove()
-        params = dict(self.model.named_parameters())
-        with torch.no_grad():
-            for name, (mask, before) in self.rows.items():
-                param = params[name]
-                param[~mask.to(param.device)] = before[~mask].to(param.device)
-        for param in params.values():
-            param.requires_grad_(True)
-        moments.update({k: v for k, v in self.saved.items() if k not in moments})
-
-
-def _masked_rows(grad: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """``grad`` with the rows outside ``mask`` zero (sparse gradients lose them)."""
-    mask = mask.to(grad.device)
-    if grad.is_sparse:
-        grad = grad.coalesce()
-        keep = mask[grad.indices()[0]]
-        return torch.sparse_coo_tensor(
-            grad.indices()[:, keep], grad.values()[keep], grad.shape, device=grad.device
-        )
-    return grad * mask.to(grad.dtype).unsqueeze(-1)
-
-
-def _record(
-    parent: Recommender,
-    parent_dir: Path,
-    frame: pd.DataFrame,
-    new_frame: pd.DataFrame,
-    source: str,
-    event_id: int | None,
-    growth: Growth,
-    rows: UpdateRows,
-    config: TrainConfig,
-    grow_only: bool,
-) -> dict[str, Any]:
-    """The lineage and watermark the new artifact keeps."""
-    parent_config = parent_dir / CONFIG
-    digest = hashlib.sha256(parent_config.read_bytes()).hexdigest()
-    old_mark = parent.config.get("settings", {}).get("watermark", {})
-    latest = None
-    if TIMESTAMP in new_frame.columns and len(new_frame):
-        latest = float(new_frame[TIMESTAMP].max())
-    if old_mark.get("timestamp") is not None:
-        latest = max(x for x in (latest, old_mark["timestamp"]) if x is not None)
-    update = {
-        "parent": str(parent_dir),
-        "parent_created": parent.config.get("created"),
-        "parent_config_sha256": digest,
-        "data": source,
-        "rows": len(frame),
-        "positives": len(new_frame),
-        "new_users": growth.num_users - growth.old_users,
-        "new_items": growth.num_items - growth.old_items,
-        "epochs": 0 if grow_only else config.epochs,
-        "seed": config.seed,
-        **rows.describe(),
-    }
-    watermark = {
-        "event_id": event_id if event_id is not None else old_mark.get("event_id"),
-        "timestamp": latest,
-        "rows": int(old_mark.get("rows", 0)) + len(frame),
-    }
-    return {"update": update, "watermark": watermark}
 
 
 __all__ = ["REPLAY", "SCOPES", "UpdateResult", "update"]
