@@ -1,4 +1,4 @@
-"""cli.py: the ``hybridrec`` command line (train, evaluate, split, data, demo), called
+"""hybridrec.cli: the ``hybridrec`` command line (train, evaluate, split, data, demo), called
 in-process through ``cli.main``."""
 
 from __future__ import annotations
@@ -1041,7 +1041,7 @@ def test_serve_passes_its_limits_on(monkeypatch, capsys):
 
     seen = {}
     monkeypatch.setattr(hybridrec.serve, "serve", lambda model, **kw: seen.update(kw))
-    monkeypatch.setattr(hybridrec.cli, "check_port", lambda host, port: None)
+    monkeypatch.setattr(hybridrec.cli.serving, "check_port", lambda host, port: None)
     monkeypatch.setattr(hybridrec.artifact, "load_artifact", lambda path: None)
     code, _, err = call(capsys, "serve", "--model", "m", "--header-timeout", "2.5",
                         "--max-connections", "10", "--max-pending", "3")  # fmt: skip

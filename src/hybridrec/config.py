@@ -1,7 +1,7 @@
 """Typed configuration shared by the API, the CLI and the artifact.
 
 Every field carries its CLI flag and help text in ``metadata`` so the command line is generated
-from these dataclasses (see ``cli.add_config_arguments``) and cannot drift from them. Help
+from these dataclasses (see ``cli.options.add_config_arguments``) and cannot drift from them. Help
 that names the models able to do something says ``$retrieval_models``, ``$next_item_models``
 or ``$default_losses``; the CLI fills them in from the model registry.
 Validation lives in ``__post_init__`` and names the flag to change.

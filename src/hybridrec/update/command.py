@@ -76,7 +76,7 @@ def add_parser(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from hybridrec.cli import _run_config
+    from hybridrec.cli import run_config
     from hybridrec.update import update
 
     if not 0 <= args.threads <= MAX_THREADS:
@@ -99,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
         num_threads=args.threads,
         device=args.device,
         show_progress=not args.no_progress,
-        run_config=_run_config(args),
+        run_config=run_config(args),
         columns={
             f"{name}_col": getattr(args, f"{name}_col")
             for name in ("user", "item", "target")

@@ -1,0 +1,96 @@
+"""``hybridrec split``, ``data`` and ``demo``: interaction files to train on, split from
+one's own, downloaded (MovieLens) or synthetic (the demo, which also trains on them)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from hybridrec.cli.options import config_from_args, model_options
+from hybridrec.cli.output import print_json, print_table
+from hybridrec.config import DataConfig, TrainConfig
+from hybridrec.files import check_output_dir
+
+logger = logging.getLogger("hybridrec")
+
+
+def cmd_split(args: argparse.Namespace) -> int:
+    from hybridrec.data.movielens import read_movielens
+    from hybridrec.data.split import split_three_ways, write_split
+    from hybridrec.pipeline import load_data
+
+    data_config = config_from_args(DataConfig, args)
+    check_output_dir(args.out, "--out")
+    if args.movielens:
+        frame = read_movielens(args.data, data_config.threshold)
+    else:
+        frame = load_data(args.data, data_config)
+    train, val, test = split_three_ways(
+        frame, args.method, test_fraction=args.test_fraction, seed=args.seed
+    )
+    paths = write_split(
+        args.out, train, val, test, user_col=data_config.user_col, item_col=data_config.item_col
+    )
+    for path, part in zip(paths, (train, val, test), strict=True):
+        print(f"{path}: {len(part):,} rows")
+    return 0
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    from hybridrec.data.movielens import fetch_movielens, read_movielens
+    from hybridrec.data.split import split_three_ways, write_interactions_csv, write_split
+
+    out = check_output_dir(args.out or args.name, "--out")
+    source = Path(args.data) if args.data else fetch_movielens(args.name, args.cache)
+    frame = read_movielens(source, args.min_rating)
+    write_interactions_csv(frame, out / "interactions.csv")
+    print(f"{out / 'interactions.csv'}: {len(frame):,} positives from {source}")
+    train, val, test = split_three_ways(frame, args.split, seed=0)
+    for path, part in zip(write_split(out, train, val, test), (train, val, test), strict=True):
+        print(f"{path}: {len(part):,} rows")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from hybridrec.data.popularity import popularity_logits
+    from hybridrec.data.synthetic import SyntheticConfig, write_synthetic_data
+    from hybridrec.evaluation import pointwise_metrics
+    from hybridrec.pipeline import train
+
+    out = check_output_dir(args.out, "--out")
+    synth = SyntheticConfig(
+        num_users=args.users, num_items=args.items, num_positives=args.positives, seed=args.seed
+    )
+    train_path, val_path = write_synthetic_data(out, synth)
+    logger.info(f"wrote synthetic data with {synth.num_groups} planted groups to {out}/")
+    result = train(
+        train_path,
+        val_path,
+        out=out / "model",
+        model=args.model,
+        model_options=model_options(args),
+        data_config=config_from_args(DataConfig, args),
+        train_config=config_from_args(TrainConfig, args),
+        show_progress=not args.no_progress,
+    )
+    assert result.val_data is not None
+    baseline = pointwise_metrics(
+        popularity_logits(result.train_data, result.val_data), result.val_data.target
+    )
+    kept = result.history.best  # the epoch whose weights were saved
+    model_metrics = {"loss": kept.val_loss, "accuracy": kept.val_accuracy, "auc": kept.val_auc}
+    if args.json:
+        print_json({"model": model_metrics, "popularity": baseline, **result.summary()})
+    else:
+        print(f"validation on {len(result.val_data):,} held-out rows of {val_path}:")
+        print_table(
+            [(f"{args.model} model", model_metrics), ("item popularity", baseline)],
+            ["loss", "accuracy", "auc"],
+        )
+        print(
+            f"kept epoch {kept.epoch} of {len(result.history.epochs)} (best validation loss); "
+            f"trained at {result.history.last.samples_per_second:,.0f} samples/s; "
+            f"model saved to {out / 'model'}/ (load it with hybridrec.load)"
+        )
+    return 0

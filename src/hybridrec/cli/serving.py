@@ -1,0 +1,126 @@
+"""Putting a saved model to use: ``hybridrec recommend`` (a file of top-k lists), ``serve``
+(an HTTP service) and ``export`` (a TorchScript or ONNX scorer)."""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import math
+import socket
+from pathlib import Path
+
+from hybridrec.config import MAX_THREADS
+from hybridrec.errors import ConfigError
+from hybridrec.files import check_output_file
+
+
+def cmd_recommend(args: argparse.Namespace) -> int:
+    from hybridrec.recommend import (
+        Recommender,
+        output_format,
+        read_user_ids,
+        write_recommendations,
+    )
+    from hybridrec.recommend.checks import positive_int
+
+    output_format(args.output)  # a bad suffix or path fails before the model is loaded
+    check_output_file(args.output, "--output")
+    positive_int(args.k, "--k", name_value=False)  # the flags' names, not the API's
+    if args.chunk_users is not None:  # None: sized to the model
+        positive_int(args.chunk_users, "--chunk-users", name_value=False)
+    if isinstance(args.num_candidates, int):
+        positive_int(args.num_candidates, "--two-stage", name_value=False)
+    rec = Recommender.load(args.model)
+    # the users file names its column like the training data did (--user-col at training)
+    trained_col = rec.config.get("settings", {}).get("data", {}).get("user_col", "userId")
+    users = rec.users.ids if args.all else read_user_ids(args.users, args.user_col or trained_col)
+    rows = write_recommendations(
+        rec,
+        users,
+        args.output,
+        k=args.k,
+        exclude_seen=not args.include_seen,
+        chunk_users=args.chunk_users,
+        show_progress=not args.no_progress,
+        num_candidates=args.num_candidates,
+    )
+    print(f"{args.output}: {rows:,} recommendations for {len(users):,} users")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from hybridrec.artifact import load_artifact
+    from hybridrec.runtime import set_num_threads
+    from hybridrec.serve import serve
+
+    if args.cache_top < 0:
+        raise ConfigError(f"--cache-top must be >= 0, got {args.cache_top}")
+    if not 0 <= args.threads <= MAX_THREADS:
+        raise ConfigError(
+            f"--threads must be in 0..{MAX_THREADS} (0 = PyTorch default), got {args.threads}"
+        )
+    if not (math.isfinite(args.header_timeout) and 0 < args.header_timeout <= 3600):
+        raise ConfigError(f"--header-timeout must be in (0, 3600] s, got {args.header_timeout}")
+    for flag, value in (("--max-connections", args.max_connections),
+                        ("--max-pending", args.max_pending)):  # fmt: skip
+        if not 1 <= value <= 1_000_000:
+            raise ConfigError(f"{flag} must be in 1..1000000, got {value}")
+    check_port(args.host, args.port)  # before the model is loaded and its cache built
+    set_num_threads(args.threads)
+    load_artifact(args.model)  # fail here, with a clear error, before the server starts
+    serve(
+        args.model,
+        host=args.host,
+        port=args.port,
+        log_level=args.log_level,
+        cache_top=args.cache_top,
+        access_log=args.access_log,
+        admin_token=args.admin_token,
+        models_root=args.models_root,
+        header_timeout=args.header_timeout,
+        max_connections=args.max_connections,
+        max_pending=args.max_pending,
+        events=args.events,
+        events_sync=args.events_sync.upper(),
+    )
+    return 0
+
+
+def check_port(host: str, port: int) -> None:
+    """Refuse a port out of range, or one that cannot be listened on now (taken, not an
+    address of this machine, privileged), by binding it as uvicorn will and letting go.
+
+    Checked before the model is loaded, so a busy port is a one-line error in a moment
+    rather than after seconds of loading (uvicorn would log it and exit with status 1).
+    Another process could still take the port in between; uvicorn reports that itself.
+    """
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"--port must be in 0..65535, got {port}")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+            probe.bind((host, port))
+    except socket.gaierror as exc:
+        raise ConfigError(f"--host {host!r} is not an address ({exc.strerror})") from None
+    except (OSError, OverflowError, UnicodeError) as exc:
+        reason = (
+            "the port is in use"
+            if getattr(exc, "errno", None) == errno.EADDRINUSE
+            else (getattr(exc, "strerror", None) or str(exc))
+        )
+        raise ConfigError(f"cannot listen on {host}:{port}: {reason}") from None
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from hybridrec.export import FORMATS, export_model
+    from hybridrec.recommend import Recommender
+
+    if args.out is not None:
+        check_output_file(args.out, "--out")
+    rec = Recommender.load(args.model)
+    out = Path(args.out) if args.out else Path(args.model) / f"model{FORMATS[args.format]}"
+    check_output_file(out, "--out")
+    export_model(rec.model, out, args.format)
+    print(f"wrote {out}: {args.format} scorer of (user_idx, item_idx) -> logits")
+    return 0
