@@ -317,41 +317,14 @@ def _train(
     if train_config.weight_decay is None:  # auto: see FEATURE_WEIGHT_DECAY
         decay = FEATURE_WEIGHT_DECAY if side else 0.0
         train_config = replace(train_config, weight_decay=decay)
-    train_frame = load_data(train_data, data_config)
-    _check_positives(train_frame, train_data, data_config)
-    pointwise = capabilities(model).objective == "pointwise"
-    if train_frame["target"].min() == 1 and pointwise and train_config.loss != "ce":
-        logger.info(
-            f"{_name(train_data)} holds only positives: sampling {train_config.negatives} "
-            f"{train_config.sampling} negatives per positive each epoch"
-        )
-    users = IdEncoder.fit(
-        _with_features(train_frame[USER].to_numpy(), side.users, data_config.user_col)
-    )
-    item_ids = _with_features(train_frame[ITEM].to_numpy(), side.items, data_config.item_col)
-    if items is not None:
-        catalogue = read_item_catalog(items, data_config)
-        extra = _same_kind(catalogue, item_ids, _name(items), data_config.item_col)
-        item_ids = np.concatenate([item_ids, extra])
-    items = IdEncoder.fit(item_ids)
-    positives = int((train_frame["target"].to_numpy() > 0.5).sum())
-    check_memory(
-        model, model_options or {}, users.num_embeddings, items.num_embeddings,
-        positives if pointwise and train_frame["target"].min() == 1 else 0, train_config, device,
-    )  # fmt: skip
-    train_set, _ = RecSysDataset.from_frame(train_frame, users, items)
-    del train_frame, item_ids  # the tensors hold what training needs (~0.5 GB at 20M rows)
-    # the training positives: excluded from a user's recommendations, counted for popularity
-    positive = train_set.target > 0.5
-    seen = _seen_items(train_set, positive, users.num_embeddings, items.num_embeddings)
+    prepared = _prepare(train_data, data_config, train_config, model, model_options, items,
+                        side, device)  # fmt: skip
+    users, items, train_set = prepared.users, prepared.items, prepared.train_set
+    positive = prepared.positive
     auto = isinstance(val_data, str) and val_data == AUTO
     val_set, val_unknown = None, None
     if val_data is not None and not auto:
-        val_frame = load_data(val_data, data_config)
-        _check_positives(val_frame, val_data, data_config, "to validate on")
-        val_set, val_unknown = RecSysDataset.from_frame(val_frame, users, items)
-        del val_frame
-        logger.info(val_unknown.describe(_name(val_data)))
+        val_set, val_unknown = _validation_rows(val_data, data_config, users, items)
 
     def new_model() -> torch.nn.Module:
         torch.manual_seed(train_config.seed)  # model initialisation and dropout
@@ -396,7 +369,7 @@ def _train(
         net, history = run(train_config, train_set, val_set)
     net.cpu()
     recommender = Recommender(
-        net, users, items, model_name=model, config={"settings": settings}, seen=seen
+        net, users, items, model_name=model, config={"settings": settings}, seen=prepared.seen
     )
     result = TrainResult(
         recommender,
@@ -409,16 +382,87 @@ def _train(
         holdout=holdout_info,
     )
     if out_dir is not None and main:  # one artifact, written by rank 0
-        metrics = {"history": history.to_list(), "final": result.summary()}
-        if val_unknown is not None:
-            metrics["val_unknown"] = asdict(val_unknown)
-        if holdout_info is not None:
-            metrics["holdout"] = holdout_info
-        recommender.save(out_dir, metrics=metrics, moments=moments)
-        plot_history(history, out_dir / CURVES)
-        (out_dir / PROGRESS).unlink(missing_ok=True)  # metrics.json now holds the history
-        logger.info(f"saved the model to {out_dir}")
+        _save(result, out_dir, moments)
     return result
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    """The training data as training needs it: encoders, encoded rows, positives."""
+
+    users: IdEncoder
+    items: IdEncoder
+    train_set: RecSysDataset
+    positive: torch.Tensor  # (N,) bool: the rows that are positives
+    seen: SeenItems
+
+
+def _prepare(
+    train_data: DataLike,
+    data_config: DataConfig,
+    train_config: TrainConfig,
+    model: str,
+    model_options: dict[str, Any] | None,
+    items: DataLike | None,
+    side: SideFeatures,
+    device: torch.device,
+) -> _Prepared:
+    """Read and check the training rows, fit the id encoders (with the ids of the feature
+    files and of the item catalogue), refuse options whose memory the machine lacks, and
+    encode the rows."""
+    train_frame = load_data(train_data, data_config)
+    _check_positives(train_frame, train_data, data_config)
+    pointwise = capabilities(model).objective == "pointwise"
+    if train_frame["target"].min() == 1 and pointwise and train_config.loss != "ce":
+        logger.info(
+            f"{_name(train_data)} holds only positives: sampling {train_config.negatives} "
+            f"{train_config.sampling} negatives per positive each epoch"
+        )
+    users = IdEncoder.fit(
+        _with_features(train_frame[USER].to_numpy(), side.users, data_config.user_col)
+    )
+    item_ids = _with_features(train_frame[ITEM].to_numpy(), side.items, data_config.item_col)
+    if items is not None:
+        catalogue = read_item_catalog(items, data_config)
+        extra = _same_kind(catalogue, item_ids, _name(items), data_config.item_col)
+        item_ids = np.concatenate([item_ids, extra])
+    item_enc = IdEncoder.fit(item_ids)
+    positives = int((train_frame["target"].to_numpy() > 0.5).sum())
+    check_memory(
+        model, model_options or {}, users.num_embeddings, item_enc.num_embeddings,
+        positives if pointwise and train_frame["target"].min() == 1 else 0, train_config, device,
+    )  # fmt: skip
+    train_set, _ = RecSysDataset.from_frame(train_frame, users, item_enc)
+    del train_frame, item_ids  # the tensors hold what training needs (~0.5 GB at 20M rows)
+    # the training positives: excluded from a user's recommendations, counted for popularity
+    positive = train_set.target > 0.5
+    seen = _seen_items(train_set, positive, users.num_embeddings, item_enc.num_embeddings)
+    return _Prepared(users, item_enc, train_set, positive, seen)
+
+
+def _validation_rows(
+    val_data: DataLike, data_config: DataConfig, users: IdEncoder, items: IdEncoder
+) -> tuple[RecSysDataset, UnknownCounts]:
+    """The ``--val`` rows, encoded with the training encoders (unknown ids counted)."""
+    val_frame = load_data(val_data, data_config)
+    _check_positives(val_frame, val_data, data_config, "to validate on")
+    val_set, val_unknown = RecSysDataset.from_frame(val_frame, users, items)
+    logger.info(val_unknown.describe(_name(val_data)))
+    return val_set, val_unknown
+
+
+def _save(result: TrainResult, out_dir: Path, moments: dict[str, torch.Tensor]) -> None:
+    """Write the artifact, its metrics and its training curves; the progress file goes."""
+    history = result.history
+    metrics: dict[str, Any] = {"history": history.to_list(), "final": result.summary()}
+    if result.val_unknown is not None:
+        metrics["val_unknown"] = asdict(result.val_unknown)
+    if result.holdout is not None:
+        metrics["holdout"] = result.holdout
+    result.recommender.save(out_dir, metrics=metrics, moments=moments)
+    plot_history(history, out_dir / CURVES)
+    (out_dir / PROGRESS).unlink(missing_ok=True)  # metrics.json now holds the history
+    logger.info(f"saved the model to {out_dir}")
 
 
 #: float32 copies of every weight while training: the weights, their gradients, Adam's two
