@@ -55,7 +55,19 @@ def test_train_config_defaults_and_normalisation():
     assert (default.loss, default.sampling, default.early_stop) == ("auto", "uniform", "auto")
     assert TrainConfig(early_stop="none").early_stop is None
     assert TrainConfig(early_stop="NDCG@5").early_stop == "ndcg@5"
-    assert default.negatives >= 1 and default.patience >= 1
+    assert default.negatives >= 1 and default.patience is None  # None: the model's own
+
+
+def test_patience_defaults_to_the_models_own():
+    """sasrec waits longer before stopping (its validation metric stalls, then rises)."""
+    from hybridrec.models import build_model
+    from hybridrec.training.loop import patience_of
+
+    sasrec = build_model("sasrec", num_users=3, num_items=5)
+    hybrid = build_model("hybrid", num_users=3, num_items=5)
+    assert patience_of(sasrec, TrainConfig()) == 6
+    assert patience_of(hybrid, TrainConfig()) == 3
+    assert patience_of(sasrec, TrainConfig(patience=2)) == 2  # a given value wins
 
 
 @pytest.mark.parametrize("name", ["foo", "hr", "ndcg@x", "mrr@10", "loss@5", "ndcg@-1", "@10"])

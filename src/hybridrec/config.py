@@ -171,7 +171,11 @@ class TrainConfig:
         "data, all = retrain on every row for that many epochs; none = keep the model "
         "trained without the held-out rows",
     )
-    patience: int = option(3, "epochs without improvement before early stopping")
+    patience: int | None = option(
+        None,
+        "epochs without improvement before early stopping; default: the model's own "
+        "($default_patiences)",
+    )
     ks: tuple[int, ...] = option(
         (10,), "cut-offs for validation ranking metrics, e.g. 5,10,20", flag="--k"
     )
@@ -240,7 +244,7 @@ class TrainConfig:
             raise ConfigError(
                 f"--catalogue-weight must be >= 0 (0 = off), got {self.catalogue_weight}"
             )
-        if self.patience < 1:
+        if self.patience is not None and self.patience < 1:
             raise ConfigError(f"--patience must be at least 1, got {self.patience}")
         if self.early_stop is not None and self.early_stop.lower() == "none":
             self.early_stop = None

@@ -85,11 +85,21 @@ def _model_lists() -> dict[str, str]:
     common = max(by_loss, key=lambda loss: len(by_loss[loss]))  # "bce for the others"
     own = [f"{loss} for {', '.join(names)}" for loss, names in by_loss.items() if loss != common]
     return {
+        "default_patiences": _by_model("default_patience"),
         "retrieval_models": ", ".join(models_with(retrieval=True)),
         "next_item_models": ", ".join(models_with(objective="next_item")),
         "feature_models": ", ".join(models_with(features=True)),
         "default_losses": ", ".join([*own, f"{common} for the others"]),
     }
+
+
+def _by_model(attribute: str) -> str:
+    """``"6 for sasrec, 3 for the others"``: a declared default and the models with each."""
+    values = {getattr(capabilities(name), attribute) for name in MODELS}
+    groups = {v: models_with(**{attribute: v}) for v in sorted(values)}
+    common = max(groups, key=lambda v: len(groups[v]))
+    own = [f"{v} for {', '.join(names)}" for v, names in groups.items() if v != common]
+    return ", ".join([*own, f"{common} for the others"])
 
 
 def config_from_args(cls: type, args: argparse.Namespace) -> Any:

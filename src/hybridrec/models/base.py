@@ -57,6 +57,8 @@ class RecModel(nn.Module):
     objective: ClassVar[str] = "pointwise"
     #: The loss ``--loss auto`` means for this model.
     default_loss: ClassVar[str] = "bce"
+    #: Epochs without improvement before early stopping when ``--patience`` is not given.
+    default_patience: ClassVar[int] = 3
     #: Learns by gradient descent; ``False``: ``fit`` only prepares and validates it.
     trainable: ClassVar[bool] = True
     #: Takes side features (``user_feature_shape``/``item_feature_shape`` in its config, its
@@ -94,6 +96,7 @@ class Capabilities:
     reads_training_data: bool
     objective: str
     default_loss: str
+    default_patience: int
     trainable: bool
     features: bool
 

@@ -83,6 +83,11 @@ class SASRec(RecModel):
     objective = "next_item"
     #: ``--loss auto``: softmax over the catalogue (best on val/ of the ML-100K benchmark).
     default_loss = "ce"
+    #: Early stopping waits 6 epochs: next-item training can stall on the validation metric
+    #: for several epochs before it rises again. On ML-100K's val split (automatic holdout,
+    #: seeds 0, 1, 2) patience 3 kept epochs 9, 18, 10 (sampled HR@10 0.760, full 0.199 on
+    #: the mean), patience 6 epochs 19, 18, 17 (0.776, 0.220).
+    default_patience = 6
 
     def __init__(self, config: SASRecConfig) -> None:
         super().__init__(config)

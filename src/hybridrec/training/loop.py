@@ -127,7 +127,7 @@ def fit(
         scaler=scaler,
         generator=generator,
         sample_generator=sample_generator,
-        stopper=EarlyStopping(early_stop, config.patience),
+        stopper=EarlyStopping(early_stop, patience_of(model, config)),
         history=History(),
         average=WeightAverage(params, config.ema_decay) if config.ema_decay > 0 else None,
     )
@@ -227,7 +227,8 @@ class _Loop:
                 self.on_epoch_end(stats, history)
             if decision == _STOP:
                 logger.info(
-                    f"early stopping: no better {state.stopper.metric} for {config.patience} "
+                    f"early stopping: no better {state.stopper.metric} for "
+                    f"{state.stopper.patience} "
                     f"epochs; keeping epoch {history.best_epoch}"
                 )
                 break
@@ -368,3 +369,8 @@ def _describe(stats: EpochStats, epochs: int) -> str:
         shown = [k for k in stats.ranking if k.startswith(("hr@", "ndcg@"))]
         text += " | " + " ".join(f"{k} {stats.ranking[k]:.4f}" for k in shown)
     return text
+
+
+def patience_of(model: nn.Module, config: TrainConfig) -> int:
+    """``--patience``, or the model's declared default when it is not given."""
+    return config.patience if config.patience is not None else capabilities(model).default_patience
