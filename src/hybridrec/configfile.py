@@ -151,7 +151,7 @@ def _as_text(where: str, value: Any, action: argparse.Action) -> str:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ConfigError(f"{where}: expected a number, got {_shown(value)}")
         return repr(float(value))
-    if kind == "_parse_sizes":
+    if getattr(action.type, "takes_sizes", False):  # e.g. --mlp-layers, --k
         if isinstance(value, list) and all(
             isinstance(v, int) and not isinstance(v, bool) for v in value
         ):

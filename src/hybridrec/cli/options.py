@@ -15,13 +15,16 @@ from hybridrec.models import MODELS, capabilities, model_class, models_with
 def _parse_sizes(text: str) -> tuple[int, ...]:
     """Comma-separated sizes (``--mlp-layers 64,32,16``, ``--k 5,10``): an argparse type.
 
-    Keep the name: ``configfile`` recognises a sizes flag by its type's ``__name__``.
+    Marked ``takes_sizes`` (below): a config file gives such flags a TOML list.
     """
     try:
         sizes = tuple(int(part) for part in text.split(",") if part.strip())
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected sizes like 64,32,16, got {text!r}") from None
     return sizes
+
+
+_parse_sizes.takes_sizes = True  # type: ignore[attr-defined]  # read by hybridrec.configfile
 
 
 def add_config_arguments(
