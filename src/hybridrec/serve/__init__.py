@@ -29,8 +29,11 @@ behind a proxy as well.
 
 Modules: ``schemas`` (request and response models, limits), ``cache`` (:class:`TopCache`),
 ``holder`` (the served model and reload), ``gate`` (:class:`ModelGate`), ``app``
-(:func:`create_app`, the middleware), ``connections`` (the HTTP protocol's header deadline
-and connection cap), ``run`` (:func:`serve` with uvicorn, SIGHUP).
+(:func:`create_app`), ``bodies`` (body parsing, 422 and HTTP error answers), ``routes``
+(the public routes and their worker side), ``admin`` (the admin routes), ``middleware``
+(:class:`BodyLimit`, :class:`CachedRecommendations`), ``calls`` (what model calls share),
+``events`` (``POST /events``, recent events), ``connections`` (the HTTP protocol's header
+deadline and connection cap), ``run`` (:func:`serve` with uvicorn, SIGHUP).
 
 Example:
     >>> from hybridrec.serve import serve

@@ -20,7 +20,7 @@ httptools protocol plus a few overrides, given to ``uvicorn.Config(http=...)``) 
   within ``body_timeout`` seconds, or a 408 is sent (if no answer has begun) and the
   connection is closed. Without it a client trickling a body one byte at a time held a
   connection, and its request task, for as long as it liked, and enough of them reached the
-  cap. The body's size is bounded by :class:`hybridrec.serve.app.BodyLimit`.
+  cap. The body's size is bounded by :class:`hybridrec.serve.middleware.BodyLimit`.
 """
 
 from __future__ import annotations

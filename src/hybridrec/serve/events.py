@@ -37,6 +37,8 @@ from starlette.concurrency import run_in_threadpool
 
 from hybridrec.events.log import Event, EventLog, EventLogUnavailable, read_rows, watermark_of
 from hybridrec.recommend.two_stage import AUTO
+from hybridrec.serve.bodies import body_doc, parse_body
+from hybridrec.serve.calls import _known_ids, _model_call
 from hybridrec.serve.schemas import BatchOut, ItemScore, RecommendationOut, plain
 
 if TYPE_CHECKING:
@@ -348,8 +350,6 @@ class RecentEvents:
     def batch_response(self, served: Served, body: Any) -> Response:
         """``POST /recommend`` with ``user_ids`` of which some have events (model worker):
         those through :meth:`result`, the rest as one ``recommend_many`` call."""
-        from hybridrec.serve.app import _known_ids, _model_call  # the app imports this module
-
         rec = served.recommender
         users = list(body.user_ids)
         special = self.concerned(served, users, body.exclude_seen)
@@ -487,7 +487,6 @@ def _score_json(score: float) -> bytes:
 def add_event_routes(app: FastAPI, log: EventLog | None) -> None:
     """``POST /events``: validate a batch, commit it, answer with its ids (404 without a log;
     503, nothing written, when the log cannot be written)."""
-    from hybridrec.serve.app import body_doc, parse_body  # the app imports this module
 
     @app.post(
         "/events",
