@@ -229,6 +229,11 @@ def test_new_items_start_from_their_features(tmp_path):
     row_103 = int(rec.items.transform([103])[0])
     assert table.has_id[row_103] == 0  # no interactions: its features alone
     assert table.has_id[row_101] == 1
+    # the popularity term is refitted on every positive so far: 101 has rows, so none
+    fitted = rec.config["settings"]["feature_popularity"]
+    parent = hybridrec.load(out).config["settings"]["feature_popularity"]
+    assert fitted["warm_items"] > parent["warm_items"]
+    assert table.feature_popularity(torch.tensor([row_101]))[0] == 0
 
 
 def test_update_from_the_event_log_moves_the_watermark(tmp_path):

@@ -35,11 +35,13 @@ from hybridrec.data.io import (
     read_table,
     row_error,
 )
+from hybridrec.data.popularity import item_counts
 from hybridrec.data.seen import SeenItems
 from hybridrec.data.sequences import interactions_newer
 from hybridrec.errors import ConfigError, DataError
 from hybridrec.features import FeatureData
 from hybridrec.features.attach import FEATURE_WEIGHT_DECAY, FeatureConfig, SideFeatures
+from hybridrec.features.popularity import fit_feature_popularity
 from hybridrec.files import atomic_write_json, check_output_dir, exclusive, recover
 from hybridrec.models import build_model, capabilities, model_class, model_device
 from hybridrec.objectives import SAMPLE_CHUNK
@@ -368,6 +370,10 @@ def _train(
     else:
         net, history = run(train_config, train_set, val_set)
     net.cpu()
+    counts = item_counts(train_set.item_idx[positive], items.num_embeddings)
+    popularity = fit_feature_popularity(net, counts, train_config.seed)
+    if popularity is not None:  # cold items' popularity from their features
+        settings["feature_popularity"] = popularity
     recommender = Recommender(
         net, users, items, model_name=model, config={"settings": settings}, seen=prepared.seen
     )

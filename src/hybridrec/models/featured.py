@@ -15,6 +15,7 @@ row's full vector, which is what scoring all items must use instead of ``weight`
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
@@ -27,6 +28,10 @@ from hybridrec.features.table import EncodedFeatures
 #: matrix times the token table: 4-5x faster than ``EmbeddingBag`` forward and backward at
 #: 30 tokens (measured), slower from a few hundred tokens on, where the bag takes over.
 DENSE_VOCABULARY = 256
+
+#: Buffers of a featured table that are not one row per entity (per feature token, or
+#: one value): growing the table for new users or items leaves them as they are.
+NOT_ROWS = ("popularity_tokens", "popularity_numeric", "popularity_offset")
 
 
 @dataclass
@@ -85,6 +90,11 @@ class FeaturedEmbedding(nn.Embedding):
         self.register_buffer("feature_numeric", torch.zeros(num_embeddings, numeric))
         # rows with training interactions; the others are their features alone
         self.register_buffer("has_id", torch.ones(num_embeddings))
+        # the popularity an id-less row's features predict, on the model's score scale
+        # (hybridrec.features.popularity fits it after training; zero until then)
+        self.register_buffer("popularity_tokens", torch.zeros(shape["tokens"]))
+        self.register_buffer("popularity_numeric", torch.zeros(numeric))
+        self.register_buffer("popularity_offset", torch.zeros(()))
 
     def init_features(self, std: float) -> None:
         nn.init.normal_(self.feature_embedding.weight, 0.0, std)
@@ -128,6 +138,27 @@ class FeaturedEmbedding(nn.Embedding):
             keep = keep * (torch.rand(idx.shape, device=idx.device) >= self.id_dropout)
         return super().forward(idx) * keep.unsqueeze(-1) + self.features(idx)
 
+    def feature_popularity(self, idx: torch.Tensor | None = None) -> torch.Tensor:
+        """(...,) the fitted popularity term of rows ``idx`` (every row when None): what a
+        row's features predict for rows without a trained id, zero for the others and for
+        the unknown row 0. It is added to an item's score outside training."""
+        if idx is None:
+            idx = torch.arange(self.num_embeddings, device=self.has_id.device)
+        rows, inverse = torch.unique(idx.reshape(-1), return_inverse=True)
+        present = (self.feature_weights[rows] > 0).to(self.popularity_tokens.dtype)
+        value = (self.popularity_tokens[self.feature_tokens[rows]] * present).sum(-1)
+        value = value + self.feature_numeric[rows] @ self.popularity_numeric
+        value = (value + self.popularity_offset) * (1.0 - self.has_id[rows])
+        value = value * (rows != 0)
+        return value[inverse].reshape(idx.shape)
+
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: Any) -> None:
+        # artifacts saved before the popularity term existed load with it at zero
+        for name in NOT_ROWS:
+            if prefix + name not in state_dict:
+                state_dict[prefix + name] = torch.zeros_like(getattr(self, name))
+        super()._load_from_state_dict(state_dict, prefix, *args)
+
     def vectors(self) -> torch.Tensor:
         """(num_embeddings, D) every row's full vector (no id dropout)."""
         ids = self.weight * self.has_id[:, None]
@@ -139,6 +170,14 @@ def table_vectors(table: nn.Embedding) -> torch.Tensor:
     return table.vectors() if isinstance(table, FeaturedEmbedding) else table.weight
 
 
+def item_popularity(table: nn.Module, idx: torch.Tensor | None = None) -> torch.Tensor | None:
+    """A featured table's :meth:`FeaturedEmbedding.feature_popularity` outside training;
+    None for a plain table or while training (the term is fitted after training)."""
+    if not isinstance(table, FeaturedEmbedding) or table.training:
+        return None
+    return table.feature_popularity(idx)
+
+
 def make_table(
     num: int, dim: int, shape: dict[str, int] | None, id_dropout: float, padding_idx: int = 0
 ) -> nn.Embedding:
@@ -148,4 +187,11 @@ def make_table(
     return FeaturedEmbedding(num, dim, shape, padding_idx=padding_idx, id_dropout=id_dropout)
 
 
-__all__ = ["FeatureOptions", "FeaturedEmbedding", "make_table", "table_vectors"]
+__all__ = [
+    "FeatureOptions",
+    "FeaturedEmbedding",
+    "NOT_ROWS",
+    "item_popularity",
+    "make_table",
+    "table_vectors",
+]

@@ -10,7 +10,7 @@ from hybridrec.config import check_depth, check_finite, option
 from hybridrec.data.encoding import UNKNOWN_INDEX
 from hybridrec.errors import ConfigError
 from hybridrec.models.base import RecModel
-from hybridrec.models.featured import FeatureOptions, make_table, table_vectors
+from hybridrec.models.featured import FeatureOptions, item_popularity, make_table, table_vectors
 from hybridrec.models.layers import MLP, all_pairs, init_embedding
 
 
@@ -93,6 +93,9 @@ class HybridRecSys(RecModel):
         i = self.item_embedding(item_idx)  # (B, D)
         mlp_score = self.mlp(torch.cat([u, i], dim=-1)).squeeze(-1)  # (B,)
         dot_score = (u * i).sum(dim=-1)  # (B,)
+        popularity = item_popularity(self.item_embedding, item_idx)
+        if popularity is not None:  # cold items: what their features predict
+            dot_score = dot_score + popularity
         return mlp_score + dot_score
 
     def score_all(self, user_idx: torch.Tensor) -> torch.Tensor:
@@ -100,4 +103,7 @@ class HybridRecSys(RecModel):
         u = self.user_embedding(user_idx)  # (B, D)
         items = table_vectors(self.item_embedding)  # (I, D)
         mlp_score = all_pairs(list(self.mlp.layers), u, items).squeeze(-1)  # (B, I)
+        popularity = item_popularity(self.item_embedding)
+        if popularity is not None:
+            mlp_score = mlp_score + popularity
         return mlp_score + u @ items.T

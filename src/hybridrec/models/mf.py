@@ -11,7 +11,7 @@ from hybridrec.config import check_finite, option
 from hybridrec.data.encoding import UNKNOWN_INDEX
 from hybridrec.errors import ConfigError
 from hybridrec.models.base import RecModel
-from hybridrec.models.featured import FeatureOptions, make_table, table_vectors
+from hybridrec.models.featured import FeatureOptions, item_popularity, make_table, table_vectors
 from hybridrec.models.layers import init_embedding
 
 
@@ -71,6 +71,9 @@ class MatrixFactorization(RecModel):
         u = self.user_embedding(user_idx)  # (B, D)
         i = self.item_embedding(item_idx)  # (B, D)
         bias = self.user_bias(user_idx).squeeze(-1) + self.item_bias(item_idx).squeeze(-1)
+        popularity = item_popularity(self.item_embedding, item_idx)
+        if popularity is not None:  # cold items: what their features predict
+            bias = bias + popularity
         return (u * i).sum(-1) + bias + self.global_bias
 
     def score_all(self, user_idx: torch.Tensor) -> torch.Tensor:
@@ -78,4 +81,7 @@ class MatrixFactorization(RecModel):
         u = self.user_embedding(user_idx)  # (B, D)
         scores = u @ table_vectors(self.item_embedding).T  # (B, I)
         scores = scores + self.item_bias.weight.T + self.user_bias(user_idx)  # (1, I) + (B, 1)
+        popularity = item_popularity(self.item_embedding)
+        if popularity is not None:
+            scores = scores + popularity
         return scores + self.global_bias

@@ -21,7 +21,7 @@ from hybridrec.data.seen import SeenItems
 from hybridrec.errors import ConfigError
 from hybridrec.features.read import read_feature_rows
 from hybridrec.features.table import FeatureTable
-from hybridrec.models.featured import FeaturedEmbedding
+from hybridrec.models.featured import NOT_ROWS, FeaturedEmbedding
 
 if TYPE_CHECKING:
     from hybridrec.recommend.recommender import Recommender
@@ -101,7 +101,8 @@ def _grown_model(model: torch.nn.Module, num_items: int) -> Any:
     grown = cls(cls.config_class(**{**vars(config), "num_items": num_items}))
     state = {}
     for name, tensor in model.state_dict().items():
-        if name.startswith(ITEM_TABLES) and tensor.shape[0] == config.num_items:
+        per_row = name.rpartition(".")[2] not in NOT_ROWS
+        if name.startswith(ITEM_TABLES) and per_row and tensor.shape[0] == config.num_items:
             extra = tensor.new_zeros((num_items - tensor.shape[0], *tensor.shape[1:]))
             tensor = torch.cat([tensor, extra])
         state[name] = tensor

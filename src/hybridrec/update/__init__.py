@@ -36,6 +36,7 @@ from hybridrec.data.encoding import IdEncoder
 from hybridrec.data.io import ITEM, TARGET, TIMESTAMP, USER
 from hybridrec.data.seen import SeenItems
 from hybridrec.errors import ConfigError, DataError
+from hybridrec.features.popularity import fit_feature_popularity
 from hybridrec.features.read import read_feature_rows
 from hybridrec.features.table import FeatureTable
 from hybridrec.models import capabilities
@@ -330,6 +331,10 @@ def _update(
             epochs=history.best.epoch, max_epochs=train_config.epochs, held_out_rows=len(val)
         )
     settings = {**parent.config.get("settings", {}), **info}
+    # refitted on every positive so far: new items with rows leave the cold set
+    popularity = fit_feature_popularity(model.cpu(), seen.item_counts, train_config.seed)
+    if popularity is not None:
+        settings["feature_popularity"] = popularity
     settings.pop("run_config", None)  # the parent's command; its path is in "update"
     if run_config is not None:
         settings["run_config"] = run_config

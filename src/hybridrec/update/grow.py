@@ -27,7 +27,7 @@ from torch import nn
 from hybridrec.data.seen import SeenItems
 from hybridrec.errors import ConfigError
 from hybridrec.models import capabilities
-from hybridrec.models.featured import FeaturedEmbedding
+from hybridrec.models.featured import NOT_ROWS, FeaturedEmbedding
 
 
 @dataclass(frozen=True)
@@ -50,6 +50,8 @@ def row_kind(model: nn.Module, name: str) -> str | None:
     """``"users"``, ``"items"`` or None: what the rows of state entry ``name`` stand for,
     by the model's declared ``row_tables`` (:class:`hybridrec.models.base.RecModel`)."""
     parts = name.split(".")
+    if len(parts) > 1 and parts[-1] in NOT_ROWS:  # a featured table's per-token buffers
+        return None
     owner = parts[-2] if len(parts) > 1 else parts[0]
     return dict(capabilities(model).row_tables).get(owner)
 
