@@ -126,3 +126,22 @@ def test_other_feature_models_get_the_term(model_name):
     hits = np.mean([s for s, i in zip(scores, cold, strict=True) if i % 2])
     niches = np.mean([s for s, i in zip(scores, cold, strict=True) if not i % 2])
     assert hits > niches
+
+
+def test_an_exported_model_scores_cold_items_as_the_model_does(tmp_path):
+    """Export traces the features and the popularity term with the batch size free."""
+    from hybridrec.export import export_model
+
+    frame, items, cold = popular_by_kind()
+    rec = hybridrec.train(
+        frame, None, item_features=items,
+        model_options={"embedding_dim": 8, "mlp_layer_sizes": (8,)},
+        train_config=TrainConfig(epochs=2, batch_size=256, seed=0),
+    ).recommender  # fmt: skip
+    scorer = torch.jit.load(str(export_model(rec.model, tmp_path / "m.pt")))
+    users = torch.tensor(rec.users.transform([1] * len(cold)))
+    cold_idx = torch.tensor(rec.items.transform(cold))
+    with torch.no_grad():
+        expected = rec.model(users, cold_idx)
+    assert float(rec.model.item_embedding.feature_popularity(cold_idx).abs().max()) > 0
+    assert torch.allclose(scorer(users, cold_idx), expected, atol=1e-5)

@@ -124,7 +124,7 @@ class FeaturedEmbedding(nn.Embedding):
         tokens, weights = self.feature_tokens[rows], self.feature_weights[rows]
         table = self.feature_embedding.weight
         if len(table) <= DENSE_VOCABULARY:  # rows x vocabulary weights, one matrix product
-            mix = torch.zeros(len(rows), len(table), device=table.device, dtype=table.dtype)
+            mix = table.new_zeros(rows.size(0), table.size(0))  # sizes traced (export)
             out = mix.scatter_add_(1, tokens, weights.to(table.dtype)) @ table
         else:
             out = self.feature_embedding(tokens, per_sample_weights=weights)
