@@ -178,3 +178,26 @@ def test_dense_and_bag_pooling_agree(tmp_path, monkeypatch):
     bag.sum().backward()
     assert torch.allclose(dense, bag, atol=1e-6)
     assert torch.allclose(grad_dense, table.feature_embedding.weight.grad, atol=1e-6)
+
+
+def test_feature_vectors_are_the_same_on_both_pooling_paths():
+    """A lookup as large as the table pools every row at once; a small one pools its
+    distinct rows: the same vectors and the same gradients either way."""
+    from hybridrec.models.featured import FeaturedEmbedding
+
+    g = torch.Generator().manual_seed(0)
+    table = FeaturedEmbedding(6, 4, {"tokens": 5, "width": 2, "numeric": 1}, padding_idx=0)
+    table.init_features(0.5)
+    table.feature_tokens[1:] = torch.randint(0, 5, (5, 2), generator=g)
+    table.feature_weights[1:] = torch.rand(5, 2, generator=g)
+    table.feature_numeric[1:] = torch.randn(5, 1, generator=g)
+    small = torch.tensor([3, 1])  # 6 rows > 2 x 2 lookups: distinct rows only
+    large = torch.tensor([3, 1, 3, 2, 5, 4])  # every row at once
+    few = table.features(small)
+    few.sum().backward()
+    grad_few = table.feature_embedding.weight.grad.clone()
+    table.feature_embedding.weight.grad = None
+    many = table.features(large)
+    assert torch.allclose(many[:2], few, atol=1e-6)
+    many[:2].sum().backward()
+    assert torch.allclose(table.feature_embedding.weight.grad, grad_few, atol=1e-6)
