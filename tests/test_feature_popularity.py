@@ -30,14 +30,18 @@ def popular_by_kind(seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame, list[int
     return pd.DataFrame(rows, columns=["userId", "itemId"]), items, cold
 
 
+def trained(frame: pd.DataFrame, items: pd.DataFrame, epochs: int, model: str = "hybrid"):
+    """A tiny model of ``model`` trained on ``frame`` with ``items`` as item features."""
+    options = {"embedding_dim": 8} | ({"mlp_layer_sizes": (8,)} if model == "hybrid" else {})
+    return hybridrec.train(
+        frame, None, model=model, item_features=items, model_options=options,
+        train_config=TrainConfig(epochs=epochs, batch_size=256, seed=0),
+    ).recommender  # fmt: skip
+
+
 def test_cold_items_of_a_popular_kind_rank_first():
     frame, items, cold = popular_by_kind()
-    result = hybridrec.train(
-        frame, None, item_features=items,
-        model_options={"embedding_dim": 8, "mlp_layer_sizes": (8,)},
-        train_config=TrainConfig(epochs=5, batch_size=256, seed=0),
-    )  # fmt: skip
-    rec = result.recommender
+    rec = trained(frame, items, epochs=5)
     fitted = rec.config["settings"]["feature_popularity"]
     assert fitted["warm_items"] >= 50 and fitted["slope"] > 0 and fitted["r2"] > 0.5
     scores = rec.score([1] * len(cold), cold)
@@ -116,11 +120,7 @@ def test_no_item_features_no_fit():
 @pytest.mark.parametrize("model_name", ["mf"])
 def test_other_feature_models_get_the_term(model_name):
     frame, items, cold = popular_by_kind(1)
-    rec = hybridrec.train(
-        frame, None, model=model_name, item_features=items,
-        model_options={"embedding_dim": 8},
-        train_config=TrainConfig(epochs=5, batch_size=256, seed=0),
-    ).recommender  # fmt: skip
+    rec = trained(frame, items, epochs=5, model=model_name)
     assert rec.config["settings"]["feature_popularity"]["slope"] > 0
     scores = rec.score([1] * len(cold), cold)
     hits = np.mean([s for s, i in zip(scores, cold, strict=True) if i % 2])
@@ -133,11 +133,7 @@ def test_an_exported_model_scores_cold_items_as_the_model_does(tmp_path):
     from hybridrec.export import export_model
 
     frame, items, cold = popular_by_kind()
-    rec = hybridrec.train(
-        frame, None, item_features=items,
-        model_options={"embedding_dim": 8, "mlp_layer_sizes": (8,)},
-        train_config=TrainConfig(epochs=2, batch_size=256, seed=0),
-    ).recommender  # fmt: skip
+    rec = trained(frame, items, epochs=2)
     scorer = torch.jit.load(str(export_model(rec.model, tmp_path / "m.pt")))
     users = torch.tensor(rec.users.transform([1] * len(cold)))
     cold_idx = torch.tensor(rec.items.transform(cold))
