@@ -122,32 +122,34 @@ class FeaturedEmbedding(nn.Embedding):
 
     def features(self, idx: torch.Tensor) -> torch.Tensor:
         """(..., D) feature part of the rows ``idx``."""
-        table = self.feature_embedding.weight
         flat = idx.reshape(-1)
         rows_now = self.feature_tokens.size(0)  # not num_embeddings: fold-in swaps buffers
-        if (
-            len(table) <= DENSE_VOCABULARY
-            and rows_now <= 2 * flat.size(0)
-            and not torch.jit.is_tracing()
-        ):  # a small table: every row's vector at once, then one gather (no sort)
-            mix = table.new_zeros(rows_now, table.size(0))
-            out = mix.scatter_add_(1, self.feature_tokens, self.feature_weights.to(table.dtype))
-            out = out @ table
-            if self.numeric_projection is not None:
-                out = out + self.numeric_projection(self.feature_numeric)
-            return nn.functional.embedding(flat, out).reshape(*idx.shape, -1)
+        small = len(self.feature_embedding.weight) <= DENSE_VOCABULARY
+        if small and rows_now <= 2 * flat.size(0) and not torch.jit.is_tracing():
+            # a small table: every row's vector at once, then one gather (no sort)
+            every = self._pooled(self.feature_tokens, self.feature_weights, self.feature_numeric)
+            return nn.functional.embedding(flat, every).reshape(*idx.shape, -1)
         # each distinct row once: a batch repeats its users (a positive and its negatives)
         # and popular items many times, and the bag's backward sorts every token it saw
         rows, inverse = torch.unique(flat, return_inverse=True)
-        tokens, weights = self.feature_tokens[rows], self.feature_weights[rows]
+        out = self._pooled(
+            self.feature_tokens[rows], self.feature_weights[rows], self.feature_numeric[rows]
+        )
+        return out[inverse].reshape(*idx.shape, -1)
+
+    def _pooled(
+        self, tokens: torch.Tensor, weights: torch.Tensor, numeric: torch.Tensor
+    ) -> torch.Tensor:
+        """(R, D) pooled token embeddings plus the numeric projection of R rows."""
+        table = self.feature_embedding.weight
         if len(table) <= DENSE_VOCABULARY:  # rows x vocabulary weights, one matrix product
-            mix = table.new_zeros(rows.size(0), table.size(0))  # sizes traced (export)
+            mix = table.new_zeros(tokens.size(0), table.size(0))  # sizes traced (export)
             out = mix.scatter_add_(1, tokens, weights.to(table.dtype)) @ table
         else:
             out = self.feature_embedding(tokens, per_sample_weights=weights)
         if self.numeric_projection is not None:
-            out = out + self.numeric_projection(self.feature_numeric[rows])
-        return out[inverse].reshape(*idx.shape, -1)
+            out = out + self.numeric_projection(numeric)
+        return out
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         keep = self.has_id[idx]
