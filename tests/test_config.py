@@ -70,6 +70,28 @@ def test_patience_defaults_to_the_models_own():
     assert patience_of(sasrec, TrainConfig(patience=2)) == 2  # a given value wins
 
 
+def test_epochs_default_to_the_models_own_and_are_recorded_resolved(tmp_path):
+    """sasrec's next-item training gets more passes; the artifact records the number used."""
+    import json
+
+    import hybridrec
+    from hybridrec.training import with_model_defaults
+    from tests.helpers import planted
+
+    assert TrainConfig().epochs is None
+    assert with_model_defaults("sasrec", TrainConfig()).epochs == 40
+    assert with_model_defaults("hybrid", TrainConfig()).epochs == 20
+    assert with_model_defaults("sasrec", TrainConfig(epochs=3)).epochs == 3  # given wins
+    train_frame, _ = planted(num_users=12, per_user=4)
+    hybridrec.train(
+        train_frame, None, out=tmp_path / "m", model="mf",
+        train_config=TrainConfig(early_stop="none", epochs=None, batch_size=512),
+        model_options={"embedding_dim": 4}, show_progress=False,
+    )  # fmt: skip
+    saved = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert saved["settings"]["train"]["epochs"] == 20
+
+
 @pytest.mark.parametrize("name", ["foo", "hr", "ndcg@x", "mrr@10", "loss@5", "ndcg@-1", "@10"])
 def test_invalid_early_stop_names(name):
     with pytest.raises(ConfigError, match="--early-stop"):

@@ -110,6 +110,27 @@ def test_score_all_matches_forward_for_every_pair(model_name, dropout, budget, m
     assert torch.allclose(subset, all_scores[[5, 0, 5]], atol=1e-5)
 
 
+@pytest.mark.parametrize(
+    "name", [n for n in sorted(MODELS) if hasattr(model_class(n), "score_groups")]
+)
+def test_score_groups_matches_forward_on_the_repeated_users(name):
+    """score_groups is training's fast path for a positive and its negatives: the same
+    logits as forward on every (user, item) pair of each group, with gradients alike."""
+    model = prepared(tiny(name, dropout=0.0))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.5)
+    users = torch.tensor([1, 6, 3, 1])
+    items = torch.tensor([[4, 0, 2], [2, 2, 1], [3, 4, 1], [1, 2, 3]])
+    grouped = model.score_groups(users, items)
+    flat = model(users.repeat_interleave(3), items.reshape(-1)).view(4, 3)
+    assert grouped.shape == (4, 3)
+    assert torch.allclose(grouped, flat, atol=1e-5)
+    (g1,) = torch.autograd.grad(grouped.square().sum(), model.user_embedding.weight)
+    (g2,) = torch.autograd.grad(flat.square().sum(), model.user_embedding.weight)
+    assert torch.allclose(g1, g2, atol=1e-4) and g1.abs().sum() > 0
+
+
 def test_unknown_index_has_zero_embedding(model_name):
     model = tiny(model_name)
     tables = embeddings(model)

@@ -96,7 +96,11 @@ class DataConfig:
 class TrainConfig:
     """How to train: optimisation, batching, hardware and randomness."""
 
-    epochs: int = option(20, "most passes over the training data (early stopping may end sooner)")
+    epochs: int | None = option(
+        None,
+        "most passes over the training data (early stopping may end sooner); default: the "
+        "model's own ($default_epochs)",
+    )
     batch_size: int = option(2048, "samples per optimisation step")
     learning_rate: float = option(5e-3, "Adam learning rate", flag="--lr")
     weight_decay: float | None = option(
@@ -200,7 +204,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         check_finite(self)
-        if self.epochs < 1:
+        if self.epochs is not None and self.epochs < 1:
             raise ConfigError(f"--epochs must be at least 1, got {self.epochs}")
         if self.batch_size < 1:
             raise ConfigError(f"--batch-size must be at least 1, got {self.batch_size}")

@@ -334,9 +334,9 @@ class Pointwise:
                 torch.cat([torch.ones(n), torch.zeros(n * k)]),
             ]
             weight = None if w is None else torch.cat([w, w.repeat_interleave(k)])
-        if weight is not None:
-            columns.append(weight)
-        return Batch(*(c.to(self.device) for c in columns))
+        weight = None if weight is None else weight.to(self.device)
+        groups = 0 if self.pairwise else len(users)
+        return Batch(*(c.to(self.device) for c in columns), weight=weight, groups=groups)
 
     def step(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, int]:
         if self.pairwise:
@@ -348,7 +348,7 @@ class Pointwise:
             hits = (margin.detach() > 0).sum()
             positive = torch.ones_like(margin, dtype=torch.bool)
         else:
-            logits = model(batch.user_idx, batch.item_idx)
+            logits = self._logits(model, batch)
             losses = F.binary_cross_entropy_with_logits(logits, batch.target, reduction="none")
             loss = _weighted_mean(losses, batch.weight)
             hits = ((logits.detach() > 0) == (batch.target > 0.5)).sum()
@@ -360,6 +360,19 @@ class Pointwise:
                 term = catalogue_loss(model, users, items, weight, self.softmax)
                 loss = loss + self.catalogue_weight * term
         return loss, hits, len(batch.user_idx)
+
+    def _logits(self, model: nn.Module, batch: Batch) -> torch.Tensor:
+        """The BCE batch's logits, in its row order. A sampled batch is its ``P`` positives,
+        then their ``k`` negatives each, positive by positive (:meth:`_batch`); a model with
+        ``score_groups`` scores it as ``P`` groups of ``k + 1`` items, paying for each
+        user's part once per group instead of once per row."""
+        score_groups = getattr(model, "score_groups", None)
+        n = batch.groups
+        if not n or score_groups is None:
+            return model(batch.user_idx, batch.item_idx)
+        items = torch.cat([batch.item_idx[:n, None], batch.item_idx[n:].view(n, -1)], 1)
+        logits = score_groups(batch.user_idx[:n], items)  # (P, k + 1)
+        return torch.cat([logits[:, 0], logits[:, 1:].reshape(-1)])
 
 
 class Softmax:

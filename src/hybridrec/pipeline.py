@@ -48,7 +48,7 @@ from hybridrec.objectives import SAMPLE_CHUNK
 from hybridrec.plots import plot_history
 from hybridrec.recommend import Recommender
 from hybridrec.runtime import resolve_device, set_num_threads
-from hybridrec.training import EpochStats, History, fit, resolve_early_stop
+from hybridrec.training import EpochStats, History, fit, resolve_early_stop, with_model_defaults
 
 logger = logging.getLogger(__name__)
 
@@ -316,6 +316,7 @@ def _train(
 ) -> TrainResult:
     main = distributed.is_main()
     side.check_model(model)
+    train_config = with_model_defaults(model, train_config)  # recorded as trained
     if train_config.weight_decay is None:  # auto: see FEATURE_WEIGHT_DECAY
         decay = FEATURE_WEIGHT_DECAY if side else 0.0
         train_config = replace(train_config, weight_decay=decay)

@@ -89,6 +89,7 @@ def _model_lists() -> dict[str, str]:
     own = [f"{loss} for {', '.join(names)}" for loss, names in by_loss.items() if loss != common]
     return {
         "default_patiences": _by_model("default_patience"),
+        "default_epochs": _by_model("default_epochs"),
         "retrieval_models": ", ".join(models_with(retrieval=True)),
         "next_item_models": ", ".join(models_with(objective="next_item")),
         "feature_models": ", ".join(models_with(features=True)),

@@ -22,12 +22,17 @@ from hybridrec.data.io import ITEM, TARGET, TIMESTAMP, USER
 
 class Batch(NamedTuple):
     """A mini-batch: ``user_idx`` and ``item_idx`` (B,) int64, ``target`` (B,) float32, and
-    optional per-row loss weights ``weight`` (B,) float32 (``None``: all rows weigh 1)."""
+    optional per-row loss weights ``weight`` (B,) float32 (``None``: all rows weigh 1).
+
+    ``groups`` marks a batch of sampled negatives laid out by positive: its first
+    ``groups`` rows are positives, then each positive's negatives in turn, the same number
+    for each (0: no such layout)."""
 
     user_idx: torch.Tensor
     item_idx: torch.Tensor
     target: torch.Tensor
     weight: torch.Tensor | None = None
+    groups: int = 0
 
 
 @dataclass(frozen=True)

@@ -59,6 +59,8 @@ class RecModel(nn.Module):
     default_loss: ClassVar[str] = "bce"
     #: Epochs without improvement before early stopping when ``--patience`` is not given.
     default_patience: ClassVar[int] = 3
+    #: Most epochs when ``--epochs`` is not given (early stopping usually ends sooner).
+    default_epochs: ClassVar[int] = 20
     #: Learns by gradient descent; ``False``: ``fit`` only prepares and validates it.
     trainable: ClassVar[bool] = True
     #: Takes side features (``user_feature_shape``/``item_feature_shape`` in its config, its
@@ -97,6 +99,7 @@ class Capabilities:
     objective: str
     default_loss: str
     default_patience: int
+    default_epochs: int
     trainable: bool
     features: bool
 

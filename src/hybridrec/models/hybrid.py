@@ -11,7 +11,7 @@ from hybridrec.data.encoding import UNKNOWN_INDEX
 from hybridrec.errors import ConfigError
 from hybridrec.models.base import RecModel
 from hybridrec.models.featured import FeatureOptions, item_popularity, make_table, table_vectors
-from hybridrec.models.layers import MLP, all_pairs, init_embedding
+from hybridrec.models.layers import MLP, all_pairs, grouped_pairs, init_embedding
 
 
 @dataclass
@@ -96,6 +96,19 @@ class HybridRecSys(RecModel):
         popularity = item_popularity(self.item_embedding, item_idx)
         if popularity is not None:  # cold items: what their features predict
             dot_score = dot_score + popularity
+        return mlp_score + dot_score
+
+    def score_groups(self, user_idx: torch.Tensor, item_idx: torch.Tensor) -> torch.Tensor:
+        """Logits (P, C) of each user ``user_idx[p]`` (P,) with its own items ``item_idx[p]``
+        (P, C): ``forward`` on the repeated users, at the cost of one user row per group."""
+        groups, width = item_idx.shape
+        u = self.user_embedding(user_idx)  # (P, D)
+        i = self.item_embedding(item_idx.reshape(-1)).view(groups, width, -1)  # (P, C, D)
+        mlp_score = grouped_pairs(list(self.mlp.layers), u, i).squeeze(-1)  # (P, C)
+        dot_score = torch.bmm(i, u.unsqueeze(-1)).squeeze(-1)  # (P, C)
+        popularity = item_popularity(self.item_embedding, item_idx.reshape(-1))
+        if popularity is not None:
+            dot_score = dot_score + popularity.view(groups, width)
         return mlp_score + dot_score
 
     def score_all(self, user_idx: torch.Tensor) -> torch.Tensor:

@@ -82,6 +82,37 @@ def all_pairs(
     return out
 
 
+def grouped_pairs(
+    layers: Sequence[nn.Module], users: torch.Tensor, items: torch.Tensor
+) -> torch.Tensor:
+    """Run ``layers`` (starting with a ``Linear``) on ``[u_p || i_pc]``: each user with its
+    own group of items (a positive and its sampled negatives).
+
+    As in :func:`all_pairs`, the first layer is split, W [u || i] = W_u u + W_i i, so the
+    user half is computed once per group rather than once per pair: a training batch of
+    ``P`` positives with ``k`` negatives each pays ``P`` user products, not ``P (k + 1)``,
+    and the user rows' gradients are summed over the group before they reach the table.
+
+    Args:
+        layers: the layers of an MLP on concatenated embeddings (not empty).
+        users: (P, Du) user vectors.
+        items: (P, C, Di) item vectors, C per user.
+
+    Returns:
+        (P, C, H) outputs.
+    """
+    first = layers[0]
+    if not isinstance(first, nn.Linear):
+        raise TypeError(f"grouped_pairs needs a Linear first layer, got {type(first).__name__}")
+    d = users.shape[-1]
+    hidden = torch.addmm(first.bias, users, first.weight[:, :d].T)[:, None] + items.matmul(
+        first.weight[:, d:].T
+    )
+    for layer in layers[1:]:
+        hidden = layer(hidden)
+    return hidden
+
+
 def init_embedding(embedding: nn.Embedding, std: float) -> None:
     """Small normal init; the padding (unknown) row stays zero so unknown ids score neutrally."""
     nn.init.normal_(embedding.weight, mean=0.0, std=std)

@@ -13,7 +13,7 @@ pipeline function (read files, train, save); a module of the same name would hid
 """
 
 from hybridrec.training.history import EpochStats, History
-from hybridrec.training.loop import fit
+from hybridrec.training.loop import fit, with_model_defaults
 from hybridrec.training.validation import resolve_early_stop
 
-__all__ = ["EpochStats", "History", "fit", "resolve_early_stop"]
+__all__ = ["EpochStats", "History", "fit", "resolve_early_stop", "with_model_defaults"]

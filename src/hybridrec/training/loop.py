@@ -24,7 +24,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -99,6 +99,7 @@ def fit(
         TrainingDivergedError: the loss became NaN or infinite.
         CheckpointError: ``config.resume`` names a missing or damaged checkpoint.
     """
+    config = with_model_defaults(model, config)
     early_stop = _check_options(train, val, config, checkpoint_dir)
     checkpoint_dir = config.checkpoint_dir or checkpoint_dir
     device = device or model_device(model)
@@ -369,6 +370,14 @@ def _describe(stats: EpochStats, epochs: int) -> str:
         shown = [k for k in stats.ranking if k.startswith(("hr@", "ndcg@"))]
         text += " | " + " ".join(f"{k} {stats.ranking[k]:.4f}" for k in shown)
     return text
+
+
+def with_model_defaults(model: nn.Module | str, config: TrainConfig) -> TrainConfig:
+    """``config`` with the options left to the model (``--epochs``) set to its declared
+    defaults: sasrec's next-item training needs more passes than the pointwise models."""
+    if config.epochs is not None:
+        return config
+    return replace(config, epochs=capabilities(model).default_epochs)
 
 
 def patience_of(model: nn.Module, config: TrainConfig) -> int:
