@@ -398,7 +398,7 @@ def test_cache_with_text_ids(rec):
 
 
 def test_cache_keeps_the_whole_ranking_of_small_catalogues(rec):
-    cache = build_cache(rec)  # default depth 100 > 60 items: every k is answered
+    cache = build_cache(rec)  # default depth 61 > 60 items: every k is answered
     user = str(rec.users.ids[0])
     want = rec.recommend(user, k=1000, exclude_seen=False)
     assert json.loads(cache.body(user, 1000, False)) == expected(want, rec.users.ids[0])
@@ -494,6 +494,38 @@ QUERIES = [
     "k=x",
     "exclude_seen=maybe",
 ]
+
+
+def test_cache_depth_grows_with_fewer_users_within_its_bounds():
+    from hybridrec.serve import CACHE_TOP, cache_depth
+    from hybridrec.serve.schemas import MAX_K
+
+    assert cache_depth(943, 1_683) == MAX_K  # ML-100K: every k a request may ask
+    assert cache_depth(943, 300) == 301  # no deeper than the catalogue (+1: lists are complete)
+    assert cache_depth(10_000, 27_000) == 200
+    assert cache_depth(138_000, 27_000) == CACHE_TOP  # many users: the floor
+    assert cache_depth(943, 1_683, requested=8) == 8  # --cache-top wins
+    assert cache_depth(943, 1_683, requested=5_000) == MAX_K
+
+
+def test_default_cache_answers_deep_requests_without_the_model(tmp_path):
+    """With the automatic depth a small model's k=150 (deeper than the old fixed 100) is a
+    lookup, not a model call."""
+    config = SyntheticConfig(num_users=30, num_items=240, num_positives=600, seed=1)
+    train_csv, _ = write_synthetic_data(tmp_path, config)
+    result = hybridrec.train(
+        train_csv, model_options={"embedding_dim": 4, "mlp_layer_sizes": (4,)},
+        train_config=TrainConfig(epochs=1, device="cpu"), show_progress=False,
+    )  # fmt: skip
+    own = result.recommender
+    user = own.users.ids[0]
+    want = own.recommend(user, k=150)
+    with TestClient(create_app(own)) as cached:
+        own.__class__ = Failing  # any model call fails from now on
+        own.error = RuntimeError("the model was called")
+        got = cached.get(f"/recommend/{user}?k=150")
+    assert got.status_code == 200 and len(want) == 150
+    assert got.json() == expected(want, user)
 
 
 @pytest.mark.parametrize("query", QUERIES)
@@ -761,7 +793,7 @@ def test_cli_serve_options(monkeypatch, model_dirs, capsys):
     model = str(model_dirs[0])
     assert main(["serve", "--model", model, "--port", "8124"]) == 0
     assert main(["serve", "--model", model, "--cache-top", "0", "--access-log"]) == 0
-    assert [kw["cache_top"] for _, kw in calls] == [100, 0]
+    assert [kw["cache_top"] for _, kw in calls] == [None, 0]  # None: automatic depth
     assert [kw["access_log"] for _, kw in calls] == [False, True]
     assert main(["serve", "--model", model, "--cache-top", "-1"]) == 2
     assert "--cache-top must be >= 0" in capsys.readouterr().err

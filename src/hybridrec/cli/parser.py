@@ -220,11 +220,11 @@ def _serve_parser(sub: Any) -> None:
     p.add_argument(
         "--cache-top",
         type=int,
-        default=100,
+        default=None,
         metavar="N",
         help="rank every known user's top N items at each load, so GET /recommend with "
-        "k <= N is a lookup; 0 = score every request (default: 100; skipped for catalogues "
-        "over 25M users x items)",
+        "k <= N is a lookup; 0 = score every request (default: as deep as 2M users x items "
+        "allow, 100 to 1000; skipped for catalogues over 25M users x items)",
     )
     p.add_argument(
         "--access-log",

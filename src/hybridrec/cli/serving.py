@@ -53,7 +53,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from hybridrec.runtime import set_num_threads
     from hybridrec.serve import serve
 
-    if args.cache_top < 0:
+    if args.cache_top is not None and args.cache_top < 0:
         raise ConfigError(f"--cache-top must be >= 0, got {args.cache_top}")
     if not 0 <= args.threads <= MAX_THREADS:
         raise ConfigError(

@@ -11,8 +11,9 @@ capped (:mod:`hybridrec.serve.connections`), because uvicorn itself only times o
 keep-alive connections.
 
 The hot path, ``GET /recommend/{user_id}``, is a lookup: at every load each known user's top
-``CACHE_TOP`` items are ranked once (:class:`TopCache`, for catalogues up to
-``CACHE_MAX_PAIRS`` users x items), and a small ASGI middleware
+items are ranked once (:class:`TopCache`, ``CACHE_TOP`` to ``MAX_K`` deep by
+:func:`cache_depth`, for catalogues up to ``CACHE_MAX_PAIRS`` users x items), and a small
+ASGI middleware
 (:class:`CachedRecommendations`) answers canonical requests from it on the event loop, with
 JSON built from pre-encoded pieces, before FastAPI's routing and validation. Answers are
 exactly :meth:`Recommender.recommend`'s; anything the cache cannot answer goes to the model.
@@ -47,6 +48,7 @@ from hybridrec.serve.cache import (
     CacheMismatchError,
     TopCache,
     build_cache,
+    cache_depth,
 )
 from hybridrec.serve.gate import MAX_PENDING, ModelGate
 from hybridrec.serve.holder import ModelHolder, Served
@@ -100,6 +102,7 @@ __all__ = [
     "Served",
     "TopCache",
     "build_cache",
+    "cache_depth",
     "create_app",
     "install_reload_signal",
     "serve",

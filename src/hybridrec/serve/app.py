@@ -29,7 +29,6 @@ from hybridrec.events.log import EventLog
 from hybridrec.recommend import Recommender
 from hybridrec.serve.admin import ADMIN_TOKEN_ENV, _add_admin_routes
 from hybridrec.serve.bodies import _http_error, _invalid_request, body_doc, parse_body
-from hybridrec.serve.cache import CACHE_TOP
 from hybridrec.serve.calls import _known_ids, _model_call
 from hybridrec.serve.events import RecentEvents, add_event_routes
 from hybridrec.serve.gate import MAX_PENDING, ModelGate
@@ -63,7 +62,7 @@ def create_app(
     recommender: Recommender | None = None,
     model_dir: str | Path | None = None,
     *,
-    cache_top: int = CACHE_TOP,
+    cache_top: int | None = None,
     admin_token: str | None = None,
     models_root: str | Path | None = None,
     max_pending: int = MAX_PENDING,
@@ -76,7 +75,8 @@ def create_app(
         model_dir: load this artifact once when the app starts (its lifespan), so a broken
             artifact stops the server at startup rather than failing requests.
         cache_top: items per user precomputed for ``GET /recommend/{user_id}`` at every
-            load (:class:`TopCache`); 0 scores every request with the model.
+            load (:class:`TopCache`); None: :func:`cache_depth`'s choice; 0 scores every
+            request with the model.
         admin_token: the secret ``POST /admin/reload`` requires as a bearer token; None
             reads ``HYBRIDREC_ADMIN_TOKEN``; without one the admin endpoints answer 403.
         models_root: reloads read only directories under it (default: the parent of

@@ -1,6 +1,6 @@
 """The response cache behind ``GET /recommend/{user_id}``: every known user's top items.
 
-At every load each known user's top ``CACHE_TOP`` items are ranked once (for catalogues up
+At every load each known user's top items (:func:`cache_depth`) are ranked once (for catalogues up
 to ``CACHE_MAX_PAIRS`` users x items), so the service's hot path is a lookup whose JSON is
 built from pre-encoded pieces. Its answers are exactly :meth:`Recommender.recommend`'s: the
 cache is filled from ``recommend_many`` and the logits of
@@ -24,8 +24,13 @@ from hybridrec.serve.schemas import MAX_K
 
 logger = logging.getLogger(__name__)
 
-#: Items per user kept ready for ``GET /recommend/{user_id}`` (see :class:`TopCache`).
+#: Items per user kept ready for ``GET /recommend/{user_id}`` (see :class:`TopCache`) at
+#: least, when the depth is automatic.
 CACHE_TOP = 100
+#: Users x depth the automatic depth may keep (~32 bytes each while built, both
+#: ``exclude_seen`` settings): 1,000 items for up to 2,000 users, 100 from 20,000 users.
+#: Deeper requests (``k=200``) are then lookups too instead of a model call each.
+CACHE_ENTRIES = 2_000_000
 #: Largest ``users x items`` scored to fill the cache at load (two passes over every known
 #: user, with and without seen items: about 0.3 s per million pairs on one CPU core for the
 #: default hybrid model, so at most a few seconds). Bigger models are served uncached.
@@ -166,18 +171,30 @@ class TopCache:
         return b',"items":[' + items + b'],"source":"' + source + b'","unknown_items":[]}'
 
 
-def build_cache(recommender: Recommender, depth: int = CACHE_TOP) -> TopCache | None:
-    """A :class:`TopCache` of ``depth`` items per user, or None when ``depth`` is 0, the
-    model knows no users, scoring every user would exceed ``CACHE_MAX_PAIRS``, or the model
-    is not on the CPU (an accelerator scores users in padded batches, whose last bits may
-    differ from a single user's, and the cache must answer exactly as ``recommend``)."""
+def cache_depth(num_users: int, num_items: int, requested: int | None = None) -> int:
+    """Items kept per user: ``requested`` (``--cache-top``), or by default as many as
+    :data:`CACHE_ENTRIES` allows, between :data:`CACHE_TOP` and ``MAX_K`` (at most one more
+    than the catalogue: a user's list shorter than the depth is known to be complete)."""
+    if requested is not None:
+        return min(requested, MAX_K)
+    depth = max(CACHE_TOP, min(MAX_K, CACHE_ENTRIES // max(1, num_users)))
+    return min(num_items + 1, depth)
+
+
+def build_cache(recommender: Recommender, depth: int | None = None) -> TopCache | None:
+    """A :class:`TopCache` of ``depth`` items per user (None: :func:`cache_depth`'s
+    choice), or None when ``depth`` is 0, the model knows no users, scoring every user
+    would exceed ``CACHE_MAX_PAIRS``, or the model is not on the CPU (an accelerator scores
+    users in padded batches, whose last bits may differ from a single user's, and the cache
+    must answer exactly as ``recommend``)."""
     pairs = len(recommender.users) * len(recommender.items)
+    depth = cache_depth(len(recommender.users), len(recommender.items), depth)
     if depth <= 0 or len(recommender.users) == 0 or pairs > CACHE_MAX_PAIRS:
         return None
     if recommender.device.type != "cpu":
         return None
     try:
-        return TopCache(recommender, min(depth, MAX_K))
+        return TopCache(recommender, depth)
     except CacheMismatchError:  # a model scored another way: serve it uncached, correctly
         logger.warning("not caching recommendations", exc_info=True)
         return None

@@ -18,7 +18,7 @@ from fastapi import HTTPException
 
 from hybridrec.recommend import Recommender
 from hybridrec.recommend.two_stage import AUTO
-from hybridrec.serve.cache import CACHE_TOP, TopCache, build_cache
+from hybridrec.serve.cache import TopCache, build_cache
 from hybridrec.serve.schemas import json_safe
 
 logger = logging.getLogger(__name__)
@@ -42,7 +42,9 @@ class ModelHolder:
     racing each other; the load happens before the swap, so a failure leaves the old model.
     """
 
-    def __init__(self, recommender: Recommender | None = None, cache_top: int = CACHE_TOP) -> None:
+    def __init__(
+        self, recommender: Recommender | None = None, cache_top: int | None = None
+    ) -> None:
         self.cache_top = cache_top
         self.current: Served | None = (
             _served(recommender, cache_top) if recommender is not None else None
@@ -114,7 +116,7 @@ class ModelHolder:
         return thread
 
 
-def _served(recommender: Recommender, cache_top: int) -> Served:
+def _served(recommender: Recommender, cache_top: int | None) -> Served:
     try:
         final = recommender.metrics.get("final", {})
     except (OSError, ValueError):  # an unreadable metrics.json must not stop serving

@@ -18,7 +18,6 @@ from typing import Any
 
 from hybridrec.events.log import EventLog
 from hybridrec.serve.app import create_app
-from hybridrec.serve.cache import CACHE_TOP
 from hybridrec.serve.connections import (
     BODY_TIMEOUT,
     HEADER_TIMEOUT,
@@ -58,7 +57,7 @@ def serve(
     port: int = 8000,
     log_level: str = "info",
     *,
-    cache_top: int = CACHE_TOP,
+    cache_top: int | None = None,
     access_log: bool = False,
     admin_token: str | None = None,
     models_root: str | Path | None = None,
@@ -77,7 +76,8 @@ def serve(
     docstring).
 
     Args:
-        cache_top: items per user precomputed for ``GET /recommend`` (0: none).
+        cache_top: items per user precomputed for ``GET /recommend`` (None: automatic,
+            see :func:`cache_depth`; 0: none).
         access_log: log a line per request (off: it nearly doubles a cached request's CPU time).
         admin_token: secret for ``POST /admin/reload`` (None: ``HYBRIDREC_ADMIN_TOKEN``;
             neither: the admin endpoints are off).
