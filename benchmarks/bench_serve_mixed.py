@@ -1,14 +1,16 @@
 """HTTP service under a mixed load, then the same with two clients sending the largest requests.
 
 Starts the real server (``hybridrec serve``: one uvicorn worker, 1 torch thread, the default
-limits and top-100 cache) on 127.0.0.1 with a model trained on MovieLens-100K
+limits and top-k cache) on 127.0.0.1 with a model trained on MovieLens-100K
 (../shared/data/movielens-100k-loo/train.csv, default settings), then drives it from this
 process with 16 closed-loop clients, each on one keep-alive connection, each request drawn
 at random:
 
 - 80% ``GET /recommend/{known user}`` (k=10: cached),
 - 10% ``POST /recommend`` with ``item_ids`` of 5-20 known items (a new user's fold-in),
-- 10% ``GET /recommend/{known user}?k=200`` (deeper than the cache: the model).
+- 10% ``GET /recommend/{known user}?k=200`` (deeper than a top-100 cache: the model with
+  ``--server-args "--cache-top 100"``; the default cache of a model this small is 1,000
+  deep, so a lookup).
 
 Phase 2 repeats this while 2 more clients send, in turn, the largest requests the limits
 allow: 100 users x k=1000 (``MAX_RESULTS``), 100,000 score pairs (``MAX_PAIRS``) and a
@@ -19,6 +21,7 @@ prepared bytes), so it costs the shared 2 cores little; latencies are per reques
 writing it to reading the whole answer.
 
     python benchmarks/bench_serve_mixed.py [--seconds 20] [--clients 16] [--model DIR]
+        [--server-args "--cache-top 100"]
 """
 
 from __future__ import annotations
@@ -144,7 +147,7 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q / 100 * len(ordered)))] * 1000
 
 
-def start_server(model: Path, port: int) -> subprocess.Popen:
+def start_server(model: Path, port: int, extra: list[str]) -> subprocess.Popen:
     command = [
         sys.executable,
         "-m",
@@ -156,6 +159,7 @@ def start_server(model: Path, port: int) -> subprocess.Popen:
         str(port),
         "--log-level",
         "warning",
+        *extra,
     ]
     return subprocess.Popen(command, env={**os.environ, "OMP_NUM_THREADS": "1"})
 
@@ -175,6 +179,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=20)
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--model", type=Path, help="serve this artifact (default: train one)")
+    parser.add_argument("--server-args", default="", help="more options for hybridrec serve")
     args = parser.parse_args()
     if not (DATA / "train.csv").is_file():
         sys.exit(f"no benchmark data at {DATA}")
@@ -192,7 +197,7 @@ def main() -> None:
     pools, heavy = mixed_requests(users, items, seed=0), heavy_requests(users, items)
     port = free_port()
     load = os.getloadavg()
-    server = start_server(model, port)
+    server = start_server(model, port, args.server_args.split())
     rows = []
     try:
         wait_ready(f"http://127.0.0.1:{port}")
@@ -210,7 +215,8 @@ def main() -> None:
     print(
         f"\nmachine: {os.cpu_count()} cores ({platform.machine()}), no GPU, load average "
         f"{load[0]:.2f} at the start; server: 1 uvicorn worker, 1 torch thread, default limits "
-        f"and top-100 cache; model: hybrid (defaults) on MovieLens-100K; {args.clients} clients, "
+        f"{args.server_args or '(default cache)'}; model: hybrid (defaults) on MovieLens-100K; "
+        f"{args.clients} clients, "
         f"{args.seconds:g} s per phase; client: asyncio in the same machine\n"
     )
     print("| phase | request | requests | req/s | p50 ms | p99 ms | errors |")
