@@ -900,13 +900,13 @@ def test_options_that_would_exhaust_memory_are_refused_before_training(
 def test_the_memory_rule_uses_what_is_available(ranking_files, monkeypatch):
     """The same options pass with room to spare and fail with too little (the weights of
     this tiny model take ~100 KB)."""
-    import hybridrec.pipeline
+    import hybridrec.memory
     from hybridrec.errors import ConfigError
 
-    monkeypatch.setattr(hybridrec.pipeline, "available_memory", lambda device: 10_000)
+    monkeypatch.setattr(hybridrec.memory, "available_memory", lambda device: 10_000)
     with pytest.raises(ConfigError, match=r"more than the 0\.0 GiB available"):
         hybridrec.train(ranking_files["train"], None, train_config=TrainConfig(epochs=1))
-    monkeypatch.setattr(hybridrec.pipeline, "available_memory", lambda device: None)
+    monkeypatch.setattr(hybridrec.memory, "available_memory", lambda device: None)
     options = {"embedding_dim": 4, "mlp_layer_sizes": (4,)}
     result = hybridrec.train(
         ranking_files["train"], None, model_options=options, train_config=TrainConfig(epochs=1)
