@@ -84,6 +84,8 @@ class SharedNegatives:
         self._log_expected = self._log_expected.to(device)
         return self
 
+    @torch.compiler.disable  # a draw, not arithmetic; under --compile's dynamic shapes the
+    # draw count would become symbolic, which torch.rand rejects
     def candidates(self, generator: torch.Generator | None = None) -> torch.Tensor:
         """This batch's candidate items: all known items when exact, else ``S`` draws from
         ``Q`` (with replacement; the global RNG unless ``generator`` is given)."""

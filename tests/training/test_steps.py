@@ -110,18 +110,22 @@ def test_sparse_weight_decay_is_dense_weight_decay_on_touched_rows():
 # ---------------------------------------------------------------- mixed precision and compile
 
 
-def data():
+def data(positives_only: bool = False):
     g = torch.Generator().manual_seed(0)
     users = torch.randint(1, 30, (1500,), generator=g)
     items = torch.randint(1, 20, (1500,), generator=g)
+    if positives_only:  # sampled negatives, each positive scored with them as one group
+        return RecSysDataset(users[:300], items[:300], torch.ones(300))
     return RecSysDataset(users, items, ((users + items) % 2).float())
 
 
-def losses(device="cpu", **options):
+def losses(device="cpu", positives_only=False, **options):
     torch.manual_seed(0)
     model = build_model("hybrid", num_users=30, num_items=20, embedding_dim=8, mlp_layer_sizes=(8,))
     config = TrainConfig(epochs=3, batch_size=256, learning_rate=0.05, device=device, **options)
-    history = fit(model, data(), None, config, device=torch.device(device), show_progress=False)
+    history = fit(
+        model, data(positives_only), None, config, device=torch.device(device), show_progress=False
+    )
     assert all(p.dtype == torch.float32 for p in model.parameters())  # weights stay fp32
     return [e.train_loss for e in history.epochs]
 
@@ -146,6 +150,15 @@ def test_compile_traces_the_training_step(monkeypatch):
     alone takes ~40 s on a busy 2-core machine."""
     monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="aot_eager"))
     assert losses(compile=True) == pytest.approx(losses(), rel=1e-5)
+
+
+def test_compile_with_sampled_negatives_and_a_sampled_softmax(monkeypatch):
+    """Positives-only data: grouped scoring and a sampled catalogue softmax (4 draws of 19
+    items) under torch.compile, whose dynamic shapes once made the draw count symbolic."""
+    monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="aot_eager"))
+    options = {"positives_only": True, "softmax_negatives": 4}
+    compiled = losses(compile=True, **options)
+    assert compiled == pytest.approx(losses(**options), rel=1e-4)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
