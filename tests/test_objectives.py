@@ -314,7 +314,7 @@ def test_no_timestamps_no_weights_and_softmax_weighted():
     assert batch.weight is not None and batch.weight.mean().item() == pytest.approx(1.0)
 
 
-@pytest.mark.parametrize("name", ["hybrid", "mf"])
+@pytest.mark.parametrize("name", ["hybrid", "mf", "gmf", "mlp", "neumf"])
 def test_a_sampled_batch_scored_by_groups_gives_the_flat_loss(name):
     """Pointwise hands a sampled batch to ``score_groups`` (one user row per positive) when
     the model has it; the loss must be what scoring every row gives."""

@@ -76,6 +76,19 @@ class MatrixFactorization(RecModel):
             bias = bias + popularity
         return (u * i).sum(-1) + bias + self.global_bias
 
+    def score_groups(self, user_idx: torch.Tensor, item_idx: torch.Tensor) -> torch.Tensor:
+        """Logits (P, C) of each user with its own items (``forward`` on the repeated users,
+        one user row per group)."""
+        groups, width = item_idx.shape
+        flat = item_idx.reshape(-1)
+        u = self.user_embedding(user_idx)  # (P, D)
+        i = self.item_embedding(flat).view(groups, width, -1)  # (P, C, D)
+        bias = self.item_bias(flat).view(groups, width) + self.user_bias(user_idx)  # + (P, 1)
+        popularity = item_popularity(self.item_embedding, flat)
+        if popularity is not None:
+            bias = bias + popularity.view(groups, width)
+        return torch.bmm(i, u.unsqueeze(-1)).squeeze(-1) + bias + self.global_bias
+
     def score_all(self, user_idx: torch.Tensor) -> torch.Tensor:
         """Logits (B, num_items)."""
         u = self.user_embedding(user_idx)  # (B, D)

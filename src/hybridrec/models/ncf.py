@@ -16,7 +16,7 @@ from hybridrec.config import check_depth, check_finite, option
 from hybridrec.data.encoding import UNKNOWN_INDEX
 from hybridrec.errors import ConfigError
 from hybridrec.models.base import RecModel
-from hybridrec.models.layers import all_pairs, init_embedding
+from hybridrec.models.layers import all_pairs, grouped_pairs, init_embedding
 
 
 @dataclass
@@ -85,6 +85,14 @@ class _Tower(nn.Module):
         x = torch.cat([self.user_embedding(user_idx), self.item_embedding(item_idx)], -1)
         return self.layers(x)  # (B, out_dim)
 
+    def groups(self, user_idx: torch.Tensor, item_idx: torch.Tensor) -> torch.Tensor:
+        """Hidden output (P, C, out_dim) of each user with its own C items."""
+        u = self.user_embedding(user_idx)  # (P, D)
+        i = self.item_embedding(item_idx)  # (P, C, D)
+        if not len(self.layers):
+            return torch.cat([u[:, None].expand(-1, i.size(1), -1), i], -1)
+        return grouped_pairs(list(self.layers), u, i)
+
     def all_items(self, user_idx: torch.Tensor) -> torch.Tensor:
         """Hidden output (B, I, out_dim) for every item."""
         u = self.user_embedding(user_idx)  # (B, D)
@@ -112,6 +120,11 @@ class GMF(RecModel):
 
     def forward(self, user_idx: torch.Tensor, item_idx: torch.Tensor) -> torch.Tensor:
         gmf = self.user_embedding(user_idx) * self.item_embedding(item_idx)  # (B, D)
+        return self.output(gmf).squeeze(-1)
+
+    def score_groups(self, user_idx: torch.Tensor, item_idx: torch.Tensor) -> torch.Tensor:
+        """Logits (P, C) of each user with its own C items, one user row per group."""
+        gmf = self.user_embedding(user_idx)[:, None] * self.item_embedding(item_idx)
         return self.output(gmf).squeeze(-1)
 
     def score_all(self, user_idx: torch.Tensor) -> torch.Tensor:
@@ -144,6 +157,10 @@ class NCFMLP(RecModel):
     def forward(self, user_idx: torch.Tensor, item_idx: torch.Tensor) -> torch.Tensor:
         return self.output(self.tower(user_idx, item_idx)).squeeze(-1)
 
+    def score_groups(self, user_idx: torch.Tensor, item_idx: torch.Tensor) -> torch.Tensor:
+        """Logits (P, C) of each user with its own C items, one user row per group."""
+        return self.output(self.tower.groups(user_idx, item_idx)).squeeze(-1)
+
     def score_all(self, user_idx: torch.Tensor) -> torch.Tensor:
         return self.output(self.tower.all_items(user_idx)).squeeze(-1)
 
@@ -171,6 +188,12 @@ class NeuMF(RecModel):
     def forward(self, user_idx: torch.Tensor, item_idx: torch.Tensor) -> torch.Tensor:
         gmf = self.user_embedding(user_idx) * self.item_embedding(item_idx)  # (B, D)
         mlp = self.tower(user_idx, item_idx)  # (B, H)
+        return self.output(torch.cat([gmf, mlp], -1)).squeeze(-1)
+
+    def score_groups(self, user_idx: torch.Tensor, item_idx: torch.Tensor) -> torch.Tensor:
+        """Logits (P, C) of each user with its own C items, one user row per group."""
+        gmf = self.user_embedding(user_idx)[:, None] * self.item_embedding(item_idx)
+        mlp = self.tower.groups(user_idx, item_idx)  # (P, C, H)
         return self.output(torch.cat([gmf, mlp], -1)).squeeze(-1)
 
     def score_all(self, user_idx: torch.Tensor) -> torch.Tensor:
