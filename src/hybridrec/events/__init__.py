@@ -5,14 +5,8 @@ PATH``, ``POST /events``); :func:`read_events` reads the events after a model's 
 (:func:`watermark_of`) as an interactions frame, for ``hybridrec update``.
 """
 
-from hybridrec.events.log import (
-    Event,
-    EventLog,
-    EventLogBusy,
-    EventLogUnavailable,
-    read_events,
-    watermark_of,
-)
+from hybridrec.events.log import Event, EventLog, EventLogBusy, EventLogUnavailable
+from hybridrec.events.read import read_events, read_rows, watermark_of
 
 __all__ = [
     "Event",
@@ -20,5 +14,6 @@ __all__ = [
     "EventLogBusy",
     "EventLogUnavailable",
     "read_events",
+    "read_rows",
     "watermark_of",
 ]

@@ -44,17 +44,11 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, NamedTuple
 
-import numpy as np
-import pandas as pd
-
 from hybridrec.errors import ConfigError
+from hybridrec.events.store import SYNCHRONOUS, last_id, open_reader, open_writer
 
 logger = logging.getLogger(__name__)
 
-#: ``PRAGMA application_id`` of an event log ("hrev"): tells it from any other SQLite file.
-APPLICATION_ID = 0x68726576
-#: ``PRAGMA user_version``: the layout of the tables below.
-FORMAT_VERSION = 1
 #: Events waiting for the writer beyond which :meth:`EventLog.append` refuses a batch
 #: (EventLogBusy): a bound on memory when the disk is slower than the clients.
 MAX_QUEUED_EVENTS = 200_000
@@ -63,18 +57,6 @@ MAX_GROUP_EVENTS = 20_000
 #: Events committed between two checkpoints (about 4 MB of write-ahead log; SQLite's own
 #: automatic checkpoint would run at about the same size, but inside a commit).
 CHECKPOINT_EVENTS = 50_000
-SYNCHRONOUS = ("FULL", "NORMAL")
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS events (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    user NOT NULL,   -- no declared type: ints stay INTEGER, text stays TEXT
-    item NOT NULL,
-    target REAL NOT NULL,
-    timestamp REAL,  -- Unix seconds; NULL when the event had none
-    received REAL NOT NULL  -- Unix seconds when the writer committed it
-)
-"""
 
 
 class Event(NamedTuple):
@@ -131,7 +113,7 @@ class EventLog:
             raise ConfigError(f"synchronous must be one of {SYNCHRONOUS}, got {synchronous!r}")
         self.path = Path(path)
         self.synchronous = synchronous
-        self._conn = _open_writer(self.path, synchronous, busy_timeout)
+        self._conn = open_writer(self.path, synchronous, busy_timeout)
         self._conn.execute("PRAGMA wal_autocheckpoint=0")  # the checkpointer does it
         self._checkpointer = sqlite3.connect(
             self.path, timeout=busy_timeout, isolation_level=None, check_same_thread=False
@@ -200,7 +182,7 @@ class EventLog:
 
     def last_id(self) -> int:
         """The id of the last committed event (0 for an empty log)."""
-        return _last_id(_open_reader(self.path))
+        return last_id(open_reader(self.path))
 
     def _run(self) -> None:
         while True:
@@ -249,7 +231,7 @@ class EventLog:
         conn = self._conn
         conn.execute("BEGIN IMMEDIATE")
         try:
-            next_id = _last_id(conn) + 1
+            next_id = last_id(conn) + 1
             received = time.time()
             rows, firsts = [], []
             for batch in group:
@@ -345,167 +327,3 @@ def _reason(exc: Exception) -> str:
         if key in text:
             return reason
     return "the event log could not be written"
-
-
-# ---------------------------------------------------------------------- opening
-
-
-def _open_writer(path: Path, synchronous: str, busy_timeout: float) -> sqlite3.Connection:
-    """The writer's connection: the file created or checked, WAL mode, ``synchronous``."""
-    if path.is_dir():
-        raise ConfigError(f"event log {path}: is a folder; give a file path")
-    if not path.parent.is_dir():
-        raise ConfigError(f"event log {path}: folder {path.parent} does not exist")
-    try:
-        conn = sqlite3.connect(
-            path, timeout=busy_timeout, isolation_level=None, check_same_thread=False
-        )
-    except sqlite3.Error as exc:
-        raise ConfigError(f"event log {path}: cannot be opened ({exc})") from None
-    try:
-        _check_or_create(conn, path)
-        mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-        if str(mode).lower() != "wal":
-            raise ConfigError(f"event log {path}: WAL mode is not available here (got {mode})")
-        conn.execute(f"PRAGMA synchronous={synchronous}")
-    except sqlite3.Error as exc:
-        conn.close()
-        raise ConfigError(f"event log {path}: cannot be used ({exc})") from None
-    except BaseException:
-        conn.close()
-        raise
-    return conn
-
-
-def _check_or_create(conn: sqlite3.Connection, path: Path) -> None:
-    """An empty database becomes an event log; anything else must already be one."""
-    app_id = conn.execute("PRAGMA application_id").fetchone()[0]
-    tables = conn.execute("SELECT count(*) FROM sqlite_schema").fetchone()[0]
-    if app_id == 0 and tables == 0:
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            conn.execute(_SCHEMA)
-            conn.execute(f"PRAGMA application_id={APPLICATION_ID}")
-            conn.execute(f"PRAGMA user_version={FORMAT_VERSION}")
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        return
-    _check_format(conn, path)
-
-
-def _check_format(conn: sqlite3.Connection, path: Path) -> None:
-    app_id = conn.execute("PRAGMA application_id").fetchone()[0]
-    if app_id != APPLICATION_ID:
-        raise ConfigError(f"event log {path}: is an SQLite database but not a hybridrec event log")
-    version = conn.execute("PRAGMA user_version").fetchone()[0]
-    if version != FORMAT_VERSION:
-        raise ConfigError(
-            f"event log {path}: format version {version}, this hybridrec reads {FORMAT_VERSION}"
-        )
-
-
-def _open_reader(path: Path) -> sqlite3.Connection:
-    """A read-only connection to an existing event log (ConfigError naming the path)."""
-    path = Path(path)
-    if not path.is_file():
-        what = "is a folder" if path.is_dir() else "does not exist"
-        raise ConfigError(f"event log {path}: {what}")
-    try:
-        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=30.0)
-        _check_format(conn, path)
-    except sqlite3.Error as exc:
-        raise ConfigError(f"event log {path}: not readable as an event log ({exc})") from None
-    return conn
-
-
-def _last_id(conn: sqlite3.Connection) -> int:
-    row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'events'").fetchone()
-    return int(row[0]) if row else 0
-
-
-# ---------------------------------------------------------------------- reading
-
-
-def read_rows(path: str | Path, after: int = 0) -> list[tuple[Any, ...]]:
-    """``(id, user, item, target, timestamp)`` of the events with id > ``after``, in id order.
-
-    Raises:
-        ConfigError: a missing or unreadable file, or one that is not an event log.
-    """
-    conn = _open_reader(Path(path))
-    try:
-        return conn.execute(
-            "SELECT id, user, item, target, timestamp FROM events WHERE id > ? ORDER BY id",
-            (after,),
-        ).fetchall()
-    except sqlite3.Error as exc:
-        raise ConfigError(f"event log {path}: not readable as an event log ({exc})") from None
-    finally:
-        conn.close()
-
-
-def read_events(
-    path: str | Path,
-    after: int = 0,
-    *,
-    user_col: str = "userId",
-    item_col: str = "itemId",
-    target_col: str = "target",
-    time_col: str = "timestamp",
-) -> tuple[pd.DataFrame, int]:
-    """The events with id > ``after``, in id order, as an interactions frame.
-
-    What ``hybridrec update`` consumes: the rows a model has not seen yet (``after`` = its
-    watermark, :func:`watermark_of`), and the id to record as the new watermark.
-
-    Columns ``user_col``, ``item_col``, ``target_col`` (float) and ``time_col`` (float Unix
-    seconds, NaN for an event without a timestamp). An id column is int64 when every id in
-    it is an integer; otherwise it is text throughout (an integer id as its decimal text),
-    the rule the file readers follow, so an encoder sees one kind of id per column.
-
-    Returns:
-        ``(frame, last_id)``: ``last_id`` is the id of the last event returned, ``after``
-        when none is.
-
-    Raises:
-        ConfigError: ``after`` is not an integer >= 0, or the file is missing, unreadable or
-            not an event log (the CLI turns it into exit status 2).
-    """
-    if isinstance(after, bool) or not isinstance(after, int | np.integer) or after < 0:
-        raise ConfigError(f"after must be an event id (an integer >= 0), got {after!r}")
-    rows = read_rows(path, int(after))
-    ids = [row[0] for row in rows]
-    frame = pd.DataFrame(
-        {
-            user_col: _id_column([row[1] for row in rows]),
-            item_col: _id_column([row[2] for row in rows]),
-            target_col: np.array([row[3] for row in rows], dtype=np.float64),
-            time_col: np.array(
-                [np.nan if row[4] is None else row[4] for row in rows], dtype=np.float64
-            ),
-        }
-    )
-    return frame, (int(ids[-1]) if ids else int(after))
-
-
-def _id_column(values: list[Any]) -> np.ndarray:
-    """int64 when every id is an integer, else text throughout (as the file readers do)."""
-    if all(isinstance(v, int) for v in values):
-        return np.array(values, dtype=np.int64)
-    return np.array([v if isinstance(v, str) else str(v) for v in values], dtype=object)
-
-
-def watermark_of(config: dict[str, Any]) -> int:
-    """The last event id a model has consumed: ``settings.watermark.event_id`` of its
-    ``config`` (written by ``hybridrec update``), 0 for a model trained from files only.
-
-    Events after it are the ones the model has not learned from: the service excludes and
-    folds in those, and ``update`` trains on them."""
-    settings = config.get("settings") or {}
-    watermark = settings.get("watermark") or {} if isinstance(settings, dict) else {}
-    event_id = watermark.get("event_id") if isinstance(watermark, dict) else None
-    if isinstance(event_id, bool) or not isinstance(event_id, int | float):
-        return 0
-    return int(event_id) if math.isfinite(event_id) and event_id > 0 else 0

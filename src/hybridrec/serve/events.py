@@ -35,7 +35,7 @@ from fastapi import FastAPI, HTTPException, Request, Response
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr
 from starlette.concurrency import run_in_threadpool
 
-from hybridrec.events.log import Event, EventLog, EventLogUnavailable, read_rows, watermark_of
+from hybridrec.events import Event, EventLog, EventLogUnavailable, read_rows, watermark_of
 from hybridrec.recommend.two_stage import AUTO
 from hybridrec.serve.bodies import body_doc, parse_body
 from hybridrec.serve.calls import _known_ids, _model_call
