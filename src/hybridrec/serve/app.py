@@ -30,10 +30,11 @@ from hybridrec.recommend import Recommender
 from hybridrec.serve.admin import ADMIN_TOKEN_ENV, _add_admin_routes
 from hybridrec.serve.bodies import _http_error, _invalid_request, body_doc, parse_body
 from hybridrec.serve.calls import _known_ids, _model_call
-from hybridrec.serve.events import RecentEvents, add_event_routes
+from hybridrec.serve.events import add_event_routes
 from hybridrec.serve.gate import MAX_PENDING, ModelGate
 from hybridrec.serve.holder import ModelHolder
 from hybridrec.serve.middleware import BodyLimit, CachedRecommendations, _fast_query
+from hybridrec.serve.recent import RecentEvents
 from hybridrec.serve.routes import (
     _add_recommend_routes,
     _add_score_routes,
@@ -85,7 +86,7 @@ def create_app(
             (:class:`ModelGate`).
         events: an event log (path, opened or created; or an open :class:`EventLog`, which
             the caller closes) for ``POST /events``; its events after the model's
-            watermark change ``/recommend`` at once (:mod:`hybridrec.serve.events`).
+            watermark change ``/recommend`` at once (:mod:`hybridrec.serve.recent`).
 
     Raises:
         ValueError: neither or both of ``recommender`` and ``model_dir`` were given.

@@ -1,7 +1,7 @@
 """What every model call in the worker shares: user errors turned into 404/422, known ids
 mapped back to the model's own, and JSON serialised off the event loop.
 
-Apart so that the routes, the admin routes and :mod:`hybridrec.serve.events` use them
+Apart so that the routes, the admin routes and :mod:`hybridrec.serve.recent` use them
 without importing one another.
 """
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from hybridrec.serve.events import RecentEvents
 from hybridrec.serve.holder import ModelHolder
+from hybridrec.serve.recent import RecentEvents
 from hybridrec.serve.schemas import MAX_K
 
 #: Largest request body accepted: the biggest valid request (100,000 score pairs of long

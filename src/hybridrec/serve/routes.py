@@ -17,9 +17,9 @@ from hybridrec.recommend import Recommender
 from hybridrec.recommend.two_stage import AUTO
 from hybridrec.serve.bodies import body_doc, parse_body
 from hybridrec.serve.calls import _json_response, _known_ids, _model_call
-from hybridrec.serve.events import RecentEvents
 from hybridrec.serve.gate import ModelGate
 from hybridrec.serve.holder import ModelHolder, Served
+from hybridrec.serve.recent import RecentEvents
 from hybridrec.serve.schemas import (
     BatchOut,
     HealthOut,

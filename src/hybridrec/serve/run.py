@@ -88,7 +88,7 @@ def serve(
         max_connections: open connections served at once; a request beyond gets 503.
         max_pending: requests that need the model, running or waiting; beyond: 503.
         events: event log for ``POST /events`` (opened or created; see
-            :mod:`hybridrec.serve.events`); None: no events.
+            :mod:`hybridrec.serve.recent`); None: no events.
         events_sync: the log's ``PRAGMA synchronous``: ``FULL`` (an acknowledged event
             survives a power loss) or ``NORMAL`` (a crash of the process only).
     """
