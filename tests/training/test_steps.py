@@ -64,6 +64,27 @@ def test_sparse_and_dense_tables_train_the_same_model_when_every_row_is_touched(
     assert not sparse.user_embedding.sparse  # switched back after training
 
 
+def test_lazy_adam_takes_the_steps_of_sparse_adam():
+    """LazyAdam is SparseAdam's update by row gathers: the same weights after many steps of
+    repeated, overlapping rows (coalesced gradients), up to float rounding."""
+    from hybridrec.training.optim import LazyAdam
+
+    torch.manual_seed(0)
+    ours, theirs = nn.Embedding(50, 8, sparse=True), nn.Embedding(50, 8, sparse=True)
+    theirs.load_state_dict(ours.state_dict())
+    start = ours.weight.detach().clone()
+    optimisers = {ours: LazyAdam(ours.parameters(), lr=0.01),
+                  theirs: torch.optim.SparseAdam(theirs.parameters(), lr=0.01)}  # fmt: skip
+    for _ in range(30):
+        rows, grad = torch.randint(0, 50, (40,)), torch.randn(40, 8)
+        for table, optimiser in optimisers.items():
+            optimiser.zero_grad()
+            (table(rows) * grad).sum().backward()
+            optimiser.step()
+    assert torch.allclose(ours.weight, theirs.weight, atol=1e-6)
+    assert (ours.weight - start).abs().max() > 0.1  # the steps moved the weights
+
+
 def test_sparse_tables_leave_untouched_rows_alone():
     data = _labelled_full_coverage()
     torch.manual_seed(0)
