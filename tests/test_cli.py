@@ -207,6 +207,15 @@ def test_bad_option_values(synthetic_data, capsys, flags, fragment):
     assert_user_error(code, err, fragment)
 
 
+def test_a_sequence_model_without_histories_says_the_holdout_took_them(tmp_path, capsys):
+    """One user with two positives: the automatic holdout leaves everyone one, and the
+    error says so (and how to train on every row) instead of blaming the file alone."""
+    data = tmp_path / "t.csv"
+    data.write_text("userId,itemId\n1,2\n1,3\n2,3\n3,1\n")
+    code, _, err = call(capsys, "train", "--train", str(data), "--model", "sasrec", "--epochs", "1")
+    assert_user_error(code, err, "at least two positive interactions", "--val none")
+
+
 def test_unparseable_option_is_an_argparse_error(capsys):
     with pytest.raises(SystemExit) as info:
         main(["train", "--train", "x.csv", "--mlp-layers", "a,b"])

@@ -475,7 +475,8 @@ class NextItem:
         if len(self.histories) == 0:
             raise ConfigError(
                 "sequence models need users with at least two positive interactions; "
-                "none has more than one"
+                "none has more than one in the rows trained on (without --val, one row of "
+                "each user is held out first to choose the epochs: --val none trains on all)"
             )
         self.num_samples = int((self.histories[:, 1:] != UNKNOWN_INDEX).sum())
         self.per_batch = max(1, config.batch_size // max_len)
