@@ -146,3 +146,59 @@ def test_a_batch_function_that_raises_fails_every_request_of_the_batch():
     gate.close()
     assert all(isinstance(r, RuntimeError) for r in results)
     assert gate.pending == 0
+
+
+# ---------------------------------------------------------------- fold-ins scored together
+
+
+def _same_answer(batched: Any, alone: Any) -> None:
+    """One scoring call for many users rounds like one call each to float32's last bits."""
+    assert batched.source == alone.source
+    assert list(batched.unknown_items) == list(alone.unknown_items)
+    assert list(batched.item_ids) == list(alone.item_ids)
+    assert list(batched.scores) == pytest.approx(list(alone.scores), abs=1e-5)
+
+
+def test_fold_ins_many_answer_as_one_at_a_time_up_to_rounding(rec):
+    from hybridrec.errors import ConfigError
+
+    items = [str(i) for i in rec.items.ids]
+    asked = [
+        (items[:5], 10, True),
+        (items[3:20], 7, False),
+        (["not an item", items[7]], 3, True),  # an unknown item is reported
+        (["not an item"], 4, True),  # nothing known: the popular items, one by one
+        (items[10:12], 0, True),  # a bad k fails alone
+        (items[:40], 50, True),
+    ]
+    answers = rec.recommend_for_items_many(asked)
+    assert len(answers) == len(asked)
+    for (item_ids, k, exclude), answer in zip(asked, answers, strict=True):
+        if k == 0:
+            assert isinstance(answer, ConfigError)
+            continue
+        _same_answer(answer, rec.recommend_for_items(item_ids, k=k, exclude_seen=exclude))
+    assert list(answers[2].unknown_items) == ["not an item"]
+    assert answers[3].source == "popularity"
+
+
+def test_fold_in_requests_waiting_together_are_answered_each(rec):
+    from types import SimpleNamespace
+
+    from hybridrec.serve.routes import _fold_in_batch
+    from hybridrec.serve.schemas import RecommendRequest, plain
+
+    served = SimpleNamespace(recommender=rec)
+    items = [int(i) if str(i).isdigit() else i for i in rec.items.ids]
+    bodies = [
+        RecommendRequest(item_ids=items[:6], k=5),
+        RecommendRequest(item_ids=items[6:15], k=8, exclude_seen=False),
+        RecommendRequest(item_ids=[10**9], k=3),  # no known item: popularity
+    ]
+    answers = _fold_in_batch([(served, body) for body in bodies])
+    for body, answer in zip(bodies, answers, strict=True):
+        got = json.loads(answer.body)
+        alone = rec.recommend_for_items(body.item_ids, k=body.k, exclude_seen=body.exclude_seen)
+        assert got["source"] == alone.source
+        assert [x["item_id"] for x in got["items"]] == [plain(i) for i in alone.item_ids]
+        assert [x["score"] for x in got["items"]] == pytest.approx(list(alone.scores), abs=1e-5)

@@ -265,6 +265,12 @@ class Blocking(hybridrec.Recommender):
         assert self.release.wait(WAIT)
         return super().recommend_for_items(*args, **kwargs)
 
+    def recommend_for_items_many(self, *args: Any, **kwargs: Any) -> Any:
+        # the service's fold-ins that waited together, in one call
+        self.started.release()
+        assert self.release.wait(WAIT)
+        return super().recommend_for_items_many(*args, **kwargs)
+
 
 @pytest.fixture
 def blocking(rec) -> Blocking:

@@ -349,6 +349,15 @@ class Recommender:
             self, item_ids, k, exclude_seen, steps, lr, seed, fit=fit
         )
 
+    def recommend_for_items_many(
+        self, requests: list[tuple[IdsLike, int, bool]]
+    ) -> list[Recommendation | Exception]:
+        """:meth:`recommend_for_items` with its defaults for several new users at once,
+        ``(item_ids, k, exclude_seen)`` each, in order; a request's error (e.g. a bad ``k``)
+        takes its place. Their fitted rows are scored by one model call, so scores may
+        differ from one-at-a-time answers in the last float32 bits."""
+        return cold_start.recommend_for_items_many(self, requests)
+
     def linearisation(self) -> fold_in.Linearisation:
         """The model linearised around the mean known user for the closed-form fold-in,
         computed on first use and kept (``prepare_fold_in`` computes it ahead).

@@ -111,7 +111,7 @@ def _add_recommend_routes(
         if cached is not None:
             return cached
         if body.user_ids is None and body.user_features is None:  # a new user by items
-            return await gate.run_batched(_one_by_one, (_recommend_batch_sync, served, body))
+            return await gate.run_batched(_fold_in_batch, (served, body))
         return await gate.run(_recommend_batch_sync, served, body)
 
 
@@ -199,6 +199,44 @@ def _recommend_known_batch(
         for j, result, user in zip(positions, results, _known_ids(rec, users), strict=True):
             out[j] = _json_response(to_out(result, user))
     return [out[j] for j in range(len(requests))]
+
+
+def _fold_in_batch(
+    requests: list[tuple[Served, RecommendRequest]],
+) -> list[Response | BaseException]:
+    """New users by ``item_ids`` that waited together (:meth:`ModelGate.run_batched`): one
+    ``recommend_for_items_many`` per model, whose one scoring call serves them all (one
+    call each made the worker retake the GIL from the busy event loop ~200 times per
+    fold-in: p50 26 ms under the mixed load, docs/benchmarks.md). A bad request fails
+    alone; a batch that fails is answered one by one."""
+    groups: dict[int, list[int]] = {}
+    for j, (served, _) in enumerate(requests):
+        groups.setdefault(id(served.recommender), []).append(j)
+    out: dict[int, Response | BaseException] = {}
+    for positions in groups.values():
+        rec = requests[positions[0]][0].recommender
+        bodies = [requests[j][1] for j in positions]
+        asked = [(b.item_ids or [], b.k, b.exclude_seen) for b in bodies]
+        try:
+            results = rec.recommend_for_items_many(asked)
+        except Exception:
+            for j in positions:
+                out[j] = _one_by_one([(_recommend_batch_sync, *requests[j])])[0]
+            continue
+        for j, result in zip(positions, results, strict=True):
+            out[j] = _answer(result)
+    return [out[j] for j in range(len(requests))]
+
+
+def _answer(result: Any) -> Response | BaseException:
+    """One fold-in's response, or the HTTP error its exception maps to."""
+    try:
+        with _model_call():
+            if isinstance(result, Exception):
+                raise result
+        return _json_response(to_out(result))
+    except Exception as exc:
+        return exc
 
 
 def _one_by_one(requests: list[tuple[Any, ...]]) -> list[Response | BaseException]:
