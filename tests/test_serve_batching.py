@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 from fastapi import HTTPException
 
 import hybridrec
@@ -202,3 +203,19 @@ def test_fold_in_requests_waiting_together_are_answered_each(rec):
         assert got["source"] == alone.source
         assert [x["item_id"] for x in got["items"]] == [plain(i) for i in alone.item_ids]
         assert [x["score"] for x in got["items"]] == pytest.approx(list(alone.scores), abs=1e-5)
+
+
+def test_closed_form_rows_of_many_users_are_each_users_own(rec):
+    """The batched solve is the per-user solve with every user's sums in one matrix."""
+    import numpy as np
+
+    from hybridrec.recommend import fold_in
+
+    lin = rec.linearisation()
+    givens = [np.array([1, 2, 3]), np.array([4]), np.arange(5, 30)]
+    many = fold_in.closed_form_rows_many(rec.model, lin, givens)
+    for r, given in enumerate(givens):
+        alone = fold_in.closed_form_rows(rec.model, lin, given)
+        for part, own in zip(many, alone, strict=True):
+            assert torch.allclose(part[r : r + 1], own, atol=1e-6)
+    assert not torch.allclose(many[0][0], many[0][2])  # different items, different rows

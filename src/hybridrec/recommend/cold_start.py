@@ -122,7 +122,7 @@ def recommend_for_items_many(
     declared = capabilities(model)
     names = _user_parameters(model, declared.user_parameters)
     out: list[Recommendation | Exception | None] = [None] * len(requests)
-    fitted: list[tuple[int, list[torch.Tensor], int, np.ndarray | None, list[Any]]] = []
+    fitted: list[tuple[int, np.ndarray, int, bool, list[Any]]] = []
     for j, (item_ids, k, exclude_seen) in enumerate(requests):
         try:
             k = check_k(k)
@@ -133,15 +133,15 @@ def recommend_for_items_many(
                 out[j] = recommend_for_items(recommender, item_ids, k, exclude_seen, 50, 0.05, 0)
                 continue
             unknown = unique(raw[i] for i in np.flatnonzero(index == UNKNOWN_INDEX))
-            rows = fold_in.closed_form_rows(model, recommender.linearisation(), given)
-            fitted.append((j, rows, k, given if exclude_seen else None, unknown))
+            fitted.append((j, given, k, bool(exclude_seen), unknown))
         except Exception as exc:  # this request alone fails
             out[j] = exc
     if fitted:
-        stacked = [torch.cat(parts) for parts in zip(*(f[1] for f in fitted), strict=True)]
-        logits = recommender.row_scorer().score(stacked)  # (R, num_items)
-        for r, (j, _, k, exclude, unknown) in enumerate(fitted):
-            out[j] = _top_of(items, logits[r : r + 1], k, exclude, unknown)
+        givens = [f[1] for f in fitted]
+        rows = fold_in.closed_form_rows_many(model, recommender.linearisation(), givens)
+        logits = recommender.row_scorer().score(rows)  # (R, num_items)
+        for j, result in zip([f[0] for f in fitted], _tops_of(items, logits, fitted), strict=True):
+            out[j] = result
     assert all(o is not None for o in out)
     return out  # type: ignore[return-value]
 
@@ -182,6 +182,38 @@ def encode_user_features(recommender: Recommender, features: dict[str, Any]) -> 
         )
     values = {name: [value] for name, value in features.items()}
     return fitted.encode(values, np.array([1]), 2)
+
+
+def _tops_of(
+    items: IdEncoder,
+    logits: torch.Tensor,
+    fitted: list[tuple[int, np.ndarray, int, bool, list[Any]]],
+) -> list[Recommendation]:
+    """:func:`_top_of` for every row of ``logits`` at once (one mask, one top-k): row r
+    is ``fitted[r]``'s user, with its own ``k`` and given items to exclude or not."""
+    mask = torch.zeros_like(logits, dtype=torch.bool)
+    mask[:, UNKNOWN_INDEX] = True
+    excluded = [(r, f[1]) for r, f in enumerate(fitted) if f[3]]
+    if excluded:
+        rows = np.concatenate([np.full(len(given), r) for r, given in excluded])
+        cols = np.concatenate([given for _, given in excluded])
+        where = (
+            torch.as_tensor(rows, device=mask.device),
+            torch.as_tensor(cols, device=mask.device),
+        )
+        mask[where] = True
+    tops = top_k(logits.masked_fill(mask, -torch.inf), max(f[2] for f in fitted))
+    # a row's top k is the first k of its deeper top (ties go to the lower index)
+    return [
+        Recommendation(
+            None,
+            frozen(items.inverse_transform(top[:k])),
+            frozen(sigmoid(values[:k])),  # on k values, as a lone fold-in computes them
+            "items",
+            unknown,
+        )
+        for (top, values), (_, _, k, _, unknown) in zip(tops, fitted, strict=True)
+    ]
 
 
 def _top_of(

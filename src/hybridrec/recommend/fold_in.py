@@ -170,6 +170,29 @@ def closed_form_rows(
     return [row[None] for row in fitted.split(lin.widths)]
 
 
+def closed_form_rows_many(
+    model: nn.Module, lin: Linearisation, positives: list[np.ndarray], l2: float = L2
+) -> list[torch.Tensor]:
+    """:func:`closed_form_rows` of several new users at once: one (R, width) tensor per
+    name, row r fitted to ``positives[r]`` (distinct, non-empty). The same solve with every
+    user's sums in one matrix, so a batch costs a handful of tensor operations, not a
+    handful per user."""
+    if not lin.every_item:  # a large catalogue: each user's items are linearised anew
+        per_user = [closed_form_rows(model, lin, p, l2) for p in positives]
+        return [torch.cat(parts) for parts in zip(*per_user, strict=True)]
+    counts = torch.as_tensor([len(p) for p in positives], dtype=torch.float64)
+    pos = torch.as_tensor(np.concatenate(positives), dtype=torch.int64)
+    owner = torch.repeat_interleave(torch.arange(len(positives)), counts.long())
+    jacobian = lin.jacobian[pos].double()
+    gradient = torch.zeros(len(positives), jacobian.shape[1], dtype=torch.float64)
+    gradient.index_add_(0, owner, jacobian)
+    gradient -= counts[:, None] * lin.mean_gradient
+    basis = lin.eigenvectors
+    delta = ((gradient @ basis) / (counts[:, None] * lin.eigenvalues + l2)) @ basis.T
+    fitted = (lin.start.double() + delta).float()
+    return list(fitted.split(lin.widths, dim=1))
+
+
 def user_tables(
     model: nn.Module, names: tuple[str, ...], rows: list[torch.Tensor]
 ) -> dict[str, torch.Tensor]:
