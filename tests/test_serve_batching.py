@@ -219,3 +219,20 @@ def test_closed_form_rows_of_many_users_are_each_users_own(rec):
         for part, own in zip(many, alone, strict=True):
             assert torch.allclose(part[r : r + 1], own, atol=1e-6)
     assert not torch.allclose(many[0][0], many[0][2])  # different items, different rows
+
+
+def test_fold_ins_of_a_sequence_model_are_answered_one_by_one(tmp_path):
+    """sasrec reads the items as a history (no fitted rows): the batch method answers each
+    request as recommend_for_items does, exactly."""
+    config = SyntheticConfig(num_users=30, num_items=25, num_positives=400, seed=4)
+    train_csv, _ = write_synthetic_data(tmp_path, config)
+    seq = hybridrec.train(
+        train_csv, model="sasrec", model_options={"hidden_dim": 8, "max_len": 4},
+        train_config=TrainConfig(epochs=1, device="cpu", early_stop="none"),
+    ).recommender  # fmt: skip
+    items = [str(i) for i in seq.items.ids]
+    asked = [(items[:3], 5, True), (items[4:9], 2, False)]
+    for (item_ids, k, exclude), got in zip(asked, seq.recommend_for_items_many(asked), strict=True):
+        alone = seq.recommend_for_items(item_ids, k=k, exclude_seen=exclude)
+        assert list(got.item_ids) == list(alone.item_ids)
+        assert list(got.scores) == list(alone.scores)
