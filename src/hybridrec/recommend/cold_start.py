@@ -140,7 +140,14 @@ def recommend_for_items_many(
         givens = [f[1] for f in fitted]
         rows = fold_in.closed_form_rows_many(model, recommender.linearisation(), givens)
         logits = recommender.row_scorer().score(rows)  # (R, num_items)
-        for j, result in zip([f[0] for f in fitted], _tops_of(items, logits, fitted), strict=True):
+        results = _tops_of(
+            items,
+            logits,
+            [f[2] for f in fitted],
+            [f[1] if f[3] else None for f in fitted],
+            [f[4] for f in fitted],
+        )
+        for j, result in zip([f[0] for f in fitted], results, strict=True):
             out[j] = result
     assert all(o is not None for o in out)
     return out  # type: ignore[return-value]
@@ -187,13 +194,15 @@ def encode_user_features(recommender: Recommender, features: dict[str, Any]) -> 
 def _tops_of(
     items: IdEncoder,
     logits: torch.Tensor,
-    fitted: list[tuple[int, np.ndarray, int, bool, list[Any]]],
+    ks: list[int],
+    excludes: list[np.ndarray | None],
+    unknowns: list[list[Any]],
 ) -> list[Recommendation]:
-    """:func:`_top_of` for every row of ``logits`` at once (one mask, one top-k): row r
-    is ``fitted[r]``'s user, with its own ``k`` and given items to exclude or not."""
+    """The item-based results of every row of ``logits`` (R, num_items) at once (one mask,
+    one top-k): row r keeps its best ``ks[r]`` items, without ``excludes[r]``."""
     mask = torch.zeros_like(logits, dtype=torch.bool)
     mask[:, UNKNOWN_INDEX] = True
-    excluded = [(r, f[1]) for r, f in enumerate(fitted) if f[3]]
+    excluded = [(r, given) for r, given in enumerate(excludes) if given is not None]
     if excluded:
         rows = np.concatenate([np.full(len(given), r) for r, given in excluded])
         cols = np.concatenate([given for _, given in excluded])
@@ -202,7 +211,7 @@ def _tops_of(
             torch.as_tensor(cols, device=mask.device),
         )
         mask[where] = True
-    tops = top_k(logits.masked_fill(mask, -torch.inf), max(f[2] for f in fitted))
+    tops = top_k(logits.masked_fill(mask, -torch.inf), max(ks))
     # a row's top k is the first k of its deeper top (ties go to the lower index)
     return [
         Recommendation(
@@ -212,7 +221,7 @@ def _tops_of(
             "items",
             unknown,
         )
-        for (top, values), (_, _, k, _, unknown) in zip(tops, fitted, strict=True)
+        for (top, values), k, unknown in zip(tops, ks, unknowns, strict=True)
     ]
 
 
@@ -224,18 +233,7 @@ def _top_of(
     unknown_items: list[Any],
 ) -> Recommendation:
     """The item-based result from one row of logits (1, num_items)."""
-    mask = torch.zeros_like(logits, dtype=torch.bool)
-    mask[:, UNKNOWN_INDEX] = True
-    if exclude is not None:
-        mask[0, torch.as_tensor(exclude, device=mask.device)] = True
-    ((top, values),) = top_k(logits.masked_fill(mask, -torch.inf), k)
-    return Recommendation(
-        None,
-        frozen(items.inverse_transform(top)),
-        frozen(sigmoid(values)),
-        "items",
-        unknown_items,
-    )
+    return _tops_of(items, logits, [k], [exclude], [unknown_items])[0]
 
 
 def _user_parameters(model: nn.Module, names: tuple[str, ...]) -> tuple[str, ...]:
