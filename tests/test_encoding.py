@@ -140,3 +140,26 @@ def test_ids_beyond_int64_are_unknown_not_an_overflow():
     as_text = ["9223372036854775808", "-9223372036854775809", "2"]
     assert encoder.transform(as_text).tolist() == [0, 0, two]
     assert encoder.transform([2**63, 2]).tolist() == [0, two]  # not the placeholder int64 min
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    data=st.one_of(
+        st.tuples(st.lists(INT64, min_size=1, max_size=30), st.lists(INT64, max_size=30)),
+        st.tuples(
+            st.lists(st.text(min_size=1, max_size=6), min_size=1, max_size=30),
+            st.lists(st.text(min_size=1, max_size=6), max_size=30),
+        ),
+    )
+)
+def test_extending_an_encoder_never_moves_an_existing_id(data):
+    """What ``update`` relies on: every id keeps its index, new ids come after, each once.
+    (A trained model always knows some id, so the encoder being extended is never empty.)"""
+    old_ids, more = data
+    enc = IdEncoder.fit(old_ids)
+    grown = enc.extended(more)
+    known = sorted(set(old_ids))
+    assert grown.transform(known).tolist() == enc.transform(known).tolist()
+    fresh = [x for x in dict.fromkeys(more) if x not in set(old_ids)]
+    assert grown.transform(fresh).tolist() == list(range(len(enc) + 1, len(enc) + 1 + len(fresh)))
+    assert len(grown) == len(enc) + len(fresh)

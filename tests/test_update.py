@@ -371,3 +371,52 @@ def test_update_orders_old_rows_by_their_stored_recency(tmp_path):
         12: 2,
         13: 0,
     }
+
+
+def test_two_updates_from_one_watermark_give_the_same_model(tmp_path):
+    """Same parent, same new rows, same seed, on the CPU: the same weights, bit for bit."""
+    old, new = _trained(tmp_path, epochs=1)
+    update(old, new, out=tmp_path / "a", epochs=2, seed=3)
+    update(old, new, out=tmp_path / "b", epochs=2, seed=3)
+    a, b = hybridrec.load(tmp_path / "a"), hybridrec.load(tmp_path / "b")
+    for (name, x), y in zip(
+        a.model.state_dict().items(), b.model.state_dict().values(), strict=True
+    ):
+        assert torch.equal(x, y), name
+    assert a.users.ids.tolist() == b.users.ids.tolist()
+
+
+def test_an_update_killed_midway_leaves_the_parent_and_can_be_rerun(tmp_path):
+    """SIGKILL once the update is training: OLD is byte for byte as it was, no NEW model is
+    left behind, and the same command then completes."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    old, new = _trained(tmp_path, epochs=1)
+    before = _snapshot(old)
+    rows = tmp_path / "new.csv"
+    new.to_csv(rows, index=False)
+    out = tmp_path / "new"
+    command = [sys.executable, "-m", "hybridrec", "update", "--model", str(old), "--train",
+               str(rows), "--out", str(out), "--epochs", "10000"]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(command, stderr=subprocess.PIPE, env=env)
+    try:
+        seen = b""
+        while b"epoch 2/" not in seen:  # training has run a whole epoch
+            chunk = proc.stderr.read1(4096)
+            assert chunk, seen[-500:]  # the update must not end (or fail) before the kill
+            seen += chunk
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait(60)
+    assert _snapshot(old) == before
+    with pytest.raises(Exception, match="no model directory"):
+        hybridrec.load(out)
+    done = subprocess.run([*command[:-1], "1"], env=env, capture_output=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-500:]
+    assert _snapshot(old) == before
+    assert set(hybridrec.load(out).users.ids.tolist()) >= {41, 42}
