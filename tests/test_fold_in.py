@@ -105,3 +105,50 @@ def test_row_scorer_scores_rows_as_the_model_scores_its_users():
         expected = model.score_all(users)
     assert torch.allclose(rec.row_scorer().score(rows), expected, atol=1e-6)
     assert torch.allclose(rec.row_scorer().score([rows[0][:2]]), expected[:2], atol=1e-6)
+
+
+def test_row_scorer_scores_given_items_as_score_all_does():
+    torch.manual_seed(2)
+    model = HybridRecSys(HybridRecSysConfig(num_users=5, num_items=30, embedding_dim=4,
+                                            mlp_layer_sizes=(8,)))  # fmt: skip
+    rec = Recommender(model.eval(), IdEncoder.fit(np.arange(1, 5)), IdEncoder.fit(np.arange(1, 30)))
+    rows = [torch.randn(20, 4) * 0.3]  # more users than the first capacity
+    items = torch.randint(1, 30, (20, 7))
+    every = rec.row_scorer().score(rows)
+    assert torch.allclose(rec.row_scorer().score_items(rows, items), every.gather(1, items),
+                          atol=1e-6)  # fmt: skip
+    mf = _clustered_mf()  # no score_groups: the pairwise forward
+    mf_rows = [torch.randn(3, 4), torch.randn(3, 1)]
+    some = torch.randint(1, 21, (3, 5))
+    assert torch.allclose(mf.row_scorer().score_items(mf_rows, some),
+                          mf.row_scorer().score(mf_rows).gather(1, some), atol=1e-6)  # fmt: skip
+
+
+def test_a_large_catalogue_re_ranks_the_linearised_best(monkeypatch):
+    """Past twice the candidate depth, only the best items by the linearised scores are
+    scored by the model: their logits are the model's own, every other is -inf, a given
+    item is never a candidate, and one fold-in and a batch of them agree."""
+    from hybridrec.recommend import fold_in
+
+    monkeypatch.setattr(fold_in, "MIN_CANDIDATES", 8)
+    torch.manual_seed(3)
+    model = HybridRecSys(HybridRecSysConfig(num_users=6, num_items=60, embedding_dim=4,
+                                            mlp_layer_sizes=(8,)))  # fmt: skip
+    ids = np.arange(1, 60)
+    rec = Recommender(model.eval(), IdEncoder.fit(np.arange(1, 6)), IdEncoder.fit(ids))
+    assert fold_in.candidate_depth(2, 60) == 8 and fold_in.candidate_depth(2, 16) is None
+    assert fold_in.candidate_depth(5, 60) == 20  # 4 k when that is more
+    lin, given = rec.linearisation(), np.array([3, 17, 40])
+    rows = closed_form_rows(model, lin, given)
+    logits = fold_in.fitted_logits(lin, rec.row_scorer(), rows, 2, [given])[0]
+    chosen = torch.isfinite(logits)
+    assert int(chosen.sum()) == 8 and not chosen[given].any() and not chosen[0]
+    every = rec.row_scorer().score(rows)[0]
+    assert torch.allclose(logits[chosen], every[chosen], atol=1e-6)
+    approx = fold_in.linear_scores(lin, rows)[0]
+    approx[0], approx[given] = -torch.inf, -torch.inf
+    assert set(torch.nonzero(chosen)[:, 0].tolist()) == set(torch.topk(approx, 8).indices.tolist())
+    one = rec.recommend_for_items(ids[given - 1], k=2)
+    many = rec.recommend_for_items_many([(ids[given - 1], 2, True), ([5, 6], 3, False)])
+    assert one.item_ids.tolist() == many[0].item_ids.tolist()
+    assert np.allclose(one.scores, many[0].scores, atol=1e-5)

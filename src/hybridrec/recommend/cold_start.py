@@ -80,8 +80,9 @@ def recommend_for_items(
         item_out, scores = recommender.popular(k, exclude=exclude)
         return Recommendation(None, item_out, scores, "popularity", unknown_items)
     if len(given) and closed_form:
-        rows = fold_in.closed_form_rows(model, recommender.linearisation(), given)
-        logits = recommender.row_scorer().score(rows)
+        lin = recommender.linearisation()
+        rows = fold_in.closed_form_rows(model, lin, given)
+        logits = fold_in.fitted_logits(lin, recommender.row_scorer(), rows, k, [exclude])
         return _top_of(items, logits, k, exclude, unknown_items)
     if len(given):
         # The service calls this under torch.inference_mode(); fitting needs autograd.
@@ -137,16 +138,11 @@ def recommend_for_items_many(
         except Exception as exc:  # this request alone fails
             out[j] = exc
     if fitted:
-        givens = [f[1] for f in fitted]
-        rows = fold_in.closed_form_rows_many(model, recommender.linearisation(), givens)
-        logits = recommender.row_scorer().score(rows)  # (R, num_items)
-        results = _tops_of(
-            items,
-            logits,
-            [f[2] for f in fitted],
-            [f[1] if f[3] else None for f in fitted],
-            [f[4] for f in fitted],
-        )
+        lin, ks = recommender.linearisation(), [f[2] for f in fitted]
+        excludes = [f[1] if f[3] else None for f in fitted]
+        rows = fold_in.closed_form_rows_many(model, lin, [f[1] for f in fitted])
+        logits = fold_in.fitted_logits(lin, recommender.row_scorer(), rows, max(ks), excludes)
+        results = _tops_of(items, logits, ks, excludes, [f[4] for f in fitted])
         for j, result in zip([f[0] for f in fitted], results, strict=True):
             out[j] = result
     assert all(o is not None for o in out)
