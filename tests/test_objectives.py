@@ -1,5 +1,5 @@
-"""objectives.py: what an epoch's batches are (Pointwise with negative sampling, the catalogue
-Softmax) and their loss, with recency weights and the catalogue term."""
+"""hybridrec.objectives: what an epoch's batches are (Pointwise with negative sampling, the
+catalogue Softmax) and their loss, with recency weights and the catalogue term."""
 
 from __future__ import annotations
 
@@ -14,11 +14,11 @@ from torch.nn import functional as F
 
 import hybridrec
 from hybridrec import TrainConfig
-from hybridrec import objectives as objectives_module
 from hybridrec.data import Batch, RecSysDataset
 from hybridrec.data.sequences import recency_weights
 from hybridrec.models import MODELS, build_model
 from hybridrec.objectives import Pointwise, Softmax, catalogue_loss, make_objective
+from hybridrec.objectives import pointwise as pointwise_module
 from tests.helpers import TINY, config, full_ranking, keys, planted, planted_labelled, train
 
 CPU = torch.device("cpu")
@@ -43,7 +43,7 @@ def epoch_rows(monkeypatch):
 
         return batches
 
-    for cls in (objectives_module.Pointwise, objectives_module.Softmax):
+    for cls in (Pointwise, Softmax):
         monkeypatch.setattr(cls, "batches", recording(cls.batches))
 
     def rows():
@@ -98,7 +98,7 @@ def test_labelled_data_trains_on_its_rows_without_sampling(epoch_rows, monkeypat
     def no_sampler(*a, **k):
         raise AssertionError("labelled data must not be negative-sampled")
 
-    monkeypatch.setattr(objectives_module, "NegativeSampler", no_sampler)
+    monkeypatch.setattr(pointwise_module, "NegativeSampler", no_sampler)
     train_frame, _ = planted_labelled()
     result = train(train_frame, epochs=2, negatives=4)
     data = result.train_data
@@ -128,13 +128,13 @@ def test_bpr_on_labelled_data_pairs_only_the_positives(epoch_rows):
 
 def test_sampling_option_reaches_the_sampler(monkeypatch):
     built = []
-    original = objectives_module.NegativeSampler
+    original = pointwise_module.NegativeSampler
 
     def recording(user_idx, item_idx, num_items, distribution="uniform"):
         built.append(distribution)
         return original(user_idx, item_idx, num_items, distribution)
 
-    monkeypatch.setattr(objectives_module, "NegativeSampler", recording)
+    monkeypatch.setattr(pointwise_module, "NegativeSampler", recording)
     train_frame, _ = planted()
     train(train_frame, sampling="popularity")
     train(train_frame, sampling="uniform")

@@ -1,0 +1,128 @@
+"""Next-item prediction along each user's history: the objective of sequence models."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from hybridrec.config import TrainConfig
+from hybridrec.data.dataset import RecSysDataset
+from hybridrec.data.encoding import UNKNOWN_INDEX
+from hybridrec.data.popularity import item_counts
+from hybridrec.data.sequences import pack_histories
+from hybridrec.errors import ConfigError
+from hybridrec.objectives.batching import shard_order
+from hybridrec.sampled_softmax import SharedNegatives
+
+
+class NextItem:
+    """Next-item prediction along each user's chronological history (SASRec-style).
+
+    Every user with at least two positives contributes their latest ``max_len + 1`` items:
+    the model reads items ``0..t`` and is scored on item ``t + 1``. ``--batch-size`` counts
+    predicted positions, so samples/s compare with pointwise models; a batch holds
+    ``batch_size // max_len`` histories (at least one).
+
+    Losses: ``bce`` scores the next item against ``--negatives`` uniformly sampled items per
+    position; ``bpr`` uses the same negatives pairwise; ``ce`` (sasrec's default) is a
+    softmax over the catalogue: exact up to ``--softmax-negatives`` items, a sampled softmax
+    with shared, log-Q-corrected negatives above (:mod:`hybridrec.sampled_softmax`), so a
+    position's cost does not grow with the catalogue. Sampled negatives are not filtered
+    against the user's history (an accidental hit on one of the ~N_user/N_items of the
+    catalogue they know is rare and costs only noise); a negative equal to the target
+    itself is dropped.
+    """
+
+    #: Items are looked up through the embedding module: the table can be sparse.
+    supports_sparse = True
+
+    def __init__(
+        self,
+        train: RecSysDataset,
+        config: TrainConfig,
+        device: torch.device,
+        num_items: int,
+        max_len: int,
+    ) -> None:
+        self.config, self.device, self.num_items = config, device, num_items
+        positive = train.target > 0.5
+        if not bool(positive.any()):
+            raise ConfigError("the training data has no positive rows (target 1) to learn from")
+        num_users = int(train.user_idx.max()) + 1
+        histories = pack_histories(
+            train.user_idx[positive],
+            train.item_idx[positive],
+            num_users,
+            max_len + 1,
+            None if train.timestamp is None else train.timestamp[positive],
+        )
+        lengths = (histories != UNKNOWN_INDEX).sum(1)
+        self.histories = histories[lengths >= 2].to(device)  # (S, max_len + 1)
+        if len(self.histories) == 0:
+            raise ConfigError(
+                "sequence models need users with at least two positive interactions; "
+                "none has more than one in the rows trained on (without --val, one row of "
+                "each user is held out first to choose the epochs: --val none trains on all)"
+            )
+        self.num_samples = int((self.histories[:, 1:] != UNKNOWN_INDEX).sum())
+        self.per_batch = max(1, config.batch_size // max_len)
+        counts = item_counts(train.item_idx[positive], num_items)
+        self.softmax = SharedNegatives(counts, config.softmax_negatives).to(device)
+
+    @property
+    def num_batches(self) -> int:
+        """Steps of one single-process epoch (batches of whole histories)."""
+        return math.ceil(len(self.histories) / self.per_batch)
+
+    def batches(
+        self,
+        generator: torch.Generator,
+        *,
+        rank: int = 0,
+        world: int = 1,
+        sample_generator: torch.Generator | None = None,
+    ) -> Iterator[torch.Tensor]:
+        # negatives are drawn in step() from the global RNG, which fit seeds per rank
+        order = torch.randperm(len(self.histories), generator=generator).to(self.device)
+        mine, sizes = shard_order(order, max(self.per_batch, world), rank, world)
+        start = 0
+        for size in sizes:
+            batch = self.histories[mine[start : start + size]]
+            start += size
+            # drop columns that are padding in every row: shorter attention, same result
+            # (data-dependent, so skipped on accelerators to avoid a host sync per step)
+            if self.device.type == "cpu":
+                first = int((batch != UNKNOWN_INDEX).any(0).int().argmax())
+                batch = batch[:, min(first, batch.shape[1] - 2) :]
+            yield batch
+
+    def step(self, model: nn.Module, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
+        inputs, targets = batch[:, :-1], batch[:, 1:]
+        valid = (targets != UNKNOWN_INDEX) & (inputs != UNKNOWN_INDEX)
+        states = model.encode(inputs)[valid]  # (N, D) states that have a next item
+        targets = targets[valid]  # (N,)
+        n = len(targets)
+        items = model.item_embedding
+        if self.config.loss == "ce":
+            loss, hits = self.softmax.loss(states, items, targets)
+            return loss, hits, n
+        k = self.config.negatives
+        negatives = torch.randint(1, self.num_items, (n, k), device=states.device)
+        pos = (states * items(targets)).sum(-1)  # (N,)
+        neg = torch.einsum("nd,nkd->nk", states, items(negatives))  # (N, k)
+        keep = negatives != targets[:, None]
+        if self.config.loss == "bpr":
+            margin = pos[:, None] - neg
+            loss = -(F.logsigmoid(margin) * keep).sum() / keep.sum().clamp(min=1)
+            return loss, (margin.detach() > 0).all(1).sum(), n
+        loss_pos = F.binary_cross_entropy_with_logits(pos, torch.ones_like(pos), reduction="sum")
+        loss_neg = (
+            F.binary_cross_entropy_with_logits(neg, torch.zeros_like(neg), reduction="none") * keep
+        ).sum()
+        loss = (loss_pos + loss_neg) / (n + keep.sum())
+        hits = ((pos.detach() > 0).sum() + ((neg.detach() < 0) & keep).sum()) * n / (n + keep.sum())
+        return loss, hits, n
