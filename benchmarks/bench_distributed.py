@@ -9,7 +9,7 @@ after the last epoch (no early stopping), averaged over seeds.
 
 Data: synthetic positives with planted groups (``hybridrec.data.synthetic``), de-duplicated,
 one random positive per user held out for validation. Model: hybrid, the CLI defaults
-(embedding 64, MLP 64-32-16, batch 2048 in total, Adam lr 0.005, 4 negatives).
+(embedding 64, MLP 64-32-16, batch 2048 in total, Adam lr 0.005, 8 negatives).
 
     python benchmarks/bench_distributed.py [--epochs 6] [--seeds 0,1,2] [--procs 1,2]
 """
@@ -124,8 +124,8 @@ def main() -> None:
     print(
         f"\nmachine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
         f"torch {torch.__version__}; load average (1 min) {load:.2f} before, "
-        f"{load_after:.2f} after\ndata: {num_train:,} training positives (x5 samples/epoch "
-        f"with 4 negatives), {num_val:,} validation users, {args.users} users x {args.items} "
+        f"{load_after:.2f} after\ndata: {num_train:,} training positives (x9 samples/epoch "
+        f"with 8 negatives), {num_val:,} validation users, {args.users} users x {args.items} "
         f"items; hybrid defaults; total batch {args.batch_size}; {args.epochs} epochs; "
         f"seeds {args.seeds}\n"
     )

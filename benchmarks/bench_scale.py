@@ -1,7 +1,7 @@
 """Training cost against catalogue and table size: is the default cost per sample flat?
 
 Equal interactions (``--positives``, default 1,000,000 positives, no timestamps) and equal
-model (``hybrid`` defaults: dim 64, MLP 64-32-16, 4 negatives, catalogue softmax, weight
+model (``hybrid`` defaults: dim 64, MLP 64-32-16, 8 negatives, catalogue softmax, weight
 average), on synthetic power-law data of three shapes:
 
 - MovieLens-1M's 6,040 users x 3,706 items,

@@ -124,7 +124,7 @@ class TrainConfig:
         "bpr: pairwise, each positive against a sampled negative; "
         "ce: softmax over the whole catalogue (costly for MLP models: use a small --batch-size)",
     )
-    negatives: int = option(4, "sampled negatives per positive for positives-only data")
+    negatives: int = option(8, "sampled negatives per positive for positives-only data")
     sampling: str = option(
         "uniform", "negative distribution: uniform over items, or popularity-weighted"
     )
