@@ -152,3 +152,21 @@ def test_a_large_catalogue_re_ranks_the_linearised_best(monkeypatch):
     many = rec.recommend_for_items_many([(ids[given - 1], 2, True), ([5, 6], 3, False)])
     assert one.item_ids.tolist() == many[0].item_ids.tolist()
     assert np.allclose(one.scores, many[0].scores, atol=1e-5)
+
+
+def test_candidates_never_bring_back_a_given_item(monkeypatch):
+    """A user who gave most of the catalogue leaves fewer eligible items than the candidate
+    depth: the answer still holds only items they did not give, and all of those."""
+    from hybridrec.recommend import fold_in
+
+    monkeypatch.setattr(fold_in, "MIN_CANDIDATES", 8)
+    torch.manual_seed(4)
+    model = HybridRecSys(HybridRecSysConfig(num_users=4, num_items=40, embedding_dim=4,
+                                            mlp_layer_sizes=(8,)))  # fmt: skip
+    ids = np.arange(1, 40)
+    rec = Recommender(model.eval(), IdEncoder.fit(np.arange(1, 4)), IdEncoder.fit(ids))
+    given = ids[:34]  # 5 items left, fewer than the 8 candidates
+    out = rec.recommend_for_items(given, k=10)
+    assert sorted(out.item_ids.tolist()) == ids[34:].tolist()
+    (many,) = rec.recommend_for_items_many([(given, 10, True)])
+    assert many.item_ids.tolist() == out.item_ids.tolist()
