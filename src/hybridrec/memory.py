@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from hybridrec.config import TrainConfig
-from hybridrec.data.io import one_line
+from hybridrec.data.columns import one_line
 from hybridrec.errors import ConfigError
 from hybridrec.models import build_model
 from hybridrec.objectives import SAMPLE_CHUNK

@@ -21,19 +21,11 @@ from hybridrec import distributed
 from hybridrec.artifact import FORMAT as ARTIFACT_FORMAT
 from hybridrec.artifact import is_artifact
 from hybridrec.config import DataConfig, TrainConfig
+from hybridrec.data.columns import ITEM, USER, is_csv_path, parse_ids, row_error
 from hybridrec.data.dataset import RecSysDataset, UnknownCounts
 from hybridrec.data.encoding import CANONICAL_INT, IdEncoder
 from hybridrec.data.holdout import holdout, subset
-from hybridrec.data.io import (
-    ITEM,
-    USER,
-    interactions_from_frame,
-    is_csv_path,
-    parse_ids,
-    read_interactions,
-    read_table,
-    row_error,
-)
+from hybridrec.data.io import interactions_from_frame, read_interactions, read_table
 from hybridrec.data.popularity import item_counts
 from hybridrec.data.seen import SeenItems
 from hybridrec.data.sequences import interactions_newer

@@ -30,8 +30,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from hybridrec.data.columns import ITEM, TARGET, TIMESTAMP, USER, one_line
 from hybridrec.data.encoding import CANONICAL_INT
-from hybridrec.data.io import ITEM, TARGET, TIMESTAMP, USER, check_file, one_line
+from hybridrec.data.io import check_file
 from hybridrec.data.split import write_interactions_csv
 from hybridrec.errors import DataError, HybridRecError
 from hybridrec.files import atomic_write

@@ -9,8 +9,9 @@ import numpy as np
 import pandas as pd
 import torch
 
+from hybridrec.data.columns import is_csv_path, parse_ids, row_error
 from hybridrec.data.encoding import IdEncoder
-from hybridrec.data.io import is_csv_path, parse_ids, read_table, row_error
+from hybridrec.data.io import read_table
 from hybridrec.errors import DataError
 
 

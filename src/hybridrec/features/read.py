@@ -24,7 +24,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from hybridrec.data.io import check_file, is_csv_path, parse_ids, read_table, row_error
+from hybridrec.data.columns import is_csv_path, parse_ids, row_error
+from hybridrec.data.io import check_file, read_table
 from hybridrec.errors import ConfigError, DataError
 from hybridrec.features.table import KINDS, NUMERIC_BUCKETS, FeatureTable, Field, _tokens
 

@@ -14,7 +14,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from hybridrec.data.io import PARQUET_SUFFIXES, is_csv_path, parse_ids, read_table
+from hybridrec.data.columns import PARQUET_SUFFIXES, is_csv_path, parse_ids
+from hybridrec.data.io import read_table
 from hybridrec.errors import ConfigError, DataError
 from hybridrec.files import atomic_write
 from hybridrec.recommend.checks import check_chunk_users, check_k, id_list
