@@ -32,7 +32,7 @@ from hybridrec.data.sequences import interactions_newer
 from hybridrec.errors import ConfigError, DataError
 from hybridrec.features import FeatureData
 from hybridrec.features.attach import FEATURE_WEIGHT_DECAY, FeatureConfig, SideFeatures
-from hybridrec.features.popularity import fit_feature_popularity
+from hybridrec.features.popularity import fit_cold_user_popularity, fit_feature_popularity
 from hybridrec.files import atomic_write_json, check_output_dir, exclusive, recover
 from hybridrec.memory import check_memory
 from hybridrec.models import build_model, capabilities, model_class, model_device
@@ -366,6 +366,9 @@ def _train(
     popularity = fit_feature_popularity(net, counts, train_config.seed)
     if popularity is not None:  # cold items' popularity from their features
         settings["feature_popularity"] = popularity
+    cold_users = fit_cold_user_popularity(net, counts)
+    if cold_users is not None:  # users known by features alone: popularity added
+        settings["cold_user_popularity"] = cold_users
     recommender = Recommender(
         net, users, items, model_name=model, config={"settings": settings}, seen=prepared.seen
     )

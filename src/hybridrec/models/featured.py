@@ -197,6 +197,15 @@ def item_popularity(table: nn.Module, idx: torch.Tensor | None = None) -> torch.
     return table.feature_popularity(idx)
 
 
+def idless_rows(table: nn.Module, idx: torch.Tensor) -> torch.Tensor | None:
+    """(...,) 1.0 for the rows ``idx`` of a featured table that have no trained id (known by
+    their features alone), 0.0 for the others, outside training; None for a plain table or
+    while training (terms for id-less rows are fitted after training)."""
+    if not isinstance(table, FeaturedEmbedding) or table.training:
+        return None
+    return 1.0 - table.has_id[idx]
+
+
 def make_table(
     num: int, dim: int, shape: dict[str, int] | None, id_dropout: float, padding_idx: int = 0
 ) -> nn.Embedding:
@@ -210,6 +219,7 @@ __all__ = [
     "FeatureOptions",
     "FeaturedEmbedding",
     "NOT_ROWS",
+    "idless_rows",
     "item_popularity",
     "make_table",
     "table_vectors",

@@ -94,7 +94,7 @@ def recommend_for_items(
         scorer = _Scorer(_structural_copy(model))
         params = dict(model.named_parameters())
         tables = {
-            **_featured_user_rows(model, names, features),
+            **_featured_user_rows(model, names, features, has_id=False),
             **{f"model.{n}": torch.cat([params[n].detach()[:1], torch.zeros_like(params[n][:1])])
                for n in names},
         }  # fmt: skip
@@ -302,11 +302,15 @@ def _fit_user(
 
 
 def _featured_user_rows(
-    model: nn.Module, names: tuple[str, ...], features: EncodedFeatures | None = None
+    model: nn.Module,
+    names: tuple[str, ...],
+    features: EncodedFeatures | None = None,
+    has_id: bool = True,
 ) -> dict[str, torch.Tensor]:
     """Two-row feature buffers for a per-user table that has features: the new user (row
     1) is known by ``features`` (row 1 of them) and the fitted id row, never by another
-    user's row 1; without ``features`` by the id row alone."""
+    user's row 1; without ``features`` by the id row alone. ``has_id=False``: the user has
+    no id row (features alone), so the model scores them as it scores its cold users."""
     modules = dict(model.named_modules())
     out: dict[str, torch.Tensor] = {}
     for name in names:
@@ -320,7 +324,10 @@ def _featured_user_rows(
             out[f"model.{owner}.{buffer}"] = (
                 torch.zeros_like(rows[:2]) if given is None else given[j].to(rows)
             )
-        out[f"model.{owner}.has_id"] = torch.ones_like(table.has_id[:2])
+        flags = torch.ones_like(table.has_id[:2])
+        if not has_id:
+            flags[1] = 0.0
+        out[f"model.{owner}.has_id"] = flags
     return out
 
 

@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from hybridrec.recommend.recommender import Recommender
 
 #: State-dict prefixes of the per-item tables that grow by one row per new item.
-ITEM_TABLES = ("item_embedding.", "item_bias.")
+ITEM_TABLES = ("item_embedding.", "item_bias.", "cold_user_item_bias")
 
 
 def with_items(

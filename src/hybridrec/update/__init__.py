@@ -36,7 +36,7 @@ from hybridrec.data.encoding import IdEncoder
 from hybridrec.data.io import ITEM, TARGET, TIMESTAMP, USER
 from hybridrec.data.seen import SeenItems
 from hybridrec.errors import ConfigError, DataError
-from hybridrec.features.popularity import fit_feature_popularity
+from hybridrec.features.popularity import fit_cold_user_popularity, fit_feature_popularity
 from hybridrec.features.read import read_feature_rows
 from hybridrec.features.table import FeatureTable
 from hybridrec.models import capabilities
@@ -335,6 +335,9 @@ def _update(
     popularity = fit_feature_popularity(model.cpu(), seen.item_counts, train_config.seed)
     if popularity is not None:
         settings["feature_popularity"] = popularity
+    cold_users = fit_cold_user_popularity(model, seen.item_counts)
+    if cold_users is not None:
+        settings["cold_user_popularity"] = cold_users
     settings.pop("run_config", None)  # the parent's command; its path is in "update"
     if run_config is not None:
         settings["run_config"] = run_config

@@ -1,0 +1,92 @@
+"""The cold-user popularity term (features/popularity.py, fit_cold_user_popularity): a user
+known only by features gets weight * log(1 + count) added to each item's score, in every
+scoring path; users with a trained id row, and training itself, never do."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import torch
+
+import hybridrec
+from hybridrec.config import TrainConfig
+from hybridrec.features.popularity import COLD_USER_POPULARITY
+from hybridrec.update.grow import Growth, grow_model
+
+TASTES = ["a", "b", "c"]
+
+
+def trained() -> tuple[hybridrec.Recommender, pd.DataFrame]:
+    """Users 1-60 interact (item 1 by everyone, so it is by far the most popular); users
+    61-66 are in the user feature file only: cold users."""
+    rng = np.random.default_rng(0)
+    rows = [(u, 1) for u in range(1, 61)]
+    for user in range(1, 61):
+        rows += [(user, int(i)) for i in rng.choice(np.arange(2, 41), size=6, replace=False)]
+    frame = pd.DataFrame(rows, columns=["userId", "itemId"]).drop_duplicates()
+    users = pd.DataFrame({"userId": np.arange(1, 67), "taste": [TASTES[u % 3] for u in range(66)]})
+    rec = hybridrec.train(
+        frame, None, user_features=users,
+        model_options={"embedding_dim": 8, "mlp_layer_sizes": (8,)},
+        train_config=TrainConfig(epochs=2, batch_size=256, seed=0),
+    ).recommender  # fmt: skip
+    return rec, frame
+
+
+def test_cold_users_get_popularity_added_warm_users_and_training_do_not():
+    rec, frame = trained()
+    model = rec.model
+    assert rec.config["settings"]["cold_user_popularity"]["weight"] == COLD_USER_POPULARITY
+    counts = np.bincount(rec.items.transform(frame.itemId.to_numpy()), minlength=41)
+    log_counts = torch.log1p(torch.as_tensor(counts, dtype=torch.float32))
+    expected = COLD_USER_POPULARITY * (log_counts - log_counts[1:].mean())  # centred
+    expected[0] = 0
+    assert torch.allclose(model.cold_user_item_bias, expected)
+    cold, warm = rec.users.transform(np.array([61, 62])), rec.users.transform(np.array([1, 2]))
+    users = torch.as_tensor(np.concatenate([cold, warm]))
+    with torch.no_grad():
+        scores = model.score_all(users)
+        bias = model.cold_user_item_bias.clone()
+        model.cold_user_item_bias.zero_()
+        without = model.score_all(users)
+        model.cold_user_item_bias.copy_(bias)
+        items = torch.arange(41).repeat(2, 1)
+        grouped = model.score_groups(users[:2], items)
+        pairs = model(users[:2].repeat_interleave(41), items.reshape(-1)).view(2, 41)
+        model.train()
+        in_training = model.score_all(users)
+        model.eval()
+    assert torch.allclose(scores[:2] - without[:2], bias.expand(2, -1), atol=1e-5)
+    assert torch.equal(scores[2:], without[2:])  # users with an id row: nothing added
+    assert torch.allclose(grouped, scores[:2], atol=1e-5)
+    assert torch.allclose(pairs, scores[:2], atol=1e-5)
+    assert torch.allclose(in_training, without, atol=1e-5)
+    assert rec.recommend(61, k=1).item_ids.tolist() == [1]  # the popular item first
+
+
+def test_a_new_user_by_features_alone_is_scored_as_a_cold_user():
+    rec, _ = trained()
+    taste = TASTES[60 % 3]  # user 61's (row j of the file is user j + 1)
+    new = rec.recommend_for_features({"taste": taste}, k=5)
+    same = rec.recommend(61, k=5)  # a cold user with the same features
+    assert new.source == "features" and new.item_ids[0] == 1
+    assert new.item_ids.tolist() == same.item_ids.tolist()
+    assert np.allclose(new.scores, same.scores, atol=1e-6)
+    with torch.no_grad():  # cold users of two tastes: the features still count
+        logits = rec.model.score_all(torch.as_tensor(rec.users.transform(np.array([61, 62]))))
+    assert not torch.allclose(logits[0], logits[1], atol=1e-4)
+
+
+def test_the_term_grows_with_the_catalogue_and_old_artifacts_load(tmp_path):
+    rec, _ = trained()
+    grown = grow_model(rec.model, Growth(67, 41, 70, 45))
+    assert grown.cold_user_item_bias.shape == (45,)
+    assert torch.equal(grown.cold_user_item_bias[:41], rec.model.cold_user_item_bias)
+    assert not grown.cold_user_item_bias[41:].any()
+    state = {k: v for k, v in rec.model.state_dict().items() if k != "cold_user_item_bias"}
+    old = type(rec.model)(rec.model.config)
+    old.load_state_dict(state)  # saved before the term existed: it loads at zero
+    assert not old.cold_user_item_bias.any()
+    rec.save(tmp_path / "m")
+    again = hybridrec.Recommender.load(tmp_path / "m")
+    assert torch.equal(again.model.cold_user_item_bias, rec.model.cold_user_item_bias)
