@@ -51,6 +51,15 @@ def test_cold_items_are_ranked_from_their_features():
     data, _ = RecSysDataset.from_frame(positives, rec.users, rec.items)
     metrics = evaluate_cold(rec.model, data.user_idx, data.item_idx, ks=[5])
     assert metrics["auc"] > 0.85  # a genre-blind model would be at 0.5
+    # the same model by ids alone, the cold items in its catalogue: it cannot tell them apart
+    blind = hybridrec.train(
+        train, None, items=items[["itemId"]],
+        model_options={"embedding_dim": 8, "mlp_layer_sizes": (8,)},
+        train_config=TrainConfig(epochs=15, batch_size=256, seed=0),
+    ).recommender  # fmt: skip
+    data, _ = RecSysDataset.from_frame(positives, blind.users, blind.items)
+    blind_auc = evaluate_cold(blind.model, data.user_idx, data.item_idx, ks=[5])["auc"]
+    assert blind_auc < 0.7
     # and recommend() ranks a cold item of the user's genre above cold items of others
     top = rec.recommend(4, k=80).item_ids.tolist()  # user 4 likes GENRES[0]
     ranked_cold = [i for i in top if i in cold]
