@@ -420,3 +420,22 @@ def test_an_update_killed_midway_leaves_the_parent_and_can_be_rerun(tmp_path):
     assert done.returncode == 0, done.stderr[-500:]
     assert _snapshot(old) == before
     assert set(hybridrec.load(out).users.ids.tolist()) >= {41, 42}
+
+
+def test_the_cold_user_term_grows_and_is_refitted(tmp_path):
+    train, new = _split()
+    users = pd.DataFrame({"userId": range(1, 200), "group": [u % 3 for u in range(1, 200)]})
+    users["group"] = users["group"].astype(str)
+    out = tmp_path / "old"
+    hybridrec.train(train, None, out=out, model="hybrid", model_options=OPTIONS["hybrid"],
+                    train_config=config(epochs=2), user_features=users)  # fmt: skip
+    update(out, new, out=tmp_path / "new", epochs=1)
+    parent, child = hybridrec.load(out), hybridrec.load(tmp_path / "new")
+    bias = child.model.cold_user_item_bias
+    assert bias.shape == (child.items.num_embeddings,)
+    assert child.items.num_embeddings > parent.items.num_embeddings  # new items arrived
+    counts = np.bincount(child.items.transform(pd.concat([train, new]).itemId.to_numpy()),
+                         minlength=child.items.num_embeddings)  # fmt: skip
+    logs = torch.log1p(torch.as_tensor(counts, dtype=torch.float32))
+    weight = child.config["settings"]["cold_user_popularity"]["weight"]
+    assert torch.allclose(bias[1:], weight * (logs[1:] - logs[1:].mean()), atol=1e-4)
