@@ -90,3 +90,19 @@ def test_the_term_grows_with_the_catalogue_and_old_artifacts_load(tmp_path):
     rec.save(tmp_path / "m")
     again = hybridrec.Recommender.load(tmp_path / "m")
     assert torch.equal(again.model.cold_user_item_bias, rec.model.cold_user_item_bias)
+
+
+def test_typical_user_samples_leave_cold_users_out():
+    """Two-stage's item prior and the feature-popularity slope average over known users:
+    the cold users' own term must not leak into them."""
+    from hybridrec.models.featured import rows_with_ids
+    from hybridrec.retrieval import item_prior
+
+    rec, _ = trained()
+    known = rows_with_ids(rec.model.user_embedding)
+    cold = set(rec.users.transform(np.arange(61, 67)).tolist())
+    assert len(known) == 60 and not cold & set(known.tolist())
+    with torch.no_grad():
+        prior = item_prior(rec.model, num_users=66)
+        rec.model.cold_user_item_bias.zero_()
+        assert torch.allclose(item_prior(rec.model, num_users=66), prior)

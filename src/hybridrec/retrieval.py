@@ -14,7 +14,7 @@ from torch import nn
 
 from hybridrec.data.encoding import UNKNOWN_INDEX
 from hybridrec.models import capabilities
-from hybridrec.models.featured import table_vectors
+from hybridrec.models.featured import rows_with_ids, table_vectors
 
 
 def supports_retrieval(model: nn.Module) -> bool:
@@ -65,9 +65,9 @@ def item_prior(model: nn.Module, num_users: int = 64, seed: int = 0) -> torch.Te
     """
     users, items = retrieval_factors(model)
     generator = torch.Generator().manual_seed(seed)
-    n = min(num_users, users.num_embeddings - 1)
-    sample = torch.randperm(users.num_embeddings - 1, generator=generator)[:n] + 1
-    sample = sample.to(items.weight.device)
+    known = rows_with_ids(users)  # a cold user's scores carry a popularity term of their own
+    n = min(num_users, len(known))
+    sample = known[torch.randperm(len(known), generator=generator)[:n]].to(items.weight.device)
     total = torch.zeros(items.num_embeddings, device=items.weight.device)
     vectors = table_vectors(items)
     for user in sample:  # one user at a time: score_all may build (B, I, hidden) tensors

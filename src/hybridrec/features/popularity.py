@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from hybridrec.models.featured import FeaturedEmbedding
+from hybridrec.models.featured import FeaturedEmbedding, rows_with_ids
 
 #: Ridge penalty of the regression (each warm item is one row of weight 1).
 RIDGE = 1.0
@@ -164,11 +164,7 @@ def _slope(model: nn.Module, rows: torch.Tensor, target: torch.Tensor, seed: int
     generator = torch.Generator().manual_seed(seed)
     items = rows[torch.randperm(len(rows), generator=generator)[:SLOPE_ITEMS]]
     y = target[torch.searchsorted(rows, items)]
-    table = model.user_embedding  # type: ignore[union-attr]
-    known = torch.arange(1, table.num_embeddings)
-    has_id = getattr(table, "has_id", None)  # users with trained rows: a cold user's score
-    if has_id is not None and bool((has_id[1:] > 0).any()):  # has its own popularity term
-        known = known[has_id[1:].cpu() > 0]
+    known = rows_with_ids(model.user_embedding)  # type: ignore[arg-type]
     users = known[torch.randperm(len(known), generator=generator)[:SLOPE_USERS]]
     was_training = model.training
     model.eval()

@@ -206,6 +206,17 @@ def idless_rows(table: nn.Module, idx: torch.Tensor) -> torch.Tensor | None:
     return 1.0 - table.has_id[idx]
 
 
+def rows_with_ids(table: nn.Embedding) -> torch.Tensor:
+    """Indices 1.. of the rows that have a trained id (all of a plain table's), on the CPU:
+    what "a typical known user" is sampled from, since an id-less row's scores carry terms of
+    their own (the cold-user popularity). Every row when none has one."""
+    rows = torch.arange(1, table.num_embeddings)
+    has_id = getattr(table, "has_id", None)
+    if has_id is not None and bool((has_id[1:] > 0).any()):
+        rows = rows[has_id[1:].cpu() > 0]
+    return rows
+
+
 def make_table(
     num: int, dim: int, shape: dict[str, int] | None, id_dropout: float, padding_idx: int = 0
 ) -> nn.Embedding:
@@ -222,5 +233,6 @@ __all__ = [
     "idless_rows",
     "item_popularity",
     "make_table",
+    "rows_with_ids",
     "table_vectors",
 ]
