@@ -106,3 +106,23 @@ def test_typical_user_samples_leave_cold_users_out():
         prior = item_prior(rec.model, num_users=66)
         rec.model.cold_user_item_bias.zero_()
         assert torch.allclose(item_prior(rec.model, num_users=66), prior)
+
+
+def test_new_items_join_a_model_with_user_and_item_features():
+    rng = np.random.default_rng(1)
+    rows = [
+        (u, int(i)) for u in range(1, 41) for i in rng.choice(np.arange(1, 31), 5, replace=False)
+    ]
+    frame = pd.DataFrame(rows, columns=["userId", "itemId"]).drop_duplicates()
+    users = pd.DataFrame({"userId": np.arange(1, 45), "taste": [TASTES[u % 3] for u in range(44)]})
+    items = pd.DataFrame({"itemId": np.arange(1, 31), "kind": [TASTES[i % 3] for i in range(30)]})
+    rec = hybridrec.train(
+        frame, None, user_features=users, item_features=items,
+        model_options={"embedding_dim": 8, "mlp_layer_sizes": (8,)},
+        train_config=TrainConfig(epochs=1, batch_size=256, seed=0),
+    ).recommender  # fmt: skip
+    grown = rec.with_items(pd.DataFrame({"itemId": [500, 501], "kind": ["a", "b"]}))
+    bias = grown.model.cold_user_item_bias
+    assert bias.shape == (grown.items.num_embeddings,) and not bias[-2:].any()
+    assert torch.equal(bias[:-2], rec.model.cold_user_item_bias)
+    assert len(grown.recommend(42, k=32).item_ids) == 32  # a cold user ranks the new items too
