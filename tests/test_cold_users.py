@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pytest
 import torch
 
 import hybridrec
@@ -16,7 +17,7 @@ from hybridrec.update.grow import Growth, grow_model
 TASTES = ["a", "b", "c"]
 
 
-def trained() -> tuple[hybridrec.Recommender, pd.DataFrame]:
+def trained(model: str = "hybrid") -> tuple[hybridrec.Recommender, pd.DataFrame]:
     """Users 1-60 interact (item 1 by everyone, so it is by far the most popular); users
     61-66 are in the user feature file only: cold users."""
     rng = np.random.default_rng(0)
@@ -25,16 +26,17 @@ def trained() -> tuple[hybridrec.Recommender, pd.DataFrame]:
         rows += [(user, int(i)) for i in rng.choice(np.arange(2, 41), size=6, replace=False)]
     frame = pd.DataFrame(rows, columns=["userId", "itemId"]).drop_duplicates()
     users = pd.DataFrame({"userId": np.arange(1, 67), "taste": [TASTES[u % 3] for u in range(66)]})
+    options = {"embedding_dim": 8} | ({"mlp_layer_sizes": (8,)} if model == "hybrid" else {})
     rec = hybridrec.train(
-        frame, None, user_features=users,
-        model_options={"embedding_dim": 8, "mlp_layer_sizes": (8,)},
+        frame, None, model=model, user_features=users, model_options=options,
         train_config=TrainConfig(epochs=2, batch_size=256, seed=0),
     ).recommender  # fmt: skip
     return rec, frame
 
 
-def test_cold_users_get_popularity_added_warm_users_and_training_do_not():
-    rec, frame = trained()
+@pytest.mark.parametrize("model_name", ["hybrid", "mf"])
+def test_cold_users_get_popularity_added_warm_users_and_training_do_not(model_name):
+    rec, frame = trained(model_name)
     model = rec.model
     assert rec.config["settings"]["cold_user_popularity"]["weight"] == COLD_USER_POPULARITY
     counts = np.bincount(rec.items.transform(frame.itemId.to_numpy()), minlength=41)
@@ -64,8 +66,9 @@ def test_cold_users_get_popularity_added_warm_users_and_training_do_not():
     assert rec.recommend(61, k=1).item_ids.tolist() == [1]  # the popular item first
 
 
-def test_a_new_user_by_features_alone_is_scored_as_a_cold_user():
-    rec, _ = trained()
+@pytest.mark.parametrize("model_name", ["hybrid", "mf"])
+def test_a_new_user_by_features_alone_is_scored_as_a_cold_user(model_name):
+    rec, _ = trained(model_name)
     taste = TASTES[60 % 3]  # user 61's (row j of the file is user j + 1)
     new = rec.recommend_for_features({"taste": taste}, k=5)
     same = rec.recommend(61, k=5)  # a cold user with the same features

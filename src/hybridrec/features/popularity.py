@@ -83,8 +83,8 @@ def fit_feature_popularity(
 def fit_cold_user_popularity(
     model: nn.Module, counts: torch.Tensor | np.ndarray, weight: float = COLD_USER_POPULARITY
 ) -> dict[str, Any] | None:
-    """Set ``model``'s cold-user term (``cold_user_item_bias``, which hybrid has when trained
-    with user features) to ``weight * log(1 + count)`` per item from ``counts`` (I,), the
+    """Set ``model``'s cold-user term (``cold_user_item_bias``, which hybrid and mf have when
+    trained with user features) to ``weight * log(1 + count)`` per item from ``counts`` (I,), the
     training positives per item index, less its mean over the catalogue; returns what was
     set, or None for a model without it.
 

@@ -206,6 +206,40 @@ def idless_rows(table: nn.Module, idx: torch.Tensor) -> torch.Tensor | None:
     return 1.0 - table.has_id[idx]
 
 
+class ColdUserPopularity(nn.Module):
+    """A model base for the cold-user term: with user features, a ``cold_user_item_bias``
+    buffer (one value per item, fitted after training by
+    :func:`hybridrec.features.popularity.fit_cold_user_popularity`) that is added to the
+    scores of users without a trained id row, outside training. List
+    ``("cold_user_item_bias", "items")`` in the model's ``row_tables`` so ``update`` grows it.
+    """
+
+    def init_cold_users(self, num_items: int, user_features: bool) -> None:
+        if user_features:
+            self.register_buffer("cold_user_item_bias", torch.zeros(num_items))
+
+    def cold_user_bias(
+        self, user_idx: torch.Tensor, item_idx: torch.Tensor | None = None
+    ) -> torch.Tensor | None:
+        """What the term adds: (B, I) for every item when ``item_idx`` is None, else the shape
+        of ``item_idx`` ((B,) pairs or (B, C) groups); None when nothing is added."""
+        bias = getattr(self, "cold_user_item_bias", None)
+        cold = idless_rows(self.user_embedding, user_idx) if bias is not None else None
+        if cold is None:
+            return None
+        if item_idx is None:
+            return cold[:, None] * bias
+        values = bias[item_idx]
+        return cold.view(-1, *[1] * (values.dim() - 1)) * values
+
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: Any) -> None:
+        # artifacts saved before the cold-user term existed load with it at zero
+        name = prefix + "cold_user_item_bias"
+        if hasattr(self, "cold_user_item_bias") and name not in state_dict:
+            state_dict[name] = torch.zeros_like(self.cold_user_item_bias)
+        super()._load_from_state_dict(state_dict, prefix, *args)
+
+
 def rows_with_ids(table: nn.Embedding) -> torch.Tensor:
     """Indices 1.. of the rows that have a trained id (all of a plain table's), on the CPU:
     what "a typical known user" is sampled from, since an id-less row's scores carry terms of
@@ -227,6 +261,7 @@ def make_table(
 
 
 __all__ = [
+    "ColdUserPopularity",
     "FeatureOptions",
     "FeaturedEmbedding",
     "NOT_ROWS",

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 
@@ -12,8 +11,8 @@ from hybridrec.data.encoding import UNKNOWN_INDEX
 from hybridrec.errors import ConfigError
 from hybridrec.models.base import RecModel
 from hybridrec.models.featured import (
+    ColdUserPopularity,
     FeatureOptions,
-    idless_rows,
     item_popularity,
     make_table,
     table_vectors,
@@ -61,7 +60,7 @@ class HybridRecSysConfig(FeatureOptions):
         self.check_feature_options()
 
 
-class HybridRecSys(RecModel):
+class HybridRecSys(ColdUserPopularity, RecModel):
     """Logit = MLP([u || i]) + <u, i> for user embedding u and item embedding i.
 
     The dot product is matrix factorisation's collaborative signal; the MLP adds the
@@ -95,10 +94,7 @@ class HybridRecSys(RecModel):
         self.mlp = MLP(2 * dim, config.mlp_layer_sizes, out_dim=1, dropout=config.dropout)
         init_embedding(self.user_embedding, config.init_std)
         init_embedding(self.item_embedding, config.init_std)
-        if config.user_feature_shape is not None:
-            # what a user known only by features adds to each item's score: popularity,
-            # which features alone rank worse than (hybridrec.features.popularity fits it)
-            self.register_buffer("cold_user_item_bias", torch.zeros(config.num_items))
+        self.init_cold_users(config.num_items, config.user_feature_shape is not None)
 
     def forward(self, user_idx: torch.Tensor, item_idx: torch.Tensor) -> torch.Tensor:
         """Logits (B,) for the pairs ``(user_idx[b], item_idx[b])``."""
@@ -109,9 +105,9 @@ class HybridRecSys(RecModel):
         popularity = item_popularity(self.item_embedding, item_idx)
         if popularity is not None:  # cold items: what their features predict
             dot_score = dot_score + popularity
-        cold = self._cold_user_term(user_idx)
-        if cold is not None:  # cold users: the catalogue's popularity
-            dot_score = dot_score + cold * self.cold_user_item_bias[item_idx]
+        cold = self.cold_user_bias(user_idx, item_idx)
+        if cold is not None:  # users known by features alone: the catalogue's popularity
+            dot_score = dot_score + cold
         return mlp_score + dot_score
 
     def score_groups(self, user_idx: torch.Tensor, item_idx: torch.Tensor) -> torch.Tensor:
@@ -125,9 +121,9 @@ class HybridRecSys(RecModel):
         popularity = item_popularity(self.item_embedding, item_idx.reshape(-1))
         if popularity is not None:
             dot_score = dot_score + popularity.view(groups, width)
-        cold = self._cold_user_term(user_idx)
+        cold = self.cold_user_bias(user_idx, item_idx)
         if cold is not None:
-            dot_score = dot_score + cold[:, None] * self.cold_user_item_bias[item_idx]
+            dot_score = dot_score + cold
         return mlp_score + dot_score
 
     def score_all(self, user_idx: torch.Tensor) -> torch.Tensor:
@@ -138,21 +134,7 @@ class HybridRecSys(RecModel):
         popularity = item_popularity(self.item_embedding)
         if popularity is not None:
             mlp_score = mlp_score + popularity
-        cold = self._cold_user_term(user_idx)
+        cold = self.cold_user_bias(user_idx)
         if cold is not None:
-            mlp_score = mlp_score + cold[:, None] * self.cold_user_item_bias
+            mlp_score = mlp_score + cold
         return mlp_score + u @ items.T
-
-    def _cold_user_term(self, user_idx: torch.Tensor) -> torch.Tensor | None:
-        """(B,) 1.0 for users known only by their features (no trained id row), outside
-        training and when the model has user features; else None."""
-        if not hasattr(self, "cold_user_item_bias"):
-            return None
-        return idless_rows(self.user_embedding, user_idx)
-
-    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: Any) -> None:
-        # artifacts saved before the cold-user term existed load with it at zero
-        name = prefix + "cold_user_item_bias"
-        if hasattr(self, "cold_user_item_bias") and name not in state_dict:
-            state_dict[name] = torch.zeros_like(self.cold_user_item_bias)
-        super()._load_from_state_dict(state_dict, prefix, *args)

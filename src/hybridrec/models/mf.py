@@ -11,7 +11,13 @@ from hybridrec.config import check_finite, option
 from hybridrec.data.encoding import UNKNOWN_INDEX
 from hybridrec.errors import ConfigError
 from hybridrec.models.base import RecModel
-from hybridrec.models.featured import FeatureOptions, item_popularity, make_table, table_vectors
+from hybridrec.models.featured import (
+    ColdUserPopularity,
+    FeatureOptions,
+    item_popularity,
+    make_table,
+    table_vectors,
+)
 from hybridrec.models.layers import init_embedding
 
 
@@ -35,7 +41,7 @@ class MFConfig(FeatureOptions):
             raise ConfigError(f"--init-std must be positive, got {self.init_std}")
 
 
-class MatrixFactorization(RecModel):
+class MatrixFactorization(ColdUserPopularity, RecModel):
     """The classic collaborative-filtering baseline.
 
     Example:
@@ -50,6 +56,8 @@ class MatrixFactorization(RecModel):
     retrieval = True
     similar_items = True
     features = True
+    #: the cold-user popularity term has one value per item: ``update`` grows it
+    row_tables = (*RecModel.row_tables, ("cold_user_item_bias", "items"))
 
     def __init__(self, config: MFConfig) -> None:
         super().__init__(config)
@@ -65,6 +73,7 @@ class MatrixFactorization(RecModel):
         init_embedding(self.item_embedding, config.init_std)
         nn.init.zeros_(self.user_bias.weight)
         nn.init.zeros_(self.item_bias.weight)
+        self.init_cold_users(config.num_items, config.user_feature_shape is not None)
 
     def forward(self, user_idx: torch.Tensor, item_idx: torch.Tensor) -> torch.Tensor:
         """Logits (B,)."""
@@ -74,6 +83,9 @@ class MatrixFactorization(RecModel):
         popularity = item_popularity(self.item_embedding, item_idx)
         if popularity is not None:  # cold items: what their features predict
             bias = bias + popularity
+        cold = self.cold_user_bias(user_idx, item_idx)
+        if cold is not None:  # users known by features alone: the catalogue's popularity
+            bias = bias + cold
         return (u * i).sum(-1) + bias + self.global_bias
 
     def score_groups(self, user_idx: torch.Tensor, item_idx: torch.Tensor) -> torch.Tensor:
@@ -87,6 +99,9 @@ class MatrixFactorization(RecModel):
         popularity = item_popularity(self.item_embedding, flat)
         if popularity is not None:
             bias = bias + popularity.view(groups, width)
+        cold = self.cold_user_bias(user_idx, item_idx)
+        if cold is not None:
+            bias = bias + cold
         return torch.bmm(i, u.unsqueeze(-1)).squeeze(-1) + bias + self.global_bias
 
     def score_all(self, user_idx: torch.Tensor) -> torch.Tensor:
@@ -97,4 +112,7 @@ class MatrixFactorization(RecModel):
         popularity = item_popularity(self.item_embedding)
         if popularity is not None:
             scores = scores + popularity
+        cold = self.cold_user_bias(user_idx)
+        if cold is not None:
+            scores = scores + cold
         return scores + self.global_bias
