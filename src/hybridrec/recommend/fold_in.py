@@ -233,9 +233,11 @@ def fitted_logits(
         return scorer.score(rows)
     approx = linear_scores(lin, rows)
     approx[:, 0] = -torch.inf  # the unknown item is never recommended
-    for r, given in enumerate(excludes):
-        if given is not None:
-            approx[r, torch.as_tensor(given, dtype=torch.int64)] = -torch.inf
+    excluded = [(r, given) for r, given in enumerate(excludes) if given is not None and len(given)]
+    if excluded:  # every user's given items at once, as _tops_of masks them
+        rows_at = np.concatenate([np.full(len(given), r) for r, given in excluded])
+        cols_at = np.concatenate([given for _, given in excluded])
+        approx[torch.as_tensor(rows_at), torch.as_tensor(cols_at, dtype=torch.int64)] = -torch.inf
     candidates = torch.topk(approx, depth, dim=1).indices  # (R, depth)
     exact = scorer.score_items(rows, candidates)
     return torch.full_like(approx, -torch.inf).scatter_(1, candidates, exact)
