@@ -244,6 +244,14 @@ def _serve_parser(sub: Any) -> None:
         help="POST /admin/reload loads only model directories under DIR (default: the "
         "directory that holds --model)",
     )
+    p.add_argument(
+        "--fold-in-process",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="compute new users' fold-ins (POST /recommend with item_ids) in a child process "
+        "with its own copy of the model, so that they do not queue behind the event loop "
+        "for the interpreter (default: on; the child is one more process of the model's size)",
+    )
     _add_serve_limits(p)
     _add_serve_events(p)
 

@@ -82,6 +82,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         max_pending=args.max_pending,
         events=args.events,
         events_sync=args.events_sync.upper(),
+        fold_in_process=args.fold_in_process,
     )
     return 0
 

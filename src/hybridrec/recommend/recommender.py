@@ -94,6 +94,14 @@ class Recommender:
         self._linearisation: fold_in.Linearisation | None = None  # closed-form fold-in, too
         self._row_scorer: fold_in.RowScorer | None = None
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled without the caches (two-stage prior, fold-in linearisation and scorer):
+        they hold locks and are recomputed on first use, so a copy sent to another process
+        (the service's fold-in worker) stays small and self-contained."""
+        state = self.__dict__.copy()
+        state.update(_item_prior=None, _linearisation=None, _row_scorer=None)
+        return state
+
     @classmethod
     def load(cls, directory: str | Path) -> Recommender:
         """Load an artifact written by :meth:`save` or ``hybridrec train --out``."""

@@ -31,6 +31,7 @@ from hybridrec.serve.admin import ADMIN_TOKEN_ENV, _add_admin_routes
 from hybridrec.serve.bodies import _http_error, _invalid_request, body_doc, parse_body
 from hybridrec.serve.calls import _known_ids, _model_call
 from hybridrec.serve.events import add_event_routes
+from hybridrec.serve.fold_process import FoldInProcess
 from hybridrec.serve.gate import MAX_PENDING, ModelGate
 from hybridrec.serve.holder import ModelHolder
 from hybridrec.serve.middleware import BodyLimit, CachedRecommendations, _fast_query
@@ -68,6 +69,7 @@ def create_app(
     models_root: str | Path | None = None,
     max_pending: int = MAX_PENDING,
     events: str | Path | EventLog | None = None,
+    fold_in_process: bool = False,
 ) -> FastAPI:
     """Build the service around a recommender, or one loaded from ``model_dir`` at startup.
 
@@ -87,6 +89,9 @@ def create_app(
         events: an event log (path, opened or created; or an open :class:`EventLog`, which
             the caller closes) for ``POST /events``; its events after the model's
             watermark change ``/recommend`` at once (:mod:`hybridrec.serve.recent`).
+        fold_in_process: compute new users' fold-ins in a child process holding a copy of
+            each served model (:mod:`hybridrec.serve.fold_process`), started with the app;
+            ``hybridrec serve`` turns it on, tests and embedding apps leave it off.
 
     Raises:
         ValueError: neither or both of ``recommender`` and ``model_dir`` were given.
@@ -103,18 +108,20 @@ def create_app(
         if holder.current is not None:
             recent.sync(holder.current)
     owned = log if log is not events else None  # opened here: closed with the app
+    folder = FoldInProcess() if fold_in_process else None
     app = FastAPI(
         title="hybridrec",
         summary="Recommendations, pair scores and similar items from a trained hybridrec model.",
-        lifespan=_lifespan(holder, model_dir, gate, owned),
+        lifespan=_lifespan(holder, model_dir, gate, owned, folder),
     )
     app.state.holder, app.state.gate, app.state.events = holder, gate, recent
+    app.state.fold_process = folder
     app.add_exception_handler(RequestValidationError, _invalid_request)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_middleware(CachedRecommendations, holder=holder, events=recent)
     app.add_middleware(BodyLimit)  # added last: runs first, before any body is parsed
     _add_service_routes(app, holder)
-    _add_recommend_routes(app, holder, gate, recent)
+    _add_recommend_routes(app, holder, gate, recent, folder)
     add_event_routes(app, log)
     _add_score_routes(app, holder, gate)
     if admin_token is None:
@@ -126,19 +133,30 @@ def create_app(
 
 
 def _lifespan(
-    holder: ModelHolder, model_dir: str | Path | None, gate: ModelGate, log: EventLog | None
+    holder: ModelHolder,
+    model_dir: str | Path | None,
+    gate: ModelGate,
+    log: EventLog | None,
+    folder: FoldInProcess | None = None,
 ) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
     """Load ``model_dir`` (if given) when the app starts: a broken artifact stops startup;
-    stop the model worker (and close the event log it opened) when it ends."""
+    start the fold-in process with the first model, which then follows every swap; stop the
+    model worker and the process (and close the event log it opened) when it ends."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if folder is not None:
+            holder.listeners.append(lambda served: folder.follow(served.recommender))
         if model_dir is not None:
             holder.reload(model_dir)
+        elif folder is not None and holder.current is not None:
+            folder.follow(holder.current.recommender)
         try:
             yield
         finally:
             gate.close()
+            if folder is not None:
+                folder.close()
             if log is not None:
                 log.close()  # what is queued is written first
 

@@ -8,6 +8,7 @@ to the route that hands it over.
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Annotated, Any
 
 from fastapi import FastAPI, Query, Request, Response
@@ -17,6 +18,7 @@ from hybridrec.recommend import Recommender
 from hybridrec.recommend.two_stage import AUTO
 from hybridrec.serve.bodies import body_doc, parse_body
 from hybridrec.serve.calls import _json_response, _known_ids, _model_call
+from hybridrec.serve.fold_process import FoldInProcess
 from hybridrec.serve.gate import ModelGate
 from hybridrec.serve.holder import ModelHolder, Served
 from hybridrec.serve.recent import RecentEvents
@@ -67,10 +69,16 @@ def _add_service_routes(app: FastAPI, holder: ModelHolder) -> None:
 
 
 def _add_recommend_routes(
-    app: FastAPI, holder: ModelHolder, gate: ModelGate, events: RecentEvents | None = None
+    app: FastAPI,
+    holder: ModelHolder,
+    gate: ModelGate,
+    events: RecentEvents | None = None,
+    fold_process: FoldInProcess | None = None,
 ) -> None:
     """``GET /recommend/{user_id}`` and ``POST /recommend``: the cache first, else the model
-    worker; users with events since the model's watermark through ``events``."""
+    worker; users with events since the model's watermark through ``events``; new users'
+    fold-ins through ``fold_process`` when there is one."""
+    fold_in_batch = partial(_fold_in_batch, fold_process=fold_process)  # one per app
 
     @app.get("/recommend/{user_id}", tags=["recommend"], response_model=RecommendationOut)
     async def recommend_user(
@@ -111,7 +119,7 @@ def _add_recommend_routes(
         if cached is not None:
             return cached
         if body.user_ids is None and body.user_features is None:  # a new user by items
-            return await gate.run_batched(_fold_in_batch, (served, body))
+            return await gate.run_batched(fold_in_batch, (served, body))
         return await gate.run(_recommend_batch_sync, served, body)
 
 
@@ -203,12 +211,14 @@ def _recommend_known_batch(
 
 def _fold_in_batch(
     requests: list[tuple[Served, RecommendRequest]],
+    fold_process: FoldInProcess | None = None,
 ) -> list[Response | BaseException]:
     """New users by ``item_ids`` that waited together (:meth:`ModelGate.run_batched`): one
     ``recommend_for_items_many`` per model, whose one scoring call serves them all (one
     call each made the worker retake the GIL from the busy event loop ~200 times per
-    fold-in: p50 26 ms under the mixed load, docs/benchmarks.md). A bad request fails
-    alone; a batch that fails is answered one by one."""
+    fold-in: p50 26 ms under the mixed load, docs/benchmarks.md), computed in
+    ``fold_process`` when it holds that model. A bad request fails alone; a batch that
+    fails is answered one by one."""
     groups: dict[int, list[int]] = {}
     for j, (served, _) in enumerate(requests):
         groups.setdefault(id(served.recommender), []).append(j)
@@ -218,7 +228,11 @@ def _fold_in_batch(
         bodies = [requests[j][1] for j in positions]
         asked = [(b.item_ids or [], b.k, b.exclude_seen) for b in bodies]
         try:
-            results = rec.recommend_for_items_many(asked)
+            results = None
+            if fold_process is not None:
+                results = fold_process.recommend_for_items_many(rec, asked)
+            if results is None:
+                results = rec.recommend_for_items_many(asked)
         except Exception:
             for j in positions:
                 out[j] = _one_by_one([(_recommend_batch_sync, *requests[j])])[0]

@@ -66,6 +66,7 @@ def serve(
     max_pending: int = MAX_PENDING,
     events: str | Path | None = None,
     events_sync: str = "FULL",
+    fold_in_process: bool = True,
 ) -> None:
     """Serve ``model_dir`` over HTTP with uvicorn until interrupted; SIGHUP reloads it.
 
@@ -91,6 +92,8 @@ def serve(
             :mod:`hybridrec.serve.recent`); None: no events.
         events_sync: the log's ``PRAGMA synchronous``: ``FULL`` (an acknowledged event
             survives a power loss) or ``NORMAL`` (a crash of the process only).
+        fold_in_process: new users' fold-ins in a child process (see
+            :mod:`hybridrec.serve.fold_process`).
     """
     log = EventLog(events, synchronous=events_sync) if events is not None else None
     app = create_app(
@@ -100,6 +103,7 @@ def serve(
         models_root=models_root,
         max_pending=max_pending,
         events=log,
+        fold_in_process=fold_in_process,
     )
     config = server_config(app, host, port, log_level, access_log, header_timeout, max_connections)
     import uvicorn

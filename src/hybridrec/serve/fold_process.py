@@ -1,0 +1,200 @@
+"""New users' fold-ins in a process of their own, away from the event loop's interpreter.
+
+A fold-in (``POST /recommend`` with ``item_ids``) is a few hundred small tensor operations,
+and PyTorch releases the GIL around each one. In the server's model thread each release
+means winning the GIL back from an event loop that answers thousands of cached requests a
+second: a batch of 8 fold-ins that takes 2.6 ms alone took 13-15 ms of wall time under the
+mixed load (docs/benchmarks.md, "Serving under mixed load"). In a child process the
+operations run back to back, and the model thread waits on one pipe read instead.
+
+The child holds a copy of the served recommender, sent (pickled) in a background thread at
+every model swap. Until it holds the model a request was read with, while it is loading,
+or if it has died or answers with something that cannot be read, the fold-ins are computed
+in the model thread exactly as without a child: the child only makes them faster, never
+different or failing.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import pickle
+import threading
+import weakref
+from collections.abc import Sequence
+from multiprocessing.connection import Connection
+from typing import Any
+
+from hybridrec.recommend import Recommender
+
+logger = logging.getLogger(__name__)
+
+#: Seconds a batch of fold-ins may take in the child before it is considered stuck (it is
+#: then stopped and the batch computed in the server).
+ANSWER_TIMEOUT = 60.0
+#: Seconds the child may take to start and take a model (importing torch, unpickling,
+#: linearising a large model).
+LOAD_TIMEOUT = 600.0
+
+
+class FoldInProcess:
+    """A child process that answers :meth:`Recommender.recommend_for_items_many`.
+
+    Thread-safe: loads (model swaps, any thread) and fold-ins (the model thread) share one
+    pipe under a lock; a fold-in never waits for a load, it runs in the server instead.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._process: Any = None  # multiprocessing's SpawnProcess
+        self._conn: Connection | None = None
+        self._holds: weakref.ref[Recommender] | None = None  # the model the child has
+        self._latest: weakref.ref[Recommender] | None = None  # the model it should have
+        self._loading = threading.Lock()  # one background load at a time
+        self.answered = 0  # fold-ins the child has answered (for tests and logs)
+
+    def follow(self, recommender: Recommender) -> threading.Thread:
+        """Send ``recommender`` to the child in a background thread (a model swap must not
+        wait for it); of several swaps in quick succession only the latest model is sent."""
+        self._latest = weakref.ref(recommender)
+        thread = threading.Thread(target=self._load_latest, name="hybridrec-fold-in-load")
+        thread.daemon = True
+        thread.start()
+        return thread
+
+    def _load_latest(self) -> None:
+        with self._loading:
+            latest = self._latest() if self._latest is not None else None
+            if latest is not None and not self.holds(latest):
+                self.load(latest)
+
+    def load(self, recommender: Recommender) -> bool:
+        """Send ``recommender`` to the child (started first if needed); True once the child
+        holds it. A failure is logged and leaves fold-ins to the server."""
+        try:
+            payload = pickle.dumps(recommender, protocol=pickle.HIGHEST_PROTOCOL)
+        except Exception:
+            logger.warning("fold-ins stay in the server: the model cannot be sent", exc_info=True)
+            return False
+        with self._lock:
+            self._holds = None
+            try:
+                conn = self._started()
+                conn.send_bytes(payload)
+                if not conn.poll(LOAD_TIMEOUT):
+                    raise TimeoutError(f"no answer in {LOAD_TIMEOUT:.0f} s")
+                status, detail = pickle.loads(conn.recv_bytes())
+                if status != "ok":
+                    raise RuntimeError(detail)
+            except Exception as exc:
+                logger.warning(f"fold-ins stay in the server: the fold-in process failed ({exc})")
+                self._stop()
+                return False
+            self._holds = weakref.ref(recommender)
+            pid = self._process.pid if self._process is not None else None
+        logger.info(f"new users' fold-ins now run in process {pid}")
+        return True
+
+    def holds(self, recommender: Recommender) -> bool:
+        """Whether the child answers for ``recommender`` now."""
+        holds = self._holds
+        return holds is not None and holds() is recommender
+
+    def recommend_for_items_many(
+        self, recommender: Recommender, requests: Sequence[tuple[Any, int, bool]]
+    ) -> list[Any] | None:
+        """The child's answer to ``recommender.recommend_for_items_many(requests)``, or None
+        when the server must compute it (the child is loading, holds another model, failed).
+        """
+        if not self._lock.acquire(blocking=False):  # a load in progress
+            return None
+        try:
+            if not self.holds(recommender) or self._conn is None:
+                return None
+            try:
+                self._conn.send_bytes(pickle.dumps(list(requests)))
+                if not self._conn.poll(ANSWER_TIMEOUT):
+                    raise TimeoutError(f"no answer in {ANSWER_TIMEOUT:.0f} s")
+                payload = self._conn.recv_bytes()
+            except Exception as exc:  # died or stuck
+                logger.warning(f"the fold-in process failed ({exc}); fold-ins stay in the server")
+                self._stop()
+                return None
+            try:
+                status, answer = pickle.loads(payload)
+            except Exception:  # e.g. an error type that does not unpickle: the server computes
+                return None
+            if status != "ok" or len(answer) != len(requests):
+                return None
+            self.answered += len(answer)
+            return answer
+        finally:
+            self._lock.release()
+
+    def close(self) -> None:
+        """Stop the child (the app's shutdown)."""
+        with self._lock:
+            self._stop()
+
+    def _started(self) -> Connection:
+        """The pipe to a running child, started now if there is none (under the lock)."""
+        if self._process is not None and self._process.is_alive() and self._conn is not None:
+            return self._conn
+        self._stop()
+        # spawn, not fork: the server has threads (the event loop's, the model's), and a
+        # forked child could inherit a lock one of them held
+        context = multiprocessing.get_context("spawn")
+        ours, theirs = context.Pipe()
+        process = context.Process(
+            target=_child, args=(theirs,), name="hybridrec-fold-in", daemon=True
+        )
+        process.start()
+        theirs.close()
+        self._process, self._conn = process, ours
+        return ours
+
+    def _stop(self) -> None:
+        """End the child, if any (under the lock)."""
+        self._holds = None
+        conn, process = self._conn, self._process
+        self._conn = self._process = None
+        if conn is not None:
+            conn.close()  # the child's next read ends it
+        if process is not None:
+            process.join(timeout=5)
+            if process.is_alive():
+                process.kill()
+                process.join(timeout=5)
+
+
+def _child(conn: Connection) -> None:
+    """The child's loop: a pickled recommender replaces the model; a list of
+    ``(item_ids, k, exclude_seen)`` is answered with ``("ok", results)``; anything that
+    goes wrong with ``("error", text)``. Ends when the server closes the pipe."""
+    import torch
+
+    torch.set_num_threads(1)  # as the server's model thread
+    recommender: Recommender | None = None
+    while True:
+        try:
+            message = conn.recv_bytes()
+        except (EOFError, OSError):
+            return
+        try:
+            obj = pickle.loads(message)
+            if isinstance(obj, Recommender):
+                recommender = obj
+                recommender.prepare_fold_in()
+                answer: tuple[str, Any] = ("ok", None)
+            elif recommender is None:
+                answer = ("error", "no model loaded")
+            else:
+                with torch.inference_mode():
+                    answer = ("ok", recommender.recommend_for_items_many(obj))
+            payload = pickle.dumps(answer, protocol=pickle.HIGHEST_PROTOCOL)
+        except Exception as exc:  # e.g. an error that cannot be pickled: the server computes
+            payload = pickle.dumps(("error", repr(exc)))
+        try:
+            conn.send_bytes(payload)
+        except (EOFError, OSError):
+            return

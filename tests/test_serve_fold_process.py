@@ -1,0 +1,125 @@
+"""serve/fold_process: new users' fold-ins computed in a child process answer exactly what
+the model thread answers, follow model swaps, and fall back to the model thread whenever
+the child cannot answer (not started, another model, dead)."""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+import hybridrec
+from hybridrec import TrainConfig
+from hybridrec.data.synthetic import SyntheticConfig, write_synthetic_data
+from hybridrec.serve import create_app
+from hybridrec.serve.fold_process import FoldInProcess
+
+TINY = {"embedding_dim": 8, "mlp_layer_sizes": (16, 8)}
+
+
+def _train(directory: Path, seed: int) -> Path:
+    config = SyntheticConfig(num_users=80, num_items=50, num_positives=1500, seed=seed)
+    train_csv, val_csv = write_synthetic_data(directory, config)
+    out = directory / "model"
+    hybridrec.train(
+        train_csv,
+        val_csv,
+        out=out,
+        model_options=TINY,
+        train_config=TrainConfig(epochs=1, device="cpu", seed=seed),
+    )
+    return out
+
+
+@pytest.fixture(scope="module")
+def model_dirs(tmp_path_factory) -> tuple[Path, Path]:
+    return (
+        _train(tmp_path_factory.mktemp("fold_a"), seed=0),
+        _train(tmp_path_factory.mktemp("fold_b"), seed=1),
+    )
+
+
+@pytest.fixture(scope="module")
+def folder(model_dirs):
+    process = FoldInProcess()
+    yield process
+    process.close()
+
+
+def _asked(rec, seed: int) -> list[tuple[list, int, bool]]:
+    items = [int(i) for i in rec.items.ids]
+    return [
+        (items[seed : seed + 5], 5, True),
+        (items[seed + 3 : seed + 12], 7, False),
+        (items[:2] + ["no-such-item"], 3, True),
+        (items[:4], 0, True),  # a bad k: its error takes its place
+    ]
+
+
+def _same(a, b) -> None:
+    assert len(a) == len(b)
+    for x, y in zip(a, b, strict=True):
+        if isinstance(y, Exception):
+            assert type(x) is type(y) and str(x) == str(y)
+        else:
+            assert x.item_ids.tolist() == y.item_ids.tolist()
+            assert x.scores.tolist() == y.scores.tolist()
+            assert x.unknown_items == y.unknown_items
+
+
+def test_the_child_answers_what_the_model_answers(folder, model_dirs):
+    rec = hybridrec.load(model_dirs[0])
+    other = hybridrec.load(model_dirs[1])
+    assert folder.recommend_for_items_many(rec, _asked(rec, 0)) is None  # not started
+    assert folder.load(rec)
+    before = folder.answered
+    got = folder.recommend_for_items_many(rec, _asked(rec, 1))
+    assert got is not None and folder.answered == before + 4
+    _same(got, rec.recommend_for_items_many(_asked(rec, 1)))
+    assert isinstance(got[3], ValueError)  # the bad k, as the model thread reports it
+    # a model the child does not hold: the server computes
+    assert folder.recommend_for_items_many(other, _asked(other, 0)) is None
+    folder.follow(other).join(timeout=120)
+    assert folder.holds(other) and not folder.holds(rec)
+    _same(folder.recommend_for_items_many(other, _asked(other, 2)),
+          other.recommend_for_items_many(_asked(other, 2)))  # fmt: skip
+
+
+def test_a_dead_child_leaves_fold_ins_to_the_server(model_dirs):
+    rec = hybridrec.load(model_dirs[0])
+    process = FoldInProcess()
+    try:
+        assert process.load(rec)
+        os.kill(process._process.pid, 9)
+        process._process.join(timeout=10)
+        assert process.recommend_for_items_many(rec, _asked(rec, 0)) is None
+        assert not process.holds(rec)
+        assert process.load(rec)  # a later swap starts a new child
+        assert process.recommend_for_items_many(rec, _asked(rec, 0)) is not None
+    finally:
+        process.close()
+    assert process.recommend_for_items_many(rec, _asked(rec, 0)) is None
+
+
+def test_the_service_answers_fold_ins_from_the_child(model_dirs):
+    rec = hybridrec.load(model_dirs[0])
+    items = [int(i) for i in rec.items.ids[:6]]
+    with TestClient(create_app(rec)) as plain_client:
+        want = plain_client.post("/recommend", json={"item_ids": items, "k": 5})
+        bad = plain_client.post("/recommend", json={"item_ids": ["no-such-item"], "k": 5})
+    app = create_app(rec, fold_in_process=True)
+    with TestClient(app) as client:
+        folder = app.state.fold_process
+        for thread in threading.enumerate():
+            if thread.name == "hybridrec-fold-in-load":
+                thread.join(timeout=120)
+        assert folder.holds(rec)
+        got = client.post("/recommend", json={"item_ids": items, "k": 5})
+        assert got.status_code == 200 and got.json() == want.json()
+        assert folder.answered >= 1
+        again = client.post("/recommend", json={"item_ids": ["no-such-item"], "k": 5})
+        assert (again.status_code, again.json()) == (bad.status_code, bad.json())
+    assert not folder.holds(rec)  # stopped with the app
