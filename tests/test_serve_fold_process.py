@@ -12,32 +12,15 @@ import pytest
 from fastapi.testclient import TestClient
 
 import hybridrec
-from hybridrec import TrainConfig
-from hybridrec.data.synthetic import SyntheticConfig, write_synthetic_data
 from hybridrec.serve import create_app
 from hybridrec.serve.fold_process import FoldInProcess
-
-TINY = {"embedding_dim": 8, "mlp_layer_sizes": (16, 8)}
-
-
-def _train(directory: Path, seed: int) -> Path:
-    config = SyntheticConfig(num_users=80, num_items=50, num_positives=1500, seed=seed)
-    train_csv, val_csv = write_synthetic_data(directory, config)
-    out = directory / "model"
-    hybridrec.train(
-        train_csv,
-        val_csv,
-        out=out,
-        model_options=TINY,
-        train_config=TrainConfig(epochs=1, device="cpu", seed=seed),
-    )
-    return out
+from tests.test_serve import _train
 
 
 @pytest.fixture(scope="module")
 def model_dirs(tmp_path_factory) -> tuple[Path, Path]:
     return (
-        _train(tmp_path_factory.mktemp("fold_a"), seed=0),
+        _train(tmp_path_factory.mktemp("fold_a"), seed=0),  # test_serve's tiny artifacts
         _train(tmp_path_factory.mktemp("fold_b"), seed=1),
     )
 
