@@ -123,8 +123,11 @@ class FoldInProcess:
             try:
                 status, answer = pickle.loads(payload)
             except Exception:  # e.g. an error type that does not unpickle: the server computes
+                logger.warning("unreadable answer from the fold-in process", exc_info=True)
                 return None
             if status != "ok" or len(answer) != len(requests):
+                # the server computes the batch, so its own error (if any) surfaces there
+                logger.warning(f"the fold-in process could not answer: {answer!r:.500}")
                 return None
             self.answered += len(answer)
             return answer
