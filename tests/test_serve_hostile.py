@@ -406,7 +406,9 @@ def assert_contract(response: Any) -> None:
 @pytest.fixture(scope="module")
 def hostile_client(rec, tmp_path_factory) -> Iterator[TestClient]:
     root = tmp_path_factory.mktemp("models-root")  # holds no model: a reload is refused
-    app = create_app(rec, admin_token="s3cret", models_root=root)
+    # as `hybridrec serve` runs: new users' fold-ins go to the child process once it holds
+    # the model (the first requests may find it loading and take the model thread's path)
+    app = create_app(rec, admin_token="s3cret", models_root=root, fold_in_process=True)
     with TestClient(app, raise_server_exceptions=False) as client:
         yield client
 
@@ -491,6 +493,45 @@ def test_generated_event_bodies_never_give_a_5xx_and_write_all_or_nothing(events
         assert_contract(client.post("/recommend", json={"user_ids": users}))
     else:
         assert len(frame) == 0 and after == before  # nothing of a refused batch
+
+
+@pytest.fixture(scope="module")
+def fold_clients(rec) -> Iterator[tuple[TestClient, TestClient]]:
+    """The model served as `hybridrec serve` serves it (fold-ins in a child process) and
+    served without the child: the reference answers. Neither takes admin requests, so
+    both keep the same model."""
+    with (
+        TestClient(create_app(rec, fold_in_process=True), raise_server_exceptions=False) as a,
+        TestClient(create_app(rec), raise_server_exceptions=False) as b,
+    ):
+        folder, holder = a.app.state.fold_process, a.app.state.holder
+        deadline = time.monotonic() + WAIT
+        while not folder.holds(holder.current.recommender) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert folder.holds(holder.current.recommender)
+        yield a, b
+        assert folder.answered > 0  # the child, not the fallback, answered
+
+
+fold_in_bodies = st.fixed_dictionaries(
+    {"item_ids": st.lists(st.one_of(st.integers(0, 45), ids), max_size=30)},
+    optional={
+        "k": st.one_of(st.integers(-2, 60), ids),
+        "exclude_seen": st.one_of(st.booleans(), ids),
+    },
+)
+
+
+@HOSTILE
+@given(body=fold_in_bodies)
+def test_generated_fold_ins_answer_the_same_through_the_child(fold_clients, body):
+    """What `hybridrec serve` answers a new user's items through its child process is
+    byte-for-byte what the model thread answers, errors included."""
+    raw = json.dumps(body).encode()
+    served = fold_clients[0].post("/recommend", content=raw)
+    assert_contract(served)
+    reference = fold_clients[1].post("/recommend", content=raw)
+    assert (served.status_code, served.content) == (reference.status_code, reference.content)
 
 
 queries = st.dictionaries(
