@@ -69,7 +69,7 @@ def test_command_line_overrides_file_which_overrides_defaults(tmp_path):
     assert args.epochs == 2  # the command line wins
     assert args.batch_size == 64  # dashes are accepted in keys
     assert args.mlp_layer_sizes == (16, 8) and args.train == "t.csv"
-    assert args.learning_rate == 0.005  # neither: the default
+    assert args.learning_rate is None  # neither: the default, chosen for the data
     # the last --config given is the one read, wherever it is on the line
     other = write(tmp_path, 'train = "u.csv"\n', "other.toml")
     assert parse("train", "--config", path, "--config", other).train == "u.csv"

@@ -56,6 +56,8 @@ def check_depth(count: int, flag: str) -> None:
 
 #: ``--threads`` above this is surely a typo (and PyTorch's thread count is a C int).
 MAX_THREADS = 1024
+#: The batch size and learning rate of small and medium data; larger epochs scale both.
+DEFAULT_BATCH_SIZE, DEFAULT_LEARNING_RATE = 2048, 5e-3
 LOSSES = ("auto", "bce", "bpr", "ce")
 SAMPLINGS = ("uniform", "popularity")
 SPARSE_MODES = ("auto", "on", "off")
@@ -101,8 +103,17 @@ class TrainConfig:
         "most passes over the training data (early stopping may end sooner); default: the "
         "model's own ($default_epochs)",
     )
-    batch_size: int = option(2048, "samples per optimisation step")
-    learning_rate: float = option(5e-3, "Adam learning rate", flag="--lr")
+    batch_size: int | None = option(
+        None,
+        "samples per optimisation step; default: 2048, and for the pointwise models 4096 "
+        "from 4M and 8192 from 16M samples per epoch (hybridrec.training.scale)",
+    )
+    learning_rate: float | None = option(
+        None,
+        "Adam learning rate; default: 0.005, times sqrt(batch size / 2048) when the batch "
+        "size is the default's",
+        flag="--lr",
+    )
     weight_decay: float | None = option(
         None,
         "L2 penalty on the weights (Adam weight_decay; embedding tables trained sparsely decay "
@@ -202,17 +213,28 @@ class TrainConfig:
     )
     compile: bool = option(False, "compile the training step with torch.compile")
 
+    @property
+    def batch(self) -> int:
+        """The batch size in effect: ``--batch-size``, else the small-data default (``fit``
+        first sets the data's default, :func:`hybridrec.training.scale.with_data_defaults`)."""
+        return self.batch_size if self.batch_size is not None else DEFAULT_BATCH_SIZE
+
+    @property
+    def lr(self) -> float:
+        """The learning rate in effect, on the same terms as :attr:`batch`."""
+        return self.learning_rate if self.learning_rate is not None else DEFAULT_LEARNING_RATE
+
     def __post_init__(self) -> None:
         check_finite(self)
         if self.epochs is not None and self.epochs < 1:
             raise ConfigError(f"--epochs must be at least 1, got {self.epochs}")
-        if self.batch_size < 1:
+        if self.batch_size is not None and self.batch_size < 1:
             raise ConfigError(f"--batch-size must be at least 1, got {self.batch_size}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ConfigError(f"--ema-decay must be in [0, 1), got {self.ema_decay}")
         if self.eval_batch_size < 1:
             raise ConfigError(f"--eval-batch-size must be at least 1, got {self.eval_batch_size}")
-        if not self.learning_rate > 0:
+        if self.learning_rate is not None and not self.learning_rate > 0:
             raise ConfigError(f"--lr must be a positive number, got {self.learning_rate}")
         if self.weight_decay is not None and self.weight_decay < 0:
             raise ConfigError(f"--weight-decay must be >= 0, got {self.weight_decay}")

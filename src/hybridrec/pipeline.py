@@ -40,6 +40,7 @@ from hybridrec.plots import plot_history
 from hybridrec.recommend import Recommender
 from hybridrec.runtime import resolve_device, set_num_threads
 from hybridrec.training import EpochStats, History, fit, resolve_early_stop, with_model_defaults
+from hybridrec.training.scale import with_data_defaults
 
 logger = logging.getLogger(__name__)
 
@@ -315,6 +316,7 @@ def _train(
                         side, device)  # fmt: skip
     users, items, train_set = prepared.users, prepared.items, prepared.train_set
     positive = prepared.positive
+    train_config = with_data_defaults(model, train_set, train_config)  # recorded as trained
     auto = isinstance(val_data, str) and val_data == AUTO
     val_set, val_unknown = None, None
     if val_data is not None and not auto:

@@ -76,7 +76,7 @@ def add_config_arguments(
             type=parse,
             default=default,
             metavar=f.name.split("_")[-1].upper() if "tuple" not in kind else "SIZES",
-            help=f"{text} (default: {shown})",
+            help=text if shown is None else f"{text} (default: {shown})",  # None: the text says
         )
 
 

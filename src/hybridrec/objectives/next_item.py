@@ -69,7 +69,7 @@ class NextItem:
                 "each user is held out first to choose the epochs: --val none trains on all)"
             )
         self.num_samples = int((self.histories[:, 1:] != UNKNOWN_INDEX).sum())
-        self.per_batch = max(1, config.batch_size // max_len)
+        self.per_batch = max(1, config.batch // max_len)
         counts = item_counts(train.item_idx[positive], num_items)
         self.softmax = SharedNegatives(counts, config.softmax_negatives).to(device)
 

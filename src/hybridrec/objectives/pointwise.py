@@ -115,7 +115,7 @@ class Pointwise:
             )
         self.factor = config.negatives if self.pairwise else config.negatives + 1
         self.num_samples = len(self.users) * self.factor
-        self.per_batch = max(1, math.ceil(config.batch_size / self.factor))
+        self.per_batch = max(1, math.ceil(config.batch / self.factor))
 
     def batches(
         self,
@@ -125,7 +125,7 @@ class Pointwise:
         world: int = 1,
         sample_generator: torch.Generator | None = None,
     ) -> Iterator[Batch]:
-        bs = self.config.batch_size
+        bs = self.config.batch
         if not self.sampled and world == 1:
             return shuffled(
                 (self.data.user_idx, self.data.item_idx, self.data.target), bs, generator
@@ -144,7 +144,7 @@ class Pointwise:
     def num_batches(self) -> int:
         """Steps of one single-process epoch."""
         if not self.sampled:
-            return math.ceil(self.num_samples / self.config.batch_size)
+            return math.ceil(self.num_samples / self.config.batch)
         return math.ceil(len(self.users) / self.per_batch)
 
     def _sampled(

@@ -42,7 +42,7 @@ class Softmax:
     @property
     def num_batches(self) -> int:
         """Steps of one single-process epoch."""
-        return math.ceil(self.num_samples / self.config.batch_size)
+        return math.ceil(self.num_samples / self.config.batch)
 
     def batches(
         self,
@@ -53,7 +53,7 @@ class Softmax:
         sample_generator: torch.Generator | None = None,
     ) -> Iterator[Batch]:
         order = torch.randperm(self.num_samples, generator=generator).to(self.users.device)
-        mine, sizes = shard_order(order, self.config.batch_size, rank, world)
+        mine, sizes = shard_order(order, self.config.batch, rank, world)
         columns = [self.users[mine], self.items[mine]]
         columns.append(torch.ones_like(columns[0], dtype=torch.float32))
         if self.weights is not None:

@@ -41,6 +41,7 @@ from hybridrec.objectives import Objective, make_objective
 from hybridrec.training.average import WeightAverage
 from hybridrec.training.history import EpochStats, History
 from hybridrec.training.optim import Optimizers
+from hybridrec.training.scale import with_data_defaults
 from hybridrec.training.state import RunState
 from hybridrec.training.steps import mixed_precision, sparse_tables, step_function
 from hybridrec.training.validation import EarlyStopping, Validator, resolve_early_stop
@@ -99,7 +100,7 @@ def fit(
         TrainingDivergedError: the loss became NaN or infinite.
         CheckpointError: ``config.resume`` names a missing or damaged checkpoint.
     """
-    config = with_model_defaults(model, config)
+    config = with_data_defaults(model, train, with_model_defaults(model, config))
     early_stop = _check_options(train, val, config, checkpoint_dir)
     checkpoint_dir = config.checkpoint_dir or checkpoint_dir
     device = device or model_device(model)
@@ -353,7 +354,7 @@ def _check_finite(loss: float, epoch: int, config: TrainConfig) -> None:
         raise TrainingDivergedError(
             f"the training loss became {loss} in epoch {epoch}, so the weights are no longer "
             f"meaningful and nothing was saved. Lower the learning rate (now --lr "
-            f"{config.learning_rate:g}; try {config.learning_rate / 10:g}) or check the data."
+            f"{config.lr:g}; try {config.lr / 10:g}) or check the data."
         )
 
 

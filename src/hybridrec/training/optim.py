@@ -107,14 +107,14 @@ class Optimizers:
             self.optimizers.append(
                 torch.optim.Adam(
                     dense,
-                    lr=config.learning_rate,
+                    lr=config.lr,
                     weight_decay=config.weight_decay or 0.0,
                     **fast_adam_options(device),
                 )
             )
         if sparse:
             self.optimizers.append(
-                LazyAdam(sparse, lr=config.learning_rate, weight_decay=config.weight_decay or 0.0)
+                LazyAdam(sparse, lr=config.lr, weight_decay=config.weight_decay or 0.0)
             )
 
     def zero_grad(self, set_to_none: bool = True) -> None:
