@@ -13,7 +13,9 @@ ratio to the ML-1M row, so only the table and catalogue sizes differ between row
 rows with ``--variants`` switch single defaults off to show what each costs.
 
     python benchmarks/bench_scale.py [--positives 1000000] [--shapes ml1m,ml20m,1m]
-        [--variants] [--epochs 1]
+        [--variants] [--epochs 1] [--device cpu]
+
+``--device cuda`` times the same defaults on a GPU (the CPU figures use one thread).
 
 ``--write-parquet PATH --positives 20000000 --shapes ml20m`` instead writes the data (with
 timestamps) for timing the whole ``hybridrec train`` command on it.
@@ -94,6 +96,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--variants", action="store_true")
     parser.add_argument("--write-parquet", default=None)
+    parser.add_argument("--device", default="cpu", help="cpu (one thread) or cuda")
     args = parser.parse_args()
     shapes = args.shapes.split(",")
     if args.write_parquet:
@@ -102,13 +105,18 @@ def main() -> None:
         print(f"wrote {len(frame):,} positives of shape {shapes[0]} to {args.write_parquet}")
         return
     torch.set_num_threads(1)
-    base = TrainConfig(epochs=args.epochs, early_stop="none", device="cpu")
+    base = TrainConfig(epochs=args.epochs, early_stop="none", device=args.device)
     variants = {"defaults": base}
     if args.variants:
         variants["dense tables"] = replace(base, sparse_embeddings="off")
         variants["no catalogue term"] = replace(base, catalogue_weight=0.0)
         variants["no weight average"] = replace(base, ema_decay=0.0)
-    print(f"# {platform.processor() or platform.machine()}, torch {torch.__version__}, 1 thread")
+    where = (
+        torch.cuda.get_device_name(0)
+        if args.device.startswith("cuda")
+        else f"{platform.processor() or platform.machine()}, 1 thread"
+    )
+    print(f"# {where}, torch {torch.__version__}")
     print(f"# {args.positives:,} positives per shape, hybrid defaults, {args.epochs} epoch(s)")
     print(f"{'shape':>7} {'users':>8} {'items':>10} {'variant':>18} {'samples/s':>11} "
           f"{'vs ml1m':>8} {'epoch s':>8} {'peak RSS GB':>12}")  # fmt: skip
