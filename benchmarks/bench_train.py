@@ -28,6 +28,7 @@ from hybridrec import HybridRecSys, HybridRecSysConfig, RecSysDataset, TrainConf
 from hybridrec.data.encoding import IdEncoder
 from hybridrec.data.synthetic import SyntheticConfig, generate_interactions
 from hybridrec.evaluation import evaluate_pointwise
+from hybridrec.training.scale import with_data_defaults
 
 NUM_USERS, NUM_ITEMS, NUM_TRAIN, NUM_VAL = 6040, 3706, 1_000_000, 100_000
 
@@ -121,14 +122,15 @@ def run_default(train, val, nu, ni, epochs, threads, contention=False, ema=None)
     torch.set_num_threads(threads)
     torch.manual_seed(config.seed)
     model = HybridRecSys(model_config(nu, ni))
+    chosen = with_data_defaults(model, train, config)  # the batch and rate fit trains with
     history = fit(model, train, val, config, show_progress=False)
     # The first epoch includes one-off warm-up (allocator, kernels); report the steady state.
     speeds = [e.samples_per_second for e in history.epochs[1:]] or [history.last.samples_per_second]
     return Row(
         "hybridrec default (fit)" if ema is None else f"hybridrec default, --ema-decay {ema:g}",
         threads,
-        config.batch_size,
-        config.learning_rate,
+        chosen.batch,
+        chosen.lr,
         float(np.mean(speeds)),
         [e.val_auc for e in history.epochs],
         contention,

@@ -237,7 +237,9 @@ class EventLog:
             for batch in group:
                 firsts.append(next_id + len(rows))
                 rows.extend(batch.events)  # NamedTuples: JSON arrays
-            conn.execute(_INSERT, (next_id, received, json.dumps(rows, allow_nan=False)))
+            rows_json = json.dumps(rows, allow_nan=False)
+            # named parameters: Python 3.12 deprecates numbered ones (?1) bound by position
+            conn.execute(_INSERT, {"first": next_id, "received": received, "rows": rows_json})
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
@@ -308,8 +310,8 @@ def _checked(index: int, event: Any) -> Event:
 #: Python's 5 ms switch interval). JSON integers become INTEGER, text TEXT, null NULL.
 _INSERT = (
     "INSERT INTO events (id, user, item, target, timestamp, received) "
-    "SELECT ?1 + key, json_extract(value, '$[0]'), json_extract(value, '$[1]'), "
-    "json_extract(value, '$[2]'), json_extract(value, '$[3]'), ?2 FROM json_each(?3)"
+    "SELECT :first + key, json_extract(value, '$[0]'), json_extract(value, '$[1]'), "
+    "json_extract(value, '$[2]'), json_extract(value, '$[3]'), :received FROM json_each(:rows)"
 )
 
 
