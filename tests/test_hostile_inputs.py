@@ -47,6 +47,7 @@ CASES = {
     "commands_csv": 450,
     "commands_parquet": 400,
     "options": 300,
+    "command_options": 200,
 }
 
 FAST = ["--epochs", "1", "--no-progress", "--embedding-dim", "4", "--mlp-layers", "4",
@@ -135,7 +136,8 @@ def run(capsys, argv: list[str]) -> tuple[int, str]:
     except SystemExit as exc:  # argparse's own errors: its usage, then one error line
         code = exc.code
         _, err = capsys.readouterr()
-        assert code == 2 and err.splitlines()[-1].startswith("hybridrec train: error: "), err
+        prefix = f"hybridrec {argv[0]}: error: "
+        assert code == 2 and err.splitlines()[-1].startswith(prefix), err
         return code, err
     _, err = capsys.readouterr()
     assert code in (0, 2), (code, err)
@@ -419,3 +421,33 @@ def test_train_with_hostile_option_values(workdir, pristine, out, capsys, option
     flags = [part for pair in options for part in pair]
     code, err = run(capsys, ["train", "--train", data, *FAST, *flags, "--out", out.path])
     out.check(code)
+
+
+# The same for the commands that read a model: every integer option of any size, K lists
+# included (a K beyond the catalogue lists every item; one beyond 64 bits is refused).
+any_ints = st.one_of(small_ints, absurd_ints, st.just(2**63 - 1))
+k_lists = st.lists(any_ints, max_size=3).map(lambda v: ",".join(map(str, v)))
+command_option = st.one_of(
+    st.tuples(st.just("--k"), k_lists),
+    st.tuples(st.sampled_from(["--seed", "--num-negatives"]), any_ints.map(str)),
+    st.tuples(st.just("--protocol"), st.sampled_from(["full", "sampled", "nope"])),
+)
+
+
+@hostile(CASES["command_options"])
+@given(options=st.lists(command_option, max_size=3), command=st.sampled_from(
+    ["evaluate", "recommend"]))  # fmt: skip
+def test_commands_with_hostile_option_values(workdir, pristine, capsys, options, command):
+    flags = [part for pair in options for part in pair]
+    data, model = pristine / "train.csv", pristine / "model"
+    if command == "recommend":  # --k alone: the other options are evaluate's
+        flags = [part for pair in options if pair[0] == "--k" for part in pair]
+        argv = ["recommend", "--model", model, "--users", data, "--output", "recs.csv",
+                "--no-progress", *flags]  # fmt: skip
+    else:
+        argv = ["evaluate", "--model", model, "--train", data, "--test", data, "--json", *flags]
+    code, err = run(capsys, argv)
+    used = [pair for pair in options if command == "evaluate" or pair[0] == "--k"]
+    values = [int(v) for _, text in used for v in text.split(",") if v.lstrip("-").isdigit()]
+    if any(abs(v) > 2**63 - 1 for v in values):
+        assert code == 2, err  # refused up front, not an overflow mid-run

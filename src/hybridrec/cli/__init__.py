@@ -22,6 +22,7 @@ from hybridrec.cli.options import add_config_arguments, config_from_args
 from hybridrec.cli.parser import build_parser, recsys_parser
 from hybridrec.cli.serving import check_port, cmd_export, cmd_recommend, cmd_serve
 from hybridrec.cli.training import cmd_info, cmd_train, cmd_tune, run_config
+from hybridrec.config import INT64_MAX
 from hybridrec.configfile import expand_config
 from hybridrec.errors import ConfigError, HybridRecError
 from hybridrec.update import command as update_command
@@ -65,6 +66,7 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     warnings.showwarning = _show_warning
     try:
+        check_integer_options(args)
         return COMMANDS[args.command](args)
     except HybridRecError as exc:
         return _fail(str(exc))
@@ -83,6 +85,18 @@ def run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print(f"interrupted; {_interrupted(args)}", file=sys.stderr)
         return 130
+
+
+def check_integer_options(args: argparse.Namespace) -> None:
+    """Refuse any integer option beyond 64 bits, whichever command took it: PyTorch and
+    numpy take 64-bit integers, and a larger one would surface as an ``OverflowError``
+    wherever it is first used (``--k``, ``--seed`` ...)."""
+    for name, value in vars(args).items():
+        numbers = value if isinstance(value, (tuple, list)) else (value,)
+        for number in numbers:
+            if isinstance(number, int) and not isinstance(number, bool) and abs(number) > INT64_MAX:
+                flag = "--" + name.replace("_", "-")
+                raise ConfigError(f"{flag} must be a 64-bit integer (at most 2^63-1), got {number}")
 
 
 #: Failures of the machine or the file system that the user fixes (space, permissions,

@@ -151,7 +151,8 @@ def rank_full(
     ranks = torch.full((len(users), width), math.inf, dtype=torch.float64)
     neg_above = torch.zeros(len(users), width, dtype=torch.float64)
     num_negatives = torch.zeros(len(users), dtype=torch.float64)
-    top = torch.full((len(users), max(ks)), -1, dtype=torch.int64) if keep_top else None
+    top_width = min(max(ks), num_items)  # a K beyond the catalogue lists every item
+    top = torch.full((len(users), top_width), -1, dtype=torch.int64) if keep_top else None
     was_training = model.training
     model.eval()
     try:
