@@ -106,3 +106,28 @@ def test_the_service_answers_fold_ins_from_the_child(model_dirs):
         again = client.post("/recommend", json={"item_ids": ["no-such-item"], "k": 5})
         assert (again.status_code, again.json()) == (bad.status_code, bad.json())
     assert not folder.holds(rec)  # stopped with the app
+
+
+def test_fold_ins_do_not_wait_for_the_model_worker(model_dirs):
+    """The child's fold-ins are waited for in a thread of their own: a busy model worker
+    (here: blocked) does not hold them up, and what the child cannot answer still goes to
+    the model worker."""
+    rec = hybridrec.load(model_dirs[0])
+    items = [int(i) for i in rec.items.ids[:6]]
+    app = create_app(rec, fold_in_process=True)
+    with TestClient(app) as client:
+        for thread in threading.enumerate():
+            if thread.name == "hybridrec-fold-in-load":
+                thread.join(timeout=120)
+        release = threading.Event()
+        busy = app.state.gate._worker().submit(release.wait, 20)  # the model worker, blocked
+        try:
+            got = client.post("/recommend", json={"item_ids": items, "k": 5})
+            assert got.status_code == 200 and len(got.json()["items"]) == 5
+            assert not busy.done()  # answered while the model worker was still blocked
+        finally:
+            release.set()
+        busy.result(timeout=10)
+        app.state.fold_process.close()  # no child: the model worker computes the fold-in
+        again = client.post("/recommend", json={"item_ids": items, "k": 5})
+        assert again.status_code == 200 and again.json() == got.json()

@@ -31,7 +31,7 @@ from hybridrec.serve.admin import ADMIN_TOKEN_ENV, _add_admin_routes
 from hybridrec.serve.bodies import _http_error, _invalid_request, body_doc, parse_body
 from hybridrec.serve.calls import _known_ids, _model_call
 from hybridrec.serve.events import add_event_routes
-from hybridrec.serve.fold_process import FoldInProcess
+from hybridrec.serve.fold_process import FoldInProcess, FoldInQueue
 from hybridrec.serve.gate import MAX_PENDING, ModelGate
 from hybridrec.serve.holder import ModelHolder
 from hybridrec.serve.middleware import BodyLimit, CachedRecommendations, _fast_query
@@ -109,10 +109,11 @@ def create_app(
             recent.sync(holder.current)
     owned = log if log is not events else None  # opened here: closed with the app
     folder = FoldInProcess() if fold_in_process else None
+    queue = FoldInQueue(folder) if folder is not None else None  # the event loop's line to it
     app = FastAPI(
         title="hybridrec",
         summary="Recommendations, pair scores and similar items from a trained hybridrec model.",
-        lifespan=_lifespan(holder, model_dir, gate, owned, folder),
+        lifespan=_lifespan(holder, model_dir, gate, owned, folder, queue),
     )
     app.state.holder, app.state.gate, app.state.events = holder, gate, recent
     app.state.fold_process = folder
@@ -121,7 +122,7 @@ def create_app(
     app.add_middleware(CachedRecommendations, holder=holder, events=recent)
     app.add_middleware(BodyLimit)  # added last: runs first, before any body is parsed
     _add_service_routes(app, holder)
-    _add_recommend_routes(app, holder, gate, recent, folder)
+    _add_recommend_routes(app, holder, gate, recent, folder, queue)
     add_event_routes(app, log)
     _add_score_routes(app, holder, gate)
     if admin_token is None:
@@ -138,6 +139,7 @@ def _lifespan(
     gate: ModelGate,
     log: EventLog | None,
     folder: FoldInProcess | None = None,
+    queue: FoldInQueue | None = None,
 ) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
     """Load ``model_dir`` (if given) when the app starts: a broken artifact stops startup;
     start the fold-in process with the first model, which then follows every swap; stop the
@@ -155,6 +157,8 @@ def _lifespan(
             yield
         finally:
             gate.close()
+            if queue is not None:
+                queue.close()  # before the process: its batch in flight holds the lock
             if folder is not None:
                 folder.close()
             if log is not None:

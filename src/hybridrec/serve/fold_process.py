@@ -16,6 +16,7 @@ different or failing.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import multiprocessing
 import pickle
@@ -201,3 +202,131 @@ def _child(conn: Connection) -> None:
             conn.send_bytes(payload)
         except (EOFError, OSError):
             return
+
+
+class FoldInQueue:
+    """The event loop's own line to a :class:`FoldInProcess`: fold-ins that arrive while a
+    batch is in the child wait and go together as the next batch, and the answer is read
+    when the pipe is readable (``loop.add_reader``), so neither the model worker nor any
+    other thread takes part. A fold-in then never waits behind model work (a large request
+    in the model worker held fold-ins for ~280 ms, docs/benchmarks.md), and no third thread
+    competes with the event loop for the GIL.
+
+    Only small requests come here (the route sends bodies of at most 16 KB); pickling them
+    and writing to the pipe, which the idle child is reading, takes microseconds. Whenever
+    the child cannot answer (loading, another model, dead, too slow) :meth:`ask` returns
+    None and the caller computes the fold-in as without a child.
+    """
+
+    def __init__(self, folder: FoldInProcess, timeout: float = ANSWER_TIMEOUT) -> None:
+        self.folder = folder
+        self.timeout = timeout
+        self._waiting: list[tuple[Recommender, tuple[Any, int, bool], Any]] = []
+        self._in_flight: list[Any] | None = None  # futures of the batch in the child
+        self._timer: Any = None
+
+    async def ask(self, recommender: Recommender, request: tuple[Any, int, bool]) -> Any:
+        """The child's result for one ``(item_ids, k, exclude_seen)`` (a result, or the
+        exception the model raised for it), or None: compute it elsewhere."""
+        if not self.folder.holds(recommender):
+            return None
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        self._waiting.append((recommender, request, future))
+        if self._in_flight is None:
+            self._send(loop)
+        return await future
+
+    def _send(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Send every waiting fold-in of the model the child holds as one batch."""
+        batch = [w for w in self._waiting if self.folder.holds(w[0])]
+        for recommender, _, future in self._waiting:
+            if not self.folder.holds(recommender) and not future.done():
+                future.set_result(None)  # a swap since it arrived: computed elsewhere
+        self._waiting = []
+        if not batch:
+            return
+        folder = self.folder
+        if not folder._lock.acquire(blocking=False):  # a model is being sent to the child
+            for _, _, future in batch:
+                future.set_result(None)
+            return
+        conn = folder._conn
+        try:
+            if conn is None or not folder.holds(batch[0][0]):
+                raise RuntimeError("the child does not hold the model")
+            conn.send_bytes(pickle.dumps([request for _, request, _ in batch]))
+            loop.add_reader(conn.fileno(), self._receive, loop, conn)
+        except Exception as exc:
+            self._fail(batch, f"the fold-in process failed ({exc}); fold-ins stay in the server")
+            return
+        self._in_flight = [future for _, _, future in batch]
+        self._timer = loop.call_later(self.timeout, self._too_slow, loop, conn)
+
+    def _receive(self, loop: asyncio.AbstractEventLoop, conn: Connection) -> None:
+        """The child's answer is readable: hand it out, then send what waited meanwhile."""
+        loop.remove_reader(conn.fileno())
+        self._timer.cancel()
+        futures, self._in_flight = self._in_flight or [], None
+        try:
+            status, answer = pickle.loads(conn.recv_bytes())
+        except Exception as exc:  # died, or an answer that does not unpickle
+            self._fail_futures(futures, f"the fold-in process failed ({exc}); fold-ins stay "
+                               "in the server")  # fmt: skip
+        else:
+            self.folder._lock.release()
+            ok = status == "ok" and len(answer) == len(futures)
+            if not ok:
+                logger.warning(f"the fold-in process could not answer: {answer!r:.500}")
+            for future, result in zip(futures, answer if ok else [None] * len(futures),
+                                      strict=True):  # fmt: skip
+                if not future.done():  # the client may have gone
+                    future.set_result(result)
+            self.folder.answered += len(futures) if ok else 0
+        if self._waiting:
+            self._send(loop)
+
+    def _too_slow(self, loop: asyncio.AbstractEventLoop, conn: Connection) -> None:
+        loop.remove_reader(conn.fileno())
+        futures, self._in_flight = self._in_flight or [], None
+        self._fail_futures(futures, f"no answer from the fold-in process in {self.timeout:.0f} s")
+        if self._waiting:
+            self._send(loop)
+
+    def _fail(self, batch: list[Any], message: str) -> None:
+        self._fail_futures([future for _, _, future in batch], message)
+
+    def _fail_futures(self, futures: list[Any], message: str) -> None:
+        """Stop the child in the background (its lock is held: stopping may wait seconds for
+        a stuck child), and let these fold-ins be computed elsewhere."""
+        logger.warning(message)
+        folder = self.folder
+
+        def stop() -> None:
+            try:
+                folder._stop()
+            finally:
+                folder._lock.release()
+
+        threading.Thread(target=stop, name="hybridrec-fold-in-stop", daemon=True).start()
+        for future in futures:
+            if not future.done():
+                future.set_result(None)
+
+    def close(self) -> None:
+        """Give up the batch in flight, if any (the app's shutdown, on the event loop, before
+        :meth:`FoldInProcess.close`, which takes the lock that batch holds)."""
+        futures, self._in_flight = self._in_flight, None
+        waiting, self._waiting = self._waiting, []
+        if futures is not None:
+            self._timer.cancel()
+            conn = self.folder._conn
+            if conn is not None:
+                try:
+                    asyncio.get_running_loop().remove_reader(conn.fileno())
+                except (RuntimeError, OSError, ValueError):
+                    pass
+            self.folder._lock.release()
+        for future in (futures or []) + [f for _, _, f in waiting]:
+            if not future.done():
+                future.set_result(None)

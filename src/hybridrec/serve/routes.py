@@ -18,7 +18,7 @@ from hybridrec.recommend import Recommender
 from hybridrec.recommend.two_stage import AUTO
 from hybridrec.serve.bodies import body_doc, parse_body
 from hybridrec.serve.calls import _json_response, _known_ids, _model_call
-from hybridrec.serve.fold_process import FoldInProcess
+from hybridrec.serve.fold_process import FoldInProcess, FoldInQueue
 from hybridrec.serve.gate import ModelGate
 from hybridrec.serve.holder import ModelHolder, Served
 from hybridrec.serve.recent import RecentEvents
@@ -31,8 +31,9 @@ from hybridrec.serve.schemas import (
     RecommendRequest,
     ScoreOut,
     ScoreRequest,
+    batch_json,
     json_safe,
-    to_out,
+    recommendation_json,
 )
 
 #: Most users of a cached batch answered on the event loop (about 1 µs each); larger
@@ -74,10 +75,12 @@ def _add_recommend_routes(
     gate: ModelGate,
     events: RecentEvents | None = None,
     fold_process: FoldInProcess | None = None,
+    fold_queue: FoldInQueue | None = None,
 ) -> None:
     """``GET /recommend/{user_id}`` and ``POST /recommend``: the cache first, else the model
     worker; users with events since the model's watermark through ``events``; new users'
-    fold-ins through ``fold_process`` when there is one."""
+    fold-ins straight to the child through ``fold_queue`` when it holds the model, else
+    through the model worker (and ``fold_process`` from there)."""
     fold_in_batch = partial(_fold_in_batch, fold_process=fold_process)  # one per app
 
     @app.get("/recommend/{user_id}", tags=["recommend"], response_model=RecommendationOut)
@@ -119,6 +122,14 @@ def _add_recommend_routes(
         if cached is not None:
             return cached
         if body.user_ids is None and body.user_features is None:  # a new user by items
+            if fold_queue is not None:
+                asked = (body.item_ids or [], body.k, body.exclude_seen)
+                result = await fold_queue.ask(served.recommender, asked)
+                if result is not None:
+                    answer = _answer(result)
+                    if isinstance(answer, BaseException):
+                        raise answer
+                    return answer
             return await gate.run_batched(fold_in_batch, (served, body))
         return await gate.run(_recommend_batch_sync, served, body)
 
@@ -160,8 +171,8 @@ def _score_sync(rec: Recommender, raw: bytes) -> Response:
     body = parse_body(ScoreRequest, raw)
     if not body.pairs:
         return _json_response(ScoreOut(scores=[]))
-    users = [p.user_id for p in body.pairs]
-    items = [p.item_id for p in body.pairs]
+    users = [p["user_id"] for p in body.pairs]
+    items = [p["item_id"] for p in body.pairs]
     with _model_call():
         scores = rec.score(users, items)
     return _json_response(ScoreOut(scores=scores.tolist()))
@@ -171,14 +182,14 @@ def _similar_sync(rec: Recommender, item_id: str, k: int) -> Response:
     """``GET /similar/{item_id}`` in the model worker."""
     with _model_call():
         result = rec.similar_items(item_id, k=k)
-    return _json_response(to_out(result))
+    return _recommendation_response(result)
 
 
 def _recommend_one(rec: Recommender, user_id: str, k: int, exclude_seen: bool) -> Response:
     """``GET /recommend/{user_id}`` by the model (in a worker thread)."""
     with _model_call():
         result = rec.recommend(user_id, k=k, exclude_seen=exclude_seen, num_candidates=AUTO)
-    return _json_response(to_out(result, _known_ids(rec, [user_id])[0]))
+    return _recommendation_response(result, _known_ids(rec, [user_id])[0])
 
 
 def _recommend_known_batch(
@@ -205,7 +216,7 @@ def _recommend_known_batch(
                 out[j] = _one_by_one([(_recommend_one, *requests[j])])[0]
             continue
         for j, result, user in zip(positions, results, _known_ids(rec, users), strict=True):
-            out[j] = _json_response(to_out(result, user))
+            out[j] = _recommendation_response(result, user)
     return [out[j] for j in range(len(requests))]
 
 
@@ -248,7 +259,7 @@ def _answer(result: Any) -> Response | BaseException:
         with _model_call():
             if isinstance(result, Exception):
                 raise result
-        return _json_response(to_out(result))
+        return _recommendation_response(result)
     except Exception as exc:
         return exc
 
@@ -295,18 +306,23 @@ def _recommend_batch_sync(served: Served, body: RecommendRequest) -> Response:
             result = rec.recommend_for_features(
                 body.user_features, body.item_ids or (), k=body.k, exclude_seen=body.exclude_seen
             )
-        return _json_response(to_out(result))
+        return _recommendation_response(result)
     if body.item_ids is not None:
         with _model_call():
             result = rec.recommend_for_items(
                 body.item_ids, k=body.k, exclude_seen=body.exclude_seen
             )
-        return _json_response(to_out(result))
+        return _recommendation_response(result)
     users = body.user_ids or []
     with _model_call():
         results = rec.recommend_many(
             users, k=body.k, exclude_seen=body.exclude_seen, items=body.items, num_candidates=AUTO
         )
     known = _known_ids(rec, users)
-    out = BatchOut(results=[to_out(r, u) for r, u in zip(results, known, strict=True)])
-    return _json_response(out)
+    parts = [recommendation_json(r, u) for r, u in zip(results, known, strict=True)]
+    return Response(batch_json(parts), media_type="application/json")
+
+
+def _recommendation_response(result: Any, user_id: Any = None) -> Response:
+    """One recommendation as a JSON response (:func:`recommendation_json`)."""
+    return Response(recommendation_json(result, user_id), media_type="application/json")
