@@ -13,7 +13,7 @@ at random:
   deep, so a lookup).
 
 Phase 2 repeats this while 2 more clients send, in turn, the largest requests the limits
-allow: 100 users x k=1000 (``MAX_RESULTS``), 100,000 score pairs (``MAX_PAIRS``) and a
+allow: 100 users x k=1000 (``MAX_RESULTS``), 20,000 score pairs (``MAX_SCORE_PAIRS``) and a
 fold-in from 10,000 item ids at k=1000. A 503 (the model queue is full) counts as an error.
 
 The client is a minimal asyncio HTTP/1.1 client (uvloop when installed; requests are
@@ -41,6 +41,8 @@ from collections import defaultdict
 from pathlib import Path
 
 from bench_serve import DATA, free_port, train_model, wait_ready
+
+from hybridrec.serve.schemas import MAX_SCORE_PAIRS
 
 MIX = (("cached GET k=10", 0.8), ("POST item_ids 5-20", 0.1), ("GET k=200", 0.1))
 
@@ -74,7 +76,8 @@ def mixed_requests(users: list[int], items: list[int], seed: int) -> dict[str, l
 def heavy_requests(users: list[int], items: list[int]) -> list[bytes]:
     """The largest requests the service's limits allow, one of each shape."""
     pairs = [
-        {"user_id": users[i % len(users)], "item_id": items[i % len(items)]} for i in range(100_000)
+        {"user_id": users[i % len(users)], "item_id": items[i % len(items)]}
+        for i in range(MAX_SCORE_PAIRS)
     ]
     fold = [items[i % len(items)] for i in range(10_000)]
     return [

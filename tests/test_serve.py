@@ -856,6 +856,17 @@ def test_a_batch_may_ask_for_at_most_max_results_items(client, rec):
     assert "split the request" in r.json()["detail"][0]["msg"]
 
 
+def test_a_score_request_may_hold_at_most_max_score_pairs(client, rec):
+    from hybridrec.serve.schemas import MAX_SCORE_PAIRS
+
+    pair = {"user_id": known_users(rec, 1)[0], "item_id": known_items(rec, 1)[0]}
+    ok = client.post("/score", json={"pairs": [pair] * MAX_SCORE_PAIRS})
+    assert ok.status_code == 200 and len(ok.json()["scores"]) == MAX_SCORE_PAIRS
+    r = client.post("/score", json={"pairs": [pair] * (MAX_SCORE_PAIRS + 1)})
+    assert r.status_code == 422 and len(r.content) < 1000  # refused, input not echoed
+    assert r.json()["detail"][0]["loc"] == ["body", "pairs"]
+
+
 def test_an_oversized_body_is_a_413(client):
     import hybridrec.serve.app as app_module
 
