@@ -163,3 +163,41 @@ def test_extending_an_encoder_never_moves_an_existing_id(data):
     fresh = [x for x in dict.fromkeys(more) if x not in set(old_ids)]
     assert grown.transform(fresh).tolist() == list(range(len(enc) + 1, len(enc) + 1 + len(fresh)))
     assert len(grown) == len(enc) + len(fresh)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    known=st.one_of(
+        st.lists(st.integers(-(2**62), 2**62), max_size=30, unique=True),
+        st.lists(st.text(max_size=4), max_size=30, unique=True),
+    ),
+    asked=st.lists(
+        st.one_of(
+            st.integers(-(2**62), 2**62),
+            st.integers(-3, 40),
+            st.text(max_size=4),
+            st.sampled_from(["1", "007", " 3", "-0", "", "nan"]),
+        ),
+        max_size=12,
+    ),
+    use_known=st.lists(st.integers(0, 29), max_size=6),
+)
+def test_small_lookups_answer_as_the_hash_table(known, asked, use_known):
+    """A few ids (a service request) are found by binary search, many by pandas' hash
+    table: the two agree on every id, known, unknown or of the other kind."""
+    enc = IdEncoder.fit(known) if known else IdEncoder(np.array([], dtype=np.int64))
+    queries = asked + [known[i] for i in use_known if i < len(known)]
+    for values in (queries, [q for q in queries if isinstance(q, int)]):
+        expected = _transform_with_hash_table(IdEncoder(enc.ids), values)
+        assert enc.transform(values).tolist() == expected.tolist(), values
+
+
+def _transform_with_hash_table(enc, values):
+    import hybridrec.data.encoding as encoding
+
+    saved = encoding.SMALL_LOOKUP
+    encoding.SMALL_LOOKUP = -1
+    try:
+        return enc.transform(values)
+    finally:
+        encoding.SMALL_LOOKUP = saved

@@ -447,7 +447,8 @@ def test_commands_with_hostile_option_values(workdir, pristine, capsys, options,
     else:
         argv = ["evaluate", "--model", model, "--train", data, "--test", data, "--json", *flags]
     code, err = run(capsys, argv)
-    used = [pair for pair in options if command == "evaluate" or pair[0] == "--k"]
+    last = {flag: text for flag, text in options}  # argparse keeps a flag's last value
+    used = [(f, t) for f, t in last.items() if command == "evaluate" or f == "--k"]
     values = [int(v) for _, text in used for v in text.split(",") if v.lstrip("-").isdigit()]
     if any(abs(v) > 2**63 - 1 for v in values):
         assert code == 2, err  # refused up front, not an overflow mid-run

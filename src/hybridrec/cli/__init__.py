@@ -66,7 +66,6 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     warnings.showwarning = _show_warning
     try:
-        check_integer_options(args)
         return COMMANDS[args.command](args)
     except HybridRecError as exc:
         return _fail(str(exc))
@@ -87,16 +86,26 @@ def run(args: argparse.Namespace) -> int:
         return 130
 
 
-def check_integer_options(args: argparse.Namespace) -> None:
+def check_integer_options(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
     """Refuse any integer option beyond 64 bits, whichever command took it: PyTorch and
     numpy take 64-bit integers, and a larger one would surface as an ``OverflowError``
     wherever it is first used (``--k``, ``--seed`` ...)."""
+    flags = _flags(parser, getattr(args, "command", None))
     for name, value in vars(args).items():
         numbers = value if isinstance(value, (tuple, list)) else (value,)
         for number in numbers:
             if isinstance(number, int) and not isinstance(number, bool) and abs(number) > INT64_MAX:
-                flag = "--" + name.replace("_", "-")
+                flag = flags.get(name, "--" + name.replace("_", "-"))
                 raise ConfigError(f"{flag} must be a 64-bit integer (at most 2^63-1), got {number}")
+
+
+def _flags(parser: argparse.ArgumentParser, command: str | None) -> dict[str, str]:
+    """Each option's destination -> its long flag, in ``command``'s subparser if any."""
+    actions = list(parser._actions)
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction) and command in action.choices:
+            actions += action.choices[command]._actions
+    return {a.dest: max(a.option_strings, key=len) for a in actions if a.option_strings}
 
 
 #: Failures of the machine or the file system that the user fixes (space, permissions,
@@ -143,6 +152,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(expand_config(parser, sys.argv[1:] if argv is None else argv))
+        check_integer_options(args, parser)
     except ConfigError as exc:  # a --config file, or a type= parser; argparse exits 2 itself
         return _fail(str(exc))
     return run(args)
@@ -150,7 +160,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def recsys_main(argv: Sequence[str] | None = None) -> int:
     """``python RecSys.py``: the seed's usage, i.e. ``train`` on ./train.csv and ./val.csv."""
-    args = recsys_parser().parse_args(argv)
+    parser = recsys_parser()
+    args = parser.parse_args(argv)
+    try:
+        check_integer_options(args, parser)
+    except ConfigError as exc:
+        return _fail(str(exc))
     if args.val == "val.csv" and not Path("val.csv").exists():
         args.val = "auto"
         print("note: no val.csv here, holding validation rows out of train.csv", file=sys.stderr)
