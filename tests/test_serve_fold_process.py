@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -131,3 +132,47 @@ def test_fold_ins_do_not_wait_for_the_model_worker(model_dirs):
         app.state.fold_process.close()  # no child: the model worker computes the fold-in
         again = client.post("/recommend", json={"item_ids": items, "k": 5})
         assert again.status_code == 200 and again.json() == got.json()
+
+
+def _wait_for_child(app) -> None:
+    for thread in threading.enumerate():
+        if thread.name == "hybridrec-fold-in-load":
+            thread.join(timeout=120)
+
+
+@pytest.mark.parametrize("fault", ["killed", "stuck"])
+def test_a_fold_in_whose_child_dies_or_hangs_is_answered_by_the_server(model_dirs, fault):
+    """The event loop's line to the child (FoldInQueue): a child that died, or that does not
+    answer within the timeout, costs the fold-in nothing but time: it is computed in the
+    model worker, with the same answer, and the next model swap starts a new child."""
+    import signal
+
+    rec = hybridrec.load(model_dirs[0])
+    items = [int(i) for i in rec.items.ids[:6]]
+    with TestClient(create_app(rec)) as plain:
+        want = plain.post("/recommend", json={"item_ids": items, "k": 5}).json()
+    app = create_app(rec, fold_in_process=True)
+    with TestClient(app) as client:
+        _wait_for_child(app)
+        folder = app.state.fold_process
+        assert folder.holds(rec)
+        pid = folder._process.pid
+        if fault == "killed":
+            os.kill(pid, signal.SIGKILL)
+            folder._process.join(timeout=10)
+        else:
+            app.state.fold_queue.timeout = 0.5
+            os.kill(pid, signal.SIGSTOP)
+        try:
+            got = client.post("/recommend", json={"item_ids": items, "k": 5})
+            assert got.status_code == 200 and got.json() == want
+            again = client.post("/recommend", json={"item_ids": items, "k": 5})
+            assert again.status_code == 200 and again.json() == want
+        finally:
+            if fault == "stuck":
+                os.kill(pid, signal.SIGKILL)  # stopped: the background stop kills it too
+        for _ in range(100):  # the child is stopped in the background
+            if not folder.holds(rec):
+                break
+            time.sleep(0.1)
+        assert not folder.holds(rec)

@@ -116,7 +116,7 @@ def create_app(
         lifespan=_lifespan(holder, model_dir, gate, owned, folder, queue),
     )
     app.state.holder, app.state.gate, app.state.events = holder, gate, recent
-    app.state.fold_process = folder
+    app.state.fold_process, app.state.fold_queue = folder, queue
     app.add_exception_handler(RequestValidationError, _invalid_request)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_middleware(CachedRecommendations, holder=holder, events=recent)
