@@ -212,12 +212,26 @@ class Pointwise:
             hits = ((logits.detach() > 0) == (batch.target > 0.5)).sum()
             positive = batch.target > 0.5
         if self.catalogue_weight > 0:  # only ever set for sampled training
-            users, items = batch.user_idx[positive], batch.item_idx[positive]
-            if len(users):
-                weight = None if batch.weight is None else batch.weight[positive]
-                term = catalogue_loss(model, users, items, weight, self.softmax)
+            term = self._catalogue_term(model, batch, positive)
+            if term is not None:
                 loss = loss + self.catalogue_weight * term
         return loss, hits, len(batch.user_idx)
+
+    def _catalogue_term(
+        self, model: nn.Module, batch: Batch, positive: torch.Tensor
+    ) -> torch.Tensor | None:
+        """The catalogue softmax of the batch's positives (None: it has none). A BCE batch's
+        positives are its first ``groups`` rows: a slice, where a boolean mask would cost a
+        nonzero and a gather per column (and on a GPU a wait for the device every step)."""
+        if batch.groups:
+            rows: slice | torch.Tensor = slice(0, batch.groups)
+        else:
+            rows = positive
+        users, items = batch.user_idx[rows], batch.item_idx[rows]
+        if not len(users):
+            return None
+        weight = None if batch.weight is None else batch.weight[rows]
+        return catalogue_loss(model, users, items, weight, self.softmax)
 
     def _logits(self, model: nn.Module, batch: Batch) -> torch.Tensor:
         """The BCE batch's logits, in its row order. A sampled batch is its ``P`` positives,
