@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import hybridrec
+from hybridrec import TrainConfig
 from hybridrec.artifact import load_moments
 from hybridrec.cli import main
 from hybridrec.data.synthetic import planted_groups
@@ -439,3 +440,39 @@ def test_the_cold_user_term_grows_and_is_refitted(tmp_path):
     logs = torch.log1p(torch.as_tensor(counts, dtype=torch.float32))
     weight = child.config["settings"]["cold_user_popularity"]["weight"]
     assert torch.allclose(bias[1:], weight * (logs[1:] - logs[1:].mean()), atol=1e-4)
+
+
+def test_an_update_rechooses_the_batch_size_its_parents_data_chose(tmp_path):
+    """A batch size and rate the parent's data size chose (``chosen_for_data``) are chosen
+    again for the update's rows; ones the user gave, or an older artifact's, are kept."""
+    from hybridrec.update import _train_config
+
+    train = {"batch_size": 8192, "learning_rate": 0.01, "epochs": 3, "seed": 0}
+    auto = _train_config(
+        {"train": train, "chosen_for_data": ["batch_size", "learning_rate"]},
+        tmp_path, 2, 0, None, "cpu",
+    )  # fmt: skip
+    assert (auto.batch_size, auto.learning_rate) == (None, None)
+    given_lr = _train_config(
+        {"train": train, "chosen_for_data": ["batch_size", "learning_rate"]},
+        tmp_path, 2, 0, 0.002, "cpu",
+    )  # fmt: skip
+    assert (given_lr.batch_size, given_lr.learning_rate) == (None, 0.002)
+    kept = _train_config({"train": train, "chosen_for_data": []}, tmp_path, 2, 0, None, "cpu")
+    assert (kept.batch_size, kept.learning_rate) == (8192, 0.01)
+    old = _train_config({"train": train}, tmp_path, 2, 0, None, "cpu")
+    assert (old.batch_size, old.learning_rate) == (8192, 0.01)
+
+
+def test_a_trained_model_records_what_its_data_chose(tmp_path):
+    path = tmp_path / "t.csv"
+    path.write_text("userId,itemId\n" + "".join(f"{u},{u % 7 + 1}\n" for u in range(1, 30)))
+    hybridrec.train(
+        path, None, out=tmp_path / "m", train_config=TrainConfig(epochs=1, device="cpu")
+    )
+    settings = json.loads((tmp_path / "m" / "config.json").read_text())["settings"]
+    assert settings["chosen_for_data"] == ["batch_size", "learning_rate"]
+    hybridrec.train(path, None, out=tmp_path / "g",
+                    train_config=TrainConfig(epochs=1, device="cpu", batch_size=64))  # fmt: skip
+    settings = json.loads((tmp_path / "g" / "config.json").read_text())["settings"]
+    assert settings["chosen_for_data"] == ["learning_rate"]

@@ -316,6 +316,10 @@ def _train(
                         side, device)  # fmt: skip
     users, items, train_set = prepared.users, prepared.items, prepared.train_set
     positive = prepared.positive
+    # which of batch size and rate the data's size chose: an update re-chooses them for its own
+    chosen = [
+        name for name in ("batch_size", "learning_rate") if getattr(train_config, name) is None
+    ]
     train_config = with_data_defaults(model, train_set, train_config)  # recorded as trained
     auto = isinstance(val_data, str) and val_data == AUTO
     val_set, val_unknown = None, None
@@ -334,6 +338,7 @@ def _train(
         return net
 
     settings: dict[str, Any] = {"data": asdict(data_config), "train": asdict(train_config)}
+    settings["chosen_for_data"] = chosen
     if side.tables():
         settings["features"] = side.tables()
     if run_config is not None:

@@ -45,6 +45,7 @@ from hybridrec.pipeline import _output, load_data, model_dir_path, read_item_cat
 from hybridrec.recommend import Recommender
 from hybridrec.runtime import set_num_threads
 from hybridrec.training import History
+from hybridrec.training.scale import with_data_defaults
 from hybridrec.update.grow import Growth, grow_model, grow_moments, grow_seen
 from hybridrec.update.lineage import lineage
 from hybridrec.update.rows import (
@@ -187,9 +188,14 @@ def _train_config(
     learning_rate: float | None,
     device: str,
 ) -> TrainConfig:
-    """The parent's training settings, for ``epochs`` and without validation."""
+    """The parent's training settings, for ``epochs`` and without validation. A batch size
+    and rate that the parent's data size chose are chosen again for the update's rows (a
+    20M-row parent's batch of 8,192 would leave a small update a handful of steps)."""
     known = {f.name for f in fields(TrainConfig)}
     stored = {k: v for k, v in settings.get("train", {}).items() if k in known}
+    for name in settings.get("chosen_for_data", ()):
+        if name in stored:
+            stored[name] = None
     if "ks" in stored:
         stored["ks"] = tuple(stored["ks"])
     if epochs is None:
@@ -312,6 +318,7 @@ def _update(
     ages = None if declared.sequences else seen_ages(parent.seen or _no_seen(parent))
     rows = update_rows(train_new, histories, replay, train_config.seed,
                        ordered=declared.sequences, ages=ages)  # fmt: skip
+    train_config = with_data_defaults(model, rows.data, train_config)  # recorded as trained
     mark_trained(model, rows)
     moments = _grown_moments(parent, parent_dir, growth)
     if grow_only and capabilities(model).trainable:
