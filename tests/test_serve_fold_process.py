@@ -9,6 +9,7 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
@@ -176,3 +177,35 @@ def test_a_fold_in_whose_child_dies_or_hangs_is_answered_by_the_server(model_dir
                 break
             time.sleep(0.1)
         assert not folder.holds(rec)
+
+
+def test_concurrent_fold_ins_through_the_queue_get_their_own_answers(folder, model_dirs):
+    """Many fold-ins at once through the event loop's queue (up to FOLD_DEPTH batches in
+    the pipe, the rest batched as they wait): each gets the answer it would get alone."""
+    import asyncio
+
+    from hybridrec.serve.fold_process import FoldInQueue
+
+    rec = hybridrec.load(model_dirs[0])
+    assert folder.load(rec)
+    items = [int(i) for i in rec.items.ids]
+    asked = [(items[j : j + 3 + j % 5], 3 + j % 4, j % 2 == 0) for j in range(30)]
+    asked[7] = (items[:2], 0, True)  # a bad k fails alone
+
+    async def all_at_once():
+        queue = FoldInQueue(folder)
+        try:
+            return await asyncio.gather(*(queue.ask(rec, a) for a in asked))
+        finally:
+            queue.close()
+
+    before = folder.answered
+    got = asyncio.run(all_at_once())
+    assert folder.answered == before + len(asked)  # every one answered by the child
+    alone = [rec.recommend_for_items_many([a])[0] for a in asked]
+    for x, y in zip(got, alone, strict=True):  # batched: equal up to float32 rounding
+        if isinstance(y, Exception):
+            assert type(x) is type(y) and str(x) == str(y)
+        else:
+            assert x.item_ids.tolist() == y.item_ids.tolist()
+            assert np.allclose(x.scores, y.scores, rtol=1e-5, atol=1e-7)

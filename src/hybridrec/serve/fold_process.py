@@ -17,11 +17,13 @@ different or failing.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import multiprocessing
 import pickle
 import threading
 import weakref
+from collections import deque
 from collections.abc import Sequence
 from multiprocessing.connection import Connection
 from typing import Any
@@ -36,6 +38,8 @@ ANSWER_TIMEOUT = 60.0
 #: Seconds the child may take to start and take a model (importing torch, unpickling,
 #: linearising a large model).
 LOAD_TIMEOUT = 600.0
+#: Batches of fold-ins in the pipe to the child at once (:class:`FoldInQueue`).
+FOLD_DEPTH = 2
 
 
 class FoldInProcess:
@@ -205,25 +209,31 @@ def _child(conn: Connection) -> None:
 
 
 class FoldInQueue:
-    """The event loop's own line to a :class:`FoldInProcess`: fold-ins that arrive while a
-    batch is in the child wait and go together as the next batch, and the answer is read
-    when the pipe is readable (``loop.add_reader``), so neither the model worker nor any
-    other thread takes part. A fold-in then never waits behind model work (a large request
-    in the model worker held fold-ins for ~280 ms, docs/benchmarks.md), and no third thread
-    competes with the event loop for the GIL.
+    """The event loop's own line to a :class:`FoldInProcess`: fold-ins that arrive while the
+    child is busy wait and go together as the next batch, and answers are read when the
+    pipe is readable (``loop.add_reader``), so neither the model worker nor any other thread
+    takes part. A fold-in then never waits behind model work (a large request in the model
+    worker held fold-ins for ~280 ms, docs/benchmarks.md), and no third thread competes
+    with the event loop for the GIL.
 
-    Only small requests come here (the route sends bodies of at most 16 KB); pickling them
-    and writing to the pipe, which the idle child is reading, takes microseconds. Whenever
-    the child cannot answer (loading, another model, dead, too slow) :meth:`ask` returns
-    None and the caller computes the fold-in as without a child.
+    Up to ``depth`` batches are in the pipe at once: with 2 the child finds the next batch
+    waiting when it finishes one, instead of idling until the busy event loop has read the
+    answer and sent more. Only small requests come here (the route sends bodies of at most
+    16 KB), so pickling them and writing to the pipe takes microseconds. Whenever the child
+    cannot answer (loading, another model, dead, too slow) :meth:`ask` returns None and the
+    caller computes the fold-in as without a child.
     """
 
-    def __init__(self, folder: FoldInProcess, timeout: float = ANSWER_TIMEOUT) -> None:
+    def __init__(
+        self, folder: FoldInProcess, timeout: float = ANSWER_TIMEOUT, depth: int = FOLD_DEPTH
+    ) -> None:
         self.folder = folder
         self.timeout = timeout
+        self.depth = depth
         self._waiting: list[tuple[Recommender, tuple[Any, int, bool], Any]] = []
-        self._in_flight: list[Any] | None = None  # futures of the batch in the child
+        self._in_flight: deque[list[Any]] = deque()  # futures of the batches in the pipe
         self._timer: Any = None
+        self._conn: Connection | None = None  # the pipe the batches in flight went to
 
     async def ask(self, recommender: Recommender, request: tuple[Any, int, bool]) -> Any:
         """The child's result for one ``(item_ids, k, exclude_seen)`` (a result, or the
@@ -233,73 +243,82 @@ class FoldInQueue:
         loop = asyncio.get_running_loop()
         future = loop.create_future()
         self._waiting.append((recommender, request, future))
-        if self._in_flight is None:
+        if len(self._in_flight) < self.depth:
             self._send(loop)
         return await future
 
     def _send(self, loop: asyncio.AbstractEventLoop) -> None:
         """Send every waiting fold-in of the model the child holds as one batch."""
-        batch = [w for w in self._waiting if self.folder.holds(w[0])]
+        folder = self.folder
+        batch = [w for w in self._waiting if folder.holds(w[0])]
         for recommender, _, future in self._waiting:
-            if not self.folder.holds(recommender) and not future.done():
+            if not folder.holds(recommender) and not future.done():
                 future.set_result(None)  # a swap since it arrived: computed elsewhere
         self._waiting = []
         if not batch:
             return
-        folder = self.folder
-        if not folder._lock.acquire(blocking=False):  # a model is being sent to the child
+        first = not self._in_flight
+        if first and not folder._lock.acquire(blocking=False):  # a model is being sent
             for _, _, future in batch:
                 future.set_result(None)
             return
-        conn = folder._conn
+        futures = [future for _, _, future in batch]
         try:
+            conn = folder._conn if first else self._conn
             if conn is None or not folder.holds(batch[0][0]):
                 raise RuntimeError("the child does not hold the model")
             conn.send_bytes(pickle.dumps([request for _, request, _ in batch]))
-            loop.add_reader(conn.fileno(), self._receive, loop, conn)
+            if first:
+                self._conn = conn
+                loop.add_reader(conn.fileno(), self._receive, loop, conn)
+                self._timer = loop.call_later(self.timeout, self._too_slow, loop, conn)
         except Exception as exc:
-            self._fail(batch, f"the fold-in process failed ({exc}); fold-ins stay in the server")
+            self._in_flight.append(futures)
+            self._fail_all(loop, f"the fold-in process failed ({exc}); fold-ins stay in the server")
             return
-        self._in_flight = [future for _, _, future in batch]
-        self._timer = loop.call_later(self.timeout, self._too_slow, loop, conn)
+        self._in_flight.append(futures)
 
     def _receive(self, loop: asyncio.AbstractEventLoop, conn: Connection) -> None:
-        """The child's answer is readable: hand it out, then send what waited meanwhile."""
-        loop.remove_reader(conn.fileno())
-        self._timer.cancel()
-        futures, self._in_flight = self._in_flight or [], None
+        """An answer is readable: hand it out, then send what waited meanwhile."""
         try:
             status, answer = pickle.loads(conn.recv_bytes())
         except Exception as exc:  # died, or an answer that does not unpickle
-            self._fail_futures(futures, f"the fold-in process failed ({exc}); fold-ins stay "
-                               "in the server")  # fmt: skip
+            self._fail_all(loop, f"the fold-in process failed ({exc}); fold-ins stay in the "
+                           "server")  # fmt: skip
+            return
+        futures = self._in_flight.popleft()
+        self._timer.cancel()
+        if self._in_flight:  # the next batch's clock starts now
+            self._timer = loop.call_later(self.timeout, self._too_slow, loop, conn)
         else:
+            loop.remove_reader(conn.fileno())
             self.folder._lock.release()
-            ok = status == "ok" and len(answer) == len(futures)
-            if not ok:
-                logger.warning(f"the fold-in process could not answer: {answer!r:.500}")
-            for future, result in zip(futures, answer if ok else [None] * len(futures),
-                                      strict=True):  # fmt: skip
-                if not future.done():  # the client may have gone
-                    future.set_result(result)
-            self.folder.answered += len(futures) if ok else 0
-        if self._waiting:
+        ok = status == "ok" and len(answer) == len(futures)
+        if not ok:
+            logger.warning(f"the fold-in process could not answer: {answer!r:.500}")
+        for future, result in zip(futures, answer if ok else [None] * len(futures),
+                                  strict=True):  # fmt: skip
+            if not future.done():  # the client may have gone
+                future.set_result(result)
+        self.folder.answered += len(futures) if ok else 0
+        if self._waiting and len(self._in_flight) < self.depth:
             self._send(loop)
 
     def _too_slow(self, loop: asyncio.AbstractEventLoop, conn: Connection) -> None:
-        loop.remove_reader(conn.fileno())
-        futures, self._in_flight = self._in_flight or [], None
-        self._fail_futures(futures, f"no answer from the fold-in process in {self.timeout:.0f} s")
-        if self._waiting:
-            self._send(loop)
+        self._fail_all(loop, f"no answer from the fold-in process in {self.timeout:.0f} s")
 
-    def _fail(self, batch: list[Any], message: str) -> None:
-        self._fail_futures([future for _, _, future in batch], message)
-
-    def _fail_futures(self, futures: list[Any], message: str) -> None:
+    def _fail_all(self, loop: asyncio.AbstractEventLoop, message: str) -> None:
         """Stop the child in the background (its lock is held: stopping may wait seconds for
-        a stuck child), and let these fold-ins be computed elsewhere."""
+        a stuck child), and let every fold-in in flight be computed elsewhere."""
         logger.warning(message)
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._conn is not None:
+            with contextlib.suppress(OSError, ValueError):
+                loop.remove_reader(self._conn.fileno())
+        futures = [f for batch in self._in_flight for f in batch]
+        self._in_flight.clear()
+        self._conn = None
         folder = self.folder
 
         def stop() -> None:
@@ -314,19 +333,18 @@ class FoldInQueue:
                 future.set_result(None)
 
     def close(self) -> None:
-        """Give up the batch in flight, if any (the app's shutdown, on the event loop, before
-        :meth:`FoldInProcess.close`, which takes the lock that batch holds)."""
-        futures, self._in_flight = self._in_flight, None
+        """Give up the batches in flight, if any (the app's shutdown, on the event loop,
+        before :meth:`FoldInProcess.close`, which takes the lock they hold)."""
+        futures = [f for batch in self._in_flight for f in batch]
         waiting, self._waiting = self._waiting, []
-        if futures is not None:
+        if self._in_flight:
+            self._in_flight.clear()
             self._timer.cancel()
-            conn = self.folder._conn
-            if conn is not None:
-                try:
-                    asyncio.get_running_loop().remove_reader(conn.fileno())
-                except (RuntimeError, OSError, ValueError):
-                    pass
+            if self._conn is not None:
+                with contextlib.suppress(RuntimeError, OSError, ValueError):
+                    asyncio.get_running_loop().remove_reader(self._conn.fileno())
+            self._conn = None
             self.folder._lock.release()
-        for future in (futures or []) + [f for _, _, f in waiting]:
+        for future in futures + [f for _, _, f in waiting]:
             if not future.done():
                 future.set_result(None)
