@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import threading
-import time
 from pathlib import Path
 
 import numpy as np
@@ -172,10 +171,9 @@ def test_a_fold_in_whose_child_dies_or_hangs_is_answered_by_the_server(model_dir
         finally:
             if fault == "stuck":
                 os.kill(pid, signal.SIGKILL)  # stopped: the background stop kills it too
-        for _ in range(100):  # the child is stopped in the background
-            if not folder.holds(rec):
-                break
-            time.sleep(0.1)
+        for thread in threading.enumerate():  # the child is stopped in the background
+            if thread.name == "hybridrec-fold-in-stop":
+                thread.join(timeout=30)
         assert not folder.holds(rec)
 
 

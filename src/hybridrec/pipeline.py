@@ -40,7 +40,7 @@ from hybridrec.plots import plot_history
 from hybridrec.recommend import Recommender
 from hybridrec.runtime import resolve_device, set_num_threads
 from hybridrec.training import EpochStats, History, fit, resolve_early_stop, with_model_defaults
-from hybridrec.training.scale import with_data_defaults
+from hybridrec.training.scale import left_to_data, with_data_defaults
 
 logger = logging.getLogger(__name__)
 
@@ -316,10 +316,7 @@ def _train(
                         side, device)  # fmt: skip
     users, items, train_set = prepared.users, prepared.items, prepared.train_set
     positive = prepared.positive
-    # which of batch size and rate the data's size chose: an update re-chooses them for its own
-    chosen = [
-        name for name in ("batch_size", "learning_rate") if getattr(train_config, name) is None
-    ]
+    chosen = left_to_data(train_config)
     train_config = with_data_defaults(model, train_set, train_config)  # recorded as trained
     auto = isinstance(val_data, str) and val_data == AUTO
     val_set, val_unknown = None, None

@@ -292,6 +292,7 @@ class FoldInQueue:
             self._timer = loop.call_later(self.timeout, self._too_slow, loop, conn)
         else:
             loop.remove_reader(conn.fileno())
+            self._conn = None
             self.folder._lock.release()
         ok = status == "ok" and len(answer) == len(futures)
         if not ok:

@@ -58,6 +58,13 @@ def default_batch_size(samples: int | None) -> int:
     return DEFAULT_BATCH_SIZE
 
 
+def left_to_data(config: TrainConfig) -> list[str]:
+    """The options of ``batch_size`` and ``learning_rate`` that :func:`with_data_defaults`
+    will choose (unset): recorded with a model, so that ``hybridrec update`` chooses them
+    again for its own rows instead of inheriting a choice made for other data."""
+    return [name for name in ("batch_size", "learning_rate") if getattr(config, name) is None]
+
+
 def with_data_defaults(
     model: nn.Module | str, train: RecSysDataset, config: TrainConfig
 ) -> TrainConfig:
