@@ -19,6 +19,7 @@ A RUN is ``default`` or comma-separated ``option=value`` pairs of ``TrainConfig`
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import time
 from dataclasses import replace
@@ -71,11 +72,39 @@ def planted(
     return rows(~held), rows(held)
 
 
-def parse_run(text: str) -> dict[str, float | int]:
+def parse_run(text: str) -> dict[str, float | int | str]:
     if text == "default":
         return {}
     pairs = dict(part.split("=", 1) for part in text.split(","))
-    return {k: int(v) if v.isdigit() else float(v) for k, v in pairs.items()}
+    return {k: _value(v) for k, v in pairs.items()}
+
+
+def _value(text: str) -> float | int | str:
+    if text.isdigit():
+        return int(text)
+    try:
+        return float(text)
+    except ValueError:
+        return text  # e.g. device=cuda
+
+
+def cached_planted(path: str | None) -> tuple[RecSysDataset, RecSysDataset]:
+    """:func:`planted`, read from ``path`` when it exists and written there otherwise: the
+    draw takes a minute or two of one core, which a GPU session should not spend."""
+    if path and os.path.exists(path):
+        with np.load(path) as f:
+            return tuple(  # type: ignore[return-value]
+                RecSysDataset(torch.from_numpy(f[f"{k}_u"]), torch.from_numpy(f[f"{k}_i"]),
+                              torch.ones(len(f[f"{k}_u"])))
+                for k in ("train", "held")
+            )  # fmt: skip
+    train, held = planted()
+    if path:
+        np.savez_compressed(
+            path, train_u=train.user_idx.numpy(), train_i=train.item_idx.numpy(),
+            held_u=held.user_idx.numpy(), held_i=held.item_idx.numpy(),
+        )  # fmt: skip
+    return train, held
 
 
 def main() -> None:
@@ -84,11 +113,15 @@ def main() -> None:
     parser.add_argument(
         "runs", nargs="*", default=["batch_size=2048,learning_rate=0.005", "default"]
     )
+    parser.add_argument("--cache", help="a .npz file to read the planted data from or write it to")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    train, held = planted()
+    train, held = cached_planted(args.cache)
     num_users, num_items = int(train.user_idx.max()), 26_744
-    print(f"# {platform.processor() or platform.machine()}, torch {torch.__version__}, 1 thread")
+    where = platform.processor() or platform.machine()
+    if torch.cuda.is_available():
+        where += f", {torch.cuda.get_device_name(0)}"
+    print(f"# {where}, torch {torch.__version__}, 1 thread")
     print(f"# planted data: {len(train):,} training positives, {len(held):,} held out")
     print("| run | epoch | batch | lr | seconds | samples/s | HR@10 | NDCG@10 | users |")
     print("|---|---|---|---|---|---|---|---|---|")

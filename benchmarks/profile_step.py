@@ -76,6 +76,7 @@ def main() -> None:
         "--steps", type=int, default=150, help="steps profiled (>= one sampler chunk)"
     )
     parser.add_argument("--rows", type=int, default=25, help="operators listed")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the step")
     args = parser.parse_args()
     torch.set_num_threads(1)
     num_users, num_items = SHAPES[args.shape]
@@ -84,7 +85,7 @@ def main() -> None:
     model = build_model("hybrid", num_users=num_users + 1, num_items=num_items + 1)
     cuda = args.device.startswith("cuda")
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
-    config = TrainConfig(epochs=1, early_stop="none", device=args.device)
+    config = TrainConfig(epochs=1, early_stop="none", device=args.device, compile=args.compile)
     with profile(
         activities=activities, schedule=schedule(wait=args.skip, warmup=2, active=args.steps)
     ) as prof:
@@ -98,8 +99,10 @@ def main() -> None:
             torch.cuda.synchronize()
         seconds = time.perf_counter() - start
     where = torch.cuda.get_device_name(0) if cuda else "CPU, 1 thread"
+    compiled = ", compiled" if args.compile else ""
     print(f"# {where}, torch {torch.__version__}, shape {args.shape}, "
-          f"{args.positives:,} positives; {args.skip + 2 + args.steps} steps in {seconds:.1f} s "
+          f"{args.positives:,} positives{compiled}; {args.skip + 2 + args.steps} steps in "
+          f"{seconds:.1f} s "
           f"(data loading and setup included)")  # fmt: skip
     events = prof.key_averages()
     parts = [e for e in events if e.key.startswith("hybridrec.")]
