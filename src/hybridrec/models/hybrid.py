@@ -17,7 +17,7 @@ from hybridrec.models.featured import (
     make_table,
     table_vectors,
 )
-from hybridrec.models.layers import MLP, all_pairs, grouped_pairs, init_embedding
+from hybridrec.models.layers import MLP, all_pairs, group_dots, grouped_pairs, init_embedding
 
 
 @dataclass
@@ -117,7 +117,7 @@ class HybridRecSys(ColdUserPopularity, RecModel):
         u = self.user_embedding(user_idx)  # (P, D)
         i = self.item_embedding(item_idx.reshape(-1)).view(groups, width, -1)  # (P, C, D)
         mlp_score = grouped_pairs(list(self.mlp.layers), u, i).squeeze(-1)  # (P, C)
-        dot_score = torch.bmm(i, u.unsqueeze(-1)).squeeze(-1)  # (P, C)
+        dot_score = group_dots(u, i)  # (P, C)
         popularity = item_popularity(self.item_embedding, item_idx.reshape(-1))
         if popularity is not None:
             dot_score = dot_score + popularity.view(groups, width)

@@ -113,6 +113,16 @@ def grouped_pairs(
     return hidden
 
 
+def group_dots(users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+    """Dot products (P, C) of each user (P, D) with its own items (P, C, D).
+
+    A multiply and a sum rather than ``bmm``: with one column per user, ``bmm`` runs P tiny
+    products, which on a CPU took ~7x longer forward and backward (455 x 9 x 64, a default
+    batch of 4,096 samples: 2.3 ms against 0.33 ms, one thread).
+    """
+    return (items * users.unsqueeze(1)).sum(-1)
+
+
 def init_embedding(embedding: nn.Embedding, std: float) -> None:
     """Small normal init; the padding (unknown) row stays zero so unknown ids score neutrally."""
     nn.init.normal_(embedding.weight, mean=0.0, std=std)

@@ -18,7 +18,7 @@ from hybridrec.models.featured import (
     make_table,
     table_vectors,
 )
-from hybridrec.models.layers import init_embedding
+from hybridrec.models.layers import group_dots, init_embedding
 
 
 @dataclass
@@ -102,7 +102,7 @@ class MatrixFactorization(ColdUserPopularity, RecModel):
         cold = self.cold_user_bias(user_idx, item_idx)
         if cold is not None:
             bias = bias + cold
-        return torch.bmm(i, u.unsqueeze(-1)).squeeze(-1) + bias + self.global_bias
+        return group_dots(u, i) + bias + self.global_bias
 
     def score_all(self, user_idx: torch.Tensor) -> torch.Tensor:
         """Logits (B, num_items)."""

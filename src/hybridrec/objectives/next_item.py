@@ -15,6 +15,7 @@ from hybridrec.data.encoding import UNKNOWN_INDEX
 from hybridrec.data.popularity import item_counts
 from hybridrec.data.sequences import pack_histories
 from hybridrec.errors import ConfigError
+from hybridrec.models.layers import group_dots
 from hybridrec.objectives.batching import shard_order
 from hybridrec.sampled_softmax import SharedNegatives
 
@@ -113,7 +114,7 @@ class NextItem:
         k = self.config.negatives
         negatives = torch.randint(1, self.num_items, (n, k), device=states.device)
         pos = (states * items(targets)).sum(-1)  # (N,)
-        neg = torch.einsum("nd,nkd->nk", states, items(negatives))  # (N, k)
+        neg = group_dots(states, items(negatives))  # (N, k)
         keep = negatives != targets[:, None]
         if self.config.loss == "bpr":
             margin = pos[:, None] - neg

@@ -38,6 +38,7 @@ from hybridrec.data.dataset import RecSysDataset
 from hybridrec.errors import ConfigError, HybridRecError, TrainingDivergedError
 from hybridrec.models import capabilities, model_device
 from hybridrec.objectives import Objective, make_objective
+from hybridrec.runtime import resolve_device
 from hybridrec.training.average import WeightAverage
 from hybridrec.training.history import EpochStats, History
 from hybridrec.training.optim import Optimizers
@@ -75,7 +76,8 @@ def fit(
             positive rows get full-ranking metrics at ``config.ks``.
         config: optimisation settings; ``config.seed`` fixes shuffling, sampling and dropout.
             ``config.checkpoint_every``/``config.resume`` write and read checkpoints.
-        device: where to train (default: the model's current device).
+        device: where to train (default: ``config.device`` when it names one, else, for
+            ``"auto"``, the model's current device).
         show_progress: show a tqdm bar with running loss, accuracy and samples/s.
         on_epoch_end: called as ``on_epoch_end(stats, history)`` after each epoch (on rank
             0 only when training with several processes).
@@ -103,7 +105,7 @@ def fit(
     config = with_data_defaults(model, train, with_model_defaults(model, config))
     early_stop = _check_options(train, val, config, checkpoint_dir)
     checkpoint_dir = config.checkpoint_dir or checkpoint_dir
-    device = device or model_device(model)
+    device = device or training_device(model, config)
     model.to(device)
     _prepare(model, train, device)
     validator = Validator(model, train, val, config)
@@ -174,6 +176,16 @@ def _check_options(
     if config.checkpoint_every and (config.checkpoint_dir or checkpoint_dir) is None:
         raise ConfigError("--checkpoint-every needs a folder: pass --out or --checkpoint-dir")
     return early_stop
+
+
+def training_device(model: nn.Module, config: TrainConfig) -> torch.device:
+    """``config.device`` resolved, or for ``"auto"`` where ``model`` already is: a caller
+    who placed the model has chosen, and an explicit ``TrainConfig(device=...)`` must not
+    be ignored (a benchmark that set only the config once trained on a GPU machine's CPU
+    and reported it as the GPU's speed)."""
+    if config.device == "auto":
+        return model_device(model)
+    return resolve_device(config.device)
 
 
 def _prepare(model: nn.Module, train: RecSysDataset, device: torch.device) -> None:
