@@ -37,7 +37,7 @@ from hybridrec.data.dataset import RecSysDataset
 from hybridrec.data.split import cold_split
 from hybridrec.evaluation import evaluate_full, evaluate_sampled, read_candidates
 from hybridrec.evaluation.cold import evaluate_cold
-from hybridrec.pipeline import load_data
+from hybridrec.prepare import load_data
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 COLD = SHARED / "movielens-100k-cold"

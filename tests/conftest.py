@@ -14,7 +14,7 @@ from hybridrec.data.encoding import IdEncoder
 from hybridrec.data.io import ITEM, USER
 from hybridrec.data.synthetic import SyntheticConfig, planted_groups, write_synthetic_data
 from hybridrec.models import HybridRecSysConfig
-from hybridrec.pipeline import load_data
+from hybridrec.prepare import load_data
 
 #: Small enough to train in well under a second, large enough to beat item popularity.
 SYNTHETIC = SyntheticConfig(num_users=300, num_items=150, num_positives=6000, seed=0)

@@ -22,7 +22,7 @@ from hybridrec.cli import build_parser, config_from_args, main
 from hybridrec.data import movielens
 from hybridrec.data.dataset import RecSysDataset
 from hybridrec.evaluation import evaluate_full
-from hybridrec.pipeline import load_data
+from hybridrec.prepare import load_data
 from tests.helpers import holdout_frame
 
 #: Tiny, fast, hardware-independent training flags (defaults are for real data sizes).
@@ -801,9 +801,10 @@ def no_work(monkeypatch):
 
     import hybridrec.artifact
     import hybridrec.pipeline
+    import hybridrec.prepare
     import hybridrec.recommend
 
-    monkeypatch.setattr(hybridrec.pipeline, "load_data", forbidden)
+    monkeypatch.setattr(hybridrec.prepare, "load_data", forbidden)
     monkeypatch.setattr(hybridrec.pipeline, "fit", forbidden)
     monkeypatch.setattr(hybridrec.recommend.Recommender, "load", forbidden)
     monkeypatch.setattr(hybridrec.artifact, "load_artifact", forbidden)

@@ -129,7 +129,7 @@ def test_shard_order_single_process_is_the_order():
 def _dataset(frame):
     from hybridrec.data.encoding import IdEncoder
     from hybridrec.data.io import ITEM, USER
-    from hybridrec.pipeline import load_data
+    from hybridrec.prepare import load_data
 
     frame = load_data(frame, DataConfig())
     users, items = IdEncoder.fit(frame[USER].to_numpy()), IdEncoder.fit(frame[ITEM].to_numpy())

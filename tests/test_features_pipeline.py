@@ -15,7 +15,7 @@ from hybridrec.config import DataConfig, TrainConfig
 from hybridrec.data.dataset import RecSysDataset
 from hybridrec.errors import ConfigError
 from hybridrec.evaluation.cold import evaluate_cold
-from hybridrec.pipeline import load_data
+from hybridrec.prepare import load_data
 
 GENRES = ["drama", "comedy", "horror", "western"]
 

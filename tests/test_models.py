@@ -34,7 +34,7 @@ from hybridrec.models import (
     models_with,
     register_model,
 )
-from hybridrec.pipeline import load_data
+from hybridrec.prepare import load_data
 from hybridrec.serve import create_app
 from tests.helpers import full_ranking, planted, train
 

@@ -2,41 +2,28 @@
 
 from __future__ import annotations
 
-import contextlib
 import gc
-import json
 import logging
-import os
-import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import pandas as pd
 import torch
 
 from hybridrec import distributed
-from hybridrec.artifact import FORMAT as ARTIFACT_FORMAT
-from hybridrec.artifact import is_artifact
 from hybridrec.config import DataConfig, TrainConfig
-from hybridrec.data.columns import ITEM, USER, is_csv_path, parse_ids, row_error
 from hybridrec.data.dataset import RecSysDataset, UnknownCounts
-from hybridrec.data.encoding import CANONICAL_INT, IdEncoder
 from hybridrec.data.holdout import holdout, subset
-from hybridrec.data.io import interactions_from_frame, read_interactions, read_table
 from hybridrec.data.popularity import item_counts
-from hybridrec.data.seen import SeenItems
-from hybridrec.data.sequences import interactions_newer
-from hybridrec.errors import ConfigError, DataError
-from hybridrec.features import FeatureData
+from hybridrec.errors import ConfigError
 from hybridrec.features.attach import FEATURE_WEIGHT_DECAY, FeatureConfig, SideFeatures
 from hybridrec.features.popularity import fit_cold_user_popularity, fit_feature_popularity
-from hybridrec.files import atomic_write_json, check_output_dir, exclusive, recover
-from hybridrec.memory import check_memory
-from hybridrec.models import build_model, capabilities, model_class, model_device
+from hybridrec.files import atomic_write_json
+from hybridrec.model_dir import model_dir_path, output_dir
+from hybridrec.models import build_model, model_class, model_device
 from hybridrec.plots import plot_history
+from hybridrec.prepare import DataLike, prepare, validation_rows
 from hybridrec.recommend import Recommender
 from hybridrec.runtime import resolve_device, set_num_threads
 from hybridrec.training import EpochStats, History, fit, resolve_early_stop, with_model_defaults
@@ -49,8 +36,6 @@ CURVES = "training_curves.png"
 #: Per-epoch history while training, beside (not part of) the artifact: rewriting the
 #: artifact's own ``metrics.json`` would break an existing model's checksums.
 PROGRESS = "progress.json"
-
-DataLike = str | Path | pd.DataFrame
 
 #: ``val_data`` value (and ``--val`` default) that holds validation rows out of the
 #: training data itself (:mod:`hybridrec.data.holdout`).
@@ -101,18 +86,6 @@ class TrainResult:
             if not isinstance(value, dict):
                 out[f"holdout_{name}"] = value
         return out
-
-
-def load_data(data: DataLike, config: DataConfig, *, labels: bool = True) -> pd.DataFrame:
-    """Read a path, or validate an in-memory frame, into the standard interaction frame.
-
-    ``labels``: the rows are read for their labels, so a target column the options name
-    must exist (see :func:`hybridrec.data.io.read_interactions`); ``False`` for files of
-    positives such as a held-out test set.
-    """
-    if isinstance(data, pd.DataFrame):
-        return interactions_from_frame(data, config, labels=labels)
-    return read_interactions(data, config, labels=labels)
 
 
 def train(
@@ -189,7 +162,7 @@ def train(
             raise ConfigError("--out must name a directory, got an empty path")
         out = None if out is None else model_dir_path(out)
         check_model_options(model, model_options or {})
-        with _output(out, train_config):
+        with output_dir(out, train_config):
             return _train(
                 train_data,
                 val_data,
@@ -215,34 +188,6 @@ def train(
         distributed.cleanup()
 
 
-@contextlib.contextmanager
-def _output(out: str | Path | None, config: TrainConfig) -> Iterator[None]:
-    """The output directory, checked before any data is read and locked for the run.
-
-    A path that is a file, lies under a file or cannot be written is refused now, not after
-    the first epoch, and so is a ``--checkpoint-dir`` that could not be written; a second
-    process training into the same directory is refused
-    (:func:`hybridrec.files.exclusive`); a save that a crash interrupted is completed and
-    stale temporary files are removed. Only rank 0 writes, so only it checks and locks.
-    """
-    if config.checkpoint_every and config.checkpoint_dir is not None and distributed.is_main():
-        check_output_dir(config.checkpoint_dir, "--checkpoint-dir")
-    if out is None or not distributed.is_main():
-        yield
-        return
-    directory = check_output_dir(out, "--out")
-    _check_replaceable(directory)
-    try:  # the parents (not the directory itself: a failed run leaves no empty model)
-        directory.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ConfigError(
-            f"--out {directory}: cannot create the model directory ({exc.strerror or exc})"
-        ) from None
-    with exclusive(directory):
-        recover(directory, is_artifact)
-        yield
-
-
 def check_model_options(model: str, options: dict[str, Any]) -> None:
     """Validate the model's options now, before any data is read (the model itself is
     built once the data has told its number of users and items)."""
@@ -251,43 +196,6 @@ def check_model_options(model: str, options: dict[str, Any]) -> None:
     if extra:
         raise ConfigError(f"model {model!r} has no option(s) {', '.join(extra)}")
     config_class(**options)
-
-
-def model_dir_path(out: str | Path) -> Path:
-    """``out`` as the model directory's path: absolute when it ends in ``.``/``..`` or is
-    empty, since the staging folders and the lock are named after its last part."""
-    path = Path(out)
-    return Path(os.path.abspath(path)) if path.name in ("", ".", "..") else path
-
-
-def _check_replaceable(directory: Path) -> None:
-    """Refuse an ``--out`` whose replacement would harm something that is not a model.
-
-    A retrain renames the whole directory, so it must not be the working directory (or
-    hold it); and a ``config.json`` there that is not a hybridrec model's belongs to
-    something else, which the swap would delete.
-    """
-    resolved = directory.resolve()
-    if resolved.name == "" or Path.cwd().resolve().is_relative_to(resolved):
-        raise ConfigError(
-            f"--out {directory} is the current directory or holds it; a model is replaced as "
-            "a whole directory, so give it a folder of its own, e.g. --out model"
-        )
-    config = directory / "config.json"
-    if config.is_file() and not _is_model_config(config):
-        raise ConfigError(
-            f"--out {directory} holds a config.json that is not a hybridrec model's; choose "
-            "another --out (saving would replace that file)"
-        )
-
-
-def _is_model_config(path: Path) -> bool:
-    """Whether ``path`` is the ``config.json`` of a hybridrec artifact (even a damaged one)."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError):
-        return False
-    return isinstance(data, dict) and data.get("format") == ARTIFACT_FORMAT
 
 
 def _train(
@@ -312,7 +220,7 @@ def _train(
     if train_config.weight_decay is None:  # auto: see FEATURE_WEIGHT_DECAY
         decay = FEATURE_WEIGHT_DECAY if side else 0.0
         train_config = replace(train_config, weight_decay=decay)
-    prepared = _prepare(train_data, data_config, train_config, model, model_options, items,
+    prepared = prepare(train_data, data_config, train_config, model, model_options, items,
                         side, device)  # fmt: skip
     users, items, train_set = prepared.users, prepared.items, prepared.train_set
     positive = prepared.positive
@@ -321,7 +229,7 @@ def _train(
     auto = isinstance(val_data, str) and val_data == AUTO
     val_set, val_unknown = None, None
     if val_data is not None and not auto:
-        val_set, val_unknown = _validation_rows(val_data, data_config, users, items)
+        val_set, val_unknown = validation_rows(val_data, data_config, users, items)
 
     def new_model() -> torch.nn.Module:
         torch.manual_seed(train_config.seed)  # model initialisation and dropout
@@ -391,71 +299,6 @@ def _train(
     return result
 
 
-@dataclass(frozen=True)
-class _Prepared:
-    """The training data as training needs it: encoders, encoded rows, positives."""
-
-    users: IdEncoder
-    items: IdEncoder
-    train_set: RecSysDataset
-    positive: torch.Tensor  # (N,) bool: the rows that are positives
-    seen: SeenItems
-
-
-def _prepare(
-    train_data: DataLike,
-    data_config: DataConfig,
-    train_config: TrainConfig,
-    model: str,
-    model_options: dict[str, Any] | None,
-    items: DataLike | None,
-    side: SideFeatures,
-    device: torch.device,
-) -> _Prepared:
-    """Read and check the training rows, fit the id encoders (with the ids of the feature
-    files and of the item catalogue), refuse options whose memory the machine lacks, and
-    encode the rows."""
-    train_frame = load_data(train_data, data_config)
-    _check_positives(train_frame, train_data, data_config)
-    pointwise = capabilities(model).objective == "pointwise"
-    if train_frame["target"].min() == 1 and pointwise and train_config.loss != "ce":
-        logger.info(
-            f"{_name(train_data)} holds only positives: sampling {train_config.negatives} "
-            f"{train_config.sampling} negatives per positive each epoch"
-        )
-    users = IdEncoder.fit(
-        _with_features(train_frame[USER].to_numpy(), side.users, data_config.user_col)
-    )
-    item_ids = _with_features(train_frame[ITEM].to_numpy(), side.items, data_config.item_col)
-    if items is not None:
-        catalogue = read_item_catalog(items, data_config)
-        extra = _same_kind(catalogue, item_ids, _name(items), data_config.item_col)
-        item_ids = np.concatenate([item_ids, extra])
-    item_enc = IdEncoder.fit(item_ids)
-    positives = int((train_frame["target"].to_numpy() > 0.5).sum())
-    check_memory(
-        model, model_options or {}, users.num_embeddings, item_enc.num_embeddings,
-        positives if pointwise and train_frame["target"].min() == 1 else 0, train_config, device,
-    )  # fmt: skip
-    train_set, _ = RecSysDataset.from_frame(train_frame, users, item_enc)
-    del train_frame, item_ids  # the tensors hold what training needs (~0.5 GB at 20M rows)
-    # the training positives: excluded from a user's recommendations, counted for popularity
-    positive = train_set.target > 0.5
-    seen = _seen_items(train_set, positive, users.num_embeddings, item_enc.num_embeddings)
-    return _Prepared(users, item_enc, train_set, positive, seen)
-
-
-def _validation_rows(
-    val_data: DataLike, data_config: DataConfig, users: IdEncoder, items: IdEncoder
-) -> tuple[RecSysDataset, UnknownCounts]:
-    """The ``--val`` rows, encoded with the training encoders (unknown ids counted)."""
-    val_frame = load_data(val_data, data_config)
-    _check_positives(val_frame, val_data, data_config, "to validate on")
-    val_set, val_unknown = RecSysDataset.from_frame(val_frame, users, items)
-    logger.info(val_unknown.describe(_name(val_data)))
-    return val_set, val_unknown
-
-
 def _save(result: TrainResult, out_dir: Path, moments: dict[str, torch.Tensor]) -> None:
     """Write the artifact, its metrics and its training curves; the progress file goes."""
     history = result.history
@@ -468,42 +311,6 @@ def _save(result: TrainResult, out_dir: Path, moments: dict[str, torch.Tensor]) 
     plot_history(history, out_dir / CURVES)
     (out_dir / PROGRESS).unlink(missing_ok=True)  # metrics.json now holds the history
     logger.info(f"saved the model to {out_dir}")
-
-
-def _seen_items(
-    train_set: RecSysDataset, positive: torch.Tensor, num_users: int, num_items: int
-) -> SeenItems:
-    """The training positives a model keeps: with timestamps, also each one's recency, so an
-    update can weight old positives as this training did."""
-    user_idx = train_set.user_idx[positive].cpu().numpy()
-    newer = None
-    if train_set.timestamp is not None:
-        newer = interactions_newer(user_idx, train_set.timestamp[positive].cpu().numpy())
-    return SeenItems.from_pairs(
-        user_idx, train_set.item_idx[positive].cpu().numpy(),
-        num_users=num_users, num_items=num_items, newer=newer,
-    )  # fmt: skip
-
-
-def _check_positives(
-    frame: pd.DataFrame, data: DataLike, config: DataConfig, purpose: str = "to learn from"
-) -> None:
-    """Refuse data without a single positive row: training would learn to score everything
-    0 and save it as if it were a model; validation could rank nothing (its AUC and ranking
-    metrics are undefined), so the epoch it keeps would mean nothing."""
-    if bool((frame["target"].to_numpy() > 0.5).any()):
-        return
-    rule = (
-        f"no {config.target_col} reaches --threshold {config.threshold:g}"
-        if config.threshold is not None
-        else f"every {config.target_col} is 0"
-    )
-    raise DataError(
-        _name(data),
-        f"no positive rows {purpose}: {rule}",
-        column=config.target_col,
-        expected="at least one positive interaction",
-    )
 
 
 def _holdout_then_refit(
@@ -550,53 +357,3 @@ def _holdout_then_refit(
     refit = replace(config, epochs=best, early_stop=None)
     net, history = run(refit, train_set, None)
     return net, history, val_rows, info
-
-
-def _with_features(ids: np.ndarray, features: FeatureData | None, column: str) -> np.ndarray:
-    """``ids`` and the ids only a feature file names (cold users or items), in one array
-    of the training ids' kind."""
-    if features is None or len(features.ids) == 0:
-        return ids
-    source = Path(features.source).name
-    return np.concatenate([ids, _same_kind(features.ids, ids, source, column)])
-
-
-def read_item_catalog(data: DataLike, config: DataConfig) -> np.ndarray:
-    """Item ids of a catalogue file or frame (only its item column is read)."""
-    frame = data if isinstance(data, pd.DataFrame) else read_table(Path(data))
-    if config.item_col not in frame.columns:
-        found = ", ".join(repr(str(c)) for c in frame.columns)
-        raise DataError(
-            _name(data), f"the item catalogue has no column {config.item_col!r}; found {found}"
-        )
-    if len(frame) == 0:
-        raise DataError(_name(data), "the item catalogue has no rows", expected="item ids")
-    is_csv = not isinstance(data, pd.DataFrame) and is_csv_path(Path(data))
-    return parse_ids(frame[config.item_col], Path(_name(data)), config.item_col, is_csv)
-
-
-def _same_kind(
-    catalogue: np.ndarray, train_ids: np.ndarray, source: str, column: str
-) -> np.ndarray:
-    """Ids of a catalogue or feature file in the training ids' kind, so one encoder holds
-    them all.
-
-    Integer ids join text ids as their text (``42`` is the item ``"42"``, as when scoring);
-    text ids cannot join integer ids: the first one is named.
-    """
-    if (catalogue.dtype == object) == (train_ids.dtype == object) or len(catalogue) == 0:
-        return catalogue
-    if train_ids.dtype == object:
-        return catalogue.astype(str).astype(object)
-    pos = int(np.argmax([re.fullmatch(CANONICAL_INT, str(v)) is None for v in catalogue]))
-    raise row_error(
-        Path(source),
-        pos,
-        column,
-        f"id {catalogue[pos]!r} is text, but the training data's ids in {column!r} are integers",
-        "integer ids, like the training data's",
-    )
-
-
-def _name(data: DataLike) -> str:
-    return Path(data).name if not isinstance(data, pd.DataFrame) else "the training frame"

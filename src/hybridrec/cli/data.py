@@ -18,7 +18,7 @@ logger = logging.getLogger("hybridrec")
 def cmd_split(args: argparse.Namespace) -> int:
     from hybridrec.data.movielens import read_movielens
     from hybridrec.data.split import split_three_ways, write_split
-    from hybridrec.pipeline import load_data
+    from hybridrec.prepare import load_data
 
     data_config = config_from_args(DataConfig, args)
     check_output_dir(args.out, "--out")

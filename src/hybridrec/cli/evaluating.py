@@ -41,7 +41,7 @@ def _pointwise(rec: Any, args: argparse.Namespace, data_config: DataConfig) -> d
     (users or items it does not know), which the metrics leave out."""
     from hybridrec.data.dataset import RecSysDataset
     from hybridrec.evaluation import evaluate_pointwise
-    from hybridrec.pipeline import load_data
+    from hybridrec.prepare import load_data
 
     data, unknown = RecSysDataset.from_frame(
         load_data(args.data, data_config), rec.users, rec.items
@@ -64,7 +64,7 @@ def _ranking(rec: Any, args: argparse.Namespace, data_config: DataConfig) -> dic
     beyond-accuracy metrics, the slices and the warm and cold items apart."""
     from hybridrec.data.dataset import RecSysDataset
     from hybridrec.evaluation.cold import evaluate_cold
-    from hybridrec.pipeline import load_data
+    from hybridrec.prepare import load_data
 
     # files of positives: a target column is used when present, not required
     test, _ = RecSysDataset.from_frame(

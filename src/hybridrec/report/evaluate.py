@@ -54,7 +54,7 @@ def evaluate_models(
     checked) before any is evaluated."""
     from hybridrec.data.dataset import RecSysDataset
     from hybridrec.evaluation.slices import full_report
-    from hybridrec.pipeline import load_data
+    from hybridrec.prepare import load_data
     from hybridrec.recommend import Recommender
 
     if len(set(map(str, paths))) < len(paths):

@@ -262,7 +262,7 @@ def _shown(params: dict[str, Any]) -> str:
 def labelled_validation(args: argparse.Namespace, data_config: Any) -> bool:
     """Read the validation rows (or the training rows they come from) once, before the
     study: bad data fails now, and their labels decide the metric's direction."""
-    from hybridrec.pipeline import load_data
+    from hybridrec.prepare import load_data
 
     source = args.train if args.val == "auto" else args.val
     frame = load_data(source, data_config)

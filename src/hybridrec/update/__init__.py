@@ -39,9 +39,10 @@ from hybridrec.errors import ConfigError, DataError
 from hybridrec.features.popularity import fit_cold_user_popularity, fit_feature_popularity
 from hybridrec.features.read import read_feature_rows
 from hybridrec.features.table import FeatureTable
+from hybridrec.model_dir import model_dir_path, output_dir
 from hybridrec.models import capabilities
 from hybridrec.models.featured import FeaturedEmbedding
-from hybridrec.pipeline import _output, load_data, model_dir_path, read_item_catalog
+from hybridrec.prepare import load_data, read_item_catalog
 from hybridrec.recommend import Recommender
 from hybridrec.runtime import set_num_threads
 from hybridrec.training import History
@@ -157,7 +158,7 @@ def update(
     train_config = _train_config(settings, model_dir, epochs, seed, learning_rate, device)
     # early stopping guards "all" against drift; "rows" cannot drift and uses every new row
     grow_only, choose_epochs = epochs == 0, epochs is None and scope == "all"
-    with _output(out, train_config):
+    with output_dir(out, train_config):
         frame, source, event_id = _new_interactions(data, events, parent, data_config)
         return _update(
             parent, Path(model_dir), frame, source, event_id,

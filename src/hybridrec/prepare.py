@@ -1,0 +1,193 @@
+"""From a training file (or frame) to what training needs: rows read and checked, id
+encoders fitted with the catalogue's and feature files' ids, memory checked, rows encoded."""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from hybridrec.config import DataConfig, TrainConfig
+from hybridrec.data.columns import ITEM, USER, is_csv_path, parse_ids, row_error
+from hybridrec.data.dataset import RecSysDataset, UnknownCounts
+from hybridrec.data.encoding import CANONICAL_INT, IdEncoder
+from hybridrec.data.io import interactions_from_frame, read_interactions, read_table
+from hybridrec.data.seen import SeenItems
+from hybridrec.data.sequences import interactions_newer
+from hybridrec.errors import DataError
+from hybridrec.features import FeatureData
+from hybridrec.features.attach import SideFeatures
+from hybridrec.memory import check_memory
+from hybridrec.models import capabilities
+
+logger = logging.getLogger(__name__)
+
+DataLike = str | Path | pd.DataFrame
+
+
+def load_data(data: DataLike, config: DataConfig, *, labels: bool = True) -> pd.DataFrame:
+    """Read a path, or validate an in-memory frame, into the standard interaction frame.
+
+    ``labels``: the rows are read for their labels, so a target column the options name
+    must exist (see :func:`hybridrec.data.io.read_interactions`); ``False`` for files of
+    positives such as a held-out test set.
+    """
+    if isinstance(data, pd.DataFrame):
+        return interactions_from_frame(data, config, labels=labels)
+    return read_interactions(data, config, labels=labels)
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """The training data as training needs it: encoders, encoded rows, positives."""
+
+    users: IdEncoder
+    items: IdEncoder
+    train_set: RecSysDataset
+    positive: torch.Tensor  # (N,) bool: the rows that are positives
+    seen: SeenItems
+
+
+def prepare(
+    train_data: DataLike,
+    data_config: DataConfig,
+    train_config: TrainConfig,
+    model: str,
+    model_options: dict[str, Any] | None,
+    items: DataLike | None,
+    side: SideFeatures,
+    device: torch.device,
+) -> Prepared:
+    """Read and check the training rows, fit the id encoders (with the ids of the feature
+    files and of the item catalogue), refuse options whose memory the machine lacks, and
+    encode the rows."""
+    train_frame = load_data(train_data, data_config)
+    check_positives(train_frame, train_data, data_config)
+    pointwise = capabilities(model).objective == "pointwise"
+    if train_frame["target"].min() == 1 and pointwise and train_config.loss != "ce":
+        logger.info(
+            f"{source_name(train_data)} holds only positives: sampling {train_config.negatives} "
+            f"{train_config.sampling} negatives per positive each epoch"
+        )
+    users = IdEncoder.fit(
+        with_features(train_frame[USER].to_numpy(), side.users, data_config.user_col)
+    )
+    item_ids = with_features(train_frame[ITEM].to_numpy(), side.items, data_config.item_col)
+    if items is not None:
+        catalogue = read_item_catalog(items, data_config)
+        extra = same_kind(catalogue, item_ids, source_name(items), data_config.item_col)
+        item_ids = np.concatenate([item_ids, extra])
+    item_enc = IdEncoder.fit(item_ids)
+    positives = int((train_frame["target"].to_numpy() > 0.5).sum())
+    check_memory(
+        model, model_options or {}, users.num_embeddings, item_enc.num_embeddings,
+        positives if pointwise and train_frame["target"].min() == 1 else 0, train_config, device,
+    )  # fmt: skip
+    train_set, _ = RecSysDataset.from_frame(train_frame, users, item_enc)
+    del train_frame, item_ids  # the tensors hold what training needs (~0.5 GB at 20M rows)
+    # the training positives: excluded from a user's recommendations, counted for popularity
+    positive = train_set.target > 0.5
+    seen = seen_items(train_set, positive, users.num_embeddings, item_enc.num_embeddings)
+    return Prepared(users, item_enc, train_set, positive, seen)
+
+
+def validation_rows(
+    val_data: DataLike, data_config: DataConfig, users: IdEncoder, items: IdEncoder
+) -> tuple[RecSysDataset, UnknownCounts]:
+    """The ``--val`` rows, encoded with the training encoders (unknown ids counted)."""
+    val_frame = load_data(val_data, data_config)
+    check_positives(val_frame, val_data, data_config, "to validate on")
+    val_set, val_unknown = RecSysDataset.from_frame(val_frame, users, items)
+    logger.info(val_unknown.describe(source_name(val_data)))
+    return val_set, val_unknown
+
+
+def seen_items(
+    train_set: RecSysDataset, positive: torch.Tensor, num_users: int, num_items: int
+) -> SeenItems:
+    """The training positives a model keeps: with timestamps, also each one's recency, so an
+    update can weight old positives as this training did."""
+    user_idx = train_set.user_idx[positive].cpu().numpy()
+    newer = None
+    if train_set.timestamp is not None:
+        newer = interactions_newer(user_idx, train_set.timestamp[positive].cpu().numpy())
+    return SeenItems.from_pairs(
+        user_idx, train_set.item_idx[positive].cpu().numpy(),
+        num_users=num_users, num_items=num_items, newer=newer,
+    )  # fmt: skip
+
+
+def check_positives(
+    frame: pd.DataFrame, data: DataLike, config: DataConfig, purpose: str = "to learn from"
+) -> None:
+    """Refuse data without a single positive row: training would learn to score everything
+    0 and save it as if it were a model; validation could rank nothing (its AUC and ranking
+    metrics are undefined), so the epoch it keeps would mean nothing."""
+    if bool((frame["target"].to_numpy() > 0.5).any()):
+        return
+    rule = (
+        f"no {config.target_col} reaches --threshold {config.threshold:g}"
+        if config.threshold is not None
+        else f"every {config.target_col} is 0"
+    )
+    raise DataError(
+        source_name(data),
+        f"no positive rows {purpose}: {rule}",
+        column=config.target_col,
+        expected="at least one positive interaction",
+    )
+
+
+def with_features(ids: np.ndarray, features: FeatureData | None, column: str) -> np.ndarray:
+    """``ids`` and the ids only a feature file names (cold users or items), in one array
+    of the training ids' kind."""
+    if features is None or len(features.ids) == 0:
+        return ids
+    source = Path(features.source).name
+    return np.concatenate([ids, same_kind(features.ids, ids, source, column)])
+
+
+def read_item_catalog(data: DataLike, config: DataConfig) -> np.ndarray:
+    """Item ids of a catalogue file or frame (only its item column is read)."""
+    frame = data if isinstance(data, pd.DataFrame) else read_table(Path(data))
+    if config.item_col not in frame.columns:
+        found = ", ".join(repr(str(c)) for c in frame.columns)
+        raise DataError(
+            source_name(data),
+            f"the item catalogue has no column {config.item_col!r}; found {found}",
+        )
+    if len(frame) == 0:
+        raise DataError(source_name(data), "the item catalogue has no rows", expected="item ids")
+    is_csv = not isinstance(data, pd.DataFrame) and is_csv_path(Path(data))
+    return parse_ids(frame[config.item_col], Path(source_name(data)), config.item_col, is_csv)
+
+
+def same_kind(catalogue: np.ndarray, train_ids: np.ndarray, source: str, column: str) -> np.ndarray:
+    """Ids of a catalogue or feature file in the training ids' kind, so one encoder holds
+    them all.
+
+    Integer ids join text ids as their text (``42`` is the item ``"42"``, as when scoring);
+    text ids cannot join integer ids: the first one is named.
+    """
+    if (catalogue.dtype == object) == (train_ids.dtype == object) or len(catalogue) == 0:
+        return catalogue
+    if train_ids.dtype == object:
+        return catalogue.astype(str).astype(object)
+    pos = int(np.argmax([re.fullmatch(CANONICAL_INT, str(v)) is None for v in catalogue]))
+    raise row_error(
+        Path(source),
+        pos,
+        column,
+        f"id {catalogue[pos]!r} is text, but the training data's ids in {column!r} are integers",
+        "integer ids, like the training data's",
+    )
+
+
+def source_name(data: DataLike) -> str:
+    return Path(data).name if not isinstance(data, pd.DataFrame) else "the training frame"
