@@ -282,14 +282,7 @@ def evaluate_sampled(
             users, train_u, train_i, test_u, test_i, num_items, num_negatives, seed
         )
     else:
-        cand_u, cand_i = _pairs(candidates[0], candidates[1], num_items, "candidate")
-        ok = (cand_u != UNKNOWN_INDEX) & (cand_i != UNKNOWN_INDEX)
-        unknown_candidates = int((~ok).sum())
-        key = torch.unique(cand_u[ok] * num_items + cand_i[ok])
-        cand_u, cand_i = key // num_items, key % num_items
-        neg_users, row, slot, width = _group(cand_u)
-        negatives = torch.zeros(len(neg_users), width, dtype=torch.int64)
-        negatives[row, slot] = cand_i  # 0 = padding
+        neg_users, negatives, unknown_candidates = _given_negatives(candidates, num_items)
 
     # Each query's row of negatives (never its own item); queries without any are skipped.
     position = torch.searchsorted(neg_users, test_u).clamp(max=max(len(neg_users) - 1, 0))
@@ -325,6 +318,21 @@ def evaluate_sampled(
     out["unknown_candidates"] = float(unknown_candidates)
     out["test_items_without_candidates"] = float(without)
     return out
+
+
+def _given_negatives(
+    candidates: tuple[torch.Tensor, torch.Tensor], num_items: int
+) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """``(users, (U, W) negatives padded with 0, pairs dropped for an unknown id)`` of
+    long-form candidate pairs, duplicates removed."""
+    cand_u, cand_i = _pairs(candidates[0], candidates[1], num_items, "candidate")
+    ok = (cand_u != UNKNOWN_INDEX) & (cand_i != UNKNOWN_INDEX)
+    key = torch.unique(cand_u[ok] * num_items + cand_i[ok])
+    cand_u, cand_i = key // num_items, key % num_items
+    neg_users, row, slot, width = _group(cand_u)
+    negatives = torch.zeros(len(neg_users), width, dtype=torch.int64)
+    negatives[row, slot] = cand_i  # 0 = padding
+    return neg_users, negatives, int((~ok).sum())
 
 
 def _pairs(

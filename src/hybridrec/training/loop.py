@@ -76,8 +76,7 @@ def fit(
             positive rows get full-ranking metrics at ``config.ks``.
         config: optimisation settings; ``config.seed`` fixes shuffling, sampling and dropout.
             ``config.checkpoint_every``/``config.resume`` write and read checkpoints.
-        device: where to train (default: ``config.device`` when it names one, else, for
-            ``"auto"``, the model's current device).
+        device: where to train (default: :func:`training_device`).
         show_progress: show a tqdm bar with running loss, accuracy and samples/s.
         on_epoch_end: called as ``on_epoch_end(stats, history)`` after each epoch (on rank
             0 only when training with several processes).
