@@ -82,6 +82,9 @@ def run(shape: str, positives: int, config: TrainConfig) -> dict[str, float]:
     model = build_model("hybrid", num_users=num_users + 1, num_items=num_items + 1)
     start = time.perf_counter()
     history = fit(model, data, None, config, show_progress=False)
+    trained_on = next(model.parameters()).device
+    if config.device != "auto" and trained_on.type != torch.device(config.device).type:
+        raise SystemExit(f"asked for {config.device}, but the model trained on {trained_on}")
     return {
         "samples_per_second": history.last.samples_per_second,
         "seconds": time.perf_counter() - start,

@@ -98,6 +98,9 @@ def main() -> None:
         if cuda:
             torch.cuda.synchronize()
         seconds = time.perf_counter() - start
+    trained_on = next(model.parameters()).device
+    if trained_on.type != torch.device(args.device).type:  # session 11's figures were the CPU's
+        raise SystemExit(f"asked for {args.device}, but the model trained on {trained_on}")
     where = torch.cuda.get_device_name(0) if cuda else "CPU, 1 thread"
     compiled = ", compiled" if args.compile else ""
     print(f"# {where}, torch {torch.__version__}, shape {args.shape}, "
