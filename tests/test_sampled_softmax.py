@@ -62,6 +62,11 @@ def test_log_sum_exp_gradient_and_accidental_hits():
     x = torch.randn(3, 5, dtype=torch.double, requires_grad=True)
     assert torch.autograd.gradcheck(_LogSumExp.apply, (x,))
     assert torch.allclose(_LogSumExp.apply(x), torch.logsumexp(x, 1))
+    # float32 rows as training meets them: wide logits, and hits masked with the lowest float
+    wide = torch.randn(4, 300) * 30
+    wide[1, ::3] = torch.finfo(torch.float32).min
+    wide[2] = torch.finfo(torch.float32).min  # every candidate masked: finite, not NaN
+    assert torch.allclose(_LogSumExp.apply(wide), torch.logsumexp(wide, 1), rtol=1e-6)
     candidates = torch.randint(1, 6, (40,))
     targets = torch.randint(1, 6, (7,))
     rows, cols = accidental_hits(candidates, targets)
