@@ -1057,3 +1057,20 @@ def test_serve_passes_its_limits_on(monkeypatch, capsys):
                         "--max-connections", "10", "--max-pending", "3")  # fmt: skip
     assert code == 0, err
     assert (seen["header_timeout"], seen["max_connections"], seen["max_pending"]) == (2.5, 10, 3)
+
+
+def test_the_parser_is_built_once_per_state_of_the_model_registry(monkeypatch):
+    """``main`` reuses its parser (argparse costs ~10 ms a build), but a model registered
+    since is a choice of ``--model`` at once."""
+    from hybridrec.cli.parser import cached_parser
+    from hybridrec.models import MODELS, HybridRecSys
+
+    first = cached_parser()
+    assert cached_parser() is first
+    monkeypatch.setitem(MODELS, "toy-hybrid", HybridRecSys)
+    second = cached_parser()
+    assert second is not first
+    args = second.parse_args(["train", "--train", "t.csv", "--model", "toy-hybrid"])
+    assert args.model == "toy-hybrid"
+    with pytest.raises(SystemExit):
+        first.parse_args(["train", "--train", "t.csv", "--model", "toy-hybrid"])

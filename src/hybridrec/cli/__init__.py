@@ -19,7 +19,7 @@ from typing import Any
 from hybridrec.cli.data import cmd_data, cmd_demo, cmd_split
 from hybridrec.cli.evaluating import cmd_evaluate, cmd_report
 from hybridrec.cli.options import add_config_arguments, config_from_args
-from hybridrec.cli.parser import build_parser, recsys_parser
+from hybridrec.cli.parser import build_parser, cached_parser, recsys_parser
 from hybridrec.cli.serving import check_port, cmd_export, cmd_recommend, cmd_serve
 from hybridrec.cli.training import cmd_info, cmd_train, cmd_tune, run_config
 from hybridrec.config import INT64_MAX
@@ -149,7 +149,7 @@ def _interrupted(args: argparse.Namespace) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``hybridrec`` console entry point."""
-    parser = build_parser()
+    parser = cached_parser()
     try:
         args = parser.parse_args(expand_config(parser, sys.argv[1:] if argv is None else argv))
         check_integer_options(args, parser)

@@ -37,6 +37,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+_built: tuple[tuple[Any, ...], argparse.ArgumentParser] | None = None
+
+
+def cached_parser() -> argparse.ArgumentParser:
+    """:func:`build_parser`, built once for each state of the model registry (its help
+    texts and choices list the models). Building takes ~10 ms of argparse; a process that
+    runs many commands (a test suite, a notebook) pays it once. Parsing never changes the
+    parser, and no default is mutable or read from the environment."""
+    global _built
+    key = tuple(MODELS.items())
+    if _built is None or _built[0] != key:
+        _built = (key, build_parser())
+    return _built[1]
+
+
 def recsys_parser() -> argparse.ArgumentParser:
     """``python RecSys.py``: the training flags, with the seed's files as defaults."""
     parser = argparse.ArgumentParser(
