@@ -9,7 +9,7 @@ from typing import Any
 
 from hybridrec.cli.options import config_from_args, model_options
 from hybridrec.cli.output import print_json, print_table
-from hybridrec.cli.parser import build_parser
+from hybridrec.cli.parser import cached_parser
 from hybridrec.config import DataConfig, TrainConfig
 from hybridrec.evaluation import format_metrics
 from hybridrec.features.attach import FeatureConfig
@@ -75,7 +75,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     from hybridrec.configfile import subparser
     from hybridrec.tune import run_tune
 
-    train_parser = subparser(build_parser(), "train")
+    train_parser = subparser(cached_parser(), "train")
     assert train_parser is not None
     summary = run_tune(args, train_parser, _train_kwargs)
     if args.json:
@@ -101,7 +101,7 @@ def run_config(args: argparse.Namespace) -> dict[str, Any]:
     """The command's options as they took effect, saved with the model for ``info``."""
     from hybridrec.configfile import resolved_options, subparser
 
-    sub = subparser(build_parser(), args.command)
+    sub = subparser(cached_parser(), args.command)
     assert sub is not None
     return {"command": args.command, "cwd": str(Path.cwd()),
             "options": resolved_options(args, sub)}  # fmt: skip
@@ -110,5 +110,5 @@ def run_config(args: argparse.Namespace) -> dict[str, Any]:
 def cmd_info(args: argparse.Namespace) -> int:
     from hybridrec.configfile import model_config_toml
 
-    print(model_config_toml(args.model, build_parser()), end="")
+    print(model_config_toml(args.model, cached_parser()), end="")
     return 0
