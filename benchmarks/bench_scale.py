@@ -75,6 +75,14 @@ def encoded(frame: pd.DataFrame, num_users: int, num_items: int) -> RecSysDatase
     )
 
 
+def check_trained_on(model: torch.nn.Module, device: str) -> None:
+    """Stop if the model trained anywhere but ``device``: session 11's "GPU" figures were
+    the host CPU's, because ``fit`` then ignored ``TrainConfig.device``."""
+    trained_on = next(model.parameters()).device
+    if device != "auto" and trained_on.type != torch.device(device).type:
+        raise SystemExit(f"asked for {device}, but the model trained on {trained_on}")
+
+
 def run(shape: str, positives: int, config: TrainConfig) -> dict[str, float]:
     num_users, num_items = SHAPES[shape]
     data = encoded(power_law_positives(num_users, num_items, positives), num_users, num_items)
@@ -82,9 +90,7 @@ def run(shape: str, positives: int, config: TrainConfig) -> dict[str, float]:
     model = build_model("hybrid", num_users=num_users + 1, num_items=num_items + 1)
     start = time.perf_counter()
     history = fit(model, data, None, config, show_progress=False)
-    trained_on = next(model.parameters()).device
-    if config.device != "auto" and trained_on.type != torch.device(config.device).type:
-        raise SystemExit(f"asked for {config.device}, but the model trained on {trained_on}")
+    check_trained_on(model, config.device)
     return {
         "samples_per_second": history.last.samples_per_second,
         "seconds": time.perf_counter() - start,

@@ -22,7 +22,7 @@ import argparse
 import time
 
 import torch
-from bench_scale import SHAPES, encoded, power_law_positives
+from bench_scale import SHAPES, check_trained_on, encoded, power_law_positives
 from torch.profiler import ProfilerActivity, profile, record_function, schedule
 
 from hybridrec import TrainConfig, fit
@@ -98,9 +98,7 @@ def main() -> None:
         if cuda:
             torch.cuda.synchronize()
         seconds = time.perf_counter() - start
-    trained_on = next(model.parameters()).device
-    if trained_on.type != torch.device(args.device).type:  # session 11's figures were the CPU's
-        raise SystemExit(f"asked for {args.device}, but the model trained on {trained_on}")
+    check_trained_on(model, args.device)
     where = torch.cuda.get_device_name(0) if cuda else "CPU, 1 thread"
     compiled = ", compiled" if args.compile else ""
     print(f"# {where}, torch {torch.__version__}, shape {args.shape}, "

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 from typing import Any
 
 from hybridrec.cli.options import _parse_sizes, add_config_arguments
@@ -37,19 +38,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-_built: tuple[tuple[Any, ...], argparse.ArgumentParser] | None = None
-
-
 def cached_parser() -> argparse.ArgumentParser:
     """:func:`build_parser`, built once for each state of the model registry (its help
     texts and choices list the models). Building takes ~10 ms of argparse; a process that
     runs many commands (a test suite, a notebook) pays it once. Parsing never changes the
     parser, and no default is mutable or read from the environment."""
-    global _built
-    key = tuple(MODELS.items())
-    if _built is None or _built[0] != key:
-        _built = (key, build_parser())
-    return _built[1]
+    return _parser_for(tuple(MODELS.items()))
+
+
+@functools.lru_cache(maxsize=1)
+def _parser_for(registry: tuple[Any, ...]) -> argparse.ArgumentParser:
+    return build_parser()
 
 
 def recsys_parser() -> argparse.ArgumentParser:
