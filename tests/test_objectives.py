@@ -330,11 +330,14 @@ def test_a_sampled_batch_scored_by_groups_gives_the_flat_loss(name):
     assert grouped.item() == pytest.approx(flat.item(), rel=1e-5)
 
 
-def test_weighted_step_is_the_weighted_mean_plus_the_catalogue_term():
+@pytest.mark.parametrize("known", ["include", "exclude"])
+def test_weighted_step_is_the_weighted_mean_plus_the_catalogue_term(known):
+    """The catalogue term is a softmax over every item; with ``--known-negatives exclude``
+    (the default) a user's other training items are left out of their row's softmax."""
     torch.manual_seed(0)
     net = model("hybrid")
-    data = positives()
-    config = TrainConfig(catalogue_weight=0.5)
+    data = positives()  # user 1: items 1, 2, 3; user 2: items 2, 4
+    config = TrainConfig(catalogue_weight=0.5, known_negatives=known)
     objective = make_objective(net, data, config, CPU)
     assert objective.catalogue_weight == 0.5
     batch = Batch(
@@ -348,13 +351,27 @@ def test_weighted_step_is_the_weighted_mean_plus_the_catalogue_term():
     bce = F.binary_cross_entropy_with_logits(logits, batch.target, reduction="none")
     dots = net.user_embedding.weight @ net.item_embedding.weight.T
     dots[:, 0] = -torch.inf
+    plain = F.cross_entropy(dots[[1, 2]], torch.tensor([1, 2]), reduction="none")
+    if known == "exclude":
+        dots[1, [2, 3]] = -torch.inf  # user 1's other items, for its positive item 1
+        dots[2, 4] = -torch.inf  # user 2's, for its positive item 2
     ce = F.cross_entropy(dots[[1, 2]], torch.tensor([1, 2]), reduction="none")
     expected = (bce * batch.weight).mean() + 0.5 * (ce * torch.tensor([2.0, 1.0])).mean()
     assert n == 4
     assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
     assert catalogue_loss(net, torch.tensor([1, 2]), torch.tensor([1, 2]), None).item() == (
-        pytest.approx(ce.mean().item(), rel=1e-5)
+        pytest.approx(plain.mean().item(), rel=1e-5)
     )
+
+
+def test_items_of_lists_each_users_positives():
+    from hybridrec.data.sampling import NegativeSampler
+
+    data = positives()
+    sampler = NegativeSampler(data.user_idx, data.item_idx, num_items=6)
+    owner, items = sampler.items_of(torch.tensor([2, 3, 1, 0]))
+    pairs = sorted(zip(owner.tolist(), items.tolist(), strict=True))
+    assert pairs == [(0, 2), (0, 4), (1, 5), (2, 1), (2, 2), (2, 3)]  # user 0 has none
 
 
 @pytest.mark.parametrize("name", sorted(set(MODELS) - {"sasrec"}))

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from hybridrec.sampled_softmax import SharedNegatives
+from hybridrec.sampled_softmax import KnownItems, SharedNegatives, known_columns
 
 
 def _queries(seed: int = 0, rows: int = 6, items: int = 30, dim: int = 4):
@@ -92,3 +92,67 @@ def test_sampled_loss_counts_repeated_draws_once_each_draw():
     positive = (queries * table(targets)).sum(-1)
     every_draw = torch.nn.functional.softplus(torch.logsumexp(logits, 1) - positive).mean()
     assert torch.allclose(loss, every_draw, rtol=1e-5, atol=1e-6)
+
+
+def _known_case():
+    """Rows 0-2 of group 0 (which knows items 3, 7 and each row's target) and rows 3-5 of
+    group 1 (knows 2, 9); 0 pads a group's items."""
+    queries, table, targets = _queries()
+    group = torch.tensor([0, 0, 0, 1, 1, 1])
+    group_items = [[0, 3, 7, *targets[:3].tolist()], [2, 9, *targets[3:].tolist(), 0]]
+    item_group = torch.tensor([g for g, row in enumerate(group_items) for _ in row])
+    items = torch.tensor([item for row in group_items for item in row])
+    return queries, table, targets, KnownItems(group, item_group, items, 2)
+
+
+def _excluded_dense_loss(queries, table, targets, known):
+    """The exact softmax with each row's known items (its target aside) dropped."""
+    logits = queries @ table.weight.T
+    logits[:, 0] = -torch.inf
+    for row, g in enumerate(known.group.tolist()):
+        for item in known.items[known.item_group == g].tolist():
+            if item and item != targets[row]:
+                logits[row, item] = -torch.inf
+    return torch.nn.functional.cross_entropy(logits, targets)
+
+
+def test_known_items_are_not_negatives_in_the_exact_softmax():
+    queries, table, targets, known = _known_case()
+    neg = SharedNegatives(torch.ones(30), 2048)
+    loss, _ = neg.loss(queries, table, targets, known=known)
+    expected = _excluded_dense_loss(queries, table, targets, known)
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
+    plain, _ = neg.loss(queries, table, targets)
+    assert loss.item() < plain.item()  # fewer negatives: a smaller partition function
+    # a known item gets no gradient through the rows that know it
+    table.zero_grad()
+    neg.loss(queries[:3], table, targets[:3], known=known._replace(group=known.group[:3]))[
+        0
+    ].backward()
+    for item in (3, 7):
+        if item not in targets[:3].tolist():
+            assert torch.all(table.weight.grad[item] == 0)
+
+
+def test_known_items_are_not_negatives_in_the_sampled_softmax():
+    """With many draws the sampled loss tends to the exact loss without the known items."""
+    queries, table, targets, known = _known_case()
+    counts = torch.arange(30) ** 2
+    sampled = SharedNegatives(counts, 200_000, exact=False)
+    generator = torch.Generator().manual_seed(1)
+    loss, _ = sampled.loss(queries, table, targets, generator=generator, known=known)
+    expected = _excluded_dense_loss(queries, table, targets, known)
+    assert loss.item() == pytest.approx(expected.item(), rel=0.01)
+
+
+def test_known_columns_finds_each_groups_items_among_sorted_candidates():
+    generator = torch.Generator().manual_seed(0)
+    candidates = torch.unique(torch.randint(1, 50, (30,), generator=generator))
+    item_group = torch.randint(0, 4, (40,), generator=generator)
+    items = torch.randint(0, 50, (40,), generator=generator)
+    group = torch.tensor([3, 0, 0, 2, 1])
+    mask = known_columns(candidates, KnownItems(group, item_group, items, 4))
+    expected = torch.stack(
+        [torch.isin(candidates, items[(item_group == g) & (items > 0)]) for g in group.tolist()]
+    )
+    assert torch.equal(mask, expected)

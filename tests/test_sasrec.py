@@ -240,3 +240,33 @@ def test_auto_loss_is_the_models_own(monkeypatch):
     hybridrec.train(train_frame, None, model="sasrec", model_options=TINY, train_config=config)
     hybridrec.train(train_frame, None, model="mf", train_config=config)
     assert seen == ["ce", "bce"]
+
+
+@pytest.mark.parametrize("known", ["exclude", "include"])
+def test_softmax_leaves_out_the_windows_own_items_unless_told(known):
+    """--known-negatives: a position's softmax does not count the other items of its own
+    history window (earlier or later) as negatives; ``include`` is the plain softmax."""
+    from hybridrec.data.dataset import RecSysDataset
+    from hybridrec.objectives.next_item import NextItem
+
+    users = torch.tensor([1, 1, 1, 1, 2, 2, 2])
+    items = torch.tensor([3, 5, 7, 9, 2, 4, 6])
+    train = RecSysDataset(users, items, torch.ones(7), timestamp=torch.arange(7.0))
+    config = TrainConfig(loss="ce", known_negatives=known, batch_size=64, device="cpu")
+    objective = NextItem(train, config, torch.device("cpu"), num_items=20, max_len=10)
+    net = model()
+    batch = next(objective.batches(torch.Generator().manual_seed(0)))
+    loss, _, n = objective.step(net, batch)
+    inputs, targets = batch[:, :-1], batch[:, 1:]
+    valid = (targets != 0) & (inputs != 0)
+    states = net.encode(inputs)[valid]
+    logits = states @ net.item_embedding.weight.T
+    logits[:, 0] = -torch.inf
+    window = torch.arange(len(batch))[:, None].expand_as(valid)[valid]
+    if known == "exclude":
+        for row, target in enumerate(targets[valid].tolist()):
+            for item in batch[window[row]].tolist():
+                if item and item != target:
+                    logits[row, item] = -torch.inf
+    expected = torch.nn.functional.cross_entropy(logits, targets[valid])
+    assert n == 5 and loss.item() == pytest.approx(expected.item(), rel=1e-5)

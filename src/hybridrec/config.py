@@ -61,6 +61,7 @@ DEFAULT_BATCH_SIZE, DEFAULT_LEARNING_RATE = 2048, 5e-3
 LOSSES = ("auto", "bce", "bpr", "ce")
 SAMPLINGS = ("uniform", "popularity")
 SPARSE_MODES = ("auto", "on", "off")
+KNOWN_NEGATIVES = ("exclude", "include")
 AMP_MODES = ("off", "bf16", "fp16")
 AT_K_METRICS = ("hr", "ndcg", "recall", "precision", "map")
 STOP_METRICS = (*AT_K_METRICS, "mrr", "auc", "accuracy", "loss")
@@ -161,6 +162,12 @@ class TrainConfig:
         "many shared, popularity-drawn, log-Q-corrected negatives per batch, so the cost "
         "per sample does not grow with the catalogue",
     )
+    known_negatives: str = option(
+        "exclude",
+        "catalogue softmaxes (--catalogue-weight; --loss ce of $next_item_models): exclude = "
+        "a user's other training items are not their negatives (a ranking never recommends "
+        "them); include = every item but the positive is (plain softmax, original SASRec)",
+    )
     sparse_embeddings: str = option(
         "auto",
         "update only the embedding rows a batch touches (sparse gradients, lazy Adam), so a "
@@ -255,6 +262,11 @@ class TrainConfig:
             raise ConfigError(
                 f"--sparse-embeddings must be one of {', '.join(SPARSE_MODES)}, "
                 f"got {self.sparse_embeddings!r}"
+            )
+        if self.known_negatives not in KNOWN_NEGATIVES:
+            raise ConfigError(
+                f"--known-negatives must be one of {', '.join(KNOWN_NEGATIVES)}, "
+                f"got {self.known_negatives!r}"
             )
         if self.sampling not in SAMPLINGS:
             raise ConfigError(

@@ -17,7 +17,7 @@ from hybridrec.data.sequences import pack_histories
 from hybridrec.errors import ConfigError
 from hybridrec.models.layers import group_dots
 from hybridrec.objectives.batching import shard_order
-from hybridrec.sampled_softmax import SharedNegatives
+from hybridrec.sampled_softmax import KnownItems, SharedNegatives
 
 
 class NextItem:
@@ -35,7 +35,9 @@ class NextItem:
     position's cost does not grow with the catalogue. Sampled negatives are not filtered
     against the user's history (an accidental hit on one of the ~N_user/N_items of the
     catalogue they know is rare and costs only noise); a negative equal to the target
-    itself is dropped.
+    itself is dropped. With ``--known-negatives exclude`` (the default) the softmax, exact
+    or sampled, does not count the other items of the history window a position belongs
+    to as its negatives, earlier or later ones: ranking never recommends them.
     """
 
     #: Items are looked up through the embedding module: the table can be sparse.
@@ -109,7 +111,13 @@ class NextItem:
         n = len(targets)
         items = model.item_embedding
         if self.config.loss == "ce":
-            loss, hits = self.softmax.loss(states, items, targets)
+            known = None
+            if self.config.known_negatives == "exclude":  # the items of each row's window
+                rows = torch.arange(len(batch), device=batch.device)[:, None]
+                windows = rows.expand_as(batch)
+                known = KnownItems(windows[:, 1:][valid], windows.reshape(-1),
+                                   batch.reshape(-1), len(batch))  # fmt: skip
+            loss, hits = self.softmax.loss(states, items, targets, known=known)
             return loss, hits, n
         k = self.config.negatives
         negatives = torch.randint(1, self.num_items, (n, k), device=states.device)

@@ -23,7 +23,7 @@ from hybridrec.objectives.batching import (
     weighted_mean,
 )
 from hybridrec.retrieval import query_vectors, retrieval_factors
-from hybridrec.sampled_softmax import SharedNegatives
+from hybridrec.sampled_softmax import KnownItems, SharedNegatives
 
 #: Positives whose negatives are drawn in one call: bounds an epoch's memory to a chunk
 #: (not the whole epoch's rows) while keeping the sampler's per-call overhead amortised.
@@ -36,6 +36,7 @@ def catalogue_loss(
     item_idx: torch.Tensor,
     weight: torch.Tensor | None,
     negatives: SharedNegatives | None = None,
+    known: KnownItems | None = None,
 ) -> torch.Tensor:
     """Softmax cross-entropy of each positive against the catalogue, on the model's
     dot-product score (what two-stage retrieval ranks by).
@@ -44,14 +45,14 @@ def catalogue_loss(
     positive above the *popular* items it competes with in a full ranking; a softmax over
     the catalogue does. ``negatives`` makes it a sampled softmax whose cost per row does
     not grow with the catalogue (:mod:`hybridrec.sampled_softmax`); without it the softmax
-    is exact over every item.
+    is exact over every item. ``known`` items are not a row's negatives.
     """
     _, items = retrieval_factors(model)
     if negatives is None:
         negatives = SharedNegatives(torch.zeros(items.num_embeddings), items.num_embeddings)
         negatives.to(items.weight.device)
     loss, _ = negatives.loss(
-        query_vectors(model, user_idx), items, item_idx, weight, count_hits=False
+        query_vectors(model, user_idx), items, item_idx, weight, count_hits=False, known=known
     )
     return loss
 
@@ -231,7 +232,12 @@ class Pointwise:
         if not len(users):
             return None
         weight = None if batch.weight is None else batch.weight[rows]
-        return catalogue_loss(model, users, items, weight, self.softmax)
+        known = None
+        if self.config.known_negatives == "exclude":  # the users' other training items
+            distinct, group = torch.unique(users, return_inverse=True)
+            owner, seen = self.sampler.items_of(distinct)
+            known = KnownItems(group, owner.to(users.device), seen.to(users.device), len(distinct))
+        return catalogue_loss(model, users, items, weight, self.softmax, known)
 
     def _logits(self, model: nn.Module, batch: Batch) -> torch.Tensor:
         """The BCE batch's logits, in its row order. A sampled batch is its ``P`` positives,
