@@ -364,6 +364,24 @@ def test_weighted_step_is_the_weighted_mean_plus_the_catalogue_term(known):
     )
 
 
+def test_a_sampled_catalogue_term_does_not_look_up_users_histories(monkeypatch):
+    """Above --softmax-negatives the catalogue term keeps its cost flat: the users' known
+    items (as many as their histories) are not searched among the drawn candidates."""
+    from hybridrec.data.sampling import NegativeSampler
+
+    def refuse(self, users):
+        raise AssertionError("items_of called on the sampled path")
+
+    monkeypatch.setattr(NegativeSampler, "items_of", refuse)
+    torch.manual_seed(0)
+    net = model("hybrid")
+    config = TrainConfig(catalogue_weight=0.5, softmax_negatives=2, negatives=1, batch_size=4)
+    objective = make_objective(net, positives(), config, CPU)
+    assert not objective.softmax.exact
+    loss, _, _ = objective.step(net, next(iter(objective.batches(torch.Generator()))))
+    assert torch.isfinite(loss)
+
+
 def test_items_of_lists_each_users_positives():
     from hybridrec.data.sampling import NegativeSampler
 

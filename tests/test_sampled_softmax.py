@@ -151,7 +151,9 @@ def test_known_columns_finds_each_groups_items_among_sorted_candidates():
     item_group = torch.randint(0, 4, (40,), generator=generator)
     items = torch.randint(0, 50, (40,), generator=generator)
     group = torch.tensor([3, 0, 0, 2, 1])
-    mask = known_columns(candidates, KnownItems(group, item_group, items, 4))
+    lookup = torch.full((50,), -1)
+    mask = known_columns(candidates, KnownItems(group, item_group, items, 4), lookup)
+    assert bool((lookup == -1).all())  # left as found
     expected = torch.stack(
         [torch.isin(candidates, items[(item_group == g) & (items > 0)]) for g in group.tolist()]
     )

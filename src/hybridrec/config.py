@@ -164,9 +164,11 @@ class TrainConfig:
     )
     known_negatives: str = option(
         "exclude",
-        "catalogue softmaxes (--catalogue-weight; --loss ce of $next_item_models): exclude = "
-        "a user's other training items are not their negatives (a ranking never recommends "
-        "them); include = every item but the positive is (plain softmax, original SASRec)",
+        "catalogue softmaxes: exclude = a user's other training items are not their "
+        "negatives (a ranking never recommends them): for $next_item_models' --loss ce the "
+        "other items of the history window, for --catalogue-weight when the catalogue is "
+        "used whole (at most --softmax-negatives items); include = every item but the "
+        "positive is (the plain softmax, the original SASRec)",
     )
     sparse_embeddings: str = option(
         "auto",

@@ -84,10 +84,13 @@ class SharedNegatives:
         self._cdf[-1] = 1.0  # no draw past the end through rounding
         # log of the expected number of draws of each item per batch
         self._log_expected = torch.log(probs * num_negatives).float()
+        # an item's column among a batch's candidates (-1: not one): see known_columns
+        self._lookup = torch.full((num_items,), -1, dtype=torch.int32)
 
     def to(self, device: torch.device) -> SharedNegatives:
         self._cdf = self._cdf.to(device)
         self._log_expected = self._log_expected.to(device)
+        self._lookup = self._lookup.to(device)
         return self
 
     @torch.compiler.disable  # a draw, not arithmetic; under --compile's dynamic shapes the
@@ -126,7 +129,7 @@ class SharedNegatives:
             logits = queries @ cand_vectors.T  # (N, I - 1), column j = item j + 1
             labels = targets - 1
             if known is not None:
-                mask = known_columns(candidates, known)
+                mask = known_columns(candidates, known, self._lookup)
                 mask[torch.arange(len(labels), device=mask.device), labels] = False
                 logits.masked_fill_(mask, torch.finfo(logits.dtype).min)
             losses = F.cross_entropy(logits, labels, reduction="none")
@@ -143,7 +146,7 @@ class SharedNegatives:
             lowest = torch.finfo(negative.dtype).min
             negative.index_put_((rows, cols), negative.new_tensor(lowest))
             if known is not None:
-                negative.masked_fill_(known_columns(candidates, known), lowest)
+                negative.masked_fill_(known_columns(candidates, known, self._lookup), lowest)
             # log(e^p + sum e^n) - p, without building the (N, S + 1) logits
             losses = F.softplus(_LogSumExp.apply(negative) - positive)
             hits = None
@@ -215,24 +218,30 @@ class KnownItems(NamedTuple):
     num_groups: int
 
 
-def known_columns(candidates: torch.Tensor, known: KnownItems) -> torch.Tensor:
-    """``(N, C)`` mask: ``candidates[c]`` is one of row ``n``'s known items. ``candidates``
-    must be sorted (``arange`` or ``unique`` output): each known item is found by binary
-    search, ``O(M log C)``, and the mask is built once per group, then gathered per row.
+def known_columns(
+    candidates: torch.Tensor, known: KnownItems, lookup: torch.Tensor
+) -> torch.Tensor:
+    """``(N, C)`` mask: ``candidates[c]`` (distinct items) is one of row ``n``'s known items.
+
+    ``lookup`` is an item-indexed table of -1s: the candidates' columns are written into it,
+    each known item reads its column in one gather (a binary search per known item cost
+    several times more at ML-20M's shape), and the -1s are put back. The mask is built once
+    per group, then gathered per row.
 
     Example:
         >>> known = KnownItems(torch.tensor([0, 0, 1]), torch.tensor([0, 0, 0, 1, 1]),
         ...                    torch.tensor([0, 3, 7, 2, 5]), num_groups=2)
-        >>> known_columns(torch.tensor([2, 3, 7]), known).int().tolist()
+        >>> lookup = torch.full((8,), -1)
+        >>> known_columns(torch.tensor([2, 3, 7]), known, lookup).int().tolist()
         [[0, 1, 1], [0, 1, 1], [1, 0, 0]]
     """
     width = len(candidates)
-    items = known.items.contiguous()
-    cols = torch.searchsorted(candidates, items).clamp_(max=width - 1)
-    found = (candidates[cols] == items) & (items != UNKNOWN_INDEX)
+    lookup[candidates] = torch.arange(width, dtype=lookup.dtype, device=lookup.device)
+    cols = lookup[known.items]
+    lookup[candidates] = -1
     # items not among the candidates go to a spare last column, dropped after: no
     # data-dependent shapes, so no wait for the device on a GPU
-    flat = known.item_group * (width + 1) + torch.where(found, cols, width)
-    mask = torch.zeros(known.num_groups * (width + 1), dtype=torch.bool, device=items.device)
+    flat = known.item_group * (width + 1) + torch.where(cols >= 0, cols, width)
+    mask = torch.zeros(known.num_groups * (width + 1), dtype=torch.bool, device=cols.device)
     mask[flat] = True
     return mask.view(known.num_groups, width + 1)[:, :width][known.group]

@@ -79,15 +79,16 @@ class NegativeSampler:
 
     def items_of(self, users: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Every positive of each of ``users`` as ``(position in users, item)`` pairs: one
-        binary search per user into the sorted keys, then their slices, no loop."""
+        binary search per user into the sorted keys, then their runs of keys, no loop."""
         users = users.cpu()
         bounds = torch.stack([users, users + 1]) * self.num_items
         start, end = torch.searchsorted(self._positive_keys, bounds)
         lengths = end - start
         owner = torch.repeat_interleave(torch.arange(len(users)), lengths)
-        offsets = torch.cumsum(lengths, 0) - lengths
-        positions = torch.arange(len(owner)) - offsets[owner] + start[owner]
-        return owner, self._positive_keys[positions] - users[owner] * self.num_items
+        # key positions: a run from each user's start, laid end to end
+        shift = torch.repeat_interleave(start - (torch.cumsum(lengths, 0) - lengths), lengths)
+        keys = self._positive_keys[torch.arange(len(owner)) + shift]
+        return owner, keys.remainder_(self.num_items)
 
     def sample(self, user_idx: torch.Tensor, num: int, generator: torch.Generator) -> torch.Tensor:
         """(len(user_idx), num) negative items for each user, drawn with replacement."""
