@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from hybridrec.sampled_softmax import KnownItems, SharedNegatives, known_columns
+from hybridrec.sampled_softmax import KnownItems, SharedNegatives, known_bias
 
 
 def _queries(seed: int = 0, rows: int = 6, items: int = 30, dim: int = 4):
@@ -145,16 +145,30 @@ def test_known_items_are_not_negatives_in_the_sampled_softmax():
     assert loss.item() == pytest.approx(expected.item(), rel=0.01)
 
 
-def test_known_columns_finds_each_groups_items_among_sorted_candidates():
+def test_known_bias_marks_each_groups_items_among_the_candidates():
     generator = torch.Generator().manual_seed(0)
     candidates = torch.unique(torch.randint(1, 50, (30,), generator=generator))
     item_group = torch.randint(0, 4, (40,), generator=generator)
     items = torch.randint(0, 50, (40,), generator=generator)
     group = torch.tensor([3, 0, 0, 2, 1])
     lookup = torch.full((50,), -1)
-    mask = known_columns(candidates, KnownItems(group, item_group, items, 4), lookup)
+    mask = known_bias(candidates, KnownItems(group, item_group, items, 4), lookup) < 0
     assert bool((lookup == -1).all())  # left as found
     expected = torch.stack(
         [torch.isin(candidates, items[(item_group == g) & (items > 0)]) for g in group.tolist()]
     )
     assert torch.equal(mask, expected)
+
+
+def test_a_row_with_every_candidate_known_stays_finite():
+    """Known items get a large finite negative logit, not -inf: a row left with no negative
+    has a finite loss and gradient (no NaN into the weights)."""
+    queries, table, targets = _queries(rows=1, items=6)
+    sampled = SharedNegatives(torch.ones(6), 3, exact=False)
+    every = torch.arange(1, 6)
+    known = KnownItems(torch.tensor([0]), torch.zeros(5, dtype=torch.int64), every, 1)
+    table.zero_grad()
+    loss, _ = sampled.loss(queries, table, targets, known=known)
+    loss.backward()
+    assert loss.item() == pytest.approx(0.0, abs=1e-6)
+    assert bool(torch.isfinite(table.weight.grad).all())
