@@ -165,8 +165,8 @@ class TrainConfig:
     known_negatives: str = option(
         "exclude",
         "catalogue softmaxes: exclude = a user's other training items are not their "
-        "negatives (a ranking never recommends them): for $next_item_models' --loss ce the "
-        "other items of the history window, for --catalogue-weight when the catalogue is "
+        "negatives (a ranking never recommends them): in --loss ce of $next_item_models the "
+        "other items of the history window, in --catalogue-weight when the catalogue is "
         "used whole (at most --softmax-negatives items); include = every item but the "
         "positive is (the plain softmax, the original SASRec)",
     )

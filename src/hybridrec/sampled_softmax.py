@@ -23,8 +23,8 @@ the exact objective and large ones a bounded-cost estimate of it.
 A row may also name items it already knows (:class:`KnownItems`: its user's training items):
 those are not counted among its negatives, exact or sampled, since a ranking never
 recommends them; spending the softmax on pushing them down would train for a question the
-recommender is never asked (on MovieLens-100K's val split, 3 seeds, sasrec's full HR@10 /
-NDCG@10 rose from 0.222 / 0.117 to 0.232 / 0.121 with them excluded; docs/benchmarks.md).
+recommender is never asked (on MovieLens-100K's val split, 5 seeds, sasrec's full HR@10 /
+NDCG@10 rose from 0.223 / 0.117 to 0.236 / 0.123 with them excluded; docs/benchmarks.md).
 
 Item vectors are always looked up through the embedding module (never ``.weight``), so the
 gradient of an item table is sparse when the table is (``nn.Embedding(sparse=True)``).
@@ -84,7 +84,7 @@ class SharedNegatives:
         self._cdf[-1] = 1.0  # no draw past the end through rounding
         # log of the expected number of draws of each item per batch
         self._log_expected = torch.log(probs * num_negatives).float()
-        # an item's column among a batch's candidates (-1: not one): see known_columns
+        # an item's column among a batch's candidates (-1: not one): see known_bias
         self._lookup = torch.full((num_items,), -1, dtype=torch.int32)
 
     def to(self, device: torch.device) -> SharedNegatives:
