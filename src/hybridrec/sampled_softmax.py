@@ -246,9 +246,10 @@ def known_bias(candidates: torch.Tensor, known: KnownItems, lookup: torch.Tensor
     lookup[candidates] = torch.arange(width, dtype=lookup.dtype, device=lookup.device)
     cols = lookup[known.items]
     lookup[candidates] = -1
-    # items not among the candidates go to a spare last column, dropped after: no
+    # items not among the candidates go to a spare last entry, dropped after: no
     # data-dependent shapes, so no wait for the device on a GPU
-    flat = known.item_group * (width + 1) + torch.where(cols >= 0, cols, width)
-    bias = torch.zeros(known.num_groups * (width + 1), device=cols.device)
+    dump = known.num_groups * width
+    flat = torch.where(cols >= 0, known.item_group * width + cols, dump)
+    bias = torch.zeros(dump + 1, device=cols.device)
     bias[flat] = EXCLUDED_LOGIT
-    return bias.view(known.num_groups, width + 1)[known.group, :width]
+    return bias[:dump].view(known.num_groups, width).index_select(0, known.group)
