@@ -113,10 +113,7 @@ class NegativeSampler:
         all_items = torch.arange(1, self.num_items)
         for user in torch.unique(users).tolist():
             rows = torch.nonzero(users == user).squeeze(-1)
-            lo, hi = torch.searchsorted(
-                self._positive_keys, torch.tensor([user, user + 1]) * self.num_items
-            ).tolist()
-            known = self._positive_keys[lo:hi] - user * self.num_items
+            _, known = self.items_of(torch.tensor([user]))
             free = all_items[~torch.isin(all_items, known)]
             if len(free) == 0:
                 raise ValueError(f"user index {user} has every item as a positive: no negatives")
