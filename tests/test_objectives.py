@@ -364,6 +364,29 @@ def test_weighted_step_is_the_weighted_mean_plus_the_catalogue_term(known):
     )
 
 
+@pytest.mark.parametrize("known", ["include", "exclude"])
+def test_pointwise_softmax_leaves_a_users_other_items_out(known):
+    """``--loss ce`` of a pointwise model: with ``--known-negatives exclude`` a row's softmax
+    is over every item but its user's other training items; ``include`` keeps them."""
+    torch.manual_seed(0)
+    net = model("mf")
+    config = TrainConfig(loss="ce", recency_half_life=0.0, known_negatives=known)
+    softmax = Softmax(positives(), config, CPU)
+    batch = Batch(torch.tensor([1, 2, 1]), torch.tensor([2, 4, 3]), torch.ones(3), None)
+    loss, _, n = softmax.step(net, batch)
+    scores = net.score_all(batch.user_idx).detach()
+    scores[:, 0] = -torch.inf
+    if known == "exclude":  # user 1: items 1, 2, 3; user 2: items 2, 4
+        scores[0, [1, 3]] = -torch.inf
+        scores[1, 2] = -torch.inf
+        scores[2, [1, 2]] = -torch.inf
+    expected = F.cross_entropy(scores, batch.item_idx)
+    assert n == 3
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    loss.backward()  # a left-out item takes no gradient through its row's softmax
+    assert torch.isfinite(net.item_embedding.weight.grad).all()
+
+
 def test_a_sampled_catalogue_term_does_not_look_up_users_histories(monkeypatch):
     """Above --softmax-negatives the catalogue term keeps its cost flat: the users' known
     items (as many as their histories) are not searched among the drawn candidates."""

@@ -166,8 +166,10 @@ class TrainConfig:
         "exclude",
         "catalogue softmaxes: exclude = a user's other training items are not their "
         "negatives (a ranking never recommends them): in --loss ce of $next_item_models the "
-        "other items of the history window, in --catalogue-weight when the catalogue is "
-        "used whole (at most --softmax-negatives items); include = every item but the "
+        "other items of the history window, in --loss ce of a pointwise model and in "
+        "--catalogue-weight (when the catalogue is "
+        "used whole: at most --softmax-negatives items) the user's other training items; "
+        "include = every item but the "
         "positive is (the plain softmax, the original SASRec)",
     )
     sparse_embeddings: str = option(

@@ -12,6 +12,7 @@ from torch.nn import functional as F
 from hybridrec.config import TrainConfig
 from hybridrec.data.dataset import Batch, RecSysDataset
 from hybridrec.data.encoding import UNKNOWN_INDEX
+from hybridrec.data.sampling import NegativeSampler
 from hybridrec.errors import ConfigError
 from hybridrec.objectives.batching import positive_weights, shard_order, slices, weighted_mean
 
@@ -20,7 +21,9 @@ class Softmax:
     """Each positive (user, item) against the whole catalogue: cross-entropy over
     ``score_all(user)`` (``--loss ce`` for the pointwise models).
 
-    No negatives are sampled: every other item is a negative, each step. A step costs one
+    No negatives are sampled: every other item is a negative, each step, except (with
+    ``--known-negatives exclude``, the default) the user's other training items, which a
+    ranking never recommends: they are left out of the row's softmax. A step costs one
     ``score_all`` per row, which is a matrix product for ``mf``/``gmf`` but a full MLP pass
     over every item for ``hybrid``/``mlp``/``neumf`` (use a small ``--batch-size`` there).
     ``score_all`` reads whole tables, so the tables take dense gradients.
@@ -38,6 +41,11 @@ class Softmax:
         weights = positive_weights(train, positive, config)
         self.weights = None if weights is None else weights.to(device)
         self.num_samples = len(self.users)
+        # the sorted (user, item) keys list a batch's users' items without a loop
+        self.known = None
+        if config.known_negatives == "exclude":
+            num_items = max(2, int(self.items.max()) + 1)
+            self.known = NegativeSampler(self.users, self.items, num_items)
 
     @property
     def num_batches(self) -> int:
@@ -63,8 +71,19 @@ class Softmax:
     def step(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, int]:
         logits = model.score_all(batch.user_idx)  # (B, I)
         logits[:, UNKNOWN_INDEX] = -torch.inf
+        if self.known is not None:
+            logits = self._without_known(logits, batch)
         loss = weighted_mean(
             F.cross_entropy(logits, batch.item_idx, reduction="none"), batch.weight
         )
         hits = (logits.detach().argmax(1) == batch.item_idx).sum()
         return loss, hits, len(logits)
+
+    def _without_known(self, logits: torch.Tensor, batch: Batch) -> torch.Tensor:
+        """``logits`` with each row's other training items of its user at -inf (the row's
+        own positive stays: its target is always finite, so the loss is too)."""
+        owner, seen = self.known.items_of(batch.user_idx)  # type: ignore[union-attr]
+        owner, seen = owner.to(logits.device), seen.to(logits.device)
+        other = seen != batch.item_idx[owner]
+        excluded = torch.tensor(-torch.inf, dtype=logits.dtype, device=logits.device)
+        return logits.index_put((owner[other], seen[other]), excluded)
