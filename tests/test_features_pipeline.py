@@ -135,8 +135,9 @@ def test_the_service_recommends_for_a_new_user_by_features():
 
     frame, items, cold = planted()
     users = pd.DataFrame(
-        {"userId": np.arange(1, 61), "taste": [GENRES[u % 4] for u in range(1, 61)]}
-    )
+        {"userId": np.arange(1, 61), "taste": [GENRES[u % 4] for u in range(1, 61)],
+         "age": np.arange(1, 61) % 50 + 18.0}
+    )  # fmt: skip
     rec = hybridrec.train(
         frame[~frame.itemId.isin(cold)], None, user_features=users, item_features=items,
         model_options={"embedding_dim": 8, "mlp_layer_sizes": (8,)},
@@ -149,6 +150,11 @@ def test_the_service_recommends_for_a_new_user_by_features():
         both = client.post("/recommend", json={"user_features": {"taste": "comedy"},
                                                "item_ids": [2, 6], "k": 5})  # fmt: skip
         assert both.json()["source"] == "features+items"
+        # a numeric feature's projection is fitted too (the fit runs outside inference mode)
+        aged = client.post("/recommend", json={"user_features": {"age": 30},
+                                               "item_ids": [2, 6], "k": 5})  # fmt: skip
+        assert aged.status_code == 200, aged.text
+        assert aged.json()["source"] == "features+items"
         bad = client.post("/recommend", json={"user_features": {"mood": "x"}})
         assert bad.status_code == 422 and "unknown user feature" in bad.text
         nested = client.post("/recommend", json={"user_features": {"taste": ["a"]}})

@@ -87,6 +87,10 @@ def recommend_for_items(
     if len(given):
         # The service calls this under torch.inference_mode(); fitting needs autograd.
         with torch.inference_mode(False), torch.enable_grad():
+            if features is not None:  # encoded under inference mode: autograd cannot save them
+                features = EncodedFeatures(
+                    features.tokens.clone(), features.weights.clone(), features.numeric.clone()
+                )
             scorer, tables = _fit_user(
                 model, names, given, items.num_embeddings, steps, lr, seed, features
             )
