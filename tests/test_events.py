@@ -247,6 +247,13 @@ BAD_EVENTS = [
     ({"user": 1, "item": 2, "timestamp": "yesterday"}, "timestamp"),
     ({"user": 1, "item": 2, "timestamp": "nan"}, "timestamp"),
     ({"user": 1, "item": 2, "timestamp": [1]}, "timestamp"),
+    # pandas reads these as NaT or as the clock; Python's float() reads the last two
+    ({"user": 1, "item": 2, "timestamp": ""}, "timestamp"),
+    ({"user": 1, "item": 2, "timestamp": "NaT"}, "timestamp"),
+    ({"user": 1, "item": 2, "timestamp": "now"}, "timestamp"),
+    ({"user": 1, "item": 2, "timestamp": "today"}, "timestamp"),
+    ({"user": 1, "item": 2, "timestamp": "1_000"}, "timestamp"),
+    ({"user": 1, "item": 2, "timestamp": "\u0663"}, "timestamp"),
     ({"user": 1, "item": 2, "rating": 5}, "rating"),
 ]
 

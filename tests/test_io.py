@@ -151,6 +151,19 @@ def test_iso_dates_in_two_layouts_are_accepted(tiny_csv):
     assert len(read_interactions(path)["timestamp"]) == 2
 
 
+def test_dates_of_years_1_and_9999_are_unix_seconds(tiny_csv):
+    """Beyond nanoseconds' years 1677-2262, the reader's microseconds still hold them."""
+    path = tiny_csv("userId,itemId,target,timestamp\n1,2,1,9999-12-31\n1,3,0,0001-01-01\n")
+    assert read_interactions(path)["timestamp"].tolist() == [253402214400.0, -62135596800.0]
+
+
+@pytest.mark.parametrize("word", ["now", "today"])
+def test_words_pandas_reads_as_the_clock_are_not_dates(tiny_csv, word):
+    path = tiny_csv(f"userId,itemId,target,timestamp\n1,2,1,2020-01-01\n1,3,0,{word}\n")
+    with pytest.raises(DataError, match=at("data.csv", 2, "timestamp") + f".*'{word}'"):
+        read_interactions(path)
+
+
 @pytest.mark.filterwarnings("ignore:Could not infer format:UserWarning")
 def test_bad_timestamp_names_row(tiny_csv):
     path = tiny_csv("userId,itemId,target,timestamp\n1,2,1,5\n1,3,0,soon\n")

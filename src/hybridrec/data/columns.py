@@ -9,6 +9,7 @@ candidate lists parse their id columns here too, so every id means the same ever
 from __future__ import annotations
 
 import datetime
+import re
 from pathlib import Path
 
 import numpy as np
@@ -381,6 +382,9 @@ def check_scalars(col: pd.Series, path: Path, name: str, what: str, expected: st
 _SCALARS = (str, int, float, np.generic, datetime.date)
 
 TIME_EXPECTED = "a finite number or an ISO date"
+#: How an ISO date starts: year, month and day. pandas also reads "now" and "today" as
+#: dates (the clock at reading), which are not data.
+ISO_DATE = re.compile(r"\s*[0-9]{4}-[0-9]{2}-[0-9]{2}")
 
 
 def parse_timestamp(col: pd.Series, path: Path) -> np.ndarray:
@@ -412,8 +416,10 @@ def _unix_seconds(col: pd.Series) -> np.ndarray:
     """Datetimes as Unix seconds (NaT as NaN); naive ones are taken as UTC, as ISO text is."""
     if getattr(col.dtype, "tz", None) is None:
         col = col.dt.tz_localize("UTC")
-    seconds = (col - pd.Timestamp(0, tz="UTC")) / pd.Timedelta(seconds=1)
-    return seconds.to_numpy(dtype=np.float64, na_value=np.nan)
+    # microseconds since the epoch: a date of year 1 or 9999 overflows nanoseconds
+    micros = col.dt.as_unit("us").array.asi8.astype(np.float64) / 1e6
+    micros[col.isna().to_numpy()] = np.nan
+    return micros
 
 
 def _text_timestamps(col: pd.Series, path: Path) -> np.ndarray:
@@ -433,6 +439,7 @@ def _text_timestamps(col: pd.Series, path: Path) -> np.ndarray:
     if (values.notna().to_numpy() | ~present).all():  # numbers (a null is reported later)
         return values.to_numpy(dtype=np.float64, na_value=np.nan)
     as_dates = pd.to_datetime(col, errors="coerce", utc=True, format="ISO8601")
+    as_dates = as_dates.where(col.astype(str).str.match(ISO_DATE.pattern))
     unreadable = values.isna().to_numpy() & as_dates.isna().to_numpy() & present
     if unreadable.any():
         pos = int(np.argmax(unreadable))

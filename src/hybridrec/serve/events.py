@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import re
 from typing import Annotated
 
 import pandas as pd
@@ -17,6 +18,7 @@ from fastapi import FastAPI, HTTPException, Request, Response
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr
 from starlette.concurrency import run_in_threadpool
 
+from hybridrec.data.columns import ISO_DATE
 from hybridrec.events import Event, EventLog, EventLogUnavailable
 from hybridrec.serve.bodies import body_doc, parse_body
 
@@ -47,27 +49,35 @@ def _target(value: float) -> float:
     return float(value)
 
 
+#: A number written as text: ASCII digits only (Python's float() also reads "1_000" and
+#: other scripts' digits, which no file or client means as a timestamp).
+_NUMBER = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+_TIME_EXPECTED = "expected Unix seconds or an ISO date such as 2024-05-01T12:00:00Z"
+
+
 def _timestamp(value: float | str | None) -> float | None:
     """Unix seconds from a finite number or an ISO date (naive dates are UTC), as files."""
     if value is None:
         return None
     if isinstance(value, str):
         text = value.strip()
-        try:
-            number = float(text)
-        except ValueError:
-            try:
-                stamp = pd.to_datetime(text, utc=True, format="ISO8601")
-            except (ValueError, OverflowError):
-                raise ValueError(
-                    "timestamp is neither a number nor an ISO date "
-                    "(expected a finite number or an ISO date)"
-                ) from None
-            return float((stamp - pd.Timestamp(0, tz="UTC")) / pd.Timedelta(seconds=1))
-        value = number
+        if _NUMBER.fullmatch(text):
+            value = float(text)
+        elif ISO_DATE.match(text):
+            return _iso_seconds(text)
+        else:
+            raise ValueError(f"timestamp is neither a number nor an ISO date ({_TIME_EXPECTED})")
     if not math.isfinite(value):
-        raise ValueError("timestamp is not finite (expected a finite number or an ISO date)")
+        raise ValueError(f"timestamp is not finite ({_TIME_EXPECTED})")
     return float(value)
+
+
+def _iso_seconds(text: str) -> float:
+    """As a file's column of dates is read (a Series: microseconds, years 1-9999)."""
+    stamps = pd.to_datetime(pd.Series([text]), errors="coerce", utc=True, format="ISO8601")
+    if stamps.isna().iloc[0]:
+        raise ValueError(f"timestamp is not a readable ISO date ({_TIME_EXPECTED})")
+    return float(stamps.iloc[0].timestamp())
 
 
 EventId = Annotated[StrictInt | StrictStr, AfterValidator(_event_id)]
