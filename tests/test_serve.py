@@ -45,7 +45,7 @@ UNKNOWN_ITEM = "no-such-item"
 def _train(directory: Path, seed: int) -> Path:
     config = SyntheticConfig(num_users=100, num_items=60, num_positives=2000, seed=seed)
     train_csv, val_csv = write_synthetic_data(directory, config)
-    out = directory / "model"
+    out = directory / f"model-{seed}"  # distinct names: GET /model shows the name
     hybridrec.train(
         train_csv,
         val_csv,
@@ -136,7 +136,7 @@ def test_model_metadata(client, rec, model_dirs):
     assert final  # the artifact has final metrics to report
     assert r.json() == {
         "model": "hybrid",
-        "model_dir": str(model_dirs[0]),
+        "model_dir": model_dirs[0].name,  # its name: a public route names no server paths
         "format_version": rec.config["format_version"],
         "hybridrec_version": hybridrec.__version__,
         "num_users": len(rec.users),
@@ -650,7 +650,7 @@ def test_reload_swaps_model(reload_client, model_dirs, rec, rec_b):
     assert r.status_code == 200
     assert r.json() == {"status": "reloaded", "model": "hybrid", "model_dir": str(model_dirs[1])}
     info = reload_client.get("/model").json()
-    assert info["model_dir"] == str(model_dirs[1])
+    assert info["model_dir"] == model_dirs[1].name
     assert info["num_users"] == len(rec_b.users)
     after = reload_client.get(f"/recommend/{user}").json()
     assert after == expected(rec_b.recommend(str(user)), user)
@@ -704,7 +704,7 @@ def test_reload_under_concurrent_requests(reload_client, model_dirs, rec, rec_b)
     assert [s for s, _ in results if s != 200] == []
     assert None not in [which for _, which in results]
     assert {which for _, which in results} == {0, 1}  # both models answered
-    assert reload_client.get("/model").json()["model_dir"] == str(model_dirs[0])
+    assert reload_client.get("/model").json()["model_dir"] == model_dirs[0].name
 
 
 # --------------------------------------------------------------------------- app and server setup
@@ -827,10 +827,31 @@ def test_admin_endpoints_need_a_configured_token(rec, model_dirs, monkeypatch):
         for headers in ({}, ADMIN, {"Authorization": "from-env"}):
             r = on.post("/admin/reload", json=body, headers=headers)
             assert r.status_code == 401, headers
-        assert on.get("/model").json()["model_dir"] == str(model_dirs[0])
+        assert on.get("/model").json()["model_dir"] == model_dirs[0].name
         r = on.post("/admin/reload", json=body, headers={"Authorization": "Bearer from-env"})
         assert r.status_code == 200
-        assert on.get("/model").json()["model_dir"] == str(model_dirs[1])
+        assert on.get("/model").json()["model_dir"] == model_dirs[1].name
+
+
+def test_a_non_ascii_admin_token_is_compared_as_utf8(model_dirs, monkeypatch):
+    """HTTP headers arrive as Latin-1; the secret is compared with the header's raw bytes,
+    so a client sending the token as UTF-8 (curl from a UTF-8 shell does) gets in."""
+    monkeypatch.delenv("HYBRIDREC_ADMIN_TOKEN", raising=False)
+    token = "t\u00f6k\u00e9n-\u263a"
+    with TestClient(create_app(model_dir=model_dirs[0], admin_token=token)) as c:
+        utf8 = ("Bearer " + token).encode("utf-8")
+        r = c.post("/admin/reload", headers={"Authorization": utf8})
+        assert r.status_code == 200, r.text
+        latin = {"Authorization": b"Bearer t\xf6k\xe9n-?"}
+        assert c.post("/admin/reload", headers=latin).status_code == 401
+
+
+def test_a_reload_path_with_a_nul_or_too_long_is_422(reload_client):
+    for bad in ("m\u0000x", "a/" * 3000):
+        r = reload_client.post("/admin/reload", json={"model_dir": bad})
+        assert r.status_code == 422 and "NUL" in r.json()["detail"], bad
+        assert len(r.content) < 300
+    assert reload_client.get("/health").status_code == 200
 
 
 def test_reload_is_confined_to_the_models_root(model_dirs, tmp_path):
@@ -840,7 +861,7 @@ def test_reload_is_confined_to_the_models_root(model_dirs, tmp_path):
         for outside in (model_dirs[1], tmp_path, "/"):
             r = c.post("/admin/reload", json={"model_dir": str(outside)})
             assert r.status_code == 403 and "models root" in r.json()["detail"]
-        assert c.get("/model").json()["model_dir"] == str(model_dirs[0])
+        assert c.get("/model").json()["model_dir"] == model_dirs[0].name
 
 
 def test_a_batch_may_ask_for_at_most_max_results_items(client, rec):

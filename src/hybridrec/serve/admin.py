@@ -50,8 +50,10 @@ def _admin_check(token: str | None) -> Callable[[Request], None]:
             )
         given = request.headers.get("authorization", "")
         scheme, _, secret = given.partition(" ")
+        # the header's bytes (HTTP headers arrive decoded as Latin-1) against the secret's
+        # UTF-8: a non-ASCII secret sent as UTF-8, as a shell or a client sends it, matches
         ok = scheme.lower() == "bearer" and hmac.compare_digest(
-            secret.strip().encode(), token.encode()
+            secret.strip().encode("latin-1"), token.encode("utf-8")
         )
         if not ok:
             raise HTTPException(
@@ -63,9 +65,20 @@ def _admin_check(token: str | None) -> Callable[[Request], None]:
     return check
 
 
+#: Longest ``model_dir`` a reload takes (Linux's PATH_MAX).
+MAX_PATH_CHARS = 4096
+
+
 def _confine(target: str, root: Path | None) -> None:
-    """Refuse a reload path outside ``root`` (symlinks resolved), so even a token holder
-    cannot make the service read arbitrary directories."""
+    """Refuse a reload path that is no path (a NUL, too long) or lies outside ``root``
+    (symlinks resolved), so even a token holder cannot make the service read arbitrary
+    directories."""
+    if "\x00" in target or len(target) > MAX_PATH_CHARS:
+        raise HTTPException(
+            status_code=422,
+            detail=f"model_dir must be a path of at most {MAX_PATH_CHARS} characters, "
+            "without NUL characters",
+        )
     if root is not None and not Path(target).resolve().is_relative_to(root.resolve()):
         raise HTTPException(
             status_code=403,
@@ -100,7 +113,8 @@ def _add_admin_routes(
         try:  # a load takes seconds: in a thread of its own, not the model worker's queue
             served = await run_in_threadpool(holder.reload, target)
         except Exception as exc:  # any load failure: report it, keep the old model
-            logger.warning(f"reload of {target or 'the current model'} failed: {exc}")
+            shown = "the current model" if target is None else repr(target[:200])
+            logger.warning(f"reload of {shown} failed: {str(exc)[:500]}")
             reason = "no model_dir given" if isinstance(exc, ValueError) else "not a loadable model"
             raise HTTPException(  # the log has the details; the answer names no server paths
                 status_code=409,

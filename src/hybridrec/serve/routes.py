@@ -9,6 +9,7 @@ to the route that hands it over.
 from __future__ import annotations
 
 from functools import partial
+from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import FastAPI, Query, Request, Response
@@ -59,7 +60,8 @@ def _add_service_routes(app: FastAPI, holder: ModelHolder) -> None:
         rec = served.recommender
         return ModelOut(
             model=rec.model_name,
-            model_dir=served.model_dir,
+            # its name only: a public route names no server paths
+            model_dir=None if served.model_dir is None else Path(served.model_dir).name,
             format_version=rec.config.get("format_version"),
             hybridrec_version=rec.config.get("hybridrec_version"),
             num_users=len(rec.users),

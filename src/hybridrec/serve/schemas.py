@@ -158,7 +158,7 @@ class ModelOut(BaseModel):
     model_config = ConfigDict(protected_namespaces=(), populate_by_name=True)
 
     model: str
-    model_dir: str | None
+    model_dir: str | None = Field(description="the served directory's name (not its path)")
     format_version: int | None
     hybridrec_version: str | None
     num_users: int
