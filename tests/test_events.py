@@ -410,6 +410,40 @@ def test_a_user_only_the_log_knows_is_folded_in_from_their_events(client, rec):
     assert batch.json()["results"][0] == answer
 
 
+def test_a_batch_of_users_only_the_log_knows_folds_each_once_in_one_call(
+    client, rec, monkeypatch
+):
+    """10,000 copies of two such users cost two fold-ins in one model call, not 10,000
+    fits; candidates the model does not know are listed once, for the batch."""
+    from hybridrec.recommend import Recommender
+
+    post(client, [{"user": "dup-a", "item": int(i)} for i in rec.items.ids[:3]])
+    post(client, [{"user": "dup-b", "item": int(i)} for i in rec.items.ids[5:9]])
+    alone = {u: top(client, u, k=5) for u in ("dup-a", "dup-b")}
+    calls = []
+    many = Recommender.recommend_for_items_many
+
+    def counted(self, requests):
+        calls.append(len(requests))
+        return many(self, requests)
+
+    monkeypatch.setattr(Recommender, "recommend_for_items_many", counted)
+    users = ["dup-a", "dup-b"] * 5000
+    batch = client.post("/recommend", json={"user_ids": users, "k": 5})
+    assert batch.status_code == 200 and calls == [2]
+    results = batch.json()["results"]
+    assert len(results) == 10_000
+    for user, result in zip(users[:4], results[:4], strict=True):
+        assert ids(result) == ids(alone[user]) and result["source"] == "events"
+    candidates = [int(i) for i in rec.items.ids[10:30]] + ["x" * 1000, "nope"]
+    body = {"user_ids": users[:200], "k": 5, "items": candidates}
+    restricted = client.post("/recommend", json=body).json()
+    assert restricted["unknown_items"] == ["x" * 1000, "nope"]
+    assert all(r["unknown_items"] == [] for r in restricted["results"])
+    assert all(set(ids(r)) <= set(candidates[:-2]) for r in restricted["results"])
+    assert len(json.dumps(restricted)) < 200 * 400  # no per-user echo of the candidates
+
+
 def test_integer_and_text_spellings_of_a_user_are_one_user(client, rec):
     user = int(rec.users.ids[12])
     gone = ids(top(client, user, k=3))[0]

@@ -213,7 +213,7 @@ def test_recommend_batch(client, rec):
     r = client.post("/recommend", json={"user_ids": users, "k": 4})
     assert r.status_code == 200
     want = [expected(x, u) for x, u in zip(rec.recommend_many(users, k=4), users, strict=True)]
-    assert r.json() == {"results": want}
+    assert r.json() == {"results": want, "unknown_items": []}
     assert [x["source"] for x in r.json()["results"]] == ["model"] * 3 + ["popularity"]
 
 
@@ -229,7 +229,7 @@ def test_recommend_batch_text_ids_come_back_as_the_models_ids(client, rec):
 def test_recommend_batch_empty(client):
     r = client.post("/recommend", json={"user_ids": [], "k": 3})
     assert r.status_code == 200
-    assert r.json() == {"results": []}
+    assert r.json() == {"results": [], "unknown_items": []}
 
 
 def test_recommend_batch_restricted_items(client, rec):
@@ -239,10 +239,13 @@ def test_recommend_batch_restricted_items(client, rec):
     r = client.post("/recommend", json=body)
     assert r.status_code == 200
     results = rec.recommend_many(users, k=3, exclude_seen=False, items=items)
-    assert r.json() == {"results": [expected(x, u) for x, u in zip(results, users, strict=True)]}
+    # the unknown candidates are listed once for the batch, not in every user's answer
+    want = [{**expected(x, u), "unknown_items": []} for x, u in zip(results, users, strict=True)]
+    assert r.json()["results"] == want
+    assert r.json()["unknown_items"] == [UNKNOWN_ITEM]
     for result in r.json()["results"]:
         assert {x["item_id"] for x in result["items"]} <= set(items[:-1])
-        assert result["unknown_items"] == [UNKNOWN_ITEM]
+        assert result["unknown_items"] == []
 
 
 def test_recommend_for_new_user_items(client, rec):
@@ -620,7 +623,7 @@ def test_cached_batches_answer_as_the_model_does(rec, uncached):
     want = [expected(x, u) for x, u in zip(rec.recommend_many(users, k=4), users, strict=True)]
     with TestClient(create_app(rec)) as cached:
         r = cached.post("/recommend", json={"user_ids": users, "k": 4})
-        assert r.json() == {"results": want}
+        assert r.json() == {"results": want, "unknown_items": []}
         assert r.headers["content-type"] == "application/json"
 
 

@@ -129,7 +129,7 @@ class TopCache:
             if body is None:
                 return None
             bodies.append(body)
-        return b'{"results":[' + b",".join(bodies) + b"]}"
+        return b'{"results":[' + b",".join(bodies) + b'],"unknown_items":[]}'
 
     def body(self, user_id: str, k: int, exclude_seen: bool, as_given: Any = None) -> bytes | None:
         """The JSON of ``GET /recommend/{user_id}?k=&exclude_seen=``, or None when ``k`` is

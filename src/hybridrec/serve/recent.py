@@ -259,11 +259,16 @@ class RecentEvents:
 
     def batch_response(self, served: Served, body: Any) -> Response:
         """``POST /recommend`` with ``user_ids`` of which some have events (model worker):
-        those through :meth:`result`, the rest as one ``recommend_many`` call."""
+        the rest as one ``recommend_many`` call; each distinct user with events once, and
+        those the model does not know folded in together (one model call per
+        :data:`_FOLD_CHUNK`), so a batch of 10,000 such ids costs what its distinct users
+        cost, not a fit each. Candidates (``items``) the model does not know are listed
+        once, in the batch's ``unknown_items``, not in every user's answer."""
         rec = served.recommender
         users = list(body.user_ids)
         special = self.concerned(served, users, body.exclude_seen)
         plain_users = [u for u, s in zip(users, special, strict=True) if not s]
+        candidates = _Candidates(rec, body.items)
         with _model_call():
             normal = iter(
                 rec.recommend_many(
@@ -275,13 +280,68 @@ class RecentEvents:
                 )
             )
             known = iter(_known_ids(rec, plain_users))
+            answers = self._answers(served, users, special, body, candidates)
             results = []
             for user, is_special in zip(users, special, strict=True):
                 if is_special:
-                    results.append(self.result(served, user, body.k, body.exclude_seen, body.items))
+                    results.append(answers[_distinct(user)])
                 else:
-                    results.append(_to_out(next(normal), next(known)))
-        return Response(BatchOut(results=results).model_dump_json(), media_type="application/json")
+                    results.append(_to_out(next(normal), next(known), unknown=[]))
+        out = BatchOut(results=results, unknown_items=candidates.unknown)
+        return Response(out.model_dump_json(), media_type="application/json")
+
+    def _answers(
+        self,
+        served: Served,
+        users: list[Any],
+        special: list[bool],
+        body: Any,
+        candidates: _Candidates,
+    ) -> dict[tuple[str, type], RecommendationOut]:
+        """The answer of each distinct user with events, keyed by :func:`_distinct`."""
+        distinct: dict[tuple[str, type], Any] = {}
+        for user, is_special in zip(users, special, strict=True):
+            if is_special:
+                distinct.setdefault(_distinct(user), user)
+        answers: dict[tuple[str, type], RecommendationOut] = {}
+        new = []
+        for key, user in distinct.items():
+            index = _index(served, user)
+            if index > 0:
+                answers[key] = self.result(
+                    served, user, body.k, body.exclude_seen, body.items, candidates
+                )
+            else:
+                new.append((key, user))
+        for start in range(0, len(new), _FOLD_CHUNK):
+            chunk = new[start : start + _FOLD_CHUNK]
+            folded = self._fold_many(served, [u for _, u in chunk], body, candidates)
+            answers.update(zip([key for key, _ in chunk], folded, strict=True))
+        return answers
+
+    def _fold_many(
+        self, served: Served, users: list[Any], body: Any, candidates: _Candidates
+    ) -> list[RecommendationOut]:
+        """Users the model does not know, folded in from their events by one call."""
+        rec = served.recommender
+        drops, requests = [], []
+        for user in users:
+            events = self.of(rec, user, 0)
+            drop = events.item_indices(rec) if events is not None and body.exclude_seen else _NONE
+            positives = events.positive_items() if events is not None else []
+            depth = candidates.depth(rec, body.k + len(drop))
+            drops.append(drop)
+            requests.append((positives, depth, body.exclude_seen))
+        out = []
+        for user, drop, result in zip(
+            users, drops, rec.recommend_for_items_many(requests), strict=True
+        ):
+            if isinstance(result, Exception):  # as one user's own call would fail
+                raise result
+            source = SOURCE_FOLDED if result.source == "items" else result.source
+            kept = _without(rec, result, drop, candidates.allowed, body.k)
+            out.append(_to_out(result, user, kept, source, []))
+        return out
 
     def result(
         self,
@@ -290,9 +350,15 @@ class RecentEvents:
         k: int,
         exclude_seen: bool,
         items: Sequence[Any] | None,
+        candidates: _Candidates | None = None,
     ) -> RecommendationOut:
-        """One user's answer with their events (in the model worker)."""
+        """One user's answer with their events (in the model worker). With ``candidates``
+        (a batch's), the unknown candidates are left to the batch's list."""
         rec = served.recommender
+        listed = candidates is None
+        candidates = candidates or _Candidates(rec, items)
+        unknown = candidates.unknown if listed else []
+        own = None if listed else []  # a known user's result lists its own unknown candidates
         index = _index(served, user_id)
         events = self.of(rec, user_id, index)
         drop = events.item_indices(rec) if events is not None and exclude_seen else _NONE
@@ -300,16 +366,15 @@ class RecentEvents:
             known_id = plain(rec.users.ids[index - 1])
             if not len(drop):
                 result = rec.recommend(user_id, k, exclude_seen, items, num_candidates=AUTO)
-                return _to_out(result, known_id)
+                return _to_out(result, known_id, None, None, own)
             result = rec.recommend(user_id, k + len(drop), True, items, num_candidates=AUTO)
-            return _to_out(result, known_id, _without(rec, result, drop, None, k), SOURCE_EXCLUDED)
-        allowed = None if items is None else np.unique(rec.items.transform(list(items)))
+            kept = _without(rec, result, drop, None, k)
+            return _to_out(result, known_id, kept, SOURCE_EXCLUDED, own)
         positives = events.positive_items() if events is not None else []
-        depth = rec.items.num_embeddings if allowed is not None else k + len(drop)
+        depth = candidates.depth(rec, k + len(drop))
         result = rec.recommend_for_items(positives, k=depth, exclude_seen=exclude_seen)
         source = SOURCE_FOLDED if result.source == "items" else result.source
-        unknown = [] if items is None else _unknown(rec, items)
-        kept = _without(rec, result, drop, allowed, k)
+        kept = _without(rec, result, drop, candidates.allowed, k)
         return _to_out(result, user_id, kept, source, unknown)
 
     def _remember(self, owner: Any, key: tuple[Any, ...], body: bytes) -> None:
@@ -326,6 +391,28 @@ class RecentEvents:
 
 
 _NONE = np.zeros(0, dtype=np.int64)
+#: Users folded in from their events per model call of a batch (bounds its (users, items)
+#: score matrix).
+_FOLD_CHUNK = 256
+
+
+class _Candidates:
+    """A request's candidate restriction (``items``), resolved once for all its users:
+    the allowed item indices (None: every item) and the ids the model does not know."""
+
+    def __init__(self, rec: Recommender, items: Sequence[Any] | None) -> None:
+        self.allowed = None if items is None else np.unique(rec.items.transform(list(items)))
+        self.unknown = [] if items is None else _unknown(rec, items)
+
+    def depth(self, rec: Recommender, wanted: int) -> int:
+        """How many of a fold-in's best items to rank so ``wanted`` survive the filter."""
+        return rec.items.num_embeddings if self.allowed is not None else wanted
+
+
+def _distinct(user_id: Any) -> tuple[str, type]:
+    """One key per user a batch names: their events' key, and the id's JSON type (the
+    answer repeats the id as given)."""
+    return (user_key(user_id), type(user_id))
 
 
 def _index(served: Served, user_id: Any) -> int:

@@ -321,8 +321,13 @@ def _recommend_batch_sync(served: Served, body: RecommendRequest) -> Response:
             users, k=body.k, exclude_seen=body.exclude_seen, items=body.items, num_candidates=AUTO
         )
     known = _known_ids(rec, users)
-    parts = [recommendation_json(r, u) for r, u in zip(results, known, strict=True)]
-    return Response(batch_json(parts), media_type="application/json")
+    # the candidates the model does not know are the same for every user: listed once
+    unknown = results[0].unknown_items if results and body.items is not None else []
+    parts = [
+        recommendation_json(r, u, with_unknown=body.items is None)
+        for r, u in zip(results, known, strict=True)
+    ]
+    return Response(batch_json(parts, unknown), media_type="application/json")
 
 
 def _recommendation_response(result: Any, user_id: Any = None) -> Response:

@@ -82,6 +82,10 @@ class BatchOut(BaseModel):
     """One result per requested user, in request order."""
 
     results: list[RecommendationOut]
+    unknown_items: list[RawId] = Field(
+        default_factory=list,
+        description="candidates (items) the model does not know, listed once for the batch",
+    )
 
 
 class RecommendRequest(BaseModel):
@@ -226,13 +230,16 @@ def to_out(rec: Recommendation, user_id: Any = None) -> RecommendationOut:
     )
 
 
-def recommendation_json(rec: Recommendation, user_id: Any = None) -> bytes:
+def recommendation_json(
+    rec: Recommendation, user_id: Any = None, *, with_unknown: bool = True
+) -> bytes:
     """:func:`to_out`'s response as JSON bytes, written without building the pydantic models:
     for 100 users at k=1000, building them took ~520 ms and held the GIL for up to ~200 ms
     at a stretch, which froze the event loop's cached answers (docs/benchmarks.md). Here
     one user's list is one ``json.dumps``, well under a millisecond of C code, so the model
     worker lets the event loop in between users. Same JSON values as the models (a
-    non-finite score is null)."""
+    non-finite score is null). ``with_unknown=False``: ``unknown_items`` left empty (a
+    batch lists its unknown candidates once)."""
     item_ids, scores = rec.item_ids.tolist(), rec.scores.tolist()
     if not all(map(math.isfinite, scores)):
         scores = [s if math.isfinite(s) else None for s in scores]
@@ -240,14 +247,16 @@ def recommendation_json(rec: Recommendation, user_id: Any = None) -> bytes:
         "user_id": plain(user_id),
         "items": [{"item_id": i, "score": s} for i, s in zip(item_ids, scores, strict=True)],
         "source": rec.source,
-        "unknown_items": [plain(i) for i in rec.unknown_items],
+        "unknown_items": [plain(i) for i in rec.unknown_items] if with_unknown else [],
     }
     return json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
 
 
-def batch_json(parts: list[bytes]) -> bytes:
+def batch_json(parts: list[bytes], unknown_items: list[Any] | None = None) -> bytes:
     """:class:`BatchOut`'s JSON from each result's :func:`recommendation_json`."""
-    return b'{"results":[' + b",".join(parts) + b"]}"
+    unknown = [plain(i) for i in unknown_items or ()]
+    tail = json.dumps(unknown, ensure_ascii=False, separators=(",", ":")).encode()
+    return b'{"results":[' + b",".join(parts) + b'],"unknown_items":' + tail + b"}"
 
 
 def plain(value: Any) -> Any:
