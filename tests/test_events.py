@@ -410,9 +410,7 @@ def test_a_user_only_the_log_knows_is_folded_in_from_their_events(client, rec):
     assert batch.json()["results"][0] == answer
 
 
-def test_a_batch_of_users_only_the_log_knows_folds_each_once_in_one_call(
-    client, rec, monkeypatch
-):
+def test_a_batch_of_users_only_the_log_knows_folds_each_once_in_one_call(client, rec, monkeypatch):
     """10,000 copies of two such users cost two fold-ins in one model call, not 10,000
     fits; candidates the model does not know are listed once, for the batch."""
     from hybridrec.recommend import Recommender
