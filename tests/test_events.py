@@ -167,6 +167,7 @@ def test_a_batch_that_cannot_be_written_fails_alone(tmp_path, monkeypatch):
         Event(1, 2, 1.0, float("inf")),
         Event(None, 1),
         Event(1, 2, "1"),
+        Event("a\x00b", 1),
     ],  # fmt: skip
 )
 def test_the_python_api_refuses_what_the_log_cannot_store_exactly(tmp_path, event):
@@ -241,6 +242,8 @@ BAD_EVENTS = [
     ({"user": 1, "item": "  "}, "item"),
     ({"user": 1, "item": 2**63}, "item"),
     ({"user": 1, "item": None}, "item"),
+    ({"user": "a\u0000b", "item": 1}, "user"),  # SQLite would store "a": another user
+    ({"user": 1, "item": "\u0000"}, "item"),
     ({"item": 1}, "user"),
     ({"user": 1, "item": 2, "target": "1"}, "target"),
     ({"user": 1, "item": 2, "target": True}, "target"),

@@ -201,3 +201,20 @@ def test_feature_vectors_are_the_same_on_both_pooling_paths():
     assert torch.allclose(many[:2], few, atol=1e-6)
     many[:2].sum().backward()
     assert torch.allclose(table.feature_embedding.weight.grad, grad_few, atol=1e-6)
+
+
+def test_new_entities_numeric_cells_are_checked_not_dropped(tmp_path):
+    """Cells nobody checked at fit time (a request, new items): a numeric field takes a
+    finite number near the training values or nothing; anything else is named, where
+    read as missing it would silently change the answer (and 1e308 overflowed scores)."""
+    table = read_features(write(tmp_path, ITEMS), "itemId").table
+    rows = np.array([1])
+    fine = table.encode({"year": ["1993"]}, rows, 2, new=True)
+    assert fine.numeric[1].abs().sum() > 0
+    missing = table.encode({"year": [None]}, rows, 2, new=True)
+    assert missing.numeric[1].abs().sum() == 0
+    for bad in ("soon", "nan", float("inf"), True, 1e308, 2**70):
+        with pytest.raises(ConfigError, match="'year'"):
+            table.encode({"year": [bad]}, rows, 2, new=True)
+    lax = table.encode({"year": ["soon"]}, rows, 2)  # fitted cells: checked when read
+    assert lax.numeric[1].abs().sum() == 0

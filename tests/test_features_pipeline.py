@@ -155,6 +155,13 @@ def test_the_service_recommends_for_a_new_user_by_features():
                                                "item_ids": [2, 6], "k": 5})  # fmt: skip
         assert aged.status_code == 200, aged.text
         assert aged.json()["source"] == "features+items"
+        # a numeric feature takes a finite number near the training values, or nothing
+        for fine in (None, "30", 30.5, ""):
+            r = client.post("/recommend", json={"user_features": {"age": fine}, "k": 5})
+            assert r.status_code == 200 and len(r.json()["items"]) == 5, fine
+        for bad in ("thirty", "NaN", "inf", True, 1e308, 2**70):
+            r = client.post("/recommend", json={"user_features": {"age": bad}, "k": 5})
+            assert r.status_code == 422 and "age" in r.text, (bad, r.text)
         bad = client.post("/recommend", json={"user_features": {"mood": "x"}})
         assert bad.status_code == 422 and "unknown user feature" in bad.text
         nested = client.post("/recommend", json={"user_features": {"taste": ["a"]}})

@@ -291,6 +291,8 @@ def _checked(index: int, event: Any) -> Event:
             isinstance(value, str) or (isinstance(value, int) and -(2**63) <= value < 2**63)
         ):
             raise ValueError(f"event {index}: {name} {value!r} is not an int64 or text id")
+        if isinstance(value, str) and "\x00" in value:  # SQLite's text would end there
+            raise ValueError(f"event {index}: {name} {value[:40]!r} contains a NUL character")
     for name, value in (("target", target), ("timestamp", timestamp)):
         if value is None and name == "timestamp":
             continue

@@ -23,12 +23,17 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from hybridrec.errors import ConfigError
+
 Kind = Literal["categorical", "multi", "numeric"]
 KINDS: tuple[str, ...] = ("categorical", "multi", "numeric")
 #: Quantile buckets of a numeric field's tokens.
 NUMERIC_BUCKETS = 10
 #: Token 0 pads rows with fewer tokens; it has a zero weight and a zero embedding.
 PAD = 0
+#: Farthest a new entity's numeric feature may lie from the training mean, in standard
+#: deviations: beyond it the model extrapolates into overflowing or saturated scores.
+MAX_STANDARD_SCORE = 1000.0
 
 
 @dataclass
@@ -96,13 +101,23 @@ class FeatureTable:
         return cls([Field(**f) for f in data["fields"]], data.get("separator", "|"))
 
     def encode(
-        self, values: dict[str, list[Any]], rows: np.ndarray, num_entities: int
+        self,
+        values: dict[str, list[Any]],
+        rows: np.ndarray,
+        num_entities: int,
+        *,
+        new: bool = False,
     ) -> EncodedFeatures:
         """Encode the columns ``values`` (raw cells; None = missing) of the entities at
         embedding rows ``rows`` into :class:`EncodedFeatures` of ``num_entities`` rows.
 
         Entities without a row (and row 0, the unknown id) get every field's unknown token
         and numeric 0 (the training mean): the documented default for ids with no features.
+        ``new``: the cells were not checked when the table was fitted (a request, new
+        items): a numeric cell that is not a finite number, or lies more than
+        :data:`MAX_STANDARD_SCORE` standard deviations from the training mean (where the
+        model's scores overflow or saturate), is a :class:`ConfigError` naming it, not a
+        missing value.
         """
         width = self.width
         tokens = np.zeros((num_entities, width), dtype=np.int64)
@@ -116,7 +131,7 @@ class FeatureTable:
             field_weights = np.zeros((num_entities, f.width), dtype=np.float32)
             field_weights[:, 0] = 1.0
             if f.kind == "numeric":
-                x = _as_float(cells)
+                x = _checked_float(cells, f) if new else _as_float(cells)
                 known = ~np.isnan(x)
                 bucket = np.searchsorted(np.asarray(f.edges), x[known], side="right")
                 field_tokens[rows[known], 0] = f.offset + 1 + bucket
@@ -154,6 +169,35 @@ def _tokens(cell: Any, kind: str, separator: str) -> list[str]:
     if kind == "multi":
         return [t.strip() for t in text.split(separator) if t.strip()]
     return [text]
+
+
+def _checked_float(cells: list[Any], f: Field) -> np.ndarray:
+    """:func:`_as_float` of cells nobody checked: a number (text of one included) or
+    missing (None, blank), within :data:`MAX_STANDARD_SCORE` of the training values."""
+    out = np.full(len(cells), np.nan)
+    for i, cell in enumerate(cells):
+        if cell is None or (isinstance(cell, str) and not cell.strip()):
+            continue
+        value = np.nan if isinstance(cell, bool) else _float_or_nan(cell)
+        if not np.isfinite(value):
+            raise ConfigError(
+                f"feature {f.name!r}: {str(cell)[:40]!r} is not a finite number (a numeric "
+                "feature takes a number, or nothing when unknown)"
+            )
+        if abs(value - f.mean) > MAX_STANDARD_SCORE * f.std:
+            raise ConfigError(
+                f"feature {f.name!r}: {value:g} is too far from the training values (mean "
+                f"{f.mean:g}, standard deviation {f.std:g}) for the model to score"
+            )
+        out[i] = value
+    return out
+
+
+def _float_or_nan(cell: Any) -> float:
+    try:
+        return float(cell)
+    except (TypeError, ValueError, OverflowError):
+        return np.nan
 
 
 def _as_float(cells: list[Any]) -> np.ndarray:

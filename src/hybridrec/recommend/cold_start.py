@@ -188,7 +188,7 @@ def encode_user_features(recommender: Recommender, features: dict[str, Any]) -> 
             f"{', '.join(sorted(names))}"
         )
     values = {name: [value] for name, value in features.items()}
-    return fitted.encode(values, np.array([1]), 2)
+    return fitted.encode(values, np.array([1]), 2, new=True)
 
 
 def _tops_of(

@@ -67,7 +67,9 @@ def with_items(
         )
     old_n = recommender.items.num_embeddings
     items = IdEncoder(_joined(recommender.items.ids, ids))
-    encoded = table.encode(columns, np.arange(old_n, items.num_embeddings), items.num_embeddings)
+    encoded = table.encode(
+        columns, np.arange(old_n, items.num_embeddings), items.num_embeddings, new=True
+    )
     grown = _grown_model(model, items.num_embeddings)
     with torch.no_grad():
         new = slice(old_n, items.num_embeddings)

@@ -37,6 +37,8 @@ def _event_id(value: int | str) -> int | str:
         text = value.strip()
         if not text:
             raise ValueError("blank id (expected a non-empty integer or string id)")
+        if "\x00" in text:  # SQLite's text ends there: stored, it would be another id
+            raise ValueError("id contains a NUL character (expected an id without one)")
         return text
     if not _INT64_MIN <= value <= _INT64_MAX:
         raise ValueError("integer id outside int64 (expected an integer id of at most 64 bits)")

@@ -11,7 +11,15 @@ import math
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from fastapi import Query
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    model_validator,
+)
 from typing_extensions import TypedDict  # pydantic needs this one before Python 3.12
 
 if TYPE_CHECKING:
@@ -99,7 +107,7 @@ class RecommendRequest(BaseModel):
         max_length=MAX_BATCH,
         description="items a new user interacted with; recommendations come from those",
     )
-    user_features: dict[str, StrictStr | StrictInt | float | None] | None = Field(
+    user_features: dict[str, StrictStr | StrictInt | StrictFloat | None] | None = Field(
         default=None,
         max_length=MAX_FEATURES,
         description="attributes of a new user (field -> value, as in the training "
@@ -188,7 +196,7 @@ class NewItem(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     item_id: RawId
-    features: dict[str, StrictStr | StrictInt | float | None] = Field(
+    features: dict[str, StrictStr | StrictInt | StrictFloat | None] = Field(
         max_length=MAX_FEATURES,
         description="its attributes: columns of the training --item-features file",
     )

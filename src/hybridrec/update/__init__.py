@@ -435,7 +435,7 @@ def _set_features(
             name: [cell for cell, keep in zip(cells, fresh, strict=True) if keep]
             for name, cells in columns.items()
         }
-        encoded = features.encode(chosen, index[fresh], encoder.num_embeddings)
+        encoded = features.encode(chosen, index[fresh], encoder.num_embeddings, new=True)
         new = slice(old, encoder.num_embeddings)
         with torch.no_grad():
             table.feature_tokens[new] = encoded.tokens[new]
