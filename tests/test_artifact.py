@@ -276,3 +276,16 @@ def test_non_finite_weights_are_refused(trained, tmp_path):
     with pytest.raises(ArtifactError, match="NaN or infinite weights") as info:
         hybridrec.load(tmp_path / "nan")
     assert "item_embedding" in str(info.value) and "\n" not in str(info.value)
+
+
+def test_finite_weights_whose_scores_overflow_are_refused(trained, tmp_path):
+    """Weights scaled by 1e30 pass the finiteness check but every score overflows, so
+    every served list would be empty: loading refuses them too."""
+    rec = hybridrec.load(trained[1])
+    with torch.no_grad():
+        for weight in rec.model.parameters():
+            weight.mul_(1e30)
+    rec.save(tmp_path / "huge")
+    with pytest.raises(ArtifactError, match="too large to compute with") as info:
+        hybridrec.load(tmp_path / "huge")
+    assert "\n" not in str(info.value)

@@ -194,7 +194,26 @@ def load_artifact(directory: str | Path) -> Artifact:
                 f"{directory / SEEN} does not fit the model ({exc}); save the model again"
             ) from exc
     model.eval()
+    _check_scores(model, directory, users.num_embeddings, items.num_embeddings)
     return Artifact(model, users, items, config, seen)
+
+
+#: Items a loaded model scores once, to see that its finite weights give finite scores.
+_PROBE_ITEMS = 1024
+
+
+def _check_scores(model: torch.nn.Module, directory: Path, num_users: int, num_items: int) -> None:
+    """Refuse finite weights too large to compute with (scaled by 1e30, say): the scores
+    overflow to NaN or infinity and every list would be served empty."""
+    user = torch.full((min(num_items, _PROBE_ITEMS),), min(1, num_users - 1))
+    items = torch.arange(len(user)).clamp(min=1 if num_items > 1 else 0)
+    with torch.no_grad():
+        scores = model(user, items).float()
+    if bool(torch.isnan(scores).any() or torch.isposinf(scores).any()):
+        raise ArtifactError(
+            f"{directory / WEIGHTS}: the weights are finite but too large to compute with "
+            "(the model's scores overflow); retrain the model"
+        )
 
 
 def load_moments(directory: str | Path) -> dict[str, torch.Tensor] | None:
