@@ -565,6 +565,20 @@ def test_generated_urls_never_give_a_5xx(hostile_client, path, raw_id, query):
     assert_contract(hostile_client.get(url))
 
 
+@pytest.mark.parametrize("k", ["1_0", "+10", "10.0", " 10", "\u0663", "1e1"])
+def test_k_in_a_query_is_plain_digits(hostile_client, k):
+    """pydantic's int parsing reads these as numbers; no client means them as k."""
+    r = hostile_client.get("/recommend/1", params={"k": k})
+    assert r.status_code == 422 and "digits" in r.text
+    assert hostile_client.get("/recommend/1", params={"k": "10"}).status_code == 200
+
+
+@pytest.mark.parametrize("flag", ["no", "off", 0, 0.0, 1, "true", None])
+def test_exclude_seen_in_a_body_is_a_json_boolean(hostile_client, flag):
+    body = {"user_ids": [1], "exclude_seen": flag}
+    assert hostile_client.post("/recommend", json=body).status_code == 422
+
+
 def test_property_suites_cover_every_endpoint(hostile_client):
     """The generated requests above reach every route but the documentation and the two
     parameterless GETs."""

@@ -13,8 +13,10 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 from fastapi import Query
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
+    StrictBool,
     StrictFloat,
     StrictInt,
     StrictStr,
@@ -40,7 +42,21 @@ MAX_RESULTS = 100_000
 #: A raw id as it appears in JSON: integers stay integers, text stays text (never coerced, so
 #: ``1.5`` or ``true`` is a 422 rather than a silent wrong id).
 RawId = StrictInt | StrictStr
-K = Annotated[int, Query(ge=1, le=MAX_K, description="number of items to return")]
+
+
+def _digits(value: Any) -> Any:
+    """A query's ``k`` as plain digits: pydantic's int parsing also reads "1_0", "+10"
+    and "10.0", which no client means."""
+    if isinstance(value, str) and not (value.isascii() and value.isdigit()):
+        raise ValueError("k must be written as digits, e.g. 10")
+    return value
+
+
+K = Annotated[
+    int,
+    BeforeValidator(_digits),
+    Query(ge=1, le=MAX_K, description="number of items to return"),
+]
 KField = Annotated[StrictInt, Field(ge=1, le=MAX_K, description="number of items to return")]
 
 
@@ -114,7 +130,7 @@ class RecommendRequest(BaseModel):
         "--user-features file), alone or with item_ids; for models trained with them",
     )
     k: KField = 10
-    exclude_seen: bool = True
+    exclude_seen: StrictBool = True
     items: list[RawId] | None = Field(
         default=None,
         max_length=MAX_PAIRS,
