@@ -9,6 +9,7 @@ a socket timeout only bounds how long a test waits for what must happen anyway.
 from __future__ import annotations
 
 import json
+import logging
 import socket
 import threading
 import time
@@ -230,6 +231,24 @@ def test_a_body_trickled_past_its_deadline_gets_a_408_and_is_closed(server):
     status, body = status_and_body(answer)
     assert status == 408 and "body not complete" in json.loads(body)["detail"]
     assert get(server, "/health")[0] == 200  # and the server still serves
+
+
+@pytest.mark.parametrize("path", ["/recommend", "/score", "/events"])
+def test_a_client_leaving_mid_body_logs_no_traceback(server, caplog, path):
+    """The client's doing, not the server's: uvicorn logged 'Exception in ASGI
+    application' and a ClientDisconnect traceback for each such request."""
+    caplog.set_level(logging.ERROR, logger="uvicorn.error")
+    with server.connect() as conn:
+        conn.sendall(
+            f"POST {path} HTTP/1.1\r\nHost: t\r\ncontent-type: application/json\r\n"
+            "content-length: 100\r\n\r\n".encode() + b'{"user_ids": [1'
+        )
+        time.sleep(0.2)
+    deadline = time.monotonic() + 2.0
+    while time.monotonic() < deadline and get(server, "/health")[0] != 200:
+        time.sleep(0.05)
+    time.sleep(0.3)  # the app has seen the disconnect by now
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
 
 
 def test_a_body_sent_in_time_is_served(server):

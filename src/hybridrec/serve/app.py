@@ -24,11 +24,18 @@ from pathlib import Path
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from hybridrec.events.log import EventLog
 from hybridrec.recommend import Recommender
 from hybridrec.serve.admin import ADMIN_TOKEN_ENV, _add_admin_routes
-from hybridrec.serve.bodies import _http_error, _invalid_request, body_doc, parse_body
+from hybridrec.serve.bodies import (
+    _client_gone,
+    _http_error,
+    _invalid_request,
+    body_doc,
+    parse_body,
+)
 from hybridrec.serve.calls import _known_ids, _model_call
 from hybridrec.serve.events import add_event_routes
 from hybridrec.serve.fold_process import FoldInProcess, FoldInQueue
@@ -119,6 +126,7 @@ def create_app(
     app.state.fold_process, app.state.fold_queue = folder, queue
     app.add_exception_handler(RequestValidationError, _invalid_request)
     app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(ClientDisconnect, _client_gone)
     app.add_middleware(CachedRecommendations, holder=holder, events=recent)
     app.add_middleware(BodyLimit)  # added last: runs first, before any body is parsed
     _add_service_routes(app, holder)

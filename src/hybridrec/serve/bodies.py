@@ -107,3 +107,12 @@ async def _http_error(request: Any, exc: Exception) -> Response:
         raise exc
     detail = _short(exc.detail, _MSG_TEXT)
     return JSONResponse({"detail": detail}, status_code=exc.status_code, headers=exc.headers)
+
+
+async def _client_gone(request: Any, exc: Exception) -> Response:
+    """A client that left before its whole body arrived (or was cut off at the body
+    deadline, which already answered 408): nobody reads this answer, and a client's doing
+    is no server error, so the log gets no traceback."""
+    return JSONResponse(
+        {"detail": "the connection closed before the whole body arrived"}, status_code=400
+    )
