@@ -241,7 +241,8 @@ def test_a_client_leaving_mid_body_logs_no_traceback(server, caplog, path):
     with server.connect() as conn:
         conn.sendall(
             f"POST {path} HTTP/1.1\r\nHost: t\r\ncontent-type: application/json\r\n"
-            "content-length: 100\r\n\r\n".encode() + b'{"user_ids": [1'
+            "content-length: 100\r\n\r\n".encode()
+            + b'{"user_ids": [1'
         )
         time.sleep(0.2)
     deadline = time.monotonic() + 2.0
