@@ -129,6 +129,33 @@ def test_incomplete_headers_get_a_408_and_are_closed(server):
     assert status == 408 and "not complete" in json.loads(body)["detail"]
 
 
+def test_a_partial_request_behind_a_complete_one_gets_its_408(server):
+    """Pipelined: the first request is answered, the half-sent second one (its bytes in
+    the same packet) gets the 408 a lone half-sent request gets, not a silent close."""
+    with server.connect() as conn:
+        conn.sendall(b"GET /health HTTP/1.1\r\nHost: t\r\n\r\nGET /health HTTP/1.1\r\nHo")
+        answers = read_all(conn)
+    first, _, rest = answers.partition(b"HTTP/1.1 408")
+    assert first.startswith(b"HTTP/1.1 200") and b"not complete" in rest
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"GET /health HTTP/1.1\r\nHost: t\r\nContent-Length: -1\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHo\x00st: t\r\n\r\n",
+        b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03",  # a TLS hello
+        b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+        b"POST /score HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+    ],
+)
+def test_bytes_that_are_not_http_get_a_json_400(server, raw):
+    with server.connect() as conn:
+        conn.sendall(raw)
+        status, body = status_and_body(read_all(conn))
+    assert status == 400 and "malformed HTTP request" in json.loads(body)["detail"]
+
+
 def test_headers_trickled_byte_by_byte_are_cut_off(server):
     """Slowloris: every byte arrives in time, the headers never complete."""
     with server.connect() as conn:

@@ -44,7 +44,11 @@ MAX_CONNECTIONS = 1000
 #: Bytes of request line and headers accepted before they must be complete.
 MAX_HEADER_BYTES = 64 * 1024
 
-_REASONS = {408: b"Request Timeout", 431: b"Request Header Fields Too Large"}
+_REASONS = {
+    400: b"Bad Request",
+    408: b"Request Timeout",
+    431: b"Request Header Fields Too Large",
+}
 
 
 def refusal(status: int, detail: str) -> bytes:
@@ -91,6 +95,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self._deadline: asyncio.TimerHandle | None = None
         self._body_deadline: asyncio.TimerHandle | None = None
         self._header_bytes = 0
+        self._begun = False  # a request's first bytes parsed, its headers not yet complete
 
     def connection_made(self, transport: Any) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -108,7 +113,12 @@ class GuardedHttpProtocol(HttpToolsProtocol):
             detail = f"request headers over {self.max_header_bytes} bytes"
             self._close_with(refusal(431, detail))
 
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._begun = True  # also for bytes that came with the previous request's packet
+
     def on_headers_complete(self) -> None:
+        self._begun = False
         self._cancel_deadline()
         over = len(self.connections) > self.max_connections
         self.app = busy_app if over else self.config.loaded_app  # read by the parent's method
@@ -125,6 +135,8 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         next_is_queued = bool(self.pipeline)  # its headers are complete already
         super().on_response_complete()
         if not next_is_queued and not self.transport.is_closing():
+            if self._begun:  # part of the next request is here: not an idle keep-alive,
+                self._unset_keepalive_if_required()  # so the header deadline answers 408
             self._await_headers()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -163,11 +175,15 @@ class GuardedHttpProtocol(HttpToolsProtocol):
     def _expire(self) -> None:
         """The headers did not arrive in time: say so if a request had begun, then close."""
         self._deadline = None
-        if self._header_bytes:
+        if self._header_bytes or self._begun:
             detail = f"request headers not complete within {self.header_timeout:g} s"
             self._close_with(refusal(408, detail))
         elif not self.transport.is_closing():
             self.transport.close()
+
+    def send_400_response(self, msg: str) -> None:
+        """uvicorn's answer to bytes it cannot parse as HTTP, as JSON like every error."""
+        self._close_with(refusal(400, f"malformed HTTP request: {msg}"[:200]))
 
     def _close_with(self, response: bytes) -> None:
         self._cancel_deadline()
