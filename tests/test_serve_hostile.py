@@ -279,6 +279,34 @@ def test_a_client_leaving_mid_body_logs_no_traceback(server, caplog, path):
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
 
 
+def test_an_answer_the_client_never_reads_is_dropped_after_the_deadline(server):
+    """A client that stops reading held its connection and megabytes of buffered answer
+    for ever; now the send deadline (the body timeout, 1 s here) aborts it."""
+    # ~10 MB of answer (each unknown id is echoed): more than the kernel's socket buffers
+    # (4 MB at most on Linux by default) take, so the rest waits in the process
+    payload = json.dumps({"user_ids": [f"{i}-" + "x" * 700 for i in range(10_000)], "k": 10})
+    conn = socket.socket()
+    conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    conn.settimeout(WAIT)
+    with conn:
+        conn.connect(("127.0.0.1", server.port))
+        conn.sendall(
+            b"POST /recommend HTTP/1.1\r\nHost: t\r\ncontent-type: application/json\r\n"
+            b"content-length: %d\r\n\r\n" % len(payload) + payload.encode()
+        )
+        assert conn.recv(1, socket.MSG_PEEK)  # the answer has begun
+        time.sleep(3.0)  # read nothing more for three deadlines
+        received, ended = 0, False
+        try:
+            while chunk := conn.recv(65536):
+                received += len(chunk)
+            ended = True
+        except ConnectionResetError:
+            ended = True
+    assert ended and received < 7_000_000  # cut off, not the whole ~10 MB answer
+    assert get(server, "/health")[0] == 200
+
+
 def test_a_body_sent_in_time_is_served(server):
     """The body deadline does not touch an ordinary request with a body."""
     payload = json.dumps({"user_ids": ["1"], "k": 3}).encode()

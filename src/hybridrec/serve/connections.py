@@ -21,6 +21,10 @@ httptools protocol plus a few overrides, given to ``uvicorn.Config(http=...)``) 
   connection is closed. Without it a client trickling a body one byte at a time held a
   connection, and its request task, for as long as it liked, and enough of them reached the
   cap. The body's size is bounded by :class:`hybridrec.serve.middleware.BodyLimit`.
+- **a send deadline**: an answer the client stops reading (the transport's buffer above its
+  high-water mark) must start draining again within ``body_timeout`` seconds, or the
+  connection is aborted and its buffered answer dropped. Without it a client that never
+  read kept its connection and megabytes of answer for as long as it liked.
 """
 
 from __future__ import annotations
@@ -96,6 +100,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self._body_deadline: asyncio.TimerHandle | None = None
         self._header_bytes = 0
         self._begun = False  # a request's first bytes parsed, its headers not yet complete
+        self._send_deadline: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: Any) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -142,7 +147,28 @@ class GuardedHttpProtocol(HttpToolsProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_deadline()
         self._cancel_body_deadline()
+        self._cancel_send_deadline()
         super().connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        if self._send_deadline is None:
+            self._send_deadline = self.loop.call_later(self.body_timeout, self._expire_send)
+
+    def resume_writing(self) -> None:
+        self._cancel_send_deadline()
+        super().resume_writing()
+
+    def _cancel_send_deadline(self) -> None:
+        if self._send_deadline is not None:
+            self._send_deadline.cancel()
+            self._send_deadline = None
+
+    def _expire_send(self) -> None:
+        """The client has not read its answer in time: drop the connection and the
+        buffered answer."""
+        self._send_deadline = None
+        self.transport.abort()
 
     def _await_headers(self) -> None:
         """Start the clock for the next request's headers."""
