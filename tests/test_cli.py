@@ -638,6 +638,26 @@ def test_evaluate_full_json(model_dir, ranking_files, capsys):
     assert metrics["hr@10"] > 10 / 34  # the planted groups were learned: better than random
 
 
+def test_evaluate_ranks_only_the_test_files_positive_rows(model_dir, ranking_files, tmp_path,
+                                                          capsys):  # fmt: skip
+    """A test row labelled 0 (or below --threshold) is no held-out choice of its user: it
+    was ranked as one, inflating every metric. A file with no positive, or no known user,
+    is refused rather than scored NaN over nobody."""
+    test = pd.read_csv(ranking_files["test"])
+    labelled = test.assign(target=[1] * 20 + [0] * 20)
+    labelled.to_csv(tmp_path / "labelled.csv", index=False)
+    files = {**ranking_files, "test": tmp_path / "labelled.csv"}
+    code, out, err = evaluate(capsys, model_dir, files, "--protocol", "full", "--json")
+    assert code == 0, err
+    assert json.loads(out)["users"] == 20
+    labelled.assign(target=0).to_csv(tmp_path / "zero.csv", index=False)
+    code, _, err = evaluate(capsys, model_dir, {**files, "test": tmp_path / "zero.csv"})
+    assert_user_error(code, err, "zero.csv", "no positive rows to rank")
+    test.assign(userId=test.userId + 1000).to_csv(tmp_path / "strangers.csv", index=False)
+    code, _, err = evaluate(capsys, model_dir, {**files, "test": tmp_path / "strangers.csv"})
+    assert_user_error(code, err, "strangers.csv", "no user the model knows")
+
+
 def test_evaluate_full_human_output(model_dir, ranking_files, capsys):
     code, out, err = evaluate(capsys, model_dir, ranking_files, "--k", "10")
     assert code == 0, err

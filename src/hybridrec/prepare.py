@@ -43,6 +43,16 @@ def load_data(data: DataLike, config: DataConfig, *, labels: bool = True) -> pd.
     return read_interactions(data, config, labels=labels)
 
 
+def load_positives(data: DataLike, config: DataConfig, purpose: str) -> pd.DataFrame:
+    """The positive rows of a file of held-out positives (a ranking's test set): its target
+    column, when it has one, decides (after ``--threshold``), so a row labelled 0 is not
+    ranked as if the user had chosen it; a file with none is refused."""
+    frame = load_data(data, config, labels=False)
+    check_positives(frame, data, config, purpose)
+    positive = frame["target"].to_numpy() > 0.5
+    return frame if positive.all() else frame[positive].reset_index(drop=True)
+
+
 @dataclass(frozen=True)
 class Prepared:
     """The training data as training needs it: encoders, encoded rows, positives."""

@@ -9,7 +9,7 @@ from typing import Any
 from hybridrec.cli.options import config_from_args
 from hybridrec.cli.output import print_json, print_table
 from hybridrec.config import DataConfig
-from hybridrec.errors import ConfigError
+from hybridrec.errors import ConfigError, DataError
 from hybridrec.evaluation import format_metrics
 from hybridrec.files import check_output_file
 
@@ -64,12 +64,20 @@ def _ranking(rec: Any, args: argparse.Namespace, data_config: DataConfig) -> dic
     beyond-accuracy metrics, the slices and the warm and cold items apart."""
     from hybridrec.data.dataset import RecSysDataset
     from hybridrec.evaluation.cold import evaluate_cold
-    from hybridrec.prepare import load_data
+    from hybridrec.prepare import load_data, load_positives
 
-    # files of positives: a target column is used when present, not required
+    # files of positives: a target column is used when present (its 0 rows are no test
+    # items), not required
     test, _ = RecSysDataset.from_frame(
-        load_data(args.test, data_config, labels=False), rec.users, rec.items
+        load_positives(args.test, data_config, "to rank"), rec.users, rec.items
     )
+    if not bool((test.user_idx != 0).any()):  # every metric would be NaN over 0 users
+        raise DataError(
+            args.test,
+            "names no user the model knows",
+            column=data_config.user_col,
+            expected="held-out rows of users in the model's training data",
+        )
     if args.protocol == "cold":  # no training rows: each user's test items among all of them
         ranking = evaluate_cold(
             rec.model, test.user_idx, test.item_idx, ks=tuple(args.k), seed=args.seed

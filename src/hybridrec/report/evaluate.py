@@ -54,14 +54,14 @@ def evaluate_models(
     checked) before any is evaluated."""
     from hybridrec.data.dataset import RecSysDataset
     from hybridrec.evaluation.slices import full_report
-    from hybridrec.prepare import load_data
+    from hybridrec.prepare import load_data, load_positives
     from hybridrec.recommend import Recommender
 
     if len(set(map(str, paths))) < len(paths):
         raise ConfigError("--models names a model twice")
     recommenders = [Recommender.load(p) for p in paths]
     train_frame = load_data(train, data_config, labels=False)
-    test_frame = load_data(test, data_config, labels=False)
+    test_frame = load_positives(test, data_config, "to rank")
     results = []
     for name, path, rec in zip(label_models(paths), paths, recommenders, strict=True):
         tr, _ = RecSysDataset.from_frame(train_frame, rec.users, rec.items)
