@@ -849,6 +849,8 @@ def no_work(monkeypatch):
         (["recommend", "--model", "m", "--all", "--output", "afile/r.csv"], "(afile is a file)"),
         (["recommend", "--model", "m", "--all", "--output", "adir.csv"], "is a directory"),
         (["export", "--model", "m", "--out", "afile/m.pt"], "--out afile/m.pt: cannot create"),
+        (["export", "--model", "m", "--out", "amodel/weights.pt"], "is a file of the model"),
+        (["export", "--model", "m", "--out", "amodel/config.json"], "is a file of the model"),
         (["split", "--data", "t.csv", "--out", "afile/s"], "--out afile/s: cannot create"),
         (["demo", "--out", "afile"], "--out afile is a file"),
         (["data", "movielens-100k", "--out", "afile/x"], "--out afile/x: cannot create"),
@@ -857,6 +859,8 @@ def no_work(monkeypatch):
 def test_bad_output_paths_are_refused_before_any_work(tmp_path, capsys, no_work, argv, fragment):
     (tmp_path / "afile").write_text("not a directory")
     (tmp_path / "adir.csv").mkdir()
+    (tmp_path / "amodel").mkdir()  # a saved model's files: replacing one breaks the model
+    (tmp_path / "amodel" / "config.json").write_text('{"sha256": {"weights.pt": "0"}}')
     code, _, err = call(capsys, *argv)
     assert_user_error(code, err, fragment)
     assert err.count("\n") == 1  # one line

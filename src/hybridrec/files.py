@@ -45,8 +45,26 @@ def check_output_file(path: str | Path, flag: str) -> Path:
         raise ConfigError(f"{flag} {target} is a directory; give a file path")
     if target.name in ("", ".", ".."):
         raise ConfigError(f"{flag} {target} does not name a file")
+    _not_a_model_file(target, flag)
     _probe(target, flag, "file")
     return target
+
+
+def _not_a_model_file(target: Path, flag: str) -> None:
+    """Refuse to replace a file of a saved model (its ``config.json`` or a file that lists
+    a checksum for): the model would no longer load."""
+    config = target.parent / "config.json"
+    if not config.is_file():
+        return
+    try:
+        listed = json.loads(config.read_text()).get("sha256")
+    except (OSError, ValueError, AttributeError):  # not a model's config
+        return
+    if isinstance(listed, dict) and (target.name == "config.json" or target.name in listed):
+        raise ConfigError(
+            f"{flag} {target} is a file of the model in {target.parent}; writing it would "
+            "break that model (give another path)"
+        )
 
 
 def _probe(path: Path, flag: str, kind: str) -> None:
