@@ -207,6 +207,35 @@ def test_bad_option_values(synthetic_data, capsys, flags, fragment):
     assert_user_error(code, err, fragment)
 
 
+@pytest.mark.parametrize(
+    ("argv", "fragment"),
+    [
+        (["train", "--train", "t.csv", "--seed", "-1"], "argument --seed"),
+        (["train", "--train", "t.csv", "--seed", str(2**64)], "from 0 to 2^63-1"),
+        (["split", "--data", "t.csv", "--out", "s", "--seed", "-1"], "argument --seed"),
+        (["evaluate", "--model", "m", "--seed", "-2"], "argument --seed"),
+        (["update", "--model", "m", "--train", "t.csv", "--out", "u", "--seed", "-1"], "--seed"),
+        (["tune", "--train", "t.csv", "--sampler-seed", "-1"], "argument --sampler-seed"),
+        (["demo", "--users", "0"], "argument --users: expected a count of at least 1"),
+        (["demo", "--positives", "-5"], "argument --positives"),
+        (["train", "--train", "t.csv", "--mlp-layers", "4,,8"], "expected sizes"),
+        (["train", "--train", "t.csv", "--k", "5,,10"], "expected sizes"),
+        (["train", "--train", "t.csv", "--k", "1_0"], "expected sizes"),
+        (["train", "--train", "t.csv", "--epochs", "1_0"], "expected an integer"),
+        (["recommend", "--model", "m", "--all", "--output", "r.csv", "--k", "\u0663"], "--k"),
+        (["serve", "--model", "m", "--port", " 80"], "expected an integer"),
+    ],
+)
+def test_integers_are_plain_digits_and_seeds_not_negative(capsys, argv, fragment):
+    """int() reads '1_0', ' 80' and other scripts' digits, and '4,,8' lost a size; NumPy's
+    generators refuse a negative seed with a traceback: argparse errors now, exit 2."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert fragment in err and "Traceback" not in err
+
+
 def test_a_sequence_model_without_histories_says_the_holdout_took_them(tmp_path, capsys):
     """One user with two positives: the automatic holdout leaves everyone one, and the
     error says so (and how to train on every row) instead of blaming the file alone."""
@@ -896,7 +925,6 @@ def test_a_foreign_config_json_is_never_replaced(tmp_path, capsys, no_work):
     [
         (["--embedding-dim", str(2**63)], "--embedding-dim must be a 64-bit integer"),
         (["--mlp-layers", f"8,{2**64}"], "--mlp-layers must be a 64-bit integer"),
-        (["--seed", str(2**64)], "--seed must be a 64-bit integer"),
         (["--negatives", str(2**63)], "--negatives must be a 64-bit integer"),
         (["--threads", "100000"], "--threads must be in 0..1024"),
         (["--weight-decay", "nan"], "--weight-decay must be a finite number"),

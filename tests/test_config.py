@@ -22,6 +22,7 @@ from hybridrec.errors import ConfigError
         ({"learning_rate": float("nan")}, "--lr"),
         ({"weight_decay": -1.0}, "--weight-decay"),
         ({"num_threads": -1}, "--threads"),
+        ({"seed": -1}, "--seed"),  # a config file or the API: NumPy refuses it later
     ],
 )
 def test_train_config_validation(options, flag):

@@ -237,6 +237,8 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         check_finite(self)
+        if self.seed < 0:  # NumPy's generators (the holdout, the splits) refuse it
+            raise ConfigError(f"--seed must be >= 0, got {self.seed}")
         if self.epochs is not None and self.epochs < 1:
             raise ConfigError(f"--epochs must be at least 1, got {self.epochs}")
         if self.batch_size is not None and self.batch_size < 1:

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from hybridrec.errors import ConfigError
+from hybridrec.values import value_kind
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -140,7 +141,7 @@ def to_tokens(path: str | Path, key: str, value: Any, action: argparse.Action) -
 
 def _as_text(where: str, value: Any, action: argparse.Action) -> str:
     """The value as the command line would spell it, or an error naming what was expected."""
-    kind = getattr(action.type, "__name__", "")
+    kind = value_kind(action.type)
     if isinstance(value, dict):
         raise ConfigError(f"{where}: expected a single value, got a table")
     if kind == "int":

@@ -10,6 +10,7 @@ from string import Template
 from typing import Any
 
 from hybridrec.models import MODELS, capabilities, model_class, models_with
+from hybridrec.values import _is_integer, parse_int, parse_seed
 
 
 def _parse_sizes(text: str) -> tuple[int, ...]:
@@ -17,11 +18,10 @@ def _parse_sizes(text: str) -> tuple[int, ...]:
 
     Marked ``takes_sizes`` (below): a config file gives such flags a TOML list.
     """
-    try:
-        sizes = tuple(int(part) for part in text.split(",") if part.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected sizes like 64,32,16, got {text!r}") from None
-    return sizes
+    parts = [part.strip() for part in text.split(",")]
+    if not all(_is_integer(part) for part in parts):  # "64,,16" is a typo, not 64,16
+        raise argparse.ArgumentTypeError(f"expected sizes like 64,32,16, got {text!r}")
+    return tuple(int(part) for part in parts)
 
 
 _parse_sizes.takes_sizes = True  # type: ignore[attr-defined]  # read by hybridrec.configfile
@@ -60,8 +60,10 @@ def add_config_arguments(
             shown = ",".join(str(x) for x in default)
         elif "float" in kind:
             parse, shown = float, default
+        elif f.name == "seed":
+            parse, shown = parse_seed, default
         elif "int" in kind:
-            parse, shown = int, default
+            parse, shown = parse_int, default
         else:
             parse, shown = str, default
         if kind == "bool":  # an on/off switch: --flag turns it on

@@ -14,6 +14,7 @@ from hybridrec.data.split import METHODS as SPLIT_METHODS
 from hybridrec.features.attach import FeatureConfig
 from hybridrec.models import MODELS, models_with
 from hybridrec.update import command as update_command
+from hybridrec.values import parse_count, parse_int, parse_seed
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -149,9 +150,9 @@ def _evaluate_parser(sub: Any) -> None:
         "(userId,itemId)",
     )
     p.add_argument(
-        "--num-negatives", type=int, default=100, help="sampled negatives per test item (100)"
+        "--num-negatives", type=parse_int, default=100, help="sampled negatives per test item (100)"
     )
-    p.add_argument("--seed", type=int, default=0, help="seed for sampled negatives (0)")
+    p.add_argument("--seed", type=parse_seed, default=0, help="seed for sampled negatives (0)")
     add_config_arguments(p, DataConfig, "data columns")
     p.add_argument("--json", action="store_true", help="print the metrics as one JSON object")
     p.add_argument(
@@ -185,7 +186,7 @@ def _recommend_parser(sub: Any) -> None:
         metavar="COL",
         help="user column of --users (default: the one the model was trained with)",
     )
-    p.add_argument("--k", type=int, default=10, help="items per user (default: 10)")
+    p.add_argument("--k", type=parse_int, default=10, help="items per user (default: 10)")
     p.add_argument(
         "--include-seen",
         action="store_true",
@@ -200,7 +201,7 @@ def _recommend_parser(sub: Any) -> None:
     )
     p.add_argument(
         "--chunk-users",
-        type=int,
+        type=parse_int,
         metavar="N",
         help="users scored and written per step (default: sized to the model and catalogue)",
     )
@@ -224,16 +225,16 @@ def _serve_parser(sub: Any) -> None:
     p = sub.add_parser("serve", help="serve a model over HTTP (FastAPI + uvicorn)")
     p.add_argument("--model", required=True, metavar="DIR", help="model directory")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
-    p.add_argument("--port", type=int, default=8000, help="port (8000)")
+    p.add_argument("--port", type=parse_int, default=8000, help="port (8000)")
     p.add_argument(
         "--log-level", default="info", choices=("critical", "error", "warning", "info", "debug")
     )
     p.add_argument(
-        "--threads", type=int, default=1, help="PyTorch CPU threads for scoring (default: 1)"
+        "--threads", type=parse_int, default=1, help="PyTorch CPU threads for scoring (default: 1)"
     )
     p.add_argument(
         "--cache-top",
-        type=int,
+        type=parse_int,
         default=None,
         metavar="N",
         help="rank every known user's top N items at each load, so GET /recommend with "
@@ -282,7 +283,7 @@ def _add_serve_limits(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--max-connections",
-        type=int,
+        type=parse_int,
         default=1000,
         metavar="N",
         help="open connections beyond which requests get a 503 (1000; twice as many are "
@@ -290,7 +291,7 @@ def _add_serve_limits(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--max-pending",
-        type=int,
+        type=parse_int,
         default=32,
         metavar="N",
         help="model requests running or waiting beyond which a request gets a 503 (32)",
@@ -356,7 +357,7 @@ def _split_parser(sub: Any) -> None:
         default=0.2,
         help="share for ratio, temporal and the cold methods (0.2)",
     )
-    p.add_argument("--seed", type=int, default=0, help="seed for random methods (0)")
+    p.add_argument("--seed", type=parse_seed, default=0, help="seed for random methods (0)")
     p.add_argument(
         "--movielens",
         action="store_true",
@@ -403,11 +404,15 @@ def _demo_parser(sub: Any) -> None:
         metavar="DIR",
         help="folder for train.csv, val.csv and model/ (default: hybridrec-demo)",
     )
-    p.add_argument("--users", type=int, default=2000, help="synthetic users (default: 2000)")
-    p.add_argument("--items", type=int, default=1000, help="synthetic items (default: 1000)")
+    p.add_argument(
+        "--users", type=parse_count, default=2000, help="synthetic users (default: 2000)"
+    )
+    p.add_argument(
+        "--items", type=parse_count, default=1000, help="synthetic items (default: 1000)"
+    )
     p.add_argument(
         "--positives",
-        type=int,
+        type=parse_count,
         default=60_000,
         help="positive interactions to draw before de-duplication (default: 60000)",
     )
@@ -427,7 +432,9 @@ def _tune_parser(sub: Any) -> None:
         "storage study.db (default: tune)"
     )
     g = p.add_argument_group("search")
-    g.add_argument("--trials", type=int, default=20, help="trials this run adds (default: 20)")
+    g.add_argument(
+        "--trials", type=parse_int, default=20, help="trials this run adds (default: 20)"
+    )
     g.add_argument("--space", metavar="PATH", help="TOML search space over the model's default")
     g.add_argument(
         "--storage",
@@ -438,7 +445,7 @@ def _tune_parser(sub: Any) -> None:
     g.add_argument("--timeout", type=float, metavar="S", help="start no trial after S seconds")
     g.add_argument(
         "--sampler-seed",
-        type=int,
+        type=parse_seed,
         metavar="N",
         help="TPE seed, combined with each trial's number (default: --seed)",
     )
@@ -446,11 +453,14 @@ def _tune_parser(sub: Any) -> None:
         "--pruner", choices=("median", "none"), default="median", help="(default: median)"
     )
     g.add_argument(
-        "--warmup-epochs", type=int, default=2, help="epochs of a trial never pruned (default: 2)"
+        "--warmup-epochs",
+        type=parse_int,
+        default=2,
+        help="epochs of a trial never pruned (default: 2)",
     )
     g.add_argument(
         "--startup-trials",
-        type=int,
+        type=parse_int,
         default=3,
         help="trials the study completes before any is pruned (default: 3)",
     )

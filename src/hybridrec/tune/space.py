@@ -30,6 +30,7 @@ from hybridrec.config import TrainConfig
 from hybridrec.configfile import options_of, to_tokens
 from hybridrec.errors import ConfigError
 from hybridrec.models import model_class
+from hybridrec.values import value_kind
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -87,7 +88,7 @@ class Param:
 
     @property
     def is_int(self) -> bool:
-        return getattr(self.action.type, "__name__", "") == "int"
+        return value_kind(self.action.type) == "int"
 
     def suggest(self, trial: Any) -> Any:
         """The trial's value, in the config file's types (a list for sizes)."""
@@ -216,7 +217,7 @@ def _param(source: str, key: str, table: Mapping[str, Any], action: argparse.Act
         return Param(key, action, source, choices=choices)
     if "low" not in table or "high" not in table:
         raise ConfigError(f"{where}: give low and high (a range) or choices = [...]")
-    kind = getattr(action.type, "__name__", "")
+    kind = value_kind(action.type)
     if kind not in ("int", "float") or action.choices is not None:
         raise ConfigError(f"{where}: --{key.replace('_', '-')} is not a number; give choices")
     low, high = (_number(where, name, table[name], kind) for name in ("low", "high"))

@@ -9,6 +9,7 @@ from typing import Any
 from hybridrec.config import MAX_THREADS
 from hybridrec.configfile import add_config_option
 from hybridrec.errors import ConfigError
+from hybridrec.values import parse_int, parse_seed
 
 
 def add_parser(sub: Any) -> None:
@@ -44,7 +45,7 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--item-features", metavar="PATH", help="features of new items")
     p.add_argument(
         "--epochs",
-        type=int,
+        type=parse_int,
         metavar="N",
         help="passes over the update's rows (default: the epochs the parent's training chose; "
         "with --scope all, early stopping on each touched user's latest new positive, held "
@@ -66,9 +67,9 @@ def add_parser(sub: Any) -> None:
         "other weight frozen, so other users keep their scores; all: train every weight, "
         "with a replay sample against drift",
     )
-    p.add_argument("--seed", type=int, default=0, help="seed (0)")
+    p.add_argument("--seed", type=parse_seed, default=0, help="seed (0)")
     p.add_argument("--lr", type=float, metavar="LR", help="learning rate (default: the parent's)")
-    p.add_argument("--threads", type=int, default=1, help="CPU threads for PyTorch (1)")
+    p.add_argument("--threads", type=parse_int, default=1, help="CPU threads for PyTorch (1)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.add_argument("--json", action="store_true", help="print what was done as one JSON object")
