@@ -79,6 +79,26 @@ def trained_model(synthetic_data, tmp_path, capsys):
     return tmp_path / "m"
 
 
+def test_a_reader_closing_the_pipe_stops_the_command_quietly(trained_model):
+    """``hybridrec info | true``: the write fails with EPIPE; no traceback, the exit
+    status a command killed by SIGPIPE has (128 + 13), as ``cat`` gives."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    reader, writer = os.pipe()
+    os.close(reader)  # nobody will read
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "hybridrec", "info", "--model", str(trained_model)],
+            stdout=writer, stderr=subprocess.PIPE, text=True, timeout=120, env=env,
+        )  # fmt: skip
+    finally:
+        os.close(writer)
+    assert "Traceback" not in done.stderr and "Exception ignored" not in done.stderr
+    assert done.returncode == 141, done.stderr
+
+
 def test_train_json(synthetic_data, tmp_path, capsys):
     train_csv, val_csv = synthetic_data
     code, out, _ = call(

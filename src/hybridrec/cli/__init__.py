@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 import errno
 import logging
+import os
+import signal
 import sys
 import warnings
 from collections.abc import Callable, Sequence
@@ -66,9 +68,14 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     warnings.showwarning = _show_warning
     try:
-        return COMMANDS[args.command](args)
+        code = COMMANDS[args.command](args)
+        sys.stdout.flush()  # a closed pipe shows here, not as a traceback at exit
+        return code
     except HybridRecError as exc:
         return _fail(str(exc))
+    except BrokenPipeError:  # the reader went away (`| head`): stop quietly, as cat does
+        _silence_stdout()
+        return 128 + signal.SIGPIPE
     except OSError as exc:
         if exc.errno not in _ENVIRONMENT_ERRNOS:
             raise
@@ -84,6 +91,14 @@ def run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print(f"interrupted; {_interrupted(args)}", file=sys.stderr)
         return 130
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so the interpreter's last flush at exit does not fail on
+    the closed pipe again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
 
 
 def check_integer_options(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
