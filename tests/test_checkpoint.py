@@ -112,6 +112,26 @@ def test_shorter_run_continued_with_more_epochs_equals_one_long_run(tmp_path):
     assert [row["epoch"] for row in saved["history"]] == [1, 2, 3, 4]
 
 
+def test_resume_refuses_other_data(tmp_path):
+    """Other ids with the same shape (every row maps to the same embedding rows) or other
+    labels: the checkpoint's rows would belong to other ids, so the resume is refused."""
+    train, val = planted(num_users=24, num_items=20, per_user=5)
+    options = {"embedding_dim": 4, "mlp_layer_sizes": (4,)}
+    common = dict(batch_size=32, seed=1, device="cpu", early_stop="none", checkpoint_every=1)
+
+    def run(data, epochs, **kw):
+        return hybridrec.train(data, val, out=tmp_path / "m", model_options=options,
+                               train_config=TrainConfig(**common, epochs=epochs, **kw))  # fmt: skip
+
+    run(train, 1)
+    shifted = train.assign(userId=train.userId + 1000, itemId=train.itemId + 500)
+    relabelled = train.assign(target=(train.index % 3 > 0).astype(int))
+    for other in (shifted, relabelled):
+        with pytest.raises(ConfigError, match="trained on other data"):
+            run(other, 2, resume=str(tmp_path / "m"))
+    assert run(train, 2, resume=str(tmp_path / "m")).history.epochs[-1].epoch == 2
+
+
 def test_checkpoint_loads_with_weights_only(tmp_path, planted_encoded):
     data = planted_encoded
     config = TrainConfig(epochs=1, batch_size=64, device="cpu", checkpoint_every=1)

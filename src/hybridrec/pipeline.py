@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from hybridrec import distributed
+from hybridrec.checkpoint import data_key
 from hybridrec.config import DataConfig, TrainConfig
 from hybridrec.data.dataset import RecSysDataset, UnknownCounts
 from hybridrec.data.holdout import holdout, subset
@@ -261,9 +262,11 @@ def _train(
     def run(config: TrainConfig, data: RecSysDataset, val: RecSysDataset | None, **kw: Any):
         net = new_model()
         moments.clear()  # every run starts Adam afresh; only the last run's state is kept
+        checked = config.checkpoint_every > 0 or config.resume is not None
         history = fit(
             net, data, val, config, device=device, show_progress=show_progress,
-            on_epoch_end=write_progress, checkpoint_dir=out_dir, moments=moments, **kw,
+            on_epoch_end=write_progress, checkpoint_dir=out_dir, moments=moments,
+            data_key=data_key(users, items, data) if checked else None, **kw,
         )  # fmt: skip
         return net, history
 

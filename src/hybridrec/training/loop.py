@@ -66,6 +66,7 @@ def fit(
     on_epoch_end: Callable[[EpochStats, History], None] | None = None,
     checkpoint_dir: str | Path | None = None,
     moments: dict[str, torch.Tensor] | None = None,
+    data_key: str | None = None,
 ) -> History:
     """Train ``model`` in place with Adam, validating after every epoch.
 
@@ -85,6 +86,8 @@ def fit(
             (:meth:`~hybridrec.training.optim.Optimizers.export_moments`) to start from,
             replaced in place by the state training ends with: what an artifact keeps so
             that ``hybridrec update`` continues the optimisation. ``None``: not kept.
+        data_key: the training data's digest (:func:`hybridrec.checkpoint.data_key`),
+            kept in checkpoints; a resume whose data differs is refused.
 
     With a ``torch.distributed`` process group (``torchrun``; see
     :mod:`hybridrec.distributed`) every rank trains on its shard of each epoch under
@@ -133,6 +136,7 @@ def fit(
         stopper=EarlyStopping(early_stop, patience_of(model, config)),
         history=History(),
         average=WeightAverage(params, config.ema_decay) if config.ema_decay > 0 else None,
+        data_key=data_key,
     )
     # Subnormal floats (weights or moments decayed towards zero, e.g. feature tokens that
     # only weight decay moves) take a slow path in every CPU product: on ML-100K with side

@@ -19,6 +19,7 @@ from hybridrec import distributed
 from hybridrec.checkpoint import CheckpointError, check_compatible, config_dict, load_checkpoint
 from hybridrec.checkpoint import save_checkpoint as write_checkpoint
 from hybridrec.config import TrainConfig
+from hybridrec.errors import ConfigError
 from hybridrec.training.average import WeightAverage
 from hybridrec.training.history import EpochStats, History
 from hybridrec.training.optim import Optimizers
@@ -45,6 +46,9 @@ class RunState:
     stopper: EarlyStopping
     history: History
     average: WeightAverage | None
+    #: what the training rows and ids hash to (:func:`hybridrec.checkpoint.data_key`), so
+    #: that a resume on other data is refused; None: not checked
+    data_key: str | None = None
 
     def save(self, directory: str | Path, epoch: int) -> None:
         """Every rank contributes its RNG state; rank 0 writes the file atomically."""
@@ -61,6 +65,7 @@ class RunState:
                 "model_name": type(self.model).__name__,
                 "world_size": world,
                 "train_config": config_dict(self.config),
+                "data_key": self.data_key,
                 "model": self.model.state_dict(),
                 "optimizer": self.optimizer.state_dict(),
                 "scaler": self.scaler.state_dict() if self.scaler is not None else None,
@@ -82,6 +87,12 @@ class RunState:
         where = self.config.resume
         data = load_checkpoint(where)  # type: ignore[arg-type]
         check_compatible(data, self.config, type(self.model).__name__, where)  # type: ignore[arg-type]
+        saved_key = data.get("data_key")
+        if saved_key is not None and self.data_key is not None and saved_key != self.data_key:
+            raise ConfigError(
+                f"--resume {where}: the checkpoint was trained on other data (other ids, rows "
+                "or --threshold); resume with the interrupted run's data and data options"
+            )
         self._load_weights(data, where)  # type: ignore[arg-type]
         epoch = int(data["epoch"])
         self._load_rng(data["rng"].get("ranks") or [], epoch)
