@@ -245,7 +245,8 @@ def write_interactions_csv(
         out[target_col] = target
     if TIMESTAMP in frame:
         ts = frame[TIMESTAMP].to_numpy()
-        if ts.dtype.kind == "f" and np.all(np.isfinite(ts)) and np.all(ts == np.round(ts)):
+        whole = ts.dtype.kind == "f" and np.all(np.isfinite(ts)) and np.all(ts == np.round(ts))
+        if whole and np.all(np.abs(ts) < 2.0**63):  # beyond int64 a cast gives INT64_MIN
             ts = ts.astype(np.int64)
         out[TIMESTAMP] = ts
     path = Path(path)
