@@ -263,7 +263,7 @@ def test_write_interactions_csv_is_train_ready(tmp_path, write):
 def test_written_timestamps_beyond_int64_keep_their_value(tmp_path):
     """Whole seconds are written as integers, but 1e19 cast to int64 became INT64_MIN."""
     frame = pd.DataFrame(
-        {"userId": [1, 1], "itemId": [2, 3], "target": [1.0, 1.0], "timestamp": [1e19, 2.0]}
+        {"user_id": [1, 1], "item_id": [2, 3], "target": [1.0, 1.0], "timestamp": [1e19, 2.0]}
     )
     path = write_interactions_csv(frame, tmp_path / "ratings.csv")
     assert read_interactions(path)["timestamp"].tolist() == [1e19, 2.0]
