@@ -218,3 +218,19 @@ def test_new_entities_numeric_cells_are_checked_not_dropped(tmp_path):
             table.encode({"year": [bad]}, rows, 2, new=True)
     lax = table.encode({"year": ["soon"]}, rows, 2)  # fitted cells: checked when read
     assert lax.numeric[1].abs().sum() == 0
+
+
+def test_a_feature_file_named_by_the_other_entitys_id_is_refused(tmp_path):
+    """--item-features users.csv: its userId column would be read as item ids."""
+    users = write(tmp_path, "userId,age\n1,20\n2,30\n", "users.csv")
+    with pytest.raises(DataError, match="swapped") as err:
+        read_features(users, "itemId", other_col="userId")
+    assert "users.csv" in str(err.value) and "\n" not in str(err.value)
+    assert len(read_features(users, "userId", other_col="itemId").ids) == 2
+
+
+def test_values_too_large_to_standardise_are_named(tmp_path):
+    """1e308's square overflows: the feature used to be silently zeroed."""
+    path = write(tmp_path, "itemId,year\n1,1e308\n2,-1e308\n3,5\n")
+    with pytest.raises(DataError, match="'year'.*too large to standardise"):
+        read_features(path, "itemId")

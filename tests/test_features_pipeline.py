@@ -13,7 +13,7 @@ import hybridrec
 from hybridrec.cli import main
 from hybridrec.config import DataConfig, TrainConfig
 from hybridrec.data.dataset import RecSysDataset
-from hybridrec.errors import ConfigError
+from hybridrec.errors import ConfigError, DataError
 from hybridrec.evaluation.cold import evaluate_cold
 from hybridrec.prepare import load_data
 
@@ -260,3 +260,12 @@ def test_feature_ids_of_another_kind_are_a_clear_error():
     text_items = pd.DataFrame({"itemId": ["a", "b"], "genre": ["drama", "comedy"]})
     with pytest.raises(DataError, match="'a' is text, but the training data's ids"):
         hybridrec.train(frame, None, item_features=text_items, train_config=TrainConfig(epochs=1))
+
+
+def test_a_feature_file_without_a_training_id_is_refused():
+    """Nothing could learn what its features mean: most likely the wrong file."""
+    frame, items, cold = planted()
+    strangers = items.assign(itemId=items.itemId + 10_000)
+    with pytest.raises(DataError, match="none of its 80 ids is one of the training data's"):
+        hybridrec.train(frame, None, item_features=strangers,
+                        train_config=TrainConfig(epochs=1, batch_size=256))  # fmt: skip

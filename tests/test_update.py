@@ -221,7 +221,8 @@ def test_new_items_start_from_their_features(tmp_path):
     out = tmp_path / "old"
     hybridrec.train(train, None, out=out, model="hybrid", model_options=OPTIONS["hybrid"],
                     train_config=config(epochs=2), item_features=items)  # fmt: skip
-    new_items = pd.DataFrame({"itemId": [101, 102, 103], "genre": ["a", "b", "zzz"]})
+    # the id column found by name, as training finds it, not by position
+    new_items = pd.DataFrame({"genre": ["a", "b", "zzz"], "itemId": [101, 102, 103]})
     update(out, new, out=tmp_path / "new", epochs=0, item_features=new_items)
     rec = hybridrec.load(tmp_path / "new")
     table = rec.model.item_embedding

@@ -12,12 +12,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import torch
 
 from hybridrec.config import check_finite, option
 from hybridrec.data.encoding import IdEncoder
-from hybridrec.errors import ConfigError
+from hybridrec.errors import ConfigError, DataError
 from hybridrec.features import FeatureData, encode_features, parse_kinds, read_features
 from hybridrec.models import capabilities, models_with
 
@@ -85,8 +86,12 @@ class SideFeatures:
         user_kinds = parse_kinds(config.user_feature_types, "--user-feature-types")
         item_kinds = parse_kinds(config.item_feature_types, "--item-feature-types")
         return cls(
-            None if user_source is None else read_features(user_source, user_col, user_kinds, sep),
-            None if item_source is None else read_features(item_source, item_col, item_kinds, sep),
+            None
+            if user_source is None
+            else read_features(user_source, user_col, user_kinds, sep, other_col=item_col),
+            None
+            if item_source is None
+            else read_features(item_source, item_col, item_kinds, sep, other_col=user_col),
         )
 
     def __bool__(self) -> bool:
@@ -126,6 +131,7 @@ class SideFeatures:
             if data is None or table is None:
                 continue
             has_id = torch.bincount(trained.long().cpu(), minlength=encoder.num_embeddings) > 0
+            _check_overlap(data, encoder, has_id, "users" if data is self.users else "items")
             table.set_features(encode_features(data, encoder), has_id=has_id)
 
     def tables(self) -> dict[str, Any]:
@@ -135,3 +141,17 @@ class SideFeatures:
             for name, data in (("users", self.users), ("items", self.items))
             if data is not None
         }
+
+
+def _check_overlap(data: FeatureData, encoder: IdEncoder, has_id: torch.Tensor, kind: str) -> None:
+    """Refuse a feature file none of whose ids has training rows: nothing could learn what
+    its features mean, and it is most likely the other entity's file (user ids read as
+    items would become phantom cold items that get recommended)."""
+    rows = torch.from_numpy(np.asarray(encoder.transform(data.ids), dtype=np.int64))
+    if len(rows) and not bool(has_id[rows].any()):
+        raise DataError(
+            data.source,
+            f"none of its {len(rows):,} ids is one of the training data's {kind}",
+            expected=f"features of the {kind} of the training data (the --{kind[:-1]}-features "
+            "file; are the two feature files swapped?)",
+        )

@@ -65,6 +65,7 @@ def read_features(
     id_col: str,
     kinds: dict[str, str] | None = None,
     separator: str = "|",
+    other_col: str | None = None,
 ) -> FeatureData:
     """Read ``data`` (a path or a frame), validate it and fit its fields.
 
@@ -73,7 +74,7 @@ def read_features(
             or a cell that does not fit its stated kind (file, row and column named).
         ConfigError: ``kinds`` names a column the file does not have.
     """
-    path, key, ids, columns = read_feature_rows(data, id_col)
+    path, key, ids, columns = read_feature_rows(data, id_col, other_col)
     kinds = dict(kinds or {})
     unknown = sorted(set(kinds) - set(columns))
     if unknown:
@@ -94,11 +95,13 @@ def read_features(
 
 
 def read_feature_rows(
-    data: str | Path | pd.DataFrame, id_col: str
+    data: str | Path | pd.DataFrame, id_col: str, other_col: str | None = None
 ) -> tuple[Path, str, np.ndarray, dict[str, list[Any]]]:
     """``(path, id column, ids, {feature column: cells})`` of a feature file or frame, the
     ids checked (parsed as interaction ids are, none missing or repeated); cells are Python
-    values with None for missing ones. Nothing is fitted."""
+    values with None for missing ones. Nothing is fitted. The id column is ``id_col``, else
+    the first column, unless that first column is ``other_col`` (the other entity's id:
+    the two feature files swapped)."""
     if isinstance(data, pd.DataFrame):
         path, frame = Path("<DataFrame>"), data
     else:
@@ -110,6 +113,14 @@ def read_feature_rows(
     if len(set(map(str, frame.columns))) != len(frame.columns):
         raise DataError(path, "has repeated column names; name each feature once")
     key = id_col if id_col in frame.columns else frame.columns[0]
+    if other_col is not None and key == other_col and other_col != id_col:
+        raise DataError(
+            path,
+            f"has no {id_col!r} column, and its first column is {other_col!r}, the other "
+            "entity's id",
+            expected=f"a {id_col!r} column, or the ids in the first column (are the user and "
+            "item feature files swapped?)",
+        )
     ids = parse_ids(frame[key], path, str(key), is_csv_path(path))
     _check_unique(ids, path, str(key))
     columns = {str(c): _cells(frame[c]) for c in frame.columns if c != key}
@@ -142,7 +153,15 @@ def _fit_field(name: str, kind: str, cells: list[Any], separator: str, offset: i
         if len(known) == 0:
             raise DataError(path, "has no values", column=name, expected="at least one number")
         quantiles = np.quantile(known, np.linspace(0, 1, NUMERIC_BUCKETS + 1)[1:-1])
-        std = float(known.std())
+        with np.errstate(over="ignore"):
+            std = float(known.std())
+        if not np.isfinite(std):  # squares overflow: the feature would be silently zeroed
+            raise DataError(
+                path,
+                f"has values too large to standardise (largest magnitude {np.abs(known).max():g})",
+                column=name,
+                expected="numbers of magnitude below 1e150",
+            )
         return Field(name, kind, offset, edges=[float(e) for e in np.unique(quantiles)],
                      mean=float(known.mean()), std=std if std > 0 else 1.0)  # fmt: skip
     rows = [_tokens(c, kind, separator) for c in cells]

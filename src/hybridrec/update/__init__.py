@@ -422,7 +422,9 @@ def _set_features(
         features = FeatureTable.from_dict(stored[kind])
         ids, columns = np.zeros(0), {}
         if source is not None:
-            path, _, ids, columns = read_feature_rows(source, "")
+            data = parent.config.get("settings", {}).get("data", {})
+            id_col = data.get("user_col" if kind == "users" else "item_col", "")
+            path, _, ids, columns = read_feature_rows(source, id_col)  # as training found it
             strange = sorted(set(columns) - {f.name for f in features.fields})
             if strange:
                 raise DataError(
