@@ -707,6 +707,20 @@ def test_evaluate_ranks_only_the_test_files_positive_rows(model_dir, ranking_fil
     assert_user_error(code, err, "strangers.csv", "no user the model knows")
 
 
+def test_recommend_refuses_text_users_for_an_integer_model(model_dir, tmp_path, capsys):
+    """'alice' can never be a user of an integer-id model: every such id got the popular
+    items without a word. Integer ids written as text ("2") still find their user."""
+    (tmp_path / "text.csv").write_text("userId\n1\nalice\n")
+    code, _, err = call(capsys, "recommend", "--model", model_dir, "--users",
+                        tmp_path / "text.csv", "--output", tmp_path / "r.csv")  # fmt: skip
+    assert_user_error(code, err, "text.csv", "row 2", "'alice' is not an integer")
+    (tmp_path / "quoted.csv").write_text('userId\n1\n"2"\n')
+    code, out, err = call(capsys, "recommend", "--model", model_dir, "--users",
+                          tmp_path / "quoted.csv", "--output", tmp_path / "r.csv")  # fmt: skip
+    assert code == 0, err
+    assert set(pd.read_csv(tmp_path / "r.csv")["userId"]) == {1, 2}
+
+
 def test_evaluate_full_human_output(model_dir, ranking_files, capsys):
     code, out, err = evaluate(capsys, model_dir, ranking_files, "--k", "10")
     assert code == 0, err

@@ -17,6 +17,7 @@ from hybridrec.files import check_output_file
 def cmd_recommend(args: argparse.Namespace) -> int:
     from hybridrec.recommend import (
         Recommender,
+        check_id_kind,
         output_format,
         read_user_ids,
         write_recommendations,
@@ -33,7 +34,12 @@ def cmd_recommend(args: argparse.Namespace) -> int:
     rec = Recommender.load(args.model)
     # the users file names its column like the training data did (--user-col at training)
     trained_col = rec.config.get("settings", {}).get("data", {}).get("user_col", "userId")
-    users = rec.users.ids if args.all else read_user_ids(args.users, args.user_col or trained_col)
+    if args.all:
+        users = rec.users.ids
+    else:
+        column = args.user_col or trained_col
+        users = read_user_ids(args.users, column)
+        check_id_kind(rec.users, users, args.users, column)
     rows = write_recommendations(
         rec,
         users,

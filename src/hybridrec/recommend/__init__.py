@@ -32,6 +32,7 @@ from hybridrec.models import models_with
 from hybridrec.recommend.batch_file import (
     OUTPUT_FORMATS,
     RECOMMENDATION_COLUMNS,
+    check_id_kind,
     output_format,
     read_user_ids,
     write_recommendations,
@@ -47,6 +48,7 @@ __all__ = [
     "Recommendation",
     "Recommender",
     "Source",
+    "check_id_kind",
     "output_format",
     "read_user_ids",
     "write_recommendations",

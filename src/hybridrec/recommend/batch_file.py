@@ -14,7 +14,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from hybridrec.data.columns import PARQUET_SUFFIXES, is_csv_path, parse_ids
+from hybridrec.data.columns import PARQUET_SUFFIXES, is_csv_path, parse_ids, row_error
+from hybridrec.data.encoding import IdEncoder
 from hybridrec.data.io import read_table
 from hybridrec.errors import ConfigError, DataError
 from hybridrec.files import atomic_write
@@ -43,6 +44,18 @@ def read_user_ids(path: str | Path, column: str = "userId") -> np.ndarray:
     if len(frame) == 0:
         raise DataError(path, "has a header but no rows", expected="at least one user id")
     return parse_ids(frame[column], path, column, is_csv_path(path))
+
+
+def check_id_kind(encoder: IdEncoder, ids: np.ndarray, path: str | Path, column: str) -> None:
+    """Refuse text ids for a model whose ids are integers: every one would be an unknown
+    user and silently get the popular items (``"42"`` still finds 42)."""
+    _, valid = encoder._as_own_kind(np.asarray(ids))
+    if valid is not None and not valid.all():
+        pos = int(np.argmax(~valid))
+        raise row_error(
+            Path(path), pos, column, f"user id {ids[pos]!r} is not an integer",
+            "integer user ids: the model was trained on integer ids",
+        )  # fmt: skip
 
 
 def output_format(path: str | Path) -> str:
