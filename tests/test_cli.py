@@ -256,6 +256,12 @@ def test_integers_are_plain_digits_and_seeds_not_negative(capsys, argv, fragment
     assert fragment in err and "Traceback" not in err
 
 
+def test_an_empty_input_path_is_named_as_such(capsys):
+    code, _, err = call(capsys, "train", "--train", "", "--out", "m")
+    assert_user_error(code, err, "the path is empty or '.'")
+    assert not err.startswith("error: :")
+
+
 def test_a_sequence_model_without_histories_says_the_holdout_took_them(tmp_path, capsys):
     """One user with two positives: the automatic holdout leaves everyone one, and the
     error says so (and how to train on every row) instead of blaming the file alone."""

@@ -40,7 +40,7 @@ class DataError(HybridRecError, ValueError):
         self.line = line
         self.column = column
         self.expected = expected
-        where = [Path(self.path).name]
+        where = [Path(self.path).name or self.path]  # "." (or an empty path) has no name
         if row is not None:
             where.append(f"row {row}" + (f" (line {line})" if line is not None else ""))
         if column is not None:

@@ -156,6 +156,8 @@ def check_file(path: Path, kind: str, content: str) -> None:
     """A ``DataError`` unless ``path`` is an existing, non-empty file (``kind`` names it)."""
     if not path.exists():
         raise DataError(path, f"file not found: {path}", expected=kind)
+    if path == Path("."):  # Path("") is "." too: name both
+        raise DataError(path, "the path is empty or '.' (the current directory)", expected=kind)
     if path.is_dir():
         raise DataError(path, f"{path} is a directory", expected=kind)
     if path.is_char_device() or path.is_block_device() or path.is_socket():
