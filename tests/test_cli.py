@@ -492,6 +492,10 @@ def test_data_min_rating(tmp_path, capsys):
     )
     assert code == 0, err
     assert len(pd.read_csv(tmp_path / "d" / "interactions.csv")) == sum(r >= 3 for r in ratings)
+    code, _, err = call(
+        capsys, "data", "movielens-100k", "--data", "u.data", "--min-rating", "nan", "--out", "e"
+    )
+    assert_user_error(code, err, "min_rating must be a finite number")
 
 
 @pytest.fixture

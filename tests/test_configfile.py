@@ -75,6 +75,13 @@ def test_command_line_overrides_file_which_overrides_defaults(tmp_path):
     assert parse("train", "--config", path, "--config", other).train == "u.csv"
 
 
+def test_a_byte_order_mark_is_read_past(tmp_path):
+    """Editors on Windows save one; the data readers accept it, so config files do too."""
+    path = tmp_path / "bom.toml"
+    path.write_bytes(b"\xef\xbb\xbftrain = 't.csv'\nepochs = 3\n")
+    assert parse("train", "--config", path).epochs == 3
+
+
 def test_exclusive_options_follow_the_command_line(tmp_path):
     path = write(tmp_path, 'model = "m"\nall = true\noutput = "r.csv"\nk = 3\n')
     args = parse("recommend", "--config", path, "--users", "u.csv")

@@ -234,3 +234,9 @@ def test_values_too_large_to_standardise_are_named(tmp_path):
     path = write(tmp_path, "itemId,year\n1,1e308\n2,-1e308\n3,5\n")
     with pytest.raises(DataError, match="'year'.*too large to standardise"):
         read_features(path, "itemId")
+
+
+def test_a_column_given_two_kinds_is_refused():
+    with pytest.raises(ConfigError, match="'genre' two kinds"):
+        parse_kinds("genre=multi,genre=numeric", "--item-feature-types")
+    assert parse_kinds("genre=multi,genre=multi", "--x") == {"genre": "multi"}

@@ -96,8 +96,8 @@ def read_config(path: str | Path, parser: argparse.ArgumentParser, command: str)
     if Path(path).exists() and not Path(path).is_file():  # a folder, a device, a pipe
         raise ConfigError(f"--config {name} is not a file; give a TOML file")
     try:
-        with open(path, "rb") as f:
-            data = tomllib.load(f)
+        with open(path, encoding="utf-8-sig") as f:  # a byte-order mark, as CSVs may have
+            data = tomllib.loads(f.read())
     except FileNotFoundError:
         raise ConfigError(f"--config {name}: no such file") from None
     except OSError as exc:

@@ -19,6 +19,7 @@ downloads it from GroupLens into a cache, or uses a zip or ratings file the user
 from __future__ import annotations
 
 import http.client
+import math
 import os
 import re
 import shutil
@@ -34,7 +35,7 @@ from hybridrec.data.columns import ITEM, TARGET, TIMESTAMP, USER, one_line
 from hybridrec.data.encoding import CANONICAL_INT
 from hybridrec.data.io import check_file
 from hybridrec.data.split import write_interactions_csv
-from hybridrec.errors import DataError, HybridRecError
+from hybridrec.errors import ConfigError, DataError, HybridRecError
 from hybridrec.files import atomic_write
 
 __all__ = [
@@ -464,6 +465,8 @@ def _standard(raw: pd.DataFrame, path: Path, min_rating: float | None) -> pd.Dat
     """Turn parsed ``user, item[, rating][, timestamp]`` columns into the standard frame."""
     if len(raw) == 0:
         raise DataError(path, "has no ratings", expected="at least one rating")
+    if min_rating is not None and not math.isfinite(min_rating):  # >= nan keeps nothing
+        raise ConfigError(f"min_rating must be a finite number, got {min_rating}")
     if min_rating is not None:
         if _RATING not in raw.columns:
             raise DataError(

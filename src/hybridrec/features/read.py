@@ -56,6 +56,11 @@ def parse_kinds(text: str | None, option: str) -> dict[str, str]:
                 f"{option} takes column=kind pairs like genres=multi,year=numeric with kind "
                 f"one of {', '.join(KINDS)}; got {part.strip()!r}"
             )
+        if name.strip() in kinds and kinds[name.strip()] != kind.strip():
+            raise ConfigError(
+                f"{option} gives column {name.strip()!r} two kinds, "
+                f"{kinds[name.strip()]} and {kind.strip()}; give one"
+            )
         kinds[name.strip()] = kind.strip()
     return kinds
 
