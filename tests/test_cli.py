@@ -256,6 +256,16 @@ def test_integers_are_plain_digits_and_seeds_not_negative(capsys, argv, fragment
     assert fragment in err and "Traceback" not in err
 
 
+def test_a_validation_file_of_strangers_is_refused_before_training(ranking_files, tmp_path,
+                                                                  capsys):  # fmt: skip
+    val = pd.read_csv(ranking_files["val"])
+    val.assign(userId=val.userId + 1000).to_csv(tmp_path / "strangers.csv", index=False)
+    code, _, err = call(capsys, "train", "--train", ranking_files["train"], "--val",
+                        tmp_path / "strangers.csv", "--out", "m", *FAST)  # fmt: skip
+    assert_user_error(code, err, "strangers.csv", "nothing to validate on")
+    assert "epoch 1" not in err
+
+
 def test_an_empty_input_path_is_named_as_such(capsys):
     code, _, err = call(capsys, "train", "--train", "", "--out", "m")
     assert_user_error(code, err, "the path is empty or '.'")

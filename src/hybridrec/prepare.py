@@ -115,6 +115,13 @@ def validation_rows(
     check_positives(val_frame, val_data, data_config, "to validate on")
     val_set, val_unknown = RecSysDataset.from_frame(val_frame, users, items)
     logger.info(val_unknown.describe(source_name(val_data)))
+    if val_unknown.rows_with_unknown == val_unknown.rows:  # found now, not after an epoch
+        raise DataError(
+            source_name(val_data),
+            f"none of its {val_unknown.rows:,} rows has both a user and an item of the "
+            "training data, so there is nothing to validate on",
+            expected="held-out rows of the training data's users and items",
+        )
     return val_set, val_unknown
 
 
