@@ -739,6 +739,12 @@ def test_recommend_refuses_text_users_for_an_integer_model(model_dir, tmp_path, 
                           tmp_path / "quoted.csv", "--output", tmp_path / "r.csv")  # fmt: skip
     assert code == 0, err
     assert set(pd.read_csv(tmp_path / "r.csv")["userId"]) == {1, 2}
+    (tmp_path / "twice.csv").write_text("userId\n2\n1\n2\n")  # one block per user
+    twice = ["--users", tmp_path / "twice.csv", "--output", tmp_path / "r.csv", "--k", "3"]
+    code, out, err = call(capsys, "recommend", "--model", model_dir, *twice)
+    assert code == 0 and "1 repeated user id(s)" in err
+    written = pd.read_csv(tmp_path / "r.csv")
+    assert written["userId"].tolist() == [2, 2, 2, 1, 1, 1]
 
 
 def test_evaluate_full_human_output(model_dir, ranking_files, capsys):

@@ -7,6 +7,7 @@ import argparse
 import errno
 import math
 import socket
+import sys
 from pathlib import Path
 
 from hybridrec.config import MAX_THREADS
@@ -40,6 +41,13 @@ def cmd_recommend(args: argparse.Namespace) -> int:
         column = args.user_col or trained_col
         users = read_user_ids(args.users, column)
         check_id_kind(rec.users, users, args.users, column)
+        import pandas as pd
+
+        first = pd.Series(users).map(str).str.strip().drop_duplicates().index.to_numpy()
+        if len(first) < len(users):  # one block per user: (userId, rank) stays a key
+            print(f"note: {len(users) - len(first):,} repeated user id(s) in {args.users} "
+                  "are written once", file=sys.stderr)  # fmt: skip
+            users = users[first]
     rows = write_recommendations(
         rec,
         users,
