@@ -266,6 +266,21 @@ def test_a_validation_file_of_strangers_is_refused_before_training(ranking_files
     assert "epoch 1" not in err
 
 
+@pytest.mark.parametrize(
+    ("argv", "fragment"),
+    [
+        (["split", "--data", "t.csv", "--out", "s", "--method", "loo", "--test-fraction", "0.3"],
+         "--test-fraction does not apply to --method loo"),
+        (["info", "--model", "t.csv"], "t.csv is a file, not a model directory"),
+        (["tune", "--train", "t.csv", "--study-name", " "], "--study-name must not be blank"),
+    ],
+)  # fmt: skip
+def test_options_that_would_be_ignored_or_misread_are_named(tmp_path, capsys, argv, fragment):
+    (tmp_path / "t.csv").write_text("userId,itemId\n1,2\n")
+    code, _, err = call(capsys, *argv)
+    assert_user_error(code, err, fragment)
+
+
 def test_an_empty_input_path_is_named_as_such(capsys):
     code, _, err = call(capsys, "train", "--train", "", "--out", "m")
     assert_user_error(code, err, "the path is empty or '.'")

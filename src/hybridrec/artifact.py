@@ -135,6 +135,11 @@ def load_artifact(directory: str | Path) -> Artifact:
         # a save is between its two renames, or was killed there: the new model is
         # complete beside it (the next training into it moves it into place)
         directory = staging_path(directory, "new")
+    if directory.is_file():  # a data file given as --model, say
+        raise ArtifactError(
+            f"{directory} is a file, not a model directory; give the folder that "
+            "`hybridrec train --out` wrote"
+        )
     if not directory.is_dir():
         raise ArtifactError(
             f"no model directory at {directory}; train one with `hybridrec train --out {directory}`"

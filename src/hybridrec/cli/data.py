@@ -10,6 +10,7 @@ from pathlib import Path
 from hybridrec.cli.options import config_from_args, model_options
 from hybridrec.cli.output import print_json, print_table
 from hybridrec.config import DataConfig, TrainConfig
+from hybridrec.errors import ConfigError
 from hybridrec.files import check_output_dir
 
 logger = logging.getLogger("hybridrec")
@@ -22,12 +23,20 @@ def cmd_split(args: argparse.Namespace) -> int:
 
     data_config = config_from_args(DataConfig, args)
     check_output_dir(args.out, "--out")
+    if args.test_fraction is not None and args.method in ("loo", "loo-random"):
+        raise ConfigError(
+            f"--test-fraction does not apply to --method {args.method}, which holds out one "
+            "interaction per user; use --method ratio or temporal for a share"
+        )
     if args.movielens:
         frame = read_movielens(args.data, data_config.threshold)
     else:
         frame = load_data(args.data, data_config)
     train, val, test = split_three_ways(
-        frame, args.method, test_fraction=args.test_fraction, seed=args.seed
+        frame,
+        args.method,
+        test_fraction=0.2 if args.test_fraction is None else args.test_fraction,
+        seed=args.seed,
     )
     paths = write_split(
         args.out, train, val, test, user_col=data_config.user_col, item_col=data_config.item_col

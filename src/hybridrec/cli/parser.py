@@ -354,7 +354,7 @@ def _split_parser(sub: Any) -> None:
     p.add_argument(
         "--test-fraction",
         type=float,
-        default=0.2,
+        default=None,
         help="share for ratio, temporal and the cold methods (0.2)",
     )
     p.add_argument("--seed", type=parse_seed, default=0, help="seed for random methods (0)")

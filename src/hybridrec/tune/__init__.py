@@ -82,6 +82,8 @@ def run_tune(
 
 
 def _settings(args: argparse.Namespace) -> StudySettings:
+    if args.study_name is not None and not args.study_name.strip():
+        raise ConfigError("--study-name must not be blank; leave it out for hybridrec-MODEL")
     settings = StudySettings(
         trials=args.trials,
         timeout=args.timeout,
