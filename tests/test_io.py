@@ -725,6 +725,16 @@ def test_parquet_non_finite_timestamp(tmp_path):
         read_interactions(path)
 
 
+def test_parquet_durations_are_no_timestamps(tmp_path):
+    """A length of time read as seconds since 1970 would order nothing meaningfully."""
+    import pyarrow as pa
+
+    stamps = pa.array([1, 2], type=pa.duration("s"))
+    path = write_parquet(tmp_path, {"userId": [1, 2], "itemId": [3, 4], "timestamp": stamps})
+    with pytest.raises(DataError, match=r"timestamps are durations"):
+        read_interactions(path)
+
+
 def test_parquet_without_columns_or_rows(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq

@@ -397,6 +397,13 @@ def parse_timestamp(col: pd.Series, path: Path) -> np.ndarray:
         raise DataError(
             path, f"timestamps are booleans ({col.dtype})", column=TIMESTAMP, expected=TIME_EXPECTED
         )
+    if pd.api.types.is_timedelta64_dtype(col.dtype):  # a length of time, not a moment
+        raise DataError(
+            path,
+            f"timestamps are durations ({col.dtype})",
+            column=TIMESTAMP,
+            expected=TIME_EXPECTED,
+        )
     if pd.api.types.is_datetime64_any_dtype(col.dtype):
         values = _unix_seconds(col)
     elif pd.api.types.is_numeric_dtype(col.dtype) and col.dtype != object:
