@@ -140,6 +140,20 @@ def test_split_three_ways_applies_the_method_twice():
     assert_partition(FRAME, train, val, test)
 
 
+@pytest.mark.parametrize("method", ["loo", "loo-random"])
+def test_leave_one_out_holds_out_positives_of_labelled_data(method):
+    """A row labelled 0 is no item the user chose: it stays in train, and each user's
+    held-out rows are positives (their latest ones, for loo)."""
+    frame = make_frame([(1, 10, 1.0), (1, 11, 2.0), (1, 12, 3.0, 0.0), (1, 13, 0.5),
+                        (2, 20, 1.0), (2, 21, 2.0, 0.0), (2, 22, 3.0), (2, 23, 0.5)])  # fmt: skip
+    train, val, test = split_three_ways(frame, method)
+    assert (test["target"] == 1).all() and (val["target"] == 1).all()
+    assert set(train.loc[train["target"] == 0, "item_id"]) == {12, 21}
+    assert_partition(frame, train, val, test)
+    if method == "loo":
+        assert sorted(test["item_id"]) == [11, 22] and sorted(val["item_id"]) == [10, 20]
+
+
 # ---------------------------------------------------------------- ties and determinism
 
 

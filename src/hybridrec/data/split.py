@@ -206,6 +206,9 @@ def split_three_ways(
         val_fraction: share of the remaining rows held out for val; defaults to ``test_fraction``.
         seed: seed of the test split; the val split uses ``seed + 1``.
 
+    On labelled data the ``loo`` methods hold out each user's latest (or a random)
+    *positive*; rows labelled 0 stay in train.
+
     Raises:
         ConfigError: unknown method or bad fraction.
     """
@@ -214,10 +217,22 @@ def split_three_ways(
             f"unknown split method {method!r}; choose one of {', '.join(sorted(METHODS))}"
         )
     split = METHODS[method]
+    negatives = None
+    if method in _ONE_PER_USER and TARGET in frame and bool((frame[TARGET] <= 0.5).any()):
+        # each user's held-out item is one they chose: a row labelled 0 (or below
+        # --threshold) stays in train, where it teaches what the user passed over
+        keep = frame[TARGET].to_numpy() > 0.5
+        frame, negatives = frame[keep], frame[~keep]
     rest, test = split(frame, test_fraction, seed)
     frac = test_fraction if val_fraction is None else val_fraction
     train, val = split(rest, frac, seed + 1)
+    if negatives is not None:
+        train = pd.concat([train, negatives]).sort_index(kind="stable")
     return train, val, test
+
+
+#: Methods that hold out one interaction per user: a positive one on labelled data.
+_ONE_PER_USER = ("loo", "loo-random")
 
 
 def write_interactions_csv(
