@@ -119,17 +119,19 @@ def test_resume_refuses_other_data(tmp_path):
     options = {"embedding_dim": 4, "mlp_layer_sizes": (4,)}
     common = dict(batch_size=32, seed=1, device="cpu", early_stop="none", checkpoint_every=1)
 
-    def run(data, epochs, **kw):
-        return hybridrec.train(data, val, out=tmp_path / "m", model_options=options,
+    def run(data, held_out, epochs, **kw):
+        return hybridrec.train(data, held_out, out=tmp_path / "m", model_options=options,
                                train_config=TrainConfig(**common, epochs=epochs, **kw))  # fmt: skip
 
-    run(train, 1)
-    shifted = train.assign(userId=train.userId + 1000, itemId=train.itemId + 500)
+    def shift(frame):
+        return frame.assign(userId=frame.userId + 1000, itemId=frame.itemId + 500)
+
+    run(train, val, 1)
     relabelled = train.assign(target=(train.index % 3 > 0).astype(int))
-    for other in (shifted, relabelled):
+    for other, held_out in ((shift(train), shift(val)), (relabelled, val)):
         with pytest.raises(ConfigError, match="trained on other data"):
-            run(other, 2, resume=str(tmp_path / "m"))
-    assert run(train, 2, resume=str(tmp_path / "m")).history.epochs[-1].epoch == 2
+            run(other, held_out, 2, resume=str(tmp_path / "m"))
+    assert run(train, val, 2, resume=str(tmp_path / "m")).history.epochs[-1].epoch == 2
 
 
 def test_checkpoint_loads_with_weights_only(tmp_path, planted_encoded):

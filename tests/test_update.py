@@ -163,7 +163,7 @@ def test_popularity_counts_add_up_to_a_retrain(tmp_path):
 def test_sasrec_histories_grow_and_untouched_ones_stay(tmp_path):
     old, new = _trained(tmp_path, model="sasrec", epochs=1)
     parent = hybridrec.load(old)
-    update(old, new, out=tmp_path / "new", epochs=1, replay=1.0)
+    update(old, new, out=tmp_path / "new", epochs=1, replay=1.0, scope="all")
     rec = hybridrec.load(tmp_path / "new")
 
     def history(r, user):
@@ -185,8 +185,10 @@ def test_update_options_and_inputs_are_checked(tmp_path):
     with pytest.raises(ConfigError, match="no positive"):
         update(old, new.assign(target=0), out=tmp_path / "x")
     with pytest.raises(ConfigError, match="replay"):
-        update(old, new, out=tmp_path / "x", replay=float("nan"))
-    with pytest.raises(ConfigError, match="integer"):
+        update(old, new, out=tmp_path / "x", replay=float("nan"), scope="all")
+    with pytest.raises(ConfigError, match="needs --scope all"):  # it would change nothing
+        update(old, new, out=tmp_path / "x", replay=2.0)
+    with pytest.raises(ConfigError, match="column 'userId': the model's ids are integers"):
         update(old, new.assign(userId=["u"] * len(new)), out=tmp_path / "x")
     assert not (tmp_path / "x").exists()
 
@@ -270,7 +272,9 @@ def test_info_of_an_updated_model_gives_its_update_command(tmp_path, capsys):
     old, new = _trained(tmp_path, epochs=1)
     new_csv = tmp_path / "new.csv"
     new.to_csv(new_csv, index=False)
-    (tmp_path / "u.toml").write_text(f'train = "{new_csv}"\nepochs = 1\nreplay = 0.5\n')
+    (tmp_path / "u.toml").write_text(
+        f'train = "{new_csv}"\nepochs = 1\nreplay = 0.5\nscope = "all"\n'
+    )
     args = ["--model", str(old), "--config", str(tmp_path / "u.toml"), "--out"]
     assert main(["update", *args, str(tmp_path / "new"), "--no-progress"]) == 0
     capsys.readouterr()

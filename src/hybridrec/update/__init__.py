@@ -42,7 +42,7 @@ from hybridrec.features.table import FeatureTable
 from hybridrec.model_dir import model_dir_path, output_dir
 from hybridrec.models import capabilities
 from hybridrec.models.featured import FeaturedEmbedding
-from hybridrec.prepare import load_data, read_item_catalog
+from hybridrec.prepare import load_data, read_item_catalog, source_name
 from hybridrec.recommend import Recommender
 from hybridrec.runtime import set_num_threads
 from hybridrec.training import History
@@ -142,6 +142,11 @@ def update(
     """
     if scope not in SCOPES:
         raise ConfigError(f"--scope must be one of {', '.join(SCOPES)}, got {scope!r}")
+    if scope == "rows" and replay:  # untouched users' weights are frozen: it would do nothing
+        raise ConfigError(
+            f"--replay {replay} needs --scope all: with --scope rows every untouched user's "
+            "weights are frozen, so replaying their rows changes nothing"
+        )
     if replay is None:
         replay = REPLAY if scope == "all" else 0.0
     _check_options(data, events, epochs, replay)
@@ -292,7 +297,7 @@ def _update(
     if TIMESTAMP in new_frame.columns:
         new_frame = new_frame.sort_values(TIMESTAMP, kind="stable")
     users, item_enc = _grown_encoders(
-        parent, new_frame, items, user_features, item_features, data_config
+        parent, new_frame, source, items, user_features, item_features, data_config
     )
     growth = Growth(
         parent.users.num_embeddings, parent.items.num_embeddings,
@@ -366,6 +371,7 @@ def _no_seen(parent: Recommender) -> SeenItems:
 def _grown_encoders(
     parent: Recommender,
     new_frame: pd.DataFrame,
+    new_source: str,
     items: DataLike | None,
     user_features: DataLike | None,
     item_features: DataLike | None,
@@ -373,25 +379,26 @@ def _grown_encoders(
 ) -> tuple[IdEncoder, IdEncoder]:
     """The parent's encoders with the new users and items appended (from the rows, the
     catalogue and the feature files, in that order)."""
-    user_ids = [new_frame[USER].to_numpy()]
-    item_ids = [new_frame[ITEM].to_numpy()]
+    user_ids = [(new_source, data_config.user_col, new_frame[USER].to_numpy())]
+    item_ids = [(new_source, data_config.item_col, new_frame[ITEM].to_numpy())]
     if items is not None:
-        item_ids.append(read_item_catalog(items, data_config))
+        item_ids.append((source_name(items), "", read_item_catalog(items, data_config)))
     for source, col, out in (
         (user_features, data_config.user_col, user_ids),
         (item_features, data_config.item_col, item_ids),
     ):
         if source is not None:
-            out.append(read_feature_rows(source, col)[2])
-    try:
-        users = parent.users
-        for ids in user_ids:
-            users = users.extended(ids)
-        item_enc = parent.items
-        for ids in item_ids:
-            item_enc = item_enc.extended(ids)
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
+            out.append((source_name(source), col, read_feature_rows(source, col)[2]))
+    encoders = []
+    for encoder, parts in ((parent.users, user_ids), (parent.items, item_ids)):
+        for name, col, ids in parts:
+            try:
+                encoder = encoder.extended(ids)
+            except ValueError as exc:  # text ids for an integer model: say whose
+                where = f"{name}, column {col!r}" if col else name
+                raise ConfigError(f"{where}: {exc}") from None
+        encoders.append(encoder)
+    users, item_enc = encoders
     return users, item_enc
 
 

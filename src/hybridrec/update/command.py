@@ -57,7 +57,8 @@ def add_parser(sub: Any) -> None:
         default=None,
         metavar="R",
         help="--scope all: untouched users' rows trained on per row of the touched users' "
-        "(default 1.0; 0 = the touched users alone); --scope rows: default 0",
+        "(default 1.0; 0 = the touched users alone); refused with --scope rows, whose "
+        "untouched users are frozen",
     )
     p.add_argument(
         "--scope",
