@@ -84,9 +84,10 @@ def run(args: argparse.Namespace) -> int:
     except (MemoryError, RuntimeError) as exc:
         if not _is_out_of_memory(exc):
             raise
+        sizes = "--users, --items, --positives, " if args.command == "demo" else ""
         return _fail(
-            "out of memory; lower --batch-size, --embedding-dim, --mlp-layers, --negatives "
-            "or --eval-batch-size"
+            f"out of memory; lower {sizes}--batch-size, --embedding-dim, --mlp-layers, "
+            "--negatives or --eval-batch-size"
         )
     except KeyboardInterrupt:
         print(f"interrupted; {_interrupted(args)}", file=sys.stderr)
