@@ -261,7 +261,7 @@ class RecentEvents:
         """``POST /recommend`` with ``user_ids`` of which some have events (model worker):
         the rest as one ``recommend_many`` call; each distinct user with events once, and
         those the model does not know folded in together (one model call per
-        :data:`_FOLD_CHUNK`), so a batch of 10,000 such ids costs what its distinct users
+        :data:`_FOLD_CHUNK` at most), so a batch of 10,000 such ids costs what its distinct users
         cost, not a fit each. Candidates (``items``) the model does not know are listed
         once, in the batch's ``unknown_items``, not in every user's answer."""
         rec = served.recommender
@@ -313,8 +313,9 @@ class RecentEvents:
                 )
             else:
                 new.append((key, user))
-        for start in range(0, len(new), _FOLD_CHUNK):
-            chunk = new[start : start + _FOLD_CHUNK]
+        size = max(1, min(_FOLD_CHUNK, _FOLD_SCORES // served.recommender.items.num_embeddings))
+        for start in range(0, len(new), size):
+            chunk = new[start : start + size]
             folded = self._fold_many(served, [u for _, u in chunk], body, candidates)
             answers.update(zip([key for key, _ in chunk], folded, strict=True))
         return answers
@@ -391,9 +392,9 @@ class RecentEvents:
 
 
 _NONE = np.zeros(0, dtype=np.int64)
-#: Users folded in from their events per model call of a batch (bounds its (users, items)
-#: score matrix).
-_FOLD_CHUNK = 256
+#: Users folded in from their events per model call of a batch, and the most scores such a
+#: call may hold ((users, items) floats: 64 MB), so a large catalogue takes fewer users.
+_FOLD_CHUNK, _FOLD_SCORES = 256, 2**24
 
 
 class _Candidates:
