@@ -9,7 +9,7 @@ import argparse
 from typing import Any
 
 
-def _is_integer(text: str) -> bool:
+def is_integer(text: str) -> bool:
     """ASCII digits with an optional sign: Python's ``int`` also reads ``1_0``, spaces and
     other scripts' digits, which nobody means on a command line."""
     digits = text[1:] if text[:1] in "+-" else text
@@ -18,7 +18,7 @@ def _is_integer(text: str) -> bool:
 
 def parse_int(text: str) -> int:
     """An integer flag's value: an argparse type."""
-    if not _is_integer(text):
+    if not is_integer(text):
         raise argparse.ArgumentTypeError(f"expected an integer like 10, got {text!r}")
     return int(text)
 

@@ -10,7 +10,7 @@ from string import Template
 from typing import Any
 
 from hybridrec.models import MODELS, capabilities, model_class, models_with
-from hybridrec.values import _is_integer, parse_int, parse_seed
+from hybridrec.values import is_integer, parse_int, parse_seed
 
 
 def _parse_sizes(text: str) -> tuple[int, ...]:
@@ -19,7 +19,7 @@ def _parse_sizes(text: str) -> tuple[int, ...]:
     Marked ``takes_sizes`` (below): a config file gives such flags a TOML list.
     """
     parts = [part.strip() for part in text.split(",")]
-    if not all(_is_integer(part) for part in parts):  # "64,,16" is a typo, not 64,16
+    if not all(is_integer(part) for part in parts):  # "64,,16" is a typo, not 64,16
         raise argparse.ArgumentTypeError(f"expected sizes like 64,32,16, got {text!r}")
     return tuple(int(part) for part in parts)
 
