@@ -323,6 +323,26 @@ def test_a_locked_log_is_503_and_nothing_of_the_batch_is_written(rec, log_path):
     assert read_events(log_path)[0]["userId"].tolist() == [1, 4]
 
 
+@pytest.mark.parametrize("how", ["removed", "replaced"])
+def test_a_log_file_removed_or_replaced_while_serving_is_503(rec, log_path, tmp_path, how):
+    """The open connection would commit into a file nobody reads (and a new log would
+    reuse its ids): refused, nothing acknowledged."""
+    log = EventLog(log_path)
+    try:
+        with TestClient(create_app(rec, events=log)) as c:
+            assert post(c, [{"user": 1, "item": 1}]).status_code == 200
+            for path in log_path.parent.glob(log_path.name + "*"):
+                path.rename(tmp_path / ("moved-" + path.name))
+            if how == "replaced":
+                EventLog(log_path).close()  # another, empty log at the path
+            response = post(c, [{"user": 2, "item": 2}])
+            assert response.status_code == 503
+            assert "removed or replaced" in response.json()["detail"]
+            assert str(log_path) not in response.text
+    finally:
+        log.close()
+
+
 def test_a_read_only_log_is_503(rec, log_path):
     log = EventLog(log_path)
     try:

@@ -36,6 +36,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import sqlite3
 import threading
 import time
@@ -114,6 +115,7 @@ class EventLog:
         self.path = Path(path)
         self.synchronous = synchronous
         self._conn = open_writer(self.path, synchronous, busy_timeout)
+        self._identity = _identity(self.path)  # the file the connection holds open
         self._conn.execute("PRAGMA wal_autocheckpoint=0")  # the checkpointer does it
         self._checkpointer = sqlite3.connect(
             self.path, timeout=busy_timeout, isolation_level=None, check_same_thread=False
@@ -229,6 +231,9 @@ class EventLog:
     def _transaction(self, group: list[_Batch]) -> list[int]:
         """Write ``group`` in one transaction; the first id of each batch."""
         conn = self._conn
+        if _identity(self.path) != self._identity:  # removed or replaced under the open
+            # connection: a commit would go to a file nobody reads, its ids later reused
+            raise sqlite3.OperationalError("event log file removed or replaced")
         conn.execute("BEGIN IMMEDIATE")
         try:
             next_id = last_id(conn) + 1
@@ -317,10 +322,23 @@ _INSERT = (
 )
 
 
+def _identity(path: Path) -> tuple[int, int] | None:
+    """The file at ``path`` (device, inode), or None when there is none."""
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    return stat.st_dev, stat.st_ino
+
+
 def _reason(exc: Exception) -> str:
     """A short reason for a failed write, naming no paths."""
     text = str(exc).lower()
     for key, reason in (
+        (
+            "removed or replaced",
+            "the event log file was removed or replaced while the service ran; restart it",
+        ),
         ("locked", "the event log is locked by another process"),
         ("busy", "the event log is locked by another process"),
         ("readonly", "the event log is read-only"),
