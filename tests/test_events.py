@@ -209,27 +209,28 @@ def test_watermark_of():
 
 
 def test_post_events_commits_and_answers_the_ids(client, log_path):
-    first = post(client, [{"user": 5, "item": "x"}, {"user": "u", "item": 7, "target": 0}])
+    # an integer spelled as text stays text in the log (the model's encoder finds 6)
+    first = post(client, [{"user": 5, "item": 3}, {"user": "6", "item": 7, "target": 0}])
     assert first.status_code == 200
     assert first.json() == {"accepted": 2, "first_id": 1, "last_id": 2}
     stamped = [
         {"user": 9, "item": 1, "timestamp": 1_700_000_000},
         {"user": 9, "item": 2, "timestamp": "2024-01-01T00:00:00"},
         {"user": 9, "item": 3, "timestamp": "2024-01-01T01:00:00+01:00"},
-        {"user": 9, "item": 4, "timestamp": " 12.5 ", "target": 0.5},
+        {"user": 9, "item": 4, "timestamp": " 12.5 ", "target": 1},
     ]
     assert post(client, stamped).json() == {"accepted": 4, "first_id": 3, "last_id": 6}
     frame, last = read_events(log_path)
     assert last == 6
-    assert frame["userId"].tolist() == ["5", "u", "9", "9", "9", "9"]
-    assert frame["target"].tolist() == [1.0, 0.0, 1.0, 1.0, 1.0, 0.5]
+    assert frame["userId"].tolist() == ["5", "6", "9", "9", "9", "9"]
+    assert frame["target"].tolist() == [1.0, 0.0, 1.0, 1.0, 1.0, 1.0]
     assert frame["timestamp"].tolist()[2:] == [1_700_000_000.0, 1704067200.0, 1704067200.0, 12.5]
     _, after = read_events(log_path, after=2)
     assert len(_) == 4 and after == 6
 
 
 def test_the_largest_batch_is_parsed_off_the_event_loop_and_committed(client, log_path):
-    events = [{"user": f"u{i % 7}", "item": i, "timestamp": i} for i in range(1000)]
+    events = [{"user": 9000 + i % 7, "item": i, "timestamp": i} for i in range(1000)]
     assert len(json.dumps({"events": events})) > 16 * 1024  # parsed in a worker thread
     assert post(client, events).json() == {"accepted": 1000, "first_id": 1, "last_id": 1000}
     frame, _ = read_events(log_path)
@@ -259,6 +260,27 @@ BAD_EVENTS = [
     ({"user": 1, "item": 2, "timestamp": "\u0663"}, "timestamp"),
     ({"user": 1, "item": 2, "rating": 5}, "rating"),
 ]
+
+
+@pytest.mark.parametrize(
+    ("bad", "field", "fragment"),
+    [
+        ({"user": "new-1", "item": 1}, "user", "user ids are integers"),
+        ({"user": "042", "item": 1}, "user", "user ids are integers"),  # not how 42 is written
+        ({"user": 1, "item": "x"}, "item", "item ids are integers"),
+        ({"user": 1, "item": 2, "target": 0.5}, "target", "is not 0 or 1"),
+        ({"user": 1, "item": 2, "target": 5}, "target", "is not 0 or 1"),
+    ],
+)
+def test_events_the_models_update_would_refuse_are_422(client, log_path, bad, field, fragment):
+    """Acknowledged, such an event would stop every later `update --events` (its watermark
+    cannot pass it): text ids for an integer-id model, labels other than 0/1 for a model
+    trained without --threshold."""
+    response = post(client, [{"user": 1, "item": 1}, bad])
+    assert response.status_code == 422
+    (error,) = response.json()["detail"]
+    assert error["loc"] == ["body", "events", 1, field] and fragment in error["msg"]
+    assert read_events(log_path)[1] == 0  # nothing written
 
 
 @pytest.mark.parametrize(("bad", "field"), BAD_EVENTS)
@@ -418,17 +440,17 @@ def test_a_cached_list_too_short_after_the_exclusion_goes_to_the_model(rec, log_
 
 def test_a_user_only_the_log_knows_is_folded_in_from_their_events(client, rec):
     items = [int(i) for i in rec.items.ids[:4]]
-    assert top(client, "newcomer")["source"] == "popularity"
-    post(client, [{"user": "newcomer", "item": i} for i in items])
-    post(client, [{"user": "newcomer", "item": int(rec.items.ids[10]), "target": 0}])
-    answer = top(client, "newcomer", k=10)
-    assert answer["source"] == "events" and answer["user_id"] == "newcomer"
+    assert top(client, 7001)["source"] == "popularity"
+    post(client, [{"user": 7001, "item": i} for i in items])
+    post(client, [{"user": 7001, "item": int(rec.items.ids[10]), "target": 0}])
+    answer = top(client, 7001, k=10)
+    assert answer["source"] == "events" and answer["user_id"] == "7001"  # as the URL spells it
     want = rec.recommend_for_items(items, k=11)  # the target-0 item is excluded, not fitted
     skip = int(rec.items.ids[10])
     assert ids(answer) == [i for i in want.item_ids.tolist() if i != skip][:10]
     assert not set(items) & set(ids(answer))
-    assert top(client, "newcomer", k=10) == answer  # the memoised answer is the same
-    batch = client.post("/recommend", json={"user_ids": ["newcomer", "nobody"], "k": 10})
+    assert top(client, 7001, k=10) == answer  # the memoised answer is the same
+    batch = client.post("/recommend", json={"user_ids": ["7001", 7002], "k": 10})
     assert [r["source"] for r in batch.json()["results"]] == ["events", "popularity"]
     assert batch.json()["results"][0] == answer
 
@@ -438,9 +460,9 @@ def test_a_batch_of_users_only_the_log_knows_folds_each_once_in_one_call(client,
     fits; candidates the model does not know are listed once, for the batch."""
     from hybridrec.recommend import Recommender
 
-    post(client, [{"user": "dup-a", "item": int(i)} for i in rec.items.ids[:3]])
-    post(client, [{"user": "dup-b", "item": int(i)} for i in rec.items.ids[5:9]])
-    alone = {u: top(client, u, k=5) for u in ("dup-a", "dup-b")}
+    post(client, [{"user": 7101, "item": int(i)} for i in rec.items.ids[:3]])
+    post(client, [{"user": 7102, "item": int(i)} for i in rec.items.ids[5:9]])
+    alone = {u: top(client, u, k=5) for u in (7101, 7102)}
     calls = []
     many = Recommender.recommend_for_items_many
 
@@ -449,7 +471,7 @@ def test_a_batch_of_users_only_the_log_knows_folds_each_once_in_one_call(client,
         return many(self, requests)
 
     monkeypatch.setattr(Recommender, "recommend_for_items_many", counted)
-    users = ["dup-a", "dup-b"] * 5000
+    users = [7101, 7102] * 5000
     batch = client.post("/recommend", json={"user_ids": users, "k": 5})
     assert batch.status_code == 200 and calls == [2]
     results = batch.json()["results"]

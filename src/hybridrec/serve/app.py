@@ -131,7 +131,7 @@ def create_app(
     app.add_middleware(BodyLimit)  # added last: runs first, before any body is parsed
     _add_service_routes(app, holder)
     _add_recommend_routes(app, holder, gate, recent, folder, queue)
-    add_event_routes(app, log)
+    add_event_routes(app, log, holder)
     _add_score_routes(app, holder, gate)
     if admin_token is None:
         admin_token = os.environ.get(ADMIN_TOKEN_ENV) or None

@@ -11,14 +11,16 @@ from __future__ import annotations
 import asyncio
 import math
 import re
-from typing import Annotated
+from typing import Annotated, Any
 
 import pandas as pd
 from fastapi import FastAPI, HTTPException, Request, Response
+from fastapi.responses import JSONResponse
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr
 from starlette.concurrency import run_in_threadpool
 
 from hybridrec.data.columns import ISO_DATE
+from hybridrec.data.encoding import CANONICAL_INT
 from hybridrec.events import Event, EventLog, EventLogUnavailable
 from hybridrec.serve.bodies import body_doc, parse_body
 
@@ -113,7 +115,40 @@ class EventsOut(BaseModel):
     last_id: int = Field(description="event id of its last; the ids in between are the rest")
 
 
-def add_event_routes(app: FastAPI, log: EventLog | None) -> None:
+def _model_misfits(events: list[EventIn], rec: Any) -> list[dict[str, Any]]:
+    """What ``hybridrec update --events`` of the served model would refuse, as 422 errors:
+    text ids for a model whose ids are integers, and targets other than 0 and 1 for a model
+    trained without ``--threshold``. Acknowledged, they would block every later update
+    from the log (its watermark cannot pass them)."""
+    threshold = rec.config.get("settings", {}).get("data", {}).get("threshold")
+    integer = {"user": _integer_ids(rec.users), "item": _integer_ids(rec.items)}
+    errors = []
+    for j, event in enumerate(events):
+        for field in ("user", "item"):
+            value = getattr(event, field)
+            if integer[field] and isinstance(value, str) and not _INTEGER.fullmatch(value):
+                errors.append(_error(j, field, f"the model's {field} ids are integers; "
+                                     f"{value[:40]!r} is not (give an integer id)"))  # fmt: skip
+        if threshold is None and event.target not in (0.0, 1.0):
+            why = "the model was trained on 0/1 labels, without --threshold"
+            errors.append(_error(j, "target", f"target {event.target:g} is not 0 or 1 ({why})"))
+    return errors[:20]
+
+
+def _integer_ids(encoder: Any) -> bool:
+    ids = encoder.ids
+    return len(ids) > 0 and not isinstance(ids[0], str)
+
+
+def _error(index: int, field: str, message: str) -> dict[str, Any]:
+    return {"loc": ["body", "events", index, field], "msg": message, "type": "value_error"}
+
+
+#: How an integer id is written as text: what an integer-id model's encoder matches.
+_INTEGER = re.compile(CANONICAL_INT)
+
+
+def add_event_routes(app: FastAPI, log: EventLog | None, holder: Any = None) -> None:
     """``POST /events``: validate a batch, commit it, answer with its ids (404 without a log;
     503, nothing written, when the log cannot be written)."""
 
@@ -141,6 +176,10 @@ def add_event_routes(app: FastAPI, log: EventLog | None) -> None:
             body = parse_body(EventsRequest, raw)
         else:
             body = await run_in_threadpool(parse_body, EventsRequest, raw)
+        served = holder.current if holder is not None else None
+        misfits = [] if served is None else _model_misfits(body.events, served.recommender)
+        if misfits:
+            return JSONResponse({"detail": misfits}, status_code=422)
         events = [Event(e.user, e.item, e.target, e.timestamp) for e in body.events]
         try:
             first, last = await asyncio.wrap_future(log.append(events))

@@ -70,8 +70,8 @@ class ItemCodes:
 
 
 class UserEvents:
-    """One user's events after the watermark: every item, and the positives (target > 0)
-    in event order, as item codes."""
+    """One user's events after the watermark: every item, and the positives (a target of
+    1, or at least the model's ``--threshold``) in event order, as item codes."""
 
     __slots__ = ("codes", "items", "positives", "_encoded")
 
@@ -81,10 +81,10 @@ class UserEvents:
         self.positives = array("q")
         self._encoded: tuple[Any, int, np.ndarray] | None = None
 
-    def add(self, item: Any, target: float) -> None:
+    def add(self, item: Any, positive: bool) -> None:
         code = self.codes.code(item)
         self.items.append(code)
-        if target > 0:
+        if positive:
             self.positives.append(code)
 
     def positive_items(self) -> list[Any]:
@@ -118,6 +118,7 @@ class RecentEvents:
     def __init__(self, log: EventLog) -> None:
         self.log = log
         self.watermark: int | None = None
+        self.threshold: float | None = None  # the served model's --threshold, if any
         self.last_id = 0
         self.users: dict[str, UserEvents] = {}
         self.codes = ItemCodes()
@@ -130,9 +131,11 @@ class RecentEvents:
         when its watermark differs from the previous model's."""
         self._memo = {}
         watermark = watermark_of(served.recommender.config)
-        if watermark == self.watermark:
+        threshold = served.recommender.config.get("settings", {}).get("data", {}).get("threshold")
+        if (watermark, threshold) == (self.watermark, self.threshold):
             return
         with self._lock:
+            self.threshold = threshold
             users: dict[str, UserEvents] = {}
             codes = ItemCodes()
             last = watermark
@@ -140,7 +143,7 @@ class RecentEvents:
                 events = users.get(key := user_key(user))
                 if events is None:
                     events = users[key] = UserEvents(codes)
-                events.add(item, target)
+                events.add(item, self._positive(target))
                 last = event_id
             self.users, self.codes, self.last_id, self.watermark = users, codes, last, watermark
 
@@ -153,8 +156,12 @@ class RecentEvents:
                     events_of = users.get(key := user_key(event.user))
                     if events_of is None:
                         events_of = users[key] = UserEvents(self.codes)
-                    events_of.add(event.item, event.target)
+                    events_of.add(event.item, self._positive(event.target))
             self.last_id = max(self.last_id, first_id + len(events) - 1)
+
+    def _positive(self, target: float) -> bool:
+        """As the model's training read its rows: >= ``--threshold``, else 1 (of 0/1)."""
+        return target >= self.threshold if self.threshold is not None else target > 0.5
 
     # -------------------------------------------------------------- which users
 
