@@ -580,3 +580,27 @@ def test_serve_opens_the_log_with_its_sync_setting_and_closes_it(
     assert freeze_heap in seen["listeners"]  # the heap is frozen after every model load
     with pytest.raises(EventLogUnavailable, match="closed"):  # closed when serve returns
         seen["log"].append([Event(1, 1)])
+
+
+def test_with_a_threshold_model_ratings_are_events_and_count_from_the_threshold(tmp_path):
+    """A model trained on ratings with --threshold 4 takes ratings as targets (its update
+    thresholds them too), and only a rating >= 4 makes a new user's positive."""
+    from hybridrec import DataConfig
+
+    rng = np.random.default_rng(0)
+    rows = [(u, int(i), int(rng.integers(1, 6))) for u in range(1, 41)
+            for i in rng.choice(np.arange(1, 31), 6, replace=False)]  # fmt: skip
+    frame = pd.DataFrame(rows, columns=["userId", "itemId", "rating"])
+    rec = hybridrec.train(
+        frame, None, model_options=TINY, train_config=TrainConfig(epochs=1, device="cpu"),
+        data_config=DataConfig(target_col="rating", threshold=4.0),
+    ).recommender  # fmt: skip
+    with TestClient(create_app(rec, events=tmp_path / "e.db")) as c:
+        liked, meh = int(rec.items.ids[0]), int(rec.items.ids[1])
+        events = [{"user": 9001, "item": liked, "target": 5}, {"user": 9001, "item": meh,
+                                                                "target": 2.5}]  # fmt: skip
+        assert post(c, events).status_code == 200
+        answer = top(c, 9001, k=5)
+    assert answer["source"] == "events"
+    want = rec.recommend_for_items([liked], k=7).item_ids.tolist()  # fitted on 5 alone
+    assert ids(answer) == [i for i in want if i not in (liked, meh)][:5]
