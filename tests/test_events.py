@@ -604,3 +604,13 @@ def test_with_a_threshold_model_ratings_are_events_and_count_from_the_threshold(
     assert answer["source"] == "events"
     want = rec.recommend_for_items([liked], k=7).item_ids.tolist()  # fitted on 5 alone
     assert ids(answer) == [i for i in want if i not in (liked, meh)][:5]
+
+
+def test_a_kept_fold_in_answer_repeats_each_requests_own_spelling(client, rec):
+    """The memo is keyed by the id as given: ' 7301' first must not make '7301' answer
+    with a leading space."""
+    post(client, [{"user": 7301, "item": int(rec.items.ids[0])}])
+    spaced = client.get("/recommend/%207301", params={"k": 4}).json()
+    plain = client.get("/recommend/7301", params={"k": 4}).json()
+    assert spaced["user_id"] == " 7301" and plain["user_id"] == "7301"
+    assert ids(spaced) == ids(plain) and plain["source"] == "events"

@@ -433,7 +433,8 @@ def _index(served: Served, user_id: Any) -> int:
 
 
 def _fold_key(rec: Any, user_id: Any, events: UserEvents, k: int, exclude: bool) -> tuple:
-    return ("fold", id(rec), user_key(user_id), len(events.items), k, exclude, type(user_id))
+    # the id as given, not its key: the kept answer repeats the request's spelling
+    return ("fold", id(rec), user_id, len(events.items), k, exclude, type(user_id))
 
 
 def _without(
