@@ -198,6 +198,36 @@ def test_oversized_headers_get_a_431(server):
     assert status == 431
 
 
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"GET /health HTTP/1.1\r\nHost: t\r\nX-Big: " + b"a" * 80_000 + b"\r\n\r\n",
+        b"GET /health HTTP/1.1\r\nHost: t\r\n" + b"X-A: b\r\n" * 10_000 + b"\r\n",
+        b"GET /recommend/" + b"1" * 70_000 + b" HTTP/1.1\r\nHost: t\r\n\r\n",
+    ],
+)
+def test_headers_over_the_limit_in_one_read_get_a_431(server, head):
+    """Complete headers that arrive in one read were parsed before being counted: 64-128
+    KB got through, and a long request line got a 400."""
+    with server.connect() as conn:
+        conn.sendall(head)
+        status, _ = status_and_body(_drain(conn) or b"HTTP/1.1 000 -\r\n\r\n{}")
+    assert status == 431
+
+
+def test_a_large_body_in_the_headers_read_is_no_header_bytes(server):
+    payload = json.dumps({"user_ids": [f"{u % 50 + 1:>6}" for u in range(9_000)], "k": 1})
+    assert len(payload) > 70_000  # more than the header limit, sent with the headers
+    with server.connect() as conn:
+        conn.sendall(
+            b"POST /recommend HTTP/1.1\r\nHost: t\r\ncontent-type: application/json\r\n"
+            b"Connection: close\r\ncontent-length: %d\r\n\r\n" % len(payload)
+            + payload.encode()
+        )
+        status, _ = status_and_body(read_all(conn))
+    assert status == 200
+
+
 def test_keep_alive_still_works(server):
     """Two requests on one connection, then the idle connection is closed."""
     with server.connect() as conn:

@@ -110,13 +110,16 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self._await_headers()
 
     def data_received(self, data: bytes) -> None:
+        if self._deadline is not None:  # waiting for headers: count them before parsing
+            # (after, a read that completes them was never counted: ~128 KB got through);
+            # body bytes that came in the same read are not header bytes
+            end = data.find(b"\r\n\r\n")
+            self._header_bytes += len(data) if end < 0 else end + 4
+            if self._header_bytes > self.max_header_bytes:
+                detail = f"request headers over {self.max_header_bytes} bytes"
+                self._close_with(refusal(431, detail))
+                return
         super().data_received(data)
-        if self._deadline is None:  # headers complete (or not waiting for any)
-            return
-        self._header_bytes += len(data)
-        if self._header_bytes > self.max_header_bytes:
-            detail = f"request headers over {self.max_header_bytes} bytes"
-            self._close_with(refusal(431, detail))
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
