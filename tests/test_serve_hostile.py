@@ -221,8 +221,7 @@ def test_a_large_body_in_the_headers_read_is_no_header_bytes(server):
     with server.connect() as conn:
         conn.sendall(
             b"POST /recommend HTTP/1.1\r\nHost: t\r\ncontent-type: application/json\r\n"
-            b"Connection: close\r\ncontent-length: %d\r\n\r\n" % len(payload)
-            + payload.encode()
+            b"Connection: close\r\ncontent-length: %d\r\n\r\n" % len(payload) + payload.encode()
         )
         status, _ = status_and_body(read_all(conn))
     assert status == 200
