@@ -918,3 +918,12 @@ def test_an_oversized_body_is_a_413(client):
             headers={"content-type": "application/json"},
         )
         assert small.status_code == 200 and len(small.json()["results"][0]["items"]) == 2
+
+
+def test_head_is_answered_wherever_get_is(client):
+    """Health checkers that use HEAD got 405 from FastAPI's GET routes."""
+    for path in ("/health", "/model", "/recommend/1?k=3", "/similar/1"):
+        got, head = client.get(path), client.head(path)
+        assert head.status_code == got.status_code == 200, path
+        assert head.content == b"" and head.headers["content-length"] == str(len(got.content))
+    assert client.head("/no-such-route").status_code == 404

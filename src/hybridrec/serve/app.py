@@ -41,7 +41,12 @@ from hybridrec.serve.events import add_event_routes
 from hybridrec.serve.fold_process import FoldInProcess, FoldInQueue
 from hybridrec.serve.gate import MAX_PENDING, ModelGate
 from hybridrec.serve.holder import ModelHolder
-from hybridrec.serve.middleware import BodyLimit, CachedRecommendations, _fast_query
+from hybridrec.serve.middleware import (
+    BodyLimit,
+    CachedRecommendations,
+    HeadAsGet,
+    _fast_query,
+)
 from hybridrec.serve.recent import RecentEvents
 from hybridrec.serve.routes import (
     _add_recommend_routes,
@@ -128,7 +133,8 @@ def create_app(
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(ClientDisconnect, _client_gone)
     app.add_middleware(CachedRecommendations, holder=holder, events=recent)
-    app.add_middleware(BodyLimit)  # added last: runs first, before any body is parsed
+    app.add_middleware(BodyLimit)  # runs before any body is parsed
+    app.add_middleware(HeadAsGet)  # added last: runs first, HEAD becomes a bodiless GET
     _add_service_routes(app, holder)
     _add_recommend_routes(app, holder, gate, recent, folder, queue)
     add_event_routes(app, log, holder)

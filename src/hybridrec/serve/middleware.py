@@ -1,5 +1,6 @@
-"""The two ASGI middlewares: :class:`BodyLimit` (413 for an oversized body) and
-:class:`CachedRecommendations` (the cached hot path).
+"""The ASGI middlewares: :class:`HeadAsGet` (HEAD wherever GET works),
+:class:`BodyLimit` (413 for an oversized body) and :class:`CachedRecommendations` (the
+cached hot path).
 
 Apart from the routes because they run before FastAPI does: they see raw ASGI scopes and
 answer with ready bytes, without the framework's routing, validation or responses.
@@ -16,6 +17,27 @@ from hybridrec.serve.schemas import MAX_K
 #: Largest request body accepted: the biggest valid request (100,000 score pairs of long
 #: text ids) fits well within it; anything larger is answered 413 before it is read whole.
 MAX_BODY_BYTES = 16 * 2**20
+
+
+class HeadAsGet:
+    """ASGI middleware: a ``HEAD`` request is answered as its ``GET`` would be, without
+    the body (RFC 9110), so health checkers that use HEAD see the service up; FastAPI's
+    GET routes alone answer HEAD with 405."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["method"] != "HEAD":
+            await self.app(scope, receive, send)
+            return
+
+        async def headers_only(message: Any) -> None:
+            if message["type"] == "http.response.body":
+                message = {**message, "body": b""}  # the GET's length header stays
+            await send(message)
+
+        await self.app({**scope, "method": "GET"}, receive, headers_only)
 
 
 class BodyLimit:
