@@ -13,7 +13,7 @@ import torch
 import hybridrec
 from hybridrec import TrainConfig
 from hybridrec.artifact import FORMAT_VERSION
-from hybridrec.errors import ArtifactError
+from hybridrec.errors import ArtifactError, ConfigError
 
 
 @pytest.fixture(scope="module")
@@ -289,3 +289,22 @@ def test_finite_weights_whose_scores_overflow_are_refused(trained, tmp_path):
     with pytest.raises(ArtifactError, match="too large to compute with") as info:
         hybridrec.load(tmp_path / "huge")
     assert "\n" not in str(info.value)
+
+
+def test_save_refuses_what_would_move_or_replace_a_users_files(trained, tmp_path, monkeypatch):
+    """save(".") moved the working directory's files into a staging folder; a folder whose
+    config.json is someone else's lost it. The CLI's --out checks now guard the API too."""
+    rec = hybridrec.load(trained[1])
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "notes.txt").write_text("mine")
+    (tmp_path / "theirs").mkdir()
+    (tmp_path / "theirs" / "config.json").write_text('{"app": 1}')
+    for target, fragment in (("", "empty path"), (".", "current directory"),
+                             ("theirs", "not a hybridrec model"), ("notes.txt", "is a file")):  # fmt: skip
+        with pytest.raises(ConfigError, match=fragment):
+            rec.save(target)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt", "theirs"]
+    assert (tmp_path / "theirs" / "config.json").read_text() == '{"app": 1}'
+    rec.save("model")
+    rec.save("model")  # over a model: replaced
+    assert hybridrec.load("model").model_name == rec.model_name

@@ -52,6 +52,19 @@ def model_dir_path(out: str | Path) -> Path:
     return Path(os.path.abspath(path)) if path.name in ("", ".", "..") else path
 
 
+def check_save_target(directory: str | Path) -> Path:
+    """The checks ``--out`` gets, for :meth:`Recommender.save` called directly: not empty,
+    not a file, not the working directory or one holding it (a save over a model renames
+    the whole folder), not a folder whose ``config.json`` belongs to something else."""
+    if str(directory) == "":
+        raise ConfigError("save needs a model directory, got an empty path")
+    path = model_dir_path(directory)
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"cannot save a model to {directory}: it is a file")
+    _check_replaceable(path)
+    return path
+
+
 def _check_replaceable(directory: Path) -> None:
     """Refuse an ``--out`` whose replacement would harm something that is not a model.
 

@@ -116,9 +116,16 @@ class Recommender:
         moments: dict[str, torch.Tensor] | None = None,
     ) -> Path:
         """Write the artifact atomically (see :mod:`hybridrec.artifact`); ``moments``: the
-        optimiser state training ended with, kept for ``hybridrec update``."""
+        optimiser state training ended with, kept for ``hybridrec update``.
+
+        Raises:
+            ConfigError: ``directory`` is empty, a file, the working directory (or holds
+                it), or holds a ``config.json`` that is not a hybridrec model's.
+        """
+        from hybridrec.model_dir import check_save_target
+
         return save_artifact(
-            directory,
+            check_save_target(directory),
             model=self.model,
             model_name=self.model_name,
             users=self.users,
