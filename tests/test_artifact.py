@@ -299,8 +299,9 @@ def test_save_refuses_what_would_move_or_replace_a_users_files(trained, tmp_path
     (tmp_path / "notes.txt").write_text("mine")
     (tmp_path / "theirs").mkdir()
     (tmp_path / "theirs" / "config.json").write_text('{"app": 1}')
-    for target, fragment in (("", "empty path"), (".", "current directory"),
-                             ("theirs", "not a hybridrec model"), ("notes.txt", "is a file")):  # fmt: skip
+    refused = [("", "empty path"), (".", "current directory"),
+               ("theirs", "not a hybridrec model"), ("notes.txt", "is a file")]  # fmt: skip
+    for target, fragment in refused:
         with pytest.raises(ConfigError, match=fragment):
             rec.save(target)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt", "theirs"]
