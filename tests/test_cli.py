@@ -955,6 +955,13 @@ def no_work(monkeypatch):
         (["export", "--model", "m", "--out", "afile/m.pt"], "--out afile/m.pt: cannot create"),
         (["export", "--model", "m", "--out", "amodel/weights.pt"], "is a file of the model"),
         (["export", "--model", "m", "--out", "amodel/config.json"], "is a file of the model"),
+        (["update", "--model", "m", "--train", "t.csv", "--out", "amodel/sub"], "lies inside"),
+        (["train", "--train", "t.csv", "--out", "amodel/deeper/m"], "lies inside the model"),
+        (["split", "--data", "t.csv", "--out", "amodel"], "is a model directory"),
+        (
+            ["report", "--models", "m", "--train", "t.csv", "--test", "t.csv", "--out", "amodel"],
+            "is a model directory",
+        ),
         (["split", "--data", "t.csv", "--out", "afile/s"], "--out afile/s: cannot create"),
         (["demo", "--out", "afile"], "--out afile is a file"),
         (["data", "movielens-100k", "--out", "afile/x"], "--out afile/x: cannot create"),

@@ -19,9 +19,12 @@ class OutputBusyError(ConfigError):
     """Another process holds the lock of the output directory."""
 
 
-def check_output_dir(path: str | Path, flag: str) -> Path:
+def check_output_dir(path: str | Path, flag: str, *, model_ok: bool = True) -> Path:
     """Refuse, before any work, a directory path that cannot be written: empty, a file,
     under a file, or in a folder this process cannot create files in.
+
+    Never inside a saved model's directory; ``model_ok=False`` (outputs that are not a
+    model: reports, splits) also refuses a model's directory itself.
 
     Nothing is created (a run that fails leaves no empty directory); the nearest existing
     folder is probed by creating and removing a temporary file, which, unlike
@@ -32,8 +35,29 @@ def check_output_dir(path: str | Path, flag: str) -> Path:
     directory = Path(path)
     if directory.exists() and not directory.is_dir():
         raise ConfigError(f"{flag} {directory} is a file; give a directory")
+    for parent in Path(os.path.abspath(directory)).parents:
+        if _holds_model(parent):  # a saved model is never written into (README)
+            raise ConfigError(
+                f"{flag} {directory} lies inside the model directory {parent}; give a path "
+                "outside it"
+            )
+    if not model_ok and _holds_model(directory):
+        raise ConfigError(
+            f"{flag} {directory} is a model directory; give a folder of its own for this output"
+        )
     _probe(directory, flag, "directory")
     return directory
+
+
+def _holds_model(directory: Path) -> bool:
+    """Whether ``directory`` holds a saved model (a ``config.json`` listing checksums)."""
+    config = directory / "config.json"
+    if not config.is_file():
+        return False
+    try:
+        return isinstance(json.loads(config.read_text()).get("sha256"), dict)
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def check_output_file(path: str | Path, flag: str) -> Path:
@@ -53,14 +77,10 @@ def check_output_file(path: str | Path, flag: str) -> Path:
 def _not_a_model_file(target: Path, flag: str) -> None:
     """Refuse to replace a file of a saved model (its ``config.json`` or a file that lists
     a checksum for): the model would no longer load."""
-    config = target.parent / "config.json"
-    if not config.is_file():
+    if not _holds_model(target.parent):
         return
-    try:
-        listed = json.loads(config.read_text()).get("sha256")
-    except (OSError, ValueError, AttributeError):  # not a model's config
-        return
-    if isinstance(listed, dict) and (target.name == "config.json" or target.name in listed):
+    listed = json.loads((target.parent / "config.json").read_text())["sha256"]
+    if target.name == "config.json" or target.name in listed:
         raise ConfigError(
             f"{flag} {target} is a file of the model in {target.parent}; writing it would "
             "break that model (give another path)"

@@ -22,7 +22,7 @@ def cmd_split(args: argparse.Namespace) -> int:
     from hybridrec.prepare import load_data
 
     data_config = config_from_args(DataConfig, args)
-    check_output_dir(args.out, "--out")
+    check_output_dir(args.out, "--out", model_ok=False)
     if args.test_fraction is not None and args.method in ("loo", "loo-random"):
         raise ConfigError(
             f"--test-fraction does not apply to --method {args.method}, which holds out one "

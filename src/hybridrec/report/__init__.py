@@ -43,7 +43,7 @@ def write_report(
 ) -> dict[str, Any]:
     """Evaluate ``models`` on ``train``/``test`` and write ``report.md`` and the PNGs to
     ``out`` (checked before any model is loaded); returns the file paths and results."""
-    directory = check_output_dir(out, "--out")
+    directory = check_output_dir(out, "--out", model_ok=False)
     if not models:
         raise ConfigError("--models needs at least one model directory")
     ks = sorted(set(check_ks(ks)))

@@ -55,7 +55,7 @@ def run_tune(
     summary of this run and the study.
     """
     settings = _settings(args)
-    out = check_output_dir(args.out, "--out")
+    out = check_output_dir(args.out, "--out", model_ok=False)
     storage = settings.storage
     check_storage_path(storage)
     _refuse_options(args)

@@ -39,6 +39,7 @@ from hybridrec.errors import ConfigError, DataError
 from hybridrec.features.popularity import fit_cold_user_popularity, fit_feature_popularity
 from hybridrec.features.read import read_feature_rows
 from hybridrec.features.table import FeatureTable
+from hybridrec.files import check_output_dir
 from hybridrec.model_dir import model_dir_path, output_dir
 from hybridrec.models import capabilities
 from hybridrec.models.featured import FeaturedEmbedding
@@ -157,6 +158,7 @@ def update(
             f"--out {out} is the model being updated; an update writes a new model and leaves "
             "the old one as it is: give another --out"
         )
+    check_output_dir(out, "--out")  # before the parent is read: a bad --out costs nothing
     parent = Recommender.load(model_dir)
     settings = parent.config.get("settings", {})
     data_config = replace(DataConfig(**settings.get("data", {})), **(columns or {}))
