@@ -614,3 +614,15 @@ def test_a_kept_fold_in_answer_repeats_each_requests_own_spelling(client, rec):
     plain = client.get("/recommend/7301", params={"k": 4}).json()
     assert spaced["user_id"] == " 7301" and plain["user_id"] == "7301"
     assert ids(spaced) == ids(plain) and plain["source"] == "events"
+
+
+def test_a_hand_edited_log_with_a_text_target_names_the_event(log_path):
+    """SQLite stores any type in any column: a value that is no number was a ValueError
+    traceback in `update --events`."""
+    log = EventLog(log_path)
+    log.write([Event(1, 2, 1.0, None), Event(3, 4, 1.0, 5.0)])
+    log.close()
+    with sqlite3.connect(log_path) as conn:
+        conn.execute("UPDATE events SET timestamp = 'soon' WHERE id = 2")
+    with pytest.raises(ConfigError, match="event 2 has timestamp 'soon', not a number"):
+        read_events(log_path)

@@ -68,13 +68,28 @@ def read_events(
         {
             user_col: _id_column([row[1] for row in rows]),
             item_col: _id_column([row[2] for row in rows]),
-            target_col: np.array([row[3] for row in rows], dtype=np.float64),
-            time_col: np.array(
-                [np.nan if row[4] is None else row[4] for row in rows], dtype=np.float64
-            ),
+            target_col: _numbers(rows, 3, ids, "target", path),
+            time_col: _numbers(rows, 4, ids, "timestamp", path),
         }
     )
     return frame, (int(ids[-1]) if ids else int(after))
+
+
+def _numbers(rows: list[Any], column: int, ids: list[int], name: str, path: str | Path) -> Any:
+    """A float column of the rows (a missing timestamp is NaN); a cell that is not a
+    number (a log edited by hand: SQLite stores any type) names its event."""
+    out = np.empty(len(rows), dtype=np.float64)
+    for j, row in enumerate(rows):
+        cell = row[column]
+        if cell is None and name == "timestamp":
+            out[j] = np.nan
+        elif isinstance(cell, int | float) and not isinstance(cell, bool):
+            out[j] = cell
+        else:
+            raise ConfigError(
+                f"event log {path}: event {ids[j]} has {name} {str(cell)[:40]!r}, not a number"
+            )
+    return out
 
 
 def _id_column(values: list[Any]) -> np.ndarray:

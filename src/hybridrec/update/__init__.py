@@ -33,7 +33,7 @@ import torch
 from hybridrec.artifact import load_moments, read_metrics
 from hybridrec.config import DataConfig, TrainConfig
 from hybridrec.data.encoding import IdEncoder
-from hybridrec.data.io import ITEM, TARGET, TIMESTAMP, USER
+from hybridrec.data.io import ITEM, TARGET, TIMESTAMP, USER, interactions_from_frame
 from hybridrec.data.seen import SeenItems
 from hybridrec.errors import ConfigError, DataError
 from hybridrec.features.popularity import fit_cold_user_popularity, fit_feature_popularity
@@ -267,7 +267,8 @@ def _new_interactions(
         if raw["timestamp"].notna().any():
             logger.info(f"{events}: some events have no timestamp; using the log's order")
         raw = raw.drop(columns=["timestamp"])
-    return load_data(raw, data_config), f"events:{events}", last
+    source = f"events:{events}"
+    return interactions_from_frame(raw, data_config, source=source), source, last
 
 
 def _update(
