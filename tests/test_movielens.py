@@ -248,6 +248,12 @@ def test_binary_file_is_a_data_error(tmp_path):
         read_ml100k_udata(path)
 
 
+def test_an_id_beyond_int64_is_named_not_a_traceback(write):
+    """pandas' int64 parser raised OverflowError, which the text re-read did not catch."""
+    with pytest.raises(DataError, match=r"row 2 \(line 2\), column 'user'"):
+        read_ml100k_udata(write("u.data", "1\t2\t5\t8\n123456789012345678901\t3\t4\t9\n"))
+
+
 # ---------------------------------------------------------------- writing
 
 

@@ -311,7 +311,8 @@ def _read_headerless(
         raw = _read_csv(path, 0, expected, sep=sep, header=None, dtype=dtypes)
     except DataError:
         raise
-    except ValueError:  # a cell did not parse as its type: re-read as text to name it
+    except (ValueError, OverflowError):  # a cell did not parse as its type (or overflowed
+        # int64): re-read as text to name it
         raw = _read_csv(path, 0, expected, sep=sep, header=None, dtype=str, keep_default_na=False)
     if raw.shape[1] != ncols:
         raise DataError(
@@ -375,7 +376,8 @@ def _read_headed(
         raw = _read_csv(path, 1, expected, sep=sep, header=0, dtype=dtypes)
     except DataError:
         raise
-    except ValueError:  # a cell did not parse as its type: re-read as text to name it
+    except (ValueError, OverflowError):  # a cell did not parse as its type (or overflowed
+        # int64): re-read as text to name it
         raw = _read_csv(path, 1, expected, sep=sep, header=0, dtype=str, keep_default_na=False)
     if not isinstance(raw.index, pd.RangeIndex):
         # pandas takes a first data row with one field more than the header as an index column
