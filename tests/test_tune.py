@@ -235,6 +235,13 @@ def test_tiny_study_prunes_resumes_and_writes_best_toml(tmp_path, capsys, train_
     assert best["lr"] == study.best_trial.params["lr"]
     assert best["train"] == str(train_csv) and best["out"] == "study/model"
     assert best["mlp_layers"] == [16, 8] and best["epochs"] == 2  # the fixed flags kept
+    # the same study with lr drawn another way (not log): refused before any trial, as
+    # Optuna would fail every new trial and keep it as FAIL
+    linear = write(tmp_path, "defaults = false\n[lr]\nlow = 1e-6\nhigh = 0.05\n", "lin.toml")
+    code, out, err = tune(capsys, train_csv, "--trials", "1", "--space", linear)
+    assert code == 2 and "searched lr differently before" in err and "Traceback" not in err
+    assert len(optuna.load_study(study_name="hybridrec-hybrid",
+                                 storage="sqlite:///study/study.db").trials) == 3  # fmt: skip
     # best.toml is a train --config file
     code, out, err = call(capsys, "train", "--config", "study/best.toml", "--json")
     assert code == 0, err

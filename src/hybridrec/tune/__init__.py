@@ -25,6 +25,7 @@ from hybridrec.tune.output import (
 from hybridrec.tune.search import (
     EpochReporter,
     StudySettings,
+    check_same_space,
     check_space,
     check_storage_path,
     default_storage,
@@ -70,6 +71,7 @@ def run_tune(
     with _quiet():
         try:
             study = open_study(settings, args.model, metric, seed)
+            check_same_space(study, space)
         except BaseException:
             if created and not any(out.iterdir()):
                 out.rmdir()  # a storage that cannot be opened leaves no empty --out

@@ -96,6 +96,27 @@ def metric_for(config: TrainConfig, labelled: bool) -> str:
     return "loss" if labelled else f"ndcg@{config.ks[0]}"
 
 
+def check_same_space(study: Any, space: list[Param]) -> None:
+    """Refuse a space that draws a parameter of the study's earlier trials differently
+    (another kind, log scale, step or choices): Optuna fails each such trial with a
+    ValueError and keeps it in the study as FAIL. A changed range is fine."""
+    from optuna.distributions import check_distribution_compatibility
+
+    new = {p.key: p for p in space}
+    for trial in study.get_trials(deepcopy=False):
+        for key, old in trial.distributions.items():
+            if key not in new:
+                continue
+            try:
+                check_distribution_compatibility(old, new[key].distribution())
+            except ValueError:
+                raise ConfigError(
+                    f"study {study.study_name!r} searched {key} differently before (trial "
+                    f"{trial.number}: {type(old).__name__}); this --space searches it as "
+                    f"{new[key].describe()}: give another --study-name, or the study's space"
+                ) from None
+
+
 def open_study(settings: StudySettings, model: str, metric: str, seed: int) -> Any:
     """Create the study or load the one of that name, checking it optimises the same."""
     import optuna

@@ -102,6 +102,21 @@ class Param:
                                      log=self.log)  # fmt: skip
         return trial.suggest_float(self.key, self.low, self.high, step=self.step, log=self.log)
 
+    def distribution(self) -> Any:
+        """The Optuna distribution :meth:`suggest` draws from (to compare with a study's)."""
+        from optuna.distributions import (
+            CategoricalDistribution,
+            FloatDistribution,
+            IntDistribution,
+        )
+
+        if self.choices is not None:
+            return CategoricalDistribution([choice_label(c) for c in self.choices])
+        if self.is_int:
+            step = int(self.step) if self.step is not None else 1
+            return IntDistribution(int(self.low), int(self.high), log=self.log, step=step)  # type: ignore[arg-type]
+        return FloatDistribution(self.low, self.high, log=self.log, step=self.step)  # type: ignore[arg-type]
+
     def edge_values(self) -> list[Any]:
         """Values to check against the option's own rules before any trial runs."""
         return list(self.choices) if self.choices is not None else [self.low, self.high]
