@@ -240,3 +240,17 @@ def test_a_column_given_two_kinds_is_refused():
     with pytest.raises(ConfigError, match="'genre' two kinds"):
         parse_kinds("genre=multi,genre=numeric", "--item-feature-types")
     assert parse_kinds("genre=multi,genre=multi", "--x") == {"genre": "multi"}
+
+
+def test_nested_feature_cells_are_refused_not_read_as_their_repr(tmp_path):
+    """A Parquet list column (or a frame of lists) became tokens like "['Action' 'Comedy']"."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.table({"itemId": [1, 2], "genres": [["Action", "Comedy"], ["Drama"]]})
+    pq.write_table(table, tmp_path / "items.parquet")
+    with pytest.raises(DataError, match=r"row 1, column 'genres'.*is a list"):
+        read_features(tmp_path / "items.parquet", "itemId", {"genres": "multi"})
+    frame = pd.DataFrame({"itemId": [1, 2], "tags": [{"a": 1}, b"raw"]})
+    with pytest.raises(DataError, match="column 'tags'"):
+        read_features(frame, "itemId")

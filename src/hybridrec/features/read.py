@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from hybridrec.data.columns import is_csv_path, parse_ids, row_error
+from hybridrec.data.columns import check_scalars, is_csv_path, parse_ids, row_error
 from hybridrec.data.io import check_file, read_table
 from hybridrec.errors import ConfigError, DataError
 from hybridrec.features.table import KINDS, NUMERIC_BUCKETS, FeatureTable, Field, _tokens
@@ -128,8 +128,17 @@ def read_feature_rows(
         )
     ids = parse_ids(frame[key], path, str(key), is_csv_path(path))
     _check_unique(ids, path, str(key))
+    for c in frame.columns:
+        if c != key and frame[c].dtype == object:  # nested Parquet cells, or a frame's lists
+            check_scalars(frame[c], path, str(c), "feature value", _NESTED_EXPECTED)
     columns = {str(c): _cells(frame[c]) for c in frame.columns if c != key}
     return path, str(key), ids, columns
+
+
+_NESTED_EXPECTED = (
+    "a number or a text per cell (several values: one text joined by the separator, "
+    "e.g. Action|Comedy)"
+)
 
 
 def infer_kind(cells: list[Any], separator: str) -> str:
