@@ -786,6 +786,21 @@ def write_candidates(path, ranking_files, layout, per_user=3):
     return path
 
 
+def test_evaluations_over_no_user_are_refused(model_dir, ranking_files, tmp_path, capsys):
+    """Every metric NaN over 0 users used to be printed with status 0."""
+    test = pd.read_csv(ranking_files["test"])
+    test.assign(itemId=test.itemId + 9000).to_csv(tmp_path / "cold.csv", index=False)
+    files = {**ranking_files, "test": tmp_path / "cold.csv"}
+    code, _, err = evaluate(capsys, model_dir, files, "--protocol", "cold")
+    assert_user_error(code, err, "cold.csv", "no test user could be ranked")
+    pd.DataFrame({"userId": test.userId + 5000, "itemId": 1}).to_csv(
+        tmp_path / "cands.csv", index=False
+    )
+    code, _, err = evaluate(capsys, model_dir, ranking_files, "--protocol", "sampled",
+                            "--candidates", tmp_path / "cands.csv")  # fmt: skip
+    assert code == 2 and "Traceback" not in err
+
+
 def test_evaluate_sampled_with_candidate_files(model_dir, ranking_files, tmp_path, capsys):
     results = {}
     for layout in ("wide", "long"):

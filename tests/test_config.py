@@ -23,6 +23,11 @@ from hybridrec.errors import ConfigError
         ({"weight_decay": -1.0}, "--weight-decay"),
         ({"num_threads": -1}, "--threads"),
         ({"seed": -1}, "--seed"),  # a config file or the API: NumPy refuses it later
+        ({"batch_size": 2.5}, "--batch-size must be an integer"),  # the API: truncated
+        ({"epochs": True}, "--epochs must be an integer"),  # read as 1
+        ({"seed": 1.0}, "--seed must be an integer"),  # a float seed: a torch traceback
+        ({"ks": (2.5,)}, "--k must be integers"),
+        ({"learning_rate": True}, "--lr must be a number"),
     ],
 )
 def test_train_config_validation(options, flag):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, fields
+from numbers import Integral, Real
 
 from hybridrec.errors import ConfigError
 
@@ -35,12 +36,30 @@ def check_finite(config: object) -> None:
     for spec in fields(config):  # type: ignore[arg-type]
         value = getattr(config, spec.name)
         flag = spec.metadata.get("flag") or "--" + spec.name.replace("_", "-")
+        _check_kind(value, str(spec.type), flag)
         if isinstance(value, float) and not math.isfinite(value):
             raise ConfigError(f"{flag} must be a finite number, got {value}")
         numbers = value if isinstance(value, tuple) else (value,)
         for number in numbers:
             if isinstance(number, int) and not isinstance(number, bool) and abs(number) > INT64_MAX:
                 raise ConfigError(f"{flag} must be a 64-bit integer (at most 2^63-1), got {number}")
+
+
+def _check_kind(value: object, annotation: str, flag: str) -> None:
+    """An integer option holds integers (``batch_size=2.5`` or ``embedding_dim=True``
+    from the API would be truncated or read as 1); a number option holds numbers."""
+    if value is None:
+        return
+    if annotation.startswith("tuple[int"):  # sizes: also digits as text, as on the CLI
+        bad = [v for v in value if isinstance(v, bool) or not isinstance(v, Integral | str)]  # type: ignore[union-attr]
+        if bad:
+            raise ConfigError(f"{flag} must be integers, got {bad[0]!r}")
+    elif annotation.split(" |")[0] == "int":
+        if isinstance(value, bool) or not isinstance(value, Integral):
+            raise ConfigError(f"{flag} must be an integer, got {value!r}")
+    elif annotation.split(" |")[0] == "float":
+        if isinstance(value, bool) or not isinstance(value, Real):
+            raise ConfigError(f"{flag} must be a number, got {value!r}")
 
 
 #: Layers (MLP hidden layers, transformer blocks) above this are surely a typo, and building

@@ -82,6 +82,7 @@ def _ranking(rec: Any, args: argparse.Namespace, data_config: DataConfig) -> dic
         ranking = evaluate_cold(
             rec.model, test.user_idx, test.item_idx, ks=tuple(args.k), seed=args.seed
         )
+        _check_ranked(ranking, args.test, "their items are unknown to the model")
         if not args.json:
             print(format_metrics(ranking, "cold"))
         return {"protocol": "cold", **ranking}
@@ -102,6 +103,7 @@ def _ranking(rec: Any, args: argparse.Namespace, data_config: DataConfig) -> dic
         ranking = report.metrics
     else:
         ranking = _sampled(rec, common, args, data_config)
+        _check_ranked(ranking, args.test, "no candidates of theirs are known to the model")
     out = {"protocol": args.protocol, **ranking}
     if not args.json:
         print(format_metrics(ranking, args.protocol))
@@ -109,6 +111,13 @@ def _ranking(rec: Any, args: argparse.Namespace, data_config: DataConfig) -> dic
         out.update(_show_full_report(report, args))
         out.update(_warm_and_cold(rec.model, common, args, quiet=args.json))
     return out
+
+
+def _check_ranked(ranking: dict[str, Any], test: str, why: str) -> None:
+    """Refuse metrics over no user (every one NaN) rather than print them with status 0."""
+    if not ranking.get("users"):
+        raise DataError(test, f"no test user could be ranked: {why}",
+                        expected="test rows the model can rank")  # fmt: skip
 
 
 def _sampled(
