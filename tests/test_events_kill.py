@@ -99,7 +99,7 @@ def wait_ready(port: int) -> None:
         time.sleep(0.02)
 
 
-def post_batch(conn: http.client.HTTPConnection, tag: str) -> tuple[int, int]:
+def post_batch(conn: http.client.HTTPConnection, tag: int) -> tuple[int, int]:
     body = json.dumps({"events": [{"user": tag, "item": i} for i in range(BATCH)]})
     conn.request("POST", "/events", body, {"Content-Type": "application/json"})
     response = conn.getresponse()
@@ -109,18 +109,18 @@ def post_batch(conn: http.client.HTTPConnection, tag: str) -> tuple[int, int]:
     return answer["first_id"], answer["last_id"]
 
 
-def stream(port: int, run: int, client: int, acked: dict[str, tuple[int, int]]) -> None:
+def stream(port: int, run: int, client: int, acked: dict[int, tuple[int, int]]) -> None:
     """Post batches until the server dies; record what was acknowledged."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=WAIT)
     for b in range(100_000):
-        tag = f"r{run}c{client}b{b}"
+        tag = ((run + 1) * 100 + client) * 1_000_000 + b  # an integer: the model's ids are
         try:
             acked[tag] = post_batch(conn, tag)
         except (OSError, http.client.HTTPException):
             return  # killed: this batch is unacknowledged
 
 
-def check_log(log: Path, acked: dict[str, tuple[int, int]]) -> int:
+def check_log(log: Path, acked: dict[int, tuple[int, int]]) -> int:
     """Every acknowledged batch whole under its ids; every batch in the log whole; the
     number of events in the log."""
     frame, last = read_events(log)
@@ -150,7 +150,7 @@ def test_sigkill_during_ingestion_loses_no_acknowledged_event(model_dir, tmp_pat
         text=True,
         env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
-    acked: dict[str, tuple[int, int]] = {}
+    acked: dict[int, tuple[int, int]] = {}
     try:
         for run in range(RUNS + 1):  # the last start is only the restart after run 10
             launcher.stdin.write("start\n")
@@ -160,8 +160,9 @@ def test_sigkill_during_ingestion_loses_no_acknowledged_event(model_dir, tmp_pat
             if run:  # after the restart: the previous runs' acknowledged events are all there
                 total = check_log(log, acked)
                 conn = http.client.HTTPConnection("127.0.0.1", port, timeout=WAIT)
-                acked[f"after-restart-{run}"] = post_batch(conn, f"after-restart-{run}")
-                assert acked[f"after-restart-{run}"][0] > total  # ids go on, none reused
+                restart = 999_000_000 + run  # a tag of its own
+                acked[restart] = post_batch(conn, restart)
+                assert acked[restart][0] > total  # ids go on, none reused
                 conn.close()
             if run == RUNS:
                 os.kill(pid, signal.SIGTERM)

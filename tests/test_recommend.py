@@ -796,3 +796,20 @@ def test_cli_users_file_uses_the_training_user_column(tmp_path, capsys, monkeypa
     assert list(out["userId"]) == ["u1"] * 3 + ["nobody"] * 3
     assert list(out["source"]) == ["model"] * 3 + ["popularity"] * 3
     capsys.readouterr()
+
+
+@pytest.mark.parametrize(
+    ("call", "fragment"),
+    [
+        (lambda r: r.recommend([1, 2]), "use recommend_many"),  # was an IndexError
+        (lambda r: r.recommend(None), "must be one id"),  # was the popular items
+        (lambda r: r.recommend(float("nan")), "must be one id"),
+        (lambda r: r.recommend(1.0), "must be one id"),  # was an unknown user
+        (lambda r: r.recommend(1, k=2**63), r"below 2\^63"),  # was an OverflowError
+        (lambda r: r.recommend(1, exclude_seen="no"), "True or False"),  # was true
+        (lambda r: r.recommend_many(np.ones((2, 2), dtype=int)), "one-dimensional"),
+    ],
+)
+def test_bad_arguments_are_config_errors_not_internal_ones(rec, call, fragment):
+    with pytest.raises(ConfigError, match=fragment):
+        call(rec)

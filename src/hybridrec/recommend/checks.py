@@ -24,6 +24,8 @@ def positive_int(value: Any, name: str, *, name_value: bool = True) -> int:
     if value < 1:
         shown = f"{name}={value}" if name_value else f"{value}"
         raise ConfigError(f"{name} must be >= 1, got {shown}")
+    if value >= 2**63:  # PyTorch's top-k and sizes take 64-bit integers
+        raise ConfigError(f"{name} must be below 2^63, got {value}")
     return int(value)
 
 
@@ -42,6 +44,21 @@ def id_list(ids: Any, name: str) -> list[Any]:
     if isinstance(ids, str | bytes):
         raise TypeError(f"{name} must be a list of ids, got the single id {ids!r}")
     return list(ids)
+
+
+def one_id(value: Any, name: str) -> Any:
+    """A single raw id: an integer or a text. A list (use the ``_many`` methods), None, a
+    float or a mapping is refused rather than looked up as an unknown id."""
+    if isinstance(value, str | np.str_):
+        return value
+    if isinstance(value, int | np.integer) and not isinstance(value, bool):
+        return value
+    what = (
+        "a list of ids (use recommend_many)"
+        if isinstance(value, list | tuple | np.ndarray)
+        else f"{value!r}"
+    )
+    raise ConfigError(f"{name} must be one id, an integer or a text, got {what}")
 
 
 def unique(values: Iterable[Any]) -> list[Any]:
