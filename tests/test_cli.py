@@ -22,6 +22,7 @@ from hybridrec.cli import build_parser, config_from_args, main
 from hybridrec.data import movielens
 from hybridrec.data.dataset import RecSysDataset
 from hybridrec.evaluation import evaluate_full
+from hybridrec.events import EventLog
 from hybridrec.prepare import load_data
 from tests.helpers import holdout_frame
 
@@ -273,10 +274,13 @@ def test_a_validation_file_of_strangers_is_refused_before_training(ranking_files
          "--test-fraction does not apply to --method loo"),
         (["info", "--model", "t.csv"], "t.csv is a file, not a model directory"),
         (["tune", "--train", "t.csv", "--study-name", " "], "--study-name must not be blank"),
+        (["tune", "--train", "t.csv", "--storage", ""], "--storage must not be blank"),
+        (["tune", "--train", "t.csv", "--storage", "sqlite:///log.db"], "something else"),
     ],
 )  # fmt: skip
 def test_options_that_would_be_ignored_or_misread_are_named(tmp_path, capsys, argv, fragment):
     (tmp_path / "t.csv").write_text("userId,itemId\n1,2\n")
+    EventLog(tmp_path / "log.db").close()  # an event log: not a study's storage
     code, _, err = call(capsys, *argv)
     assert_user_error(code, err, fragment)
 

@@ -75,6 +75,13 @@ def test_default_spaces_are_per_model():
     assert set(DEFAULT_SPACES) >= {"hybrid", "mf", "gmf", "mlp", "neumf", "sasrec"}
 
 
+def test_a_space_file_may_start_with_a_byte_order_mark(tmp_path):
+    path = tmp_path / "bom.toml"
+    path.write_bytes(b"\xef\xbb\xbf[lr]\nlow = 0.001\nhigh = 0.01\n")
+    space = {p.key: p for p in load_space(path, "hybrid", train_parser())}
+    assert space["lr"].low == 0.001
+
+
 def test_space_file_overrides_and_adds(tmp_path):
     path = write(tmp_path, "[lr]\nlow = 0.001\nhigh = 0.01\n[batch-size]\nchoices = [32, 64]\n"
                            "[mlp_layers]\nchoices = [[8], [16, 8]]\n")  # fmt: skip

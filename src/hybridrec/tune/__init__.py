@@ -84,6 +84,8 @@ def run_tune(
 
 
 def _settings(args: argparse.Namespace) -> StudySettings:
+    if args.storage is not None and not args.storage.strip():
+        raise ConfigError("--storage must not be blank; leave it out for DIR/study.db")
     if args.study_name is not None and not args.study_name.strip():
         raise ConfigError("--study-name must not be blank; leave it out for hybridrec-MODEL")
     settings = StudySettings(

@@ -21,6 +21,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import logging
 import math
@@ -201,6 +202,8 @@ def check_storage_path(url: str) -> None:
     """A ``sqlite:///PATH`` storage must be a file that can be created or written."""
     from hybridrec.files import check_output_file
 
+    if not url.strip():
+        raise ConfigError("--storage must not be blank; leave it out for DIR/study.db")
     if not url.startswith("sqlite:///"):
         if url.startswith("sqlite:"):
             raise ConfigError(f"--storage {url}: write sqlite:///PATH (three slashes)")
@@ -208,6 +211,26 @@ def check_storage_path(url: str) -> None:
     path = url[len("sqlite:///") :]
     if path and path != ":memory:":
         check_output_file(path, "--storage")
+        _not_another_database(path)
+
+
+def _not_another_database(path: str) -> None:
+    """Refuse an existing SQLite file that is not an Optuna storage (an event log, say):
+    Optuna would add its tables to it."""
+    import sqlite3
+
+    if not Path(path).is_file() or Path(path).stat().st_size == 0:
+        return
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as conn:
+            tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
+    except sqlite3.Error:
+        raise ConfigError(f"--storage {path} is not a SQLite database") from None
+    if tables and "studies" not in tables:
+        raise ConfigError(
+            f"--storage {path} is a SQLite database of something else (tables "
+            f"{', '.join(sorted(tables)[:3])}); give a file of its own for the study"
+        )
 
 
 def apply(

@@ -181,8 +181,8 @@ def _read(path: str | Path) -> dict[str, Any]:
     if Path(path).exists() and not Path(path).is_file():
         raise ConfigError(f"--space {path} is not a file; give a TOML file")
     try:
-        with open(path, "rb") as f:
-            return tomllib.load(f)
+        with open(path, encoding="utf-8-sig") as f:  # a byte-order mark, as --config
+            return tomllib.loads(f.read())
     except FileNotFoundError:
         raise ConfigError(f"--space {path}: no such file") from None
     except OSError as exc:
