@@ -974,6 +974,8 @@ def no_work(monkeypatch):
         (["export", "--model", "m", "--out", "afile/m.pt"], "--out afile/m.pt: cannot create"),
         (["export", "--model", "m", "--out", "amodel/weights.pt"], "is a file of the model"),
         (["export", "--model", "m", "--out", "amodel/config.json"], "is a file of the model"),
+        (["export", "--model", "m", "--out", "train.csv"], "a torchscript export is a .pt"),
+        (["export", "--model", "m", "--format", "onnx", "--out", "m.pt"], "ending in .onnx"),
         (["update", "--model", "m", "--train", "t.csv", "--out", "amodel/sub"], "lies inside"),
         (["train", "--train", "t.csv", "--out", "amodel/deeper/m"], "lies inside the model"),
         (["split", "--data", "t.csv", "--out", "amodel"], "is a model directory"),

@@ -133,6 +133,13 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     if args.out is not None:
         check_output_file(args.out, "--out")
+        suffix = FORMATS.get(args.format)
+        if suffix is not None and Path(args.out).suffix.lower() != suffix:
+            # an explicit --out of another kind (an event log, a data file) would be lost
+            raise ConfigError(
+                f"--out {args.out}: a {args.format} export is a {suffix} file; give a path "
+                f"ending in {suffix}"
+            )
     rec = Recommender.load(args.model)
     out = Path(args.out) if args.out else Path(args.model) / f"model{FORMATS[args.format]}"
     check_output_file(out, "--out")
