@@ -275,6 +275,8 @@ def test_a_validation_file_of_strangers_is_refused_before_training(ranking_files
         (["info", "--model", "t.csv"], "t.csv is a file, not a model directory"),
         (["tune", "--train", "t.csv", "--study-name", " "], "--study-name must not be blank"),
         (["tune", "--train", "t.csv", "--storage", ""], "--storage must not be blank"),
+        (["split", "--data", "t.csv", "--out", "s", "--method", "cold-items",
+          "--test-fraction", "0.01"], "held out no row for test"),
         (["tune", "--train", "t.csv", "--storage", "sqlite:///log.db"], "something else"),
     ],
 )  # fmt: skip
@@ -483,7 +485,7 @@ def test_split_movielens_threshold_keeps_high_ratings(tmp_path, capsys):
     (tmp_path / "u.data").write_text(udata_text(frame, ratings))
     code, _, err = call(
         capsys, "split", "--data", "u.data", "--movielens", "--threshold", "4", "--out", "ml",
-        "--method", "ratio",
+        "--method", "ratio", "--test-fraction", "0.5",
     )  # fmt: skip
     assert code == 0, err
     kept = sum(len(pd.read_csv(tmp_path / "ml" / f"{n}.csv")) for n in ("train", "val", "test"))

@@ -38,6 +38,12 @@ def cmd_split(args: argparse.Namespace) -> int:
         test_fraction=0.2 if args.test_fraction is None else args.test_fraction,
         seed=args.seed,
     )
+    if len(test) == 0:  # nothing to evaluate on: say so rather than write an empty file
+        raise ConfigError(
+            f"--method {args.method} held out no row for test from {len(frame):,} rows "
+            "(every user has one interaction, or --test-fraction rounds to nothing); raise "
+            "--test-fraction or use more data"
+        )
     paths = write_split(
         args.out, train, val, test, user_col=data_config.user_col, item_col=data_config.item_col
     )
