@@ -91,7 +91,7 @@ def prepare(
     item_ids = with_features(train_frame[ITEM].to_numpy(), side.items, data_config.item_col)
     if items is not None:
         catalogue = read_item_catalog(items, data_config)
-        extra = same_kind(catalogue, item_ids, source_name(items), data_config.item_col)
+        extra = same_kind(catalogue, item_ids, source_name(items, "the items frame"), data_config.item_col)
         item_ids = np.concatenate([item_ids, extra])
     item_enc = IdEncoder.fit(item_ids)
     positives = int((train_frame["target"].to_numpy() > 0.5).sum())
@@ -173,16 +173,16 @@ def with_features(ids: np.ndarray, features: FeatureData | None, column: str) ->
 def read_item_catalog(data: DataLike, config: DataConfig) -> np.ndarray:
     """Item ids of a catalogue file or frame (only its item column is read)."""
     frame = data if isinstance(data, pd.DataFrame) else read_table(Path(data))
+    name = source_name(data, "the items frame")
     if config.item_col not in frame.columns:
         found = ", ".join(repr(str(c)) for c in frame.columns)
         raise DataError(
-            source_name(data),
-            f"the item catalogue has no column {config.item_col!r}; found {found}",
+            name, f"the item catalogue has no column {config.item_col!r}; found {found}"
         )
     if len(frame) == 0:
-        raise DataError(source_name(data), "the item catalogue has no rows", expected="item ids")
+        raise DataError(name, "the item catalogue has no rows", expected="item ids")
     is_csv = not isinstance(data, pd.DataFrame) and is_csv_path(Path(data))
-    return parse_ids(frame[config.item_col], Path(source_name(data)), config.item_col, is_csv)
+    return parse_ids(frame[config.item_col], Path(name), config.item_col, is_csv)
 
 
 def same_kind(catalogue: np.ndarray, train_ids: np.ndarray, source: str, column: str) -> np.ndarray:
@@ -206,5 +206,6 @@ def same_kind(catalogue: np.ndarray, train_ids: np.ndarray, source: str, column:
     )
 
 
-def source_name(data: DataLike) -> str:
-    return Path(data).name if not isinstance(data, pd.DataFrame) else "the training frame"
+def source_name(data: DataLike, frame_name: str = "the training frame") -> str:
+    """How an error names ``data``: the file's name, or ``frame_name`` for a frame."""
+    return Path(data).name if not isinstance(data, pd.DataFrame) else frame_name
