@@ -91,7 +91,9 @@ def prepare(
     item_ids = with_features(train_frame[ITEM].to_numpy(), side.items, data_config.item_col)
     if items is not None:
         catalogue = read_item_catalog(items, data_config)
-        extra = same_kind(catalogue, item_ids, source_name(items, "the items frame"), data_config.item_col)
+        extra = same_kind(
+            catalogue, item_ids, source_name(items, "the items frame"), data_config.item_col
+        )
         item_ids = np.concatenate([item_ids, extra])
     item_enc = IdEncoder.fit(item_ids)
     positives = int((train_frame["target"].to_numpy() > 0.5).sum())
