@@ -61,9 +61,10 @@ def with_items(
         )
     already = recommender.items.transform(ids) != 0
     if already.any():
+        first = ids[int(np.argmax(already))]
+        first = first.item() if isinstance(first, np.generic) else first  # 5, not np.int64(5)
         raise ConfigError(
-            f"{path}: item {ids[int(np.argmax(already))]!r} is already known to the model; "
-            "give only new items"
+            f"{path}: item {first!r} is already known to the model; give only new items"
         )
     old_n = recommender.items.num_embeddings
     items = IdEncoder(_joined(recommender.items.ids, ids))

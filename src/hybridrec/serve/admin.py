@@ -136,8 +136,9 @@ def _add_admin_routes(
     async def add_items(request: Request) -> NewItemsOut:
         """Add items the model has never seen, ranked from their features at once."""
         check(request)
-        body = parse_body(NewItemsRequest, await request.body())
-        frame = _items_frame(holder.get().recommender, body)
+        raw = await request.body()
+        # 10,000 items (~10 MB) parsed on the event loop stalled cached answers ~200 ms
+        frame = await run_in_threadpool(_parsed_items, holder.get().recommender, raw)
         before = holder.get().recommender.items.num_embeddings
         try:
             served = await run_in_threadpool(holder.add_items, frame)
@@ -145,6 +146,10 @@ def _add_admin_routes(
             raise HTTPException(status_code=422, detail=_message(exc)) from exc
         total = served.recommender.items.num_embeddings
         return NewItemsOut(status="added", added=total - before, num_items=total - 1, saved=False)
+
+
+def _parsed_items(rec: Recommender, raw: bytes) -> pd.DataFrame:
+    return _items_frame(rec, parse_body(NewItemsRequest, raw))
 
 
 def _items_frame(rec: Recommender, body: NewItemsRequest) -> pd.DataFrame:
