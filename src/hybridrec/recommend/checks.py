@@ -61,6 +61,15 @@ def one_id(value: Any, name: str) -> Any:
     raise ConfigError(f"{name} must be one id, an integer or a text, got {what}")
 
 
+def check_many(user_ids: Any, exclude_seen: Any) -> None:
+    """``recommend_many``'s users are one-dimensional and ``exclude_seen`` a bool ("no"
+    would count as true)."""
+    if isinstance(user_ids, np.ndarray) and user_ids.ndim != 1:
+        raise ConfigError(f"user_ids must be one-dimensional, got shape {user_ids.shape}")
+    if not isinstance(exclude_seen, bool | np.bool_):
+        raise ConfigError(f"exclude_seen must be True or False, got {exclude_seen!r}")
+
+
 def unique(values: Iterable[Any]) -> list[Any]:
     """Distinct values in first-seen order."""
     return list(dict.fromkeys(values))

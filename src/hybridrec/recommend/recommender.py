@@ -23,7 +23,7 @@ from hybridrec.data.seen import SeenItems
 from hybridrec.errors import ConfigError
 from hybridrec.models import capabilities, model_device
 from hybridrec.recommend import cold_start, fold_in, similar, topk
-from hybridrec.recommend.checks import check_chunk_users, check_k, id_list, one_id
+from hybridrec.recommend.checks import check_chunk_users, check_k, check_many, id_list, one_id
 from hybridrec.recommend.result import IdsLike, Recommendation, frozen
 from hybridrec.recommend.two_stage import check_num_candidates, stage1_prior, two_stage_logits
 
@@ -252,10 +252,7 @@ class Recommender:
             chunk_users: users per ``score_all`` call; by default enough to keep the
                 activations near 2e7 elements (:meth:`default_chunk_users`).
         """
-        if isinstance(user_ids, np.ndarray) and user_ids.ndim != 1:
-            raise ConfigError(f"user_ids must be one-dimensional, got shape {user_ids.shape}")
-        if not isinstance(exclude_seen, bool | np.bool_):  # "no" would count as true
-            raise ConfigError(f"exclude_seen must be True or False, got {exclude_seen!r}")
+        check_many(user_ids, exclude_seen)
         ids = id_list(user_ids, "user_ids")
         ks = _per_user_k(k, len(ids))
         k = int(ks.max()) if len(ks) else 1

@@ -86,8 +86,7 @@ def fit(
             (:meth:`~hybridrec.training.optim.Optimizers.export_moments`) to start from,
             replaced in place by the state training ends with: what an artifact keeps so
             that ``hybridrec update`` continues the optimisation. ``None``: not kept.
-        data_key: the training data's digest (:func:`hybridrec.checkpoint.data_key`),
-            kept in checkpoints; a resume whose data differs is refused.
+        data_key: the data's digest (checkpoint.data_key); a resume on other data is refused.
 
     With a ``torch.distributed`` process group (``torchrun``; see
     :mod:`hybridrec.distributed`) every rank trains on its shard of each epoch under
