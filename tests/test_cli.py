@@ -514,6 +514,20 @@ def test_data_from_a_local_file(tmp_path, capsys):
     assert not (tmp_path / "cache").exists()  # a local file needs no cache
 
 
+def test_data_refuses_a_split_it_cannot_make_and_names_its_own_option(tmp_path, capsys):
+    # an atomic file without timestamps: loo needs them, and `data`'s option is --split
+    lines = ["user_id:token\titem_id:token"] + [f"{u}\t{i}" for u in (1, 2) for i in (1, 2)]
+    (tmp_path / "x.inter").write_text("\n".join(lines) + "\n")
+    code, out, err = call(capsys, "data", "movielens-100k", "--data", "x.inter", "--out", "d")
+    assert_user_error(code, err, "timestamp", "--split loo-random")
+    assert "--method" not in err and not (tmp_path / "d").exists()
+    # every user with one interaction: nothing to test on, and nothing written
+    (tmp_path / "u.data").write_text("1\t1\t5\t100\n2\t2\t4\t101\n")
+    code, out, err = call(capsys, "data", "movielens-100k", "--data", "u.data", "--out", "e")
+    assert_user_error(code, err, "--split loo held out no row for test from 2 rows")
+    assert not (tmp_path / "e").exists()
+
+
 def test_data_min_rating(tmp_path, capsys):
     frame = interactions(seed=3)
     ratings = [1 + k % 5 for k in range(len(frame))]

@@ -6,12 +6,16 @@ from __future__ import annotations
 import argparse
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from hybridrec.cli.options import config_from_args, model_options
 from hybridrec.cli.output import print_json, print_table
 from hybridrec.config import DataConfig, TrainConfig
 from hybridrec.errors import ConfigError
 from hybridrec.files import check_output_dir
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 logger = logging.getLogger("hybridrec")
 
@@ -38,18 +42,27 @@ def cmd_split(args: argparse.Namespace) -> int:
         test_fraction=0.2 if args.test_fraction is None else args.test_fraction,
         seed=args.seed,
     )
-    if len(test) == 0:  # nothing to evaluate on: say so rather than write an empty file
-        raise ConfigError(
-            f"--method {args.method} held out no row for test from {len(frame):,} rows "
-            "(every user has one interaction, or --test-fraction rounds to nothing); raise "
-            "--test-fraction or use more data"
-        )
+    _check_test_rows(
+        test, frame, f"--method {args.method}",
+        "every user has one interaction, or --test-fraction rounds to nothing",
+        "raise --test-fraction or use more data",
+    )  # fmt: skip
     paths = write_split(
         args.out, train, val, test, user_col=data_config.user_col, item_col=data_config.item_col
     )
     for path, part in zip(paths, (train, val, test), strict=True):
         print(f"{path}: {len(part):,} rows")
     return 0
+
+
+def _check_test_rows(
+    test: pd.DataFrame, frame: pd.DataFrame, method: str, why: str, advice: str = "use more data"
+) -> None:
+    """Refuse a split that held out nothing for test, rather than write an empty file."""
+    if len(test) == 0:
+        raise ConfigError(
+            f"{method} held out no row for test from {len(frame):,} rows ({why}); {advice}"
+        )
 
 
 def cmd_data(args: argparse.Namespace) -> int:
@@ -59,9 +72,13 @@ def cmd_data(args: argparse.Namespace) -> int:
     out = check_output_dir(args.out or args.name, "--out")
     source = Path(args.data) if args.data else fetch_movielens(args.name, args.cache)
     frame = read_movielens(source, args.min_rating)
+    try:  # split first: nothing is written when the split is refused
+        train, val, test = split_three_ways(frame, args.split, seed=0)
+    except ConfigError as error:  # the split's advice names `split`'s option, --method
+        raise ConfigError(str(error).replace("--method ", "--split ")) from None
+    _check_test_rows(test, frame, f"--split {args.split}", "every user has one interaction")
     write_interactions_csv(frame, out / "interactions.csv")
     print(f"{out / 'interactions.csv'}: {len(frame):,} positives from {source}")
-    train, val, test = split_three_ways(frame, args.split, seed=0)
     for path, part in zip(write_split(out, train, val, test), (train, val, test), strict=True):
         print(f"{path}: {len(part):,} rows")
     return 0
