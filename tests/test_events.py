@@ -487,6 +487,31 @@ def test_a_batch_of_users_only_the_log_knows_folds_each_once_in_one_call(client,
     assert len(json.dumps(restricted)) < 200 * 400  # no per-user echo of the candidates
 
 
+def test_score_scores_a_user_only_the_log_knows_as_their_fold_in_ranks(client, rec):
+    given = [int(i) for i in rec.items.ids[:4]]
+    post(client, [{"user": 7201, "item": i} for i in given])
+    answer = top(client, 7201, k=5)
+    assert answer["source"] == "events"
+    unseen = [int(i) for i in rec.items.ids[20:40]]
+    known = int(rec.users.ids[3])
+    pairs = [{"user_id": u, "item_id": i} for i in unseen for u in (7201, "7201", 7202, known)]
+    response = client.post("/score", json={"pairs": pairs})
+    assert response.status_code == 200, response.text
+    scores = np.asarray(response.json()["scores"]).reshape(len(unseen), 4)
+    np.testing.assert_array_equal(scores[:, 0], scores[:, 1])  # one user, two spellings
+    # a user without events, and a known one, are scored by the model alone, as before
+    np.testing.assert_allclose(scores[:, 2], rec.score([7202] * len(unseen), unseen), rtol=1e-6)
+    np.testing.assert_allclose(scores[:, 3], rec.score([known] * len(unseen), unseen), rtol=1e-6)
+    assert not np.allclose(scores[:, 0], scores[:, 2])  # the events changed the scores
+    # ... to the scores the fold-in ranks by: /recommend's items and scores, to float noise
+    fold = rec.recommend_for_items(given, k=len(rec.items.ids))
+    by_item = dict(zip(fold.item_ids.tolist(), fold.scores.tolist(), strict=True))
+    np.testing.assert_allclose(scores[:, 0], [by_item[i] for i in unseen], rtol=1e-4)
+    shown = {item["item_id"]: item["score"] for item in answer["items"]}
+    got = client.post("/score", json={"pairs": [{"user_id": 7201, "item_id": i} for i in shown]})
+    np.testing.assert_allclose(got.json()["scores"], list(shown.values()), rtol=1e-4)
+
+
 def test_integer_and_text_spellings_of_a_user_are_one_user(client, rec):
     user = int(rec.users.ids[12])
     gone = ids(top(client, user, k=3))[0]

@@ -170,3 +170,32 @@ def test_candidates_never_bring_back_a_given_item(monkeypatch):
     assert sorted(out.item_ids.tolist()) == ids[34:].tolist()
     (many,) = rec.recommend_for_items_many([(given, 10, True)])
     assert many.item_ids.tolist() == out.item_ids.tolist()
+
+
+@pytest.mark.parametrize("name", ["mf", "hybrid", "sasrec", "popularity"])
+def test_scores_of_new_users_are_what_their_fold_in_ranks_by(name):
+    """score_for_items_many (the service's /score for users known only from events)
+    gives each pair the probability recommend_for_items ranks that item with; a user with
+    no known item, or a model that folds nobody in, is scored as an unknown user."""
+    from hybridrec.models import build_model
+    from hybridrec.recommend.cold_start import score_for_items_many
+
+    torch.manual_seed(3)
+    model = build_model(name, num_users=6, num_items=30)
+    ids = np.arange(1, 30)
+    users = IdEncoder.fit(np.arange(1, 6))
+    if hasattr(model, "prepare"):  # sasrec reads histories; any will do here
+        model.prepare(torch.tensor([1, 1, 2]), torch.tensor([3, 4, 5]), torch.ones(3))
+    rec = Recommender(model.eval(), users, IdEncoder.fit(ids), model_name=name)
+    histories = [[4, 9, 2], [], [17, 99], [11]]  # 99 unknown; the second user knows nothing
+    owner = np.array([0, 0, 1, 2, 3, 3, 0, 2])
+    wanted = np.array([5, 6, 7, 8, 12, 13, 14, 2])
+    got = score_for_items_many(rec, histories, owner, rec.items.transform(wanted))
+    for n, (user, item) in enumerate(zip(owner, wanted, strict=True)):
+        history = histories[user]
+        if name == "popularity" or not [i for i in history if i in ids]:
+            expected = rec.score([12345], [item])[0]  # an unknown user
+        else:
+            full = rec.recommend_for_items(history, k=len(ids), exclude_seen=False)
+            expected = dict(zip(full.item_ids.tolist(), full.scores.tolist()))[item]
+        assert got[n] == pytest.approx(expected, rel=1e-4), (n, user, item)

@@ -38,6 +38,9 @@ _NEGATIVES_PER_ITEM = 4
 #: How a new user's rows are fitted: ``closed-form`` (:mod:`~hybridrec.recommend.fold_in`),
 #: ``gradient`` (Adam steps), or ``auto``: closed form unless the user also has features.
 FIT_METHODS = ("auto", "closed-form", "gradient")
+#: New users scored per model call by :func:`score_for_items_many`, and the most logits
+#: (users x items) one call may hold.
+_SCORED_USERS, _SCORED_LOGITS = 256, 2**24
 
 
 def recommend_for_items(
@@ -151,6 +154,65 @@ def recommend_for_items_many(
             out[j] = result
     assert all(o is not None for o in out)
     return out  # type: ignore[return-value]
+
+
+def score_for_items_many(
+    recommender: Recommender, histories: list[IdsLike], owner: np.ndarray, item_idx: np.ndarray
+) -> np.ndarray:
+    """Probabilities (N,) of the encoded items ``item_idx`` for new users, pair ``n`` for
+    the user whose items are ``histories[owner[n]]`` (raw ids, oldest first): the scores
+    their fold-in ranks by in :func:`recommend_for_items_many` (the closed form; sequence
+    models read the items). A user with no known item, or a model that folds nobody in,
+    is scored as an unknown user, as :meth:`Recommender.score` scores one."""
+    model, items = recommender.model, recommender.items
+    declared = capabilities(model)
+    names = _user_parameters(model, declared.user_parameters)
+    given = []
+    for history in histories:
+        index = items.transform(id_list(history, "item_ids")) if len(history) else np.zeros(0)
+        given.append(index[index != UNKNOWN_INDEX].astype(np.int64))
+    owner, item_idx = np.asarray(owner, dtype=np.int64), np.asarray(item_idx, dtype=np.int64)
+    folds = declared.sequences or bool(names)
+    folded = np.asarray([folds and len(g) > 0 for g in given], dtype=bool)[owner]
+    out = np.empty(len(owner), dtype=np.float32)
+    if (~folded).any():
+        out[~folded] = recommender.score_indices(
+            np.zeros(int((~folded).sum()), dtype=np.int64), item_idx[~folded]
+        )
+    users = np.flatnonzero([folds and len(g) > 0 for g in given])
+    if not len(users):
+        return out
+    per_call = max(1, min(_SCORED_USERS, _SCORED_LOGITS // items.num_embeddings))
+    for start in range(0, len(users), per_call):
+        chunk = users[start : start + per_call]
+        row_of = np.full(len(given), -1, dtype=np.int64)
+        row_of[chunk] = np.arange(len(chunk))
+        pairs = np.flatnonzero(row_of[owner] >= 0)
+        rows, cols = torch.as_tensor(row_of[owner[pairs]]), torch.as_tensor(item_idx[pairs])
+        if declared.sequences:
+            logits = _sequence_logits(recommender, [given[u] for u in chunk])[rows, cols]
+        else:
+            fitted = fold_in.closed_form_rows_many(
+                model, recommender.linearisation(), [np.unique(given[u]) for u in chunk]
+            )
+            logits = recommender.row_scorer().score_pairs(fitted, rows, cols).cpu()
+        out[pairs] = sigmoid(logits.numpy())
+    return out
+
+
+def _sequence_logits(recommender: Recommender, sequences: list[np.ndarray]) -> torch.Tensor:
+    """(R, num_items) float32 logits of a sequence model for R item histories (left-padded
+    to one length, as ``score_sequences`` reads them)."""
+    limit = getattr(getattr(recommender.model, "config", None), "max_len", None)
+    if limit:  # the model reads the latest max_len items of a history
+        sequences = [s[-limit:] for s in sequences]
+    width = max(len(s) for s in sequences)
+    padded = np.full((len(sequences), width), UNKNOWN_INDEX, dtype=np.int64)
+    for r, sequence in enumerate(sequences):
+        padded[r, width - len(sequence) :] = sequence
+    with torch.no_grad():
+        batch = torch.as_tensor(padded, device=recommender.device)
+        return recommender.model.score_sequences(batch).float().cpu()
 
 
 def _closed_form(fit: str, features: EncodedFeatures | None) -> bool:

@@ -301,6 +301,15 @@ class RowScorer:
             pairs = self._copy(users.repeat_interleave(width), items.reshape(-1))
             return pairs.float().view(count, width)
 
+    def score_pairs(
+        self, rows: list[torch.Tensor], owner: torch.Tensor, items: torch.Tensor
+    ) -> torch.Tensor:
+        """float32 logits (N,) of the pairs (user ``owner[n]``, given by row ``owner[n]`` of
+        ``rows``, item ``items[n]``): the model's pairwise forward."""
+        with self._lock, torch.no_grad():
+            users = self._write(rows)
+            return self._copy(users[owner.to(self._device)], items.to(self._device)).float()
+
     def _write(self, rows: list[torch.Tensor]) -> torch.Tensor:
         """Write ``rows`` as users 1..R of the copy's tables (under the lock); their indices."""
         count = len(rows[0])

@@ -138,7 +138,7 @@ def create_app(
     _add_service_routes(app, holder)
     _add_recommend_routes(app, holder, gate, recent, folder, queue)
     add_event_routes(app, log, holder)
-    _add_score_routes(app, holder, gate)
+    _add_score_routes(app, holder, gate, recent)
     if admin_token is None:
         admin_token = os.environ.get(ADMIN_TOKEN_ENV) or None
     if models_root is None and model_dir is not None:

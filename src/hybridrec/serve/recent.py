@@ -28,6 +28,7 @@ import torch
 from fastapi import Response
 
 from hybridrec.events import Event, EventLog, read_rows, watermark_of
+from hybridrec.recommend.cold_start import score_for_items_many
 from hybridrec.recommend.two_stage import AUTO
 from hybridrec.serve.calls import _known_ids, _model_call
 from hybridrec.serve.schemas import BatchOut, ItemScore, RecommendationOut, plain
@@ -384,6 +385,31 @@ class RecentEvents:
         source = SOURCE_FOLDED if result.source == "items" else result.source
         kept = _without(rec, result, drop, candidates.allowed, k)
         return _to_out(result, user_id, kept, source, unknown)
+
+    def score(self, served: Served, users: list[Any], items: list[Any]) -> np.ndarray:
+        """``/score``'s probabilities (in the model worker): a user the model does not know
+        but the log does is scored as their fold-in ranks items (as ``/recommend`` folds
+        them in); every other pair by the model alone."""
+        rec = served.recommender
+        scores = rec.score(users, items)
+        index = rec.users.transform(users)
+        histories: list[list[Any]] = []
+        owner_of: dict[str, int] = {}
+        owner = np.full(len(users), -1, dtype=np.int64)
+        for n in np.flatnonzero(index == 0):
+            events = self.of(rec, users[n], 0)
+            if events is None:
+                continue
+            key = user_key(users[n])
+            if key not in owner_of:
+                owner_of[key] = len(histories)
+                histories.append(events.positive_items())
+            owner[n] = owner_of[key]
+        mine = np.flatnonzero(owner >= 0)
+        if len(mine):
+            item_idx = rec.items.transform([items[n] for n in mine])
+            scores[mine] = score_for_items_many(rec, histories, owner[mine], item_idx)
+        return scores
 
     def _remember(self, owner: Any, key: tuple[Any, ...], body: bytes) -> None:
         """Keep ``body``, made from ``owner`` (a model or its cache), for :meth:`_recall`."""

@@ -149,7 +149,9 @@ def _cached_batch(served: Served, body: RecommendRequest) -> Response | None:
     return None if cached is None else Response(cached, media_type="application/json")
 
 
-def _add_score_routes(app: FastAPI, holder: ModelHolder, gate: ModelGate) -> None:
+def _add_score_routes(
+    app: FastAPI, holder: ModelHolder, gate: ModelGate, events: RecentEvents | None = None
+) -> None:
     """``POST /score`` (pairs) and ``GET /similar/{item_id}``, in the model worker."""
 
     @app.post(
@@ -158,7 +160,7 @@ def _add_score_routes(app: FastAPI, holder: ModelHolder, gate: ModelGate) -> Non
     async def score(request: Request) -> Response:
         """Probability of a positive interaction for each ``(user_id, item_id)`` pair."""
         served = holder.get()
-        return await gate.run(_score_sync, served.recommender, await request.body())
+        return await gate.run(_score_sync, served, await request.body(), events)
 
     @app.get("/similar/{item_id}", tags=["recommend"], response_model=RecommendationOut)
     async def similar(
@@ -168,15 +170,19 @@ def _add_score_routes(app: FastAPI, holder: ModelHolder, gate: ModelGate) -> Non
         return await gate.run(_similar_sync, holder.get().recommender, item_id, k)
 
 
-def _score_sync(rec: Recommender, raw: bytes) -> Response:
-    """``POST /score`` in the model worker: parse, score, serialise."""
+def _score_sync(served: Served, raw: bytes, events: RecentEvents | None) -> Response:
+    """``POST /score`` in the model worker: parse, score (users known only from events as
+    their fold-in), serialise."""
     body = parse_body(ScoreRequest, raw)
     if not body.pairs:
         return _json_response(ScoreOut(scores=[]))
     users = [p["user_id"] for p in body.pairs]
     items = [p["item_id"] for p in body.pairs]
     with _model_call():
-        scores = rec.score(users, items)
+        if events is not None and events.users:
+            scores = events.score(served, users, items)
+        else:
+            scores = served.recommender.score(users, items)
     return _json_response(ScoreOut(scores=scores.tolist()))
 
 
