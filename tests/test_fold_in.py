@@ -197,5 +197,5 @@ def test_scores_of_new_users_are_what_their_fold_in_ranks_by(name):
             expected = rec.score([12345], [item])[0]  # an unknown user
         else:
             full = rec.recommend_for_items(history, k=len(ids), exclude_seen=False)
-            expected = dict(zip(full.item_ids.tolist(), full.scores.tolist()))[item]
+            expected = dict(zip(full.item_ids.tolist(), full.scores.tolist(), strict=True))[item]
         assert got[n] == pytest.approx(expected, rel=1e-4), (n, user, item)
