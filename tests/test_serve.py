@@ -927,3 +927,16 @@ def test_head_is_answered_wherever_get_is(client):
         assert head.status_code == got.status_code == 200, path
         assert head.content == b"" and head.headers["content-length"] == str(len(got.content))
     assert client.head("/no-such-route").status_code == 404
+
+
+def test_a_path_id_that_is_not_utf8_is_400_not_another_users_answer(client, rec):
+    # %FF and %C3%28 both decode to U+FFFD: answered, every such id would be one user
+    for path in ("/recommend/%FF", "/recommend/a%C3%28", "/similar/%FE%FF"):
+        for method in (client.get, client.head):
+            response = method(path)
+            assert response.status_code == 400, (path, response.text)
+        assert "UTF-8" in client.get(path).json()["detail"]
+    # an id that is U+FFFD itself, sent as UTF-8, is an ordinary (unknown) id
+    response = client.get("/recommend/%EF%BF%BD")
+    assert response.status_code == 200 and response.json()["source"] == "popularity"
+    assert client.get("/recommend/caf%C3%A9").status_code == 200

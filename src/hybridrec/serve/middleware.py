@@ -1,6 +1,6 @@
 """The ASGI middlewares: :class:`HeadAsGet` (HEAD wherever GET works),
 :class:`BodyLimit` (413 for an oversized body) and :class:`CachedRecommendations` (the
-cached hot path).
+cached hot path; a GET whose path is not UTF-8 is refused there).
 
 Apart from the routes because they run before FastAPI does: they see raw ASGI scopes and
 answer with ready bytes, without the framework's routing, validation or responses.
@@ -9,6 +9,7 @@ answer with ready bytes, without the framework's routing, validation or response
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import unquote_to_bytes
 
 from hybridrec.serve.holder import ModelHolder
 from hybridrec.serve.recent import RecentEvents
@@ -121,6 +122,9 @@ class CachedRecommendations:
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] == "http" and scope["method"] == "GET":
+            if "\ufffd" in scope["path"] and _not_utf8(scope):
+                await _send_json(send, 400, _NOT_UTF8)
+                return
             body = self._answer(scope)
             if body is not None:
                 await _send_json(send, 200, body)
@@ -142,6 +146,22 @@ class CachedRecommendations:
         if events is not None and events.concerns(served, user_id, params[1]):
             return events.cached_body(served, user_id, *params)
         return served.cache.body(user_id, *params)
+
+
+_NOT_UTF8 = b'{"detail":"the URL path is not valid UTF-8: percent-encode ids as UTF-8 bytes"}'
+
+
+def _not_utf8(scope: Any) -> bool:
+    """Whether the path's percent-encoded bytes are not UTF-8: the server decoded them to
+    U+FFFD, so the route would answer for an id nobody sent (every such id, one user)."""
+    raw = scope.get("raw_path")
+    if raw is None:
+        return False
+    try:
+        unquote_to_bytes(raw).decode("utf-8")
+    except UnicodeDecodeError:
+        return True
+    return False
 
 
 def _fast_query(query: bytes) -> tuple[int, bool] | None:
