@@ -123,10 +123,13 @@ def reference_full(model, train, test, num_items, ks):
     out = reference_mean(per_user, ks)
     out["unknown_test_items"] = float(sum(unknown.values()))
     out["unknown_test_users"] = float(sum(1 for u, _ in test if u == 0))
+    out["test_items_in_train"] = float(
+        sum((u, i) in train_set for u in relevant for i in relevant[u])
+    )
     return out
 
 
-def reference_sampled(model, test, candidates, ks):
+def reference_sampled(model, test, candidates, ks, train=()):
     """Sampled ranking with plain loops: each test row against its user's negatives."""
     negatives: dict[int, set[int]] = {}
     for u, i in candidates:
@@ -158,6 +161,8 @@ def reference_sampled(model, test, candidates, ks):
     out["unknown_test_users"] = float(sum(1 for u, _ in test if u == 0))
     out["unknown_candidates"] = float(sum(1 for u, i in candidates if u == 0 or i == 0))
     out["test_items_without_candidates"] = float(skipped)
+    known = {(u, i) for u, i in test if u != 0 and i != 0}
+    out["test_items_in_train"] = float(len(known & set(train)))
     return out
 
 
@@ -220,6 +225,7 @@ def test_evaluate_full_hand_computed():
         "users": 2.0,
         "unknown_test_items": 1.0,
         "unknown_test_users": 1.0,
+        "test_items_in_train": 1.0,  # user 2's item 2
     }
     assert_metrics_equal(metrics, expected)
 
@@ -303,6 +309,19 @@ def test_evaluate_full_unknown_test_items_are_misses():
     assert only_unknown["hr@1"] == 0.5 and only_unknown["users"] == 2.0
 
 
+def test_test_items_the_user_also_has_in_train_are_counted_by_both_protocols():
+    table = torch.zeros(3, 10)
+    table[1, 4] = table[2, 5] = 1.0
+    model = TableModel(table)
+    train_u, train_i = t([1, 1, 2]), t([4, 7, 8])  # user 1's test item 4 is also in train
+    test_u, test_i = t([1, 1, 2, 2]), t([4, 4, 5, 0])  # a duplicate row, an unknown item
+    full = evaluate_full(model, train_u, train_i, test_u, test_i, 10, ks=(1,))
+    sampled = evaluate_sampled(model, train_u, train_i, test_u, test_i, 10, ks=(1,))
+    assert full["test_items_in_train"] == sampled["test_items_in_train"] == 1.0
+    clean = evaluate_full(model, train_u, train_i, t([2]), t([5]), 10, ks=(1,))
+    assert clean["test_items_in_train"] == 0.0
+
+
 def test_evaluate_full_rejects_out_of_range_items():
     with pytest.raises(ValueError, match="num_items"):
         evaluate_full(TableModel(torch.zeros(2, 5)), t([1]), t([5]), t([1]), t([2]), 5)
@@ -328,7 +347,7 @@ def test_evaluate_sampled_matches_loop_reference(seed, integer):
     metrics = evaluate_sampled(
         model, *columns(train), *columns(test), num_items, ks=ks, candidates=columns(cands)
     )
-    expected = reference_sampled(model, test, cands, ks)
+    expected = reference_sampled(model, test, cands, ks, train)
     negatives = metrics.pop("negatives")
     assert math.isnan(negatives) == (expected["queries"] == 0)
     assert_metrics_equal(metrics, expected)

@@ -73,8 +73,9 @@ def evaluate_full(
 
     Returns:
         :func:`metrics_from_ranks`'s dict plus ``"unknown_test_items"`` (test rows with item
-        index 0, counted as misses) and ``"unknown_test_users"`` (rows with user index 0,
-        skipped). :func:`rank_full` keeps the per-user results and top-K lists too.
+        index 0, counted as misses), ``"unknown_test_users"`` (rows with user index 0,
+        skipped) and ``"test_items_in_train"`` (test pairs also in train, ranked as usual).
+        :func:`rank_full` keeps the per-user results and top-K lists too.
     """
     return rank_full(
         model, train_user_idx, train_item_idx, test_user_idx, test_item_idx, num_items,
@@ -132,6 +133,7 @@ def rank_full(
     unknown_items = int((test_i == UNKNOWN_INDEX).sum())
 
     test_u, test_i = _dedupe_test(test_u, test_i, num_items)
+    in_train = _count_in_train(test_u, test_i, train_u, train_i, num_items)
     users, row, slot, width = _group(test_u)
     items = torch.zeros(len(users), width, dtype=torch.int64)
     items[row, slot] = test_i
@@ -196,6 +198,7 @@ def rank_full(
     out = average_metrics(per_user)
     out["unknown_test_items"] = float(unknown_items)
     out["unknown_test_users"] = float(unknown_users)
+    out["test_items_in_train"] = float(in_train)
     per_user.pop("evaluated")
     return FullRanking(out, users, per_user, items, ranks, num_relevant, top)
 
@@ -264,7 +267,8 @@ def evaluate_sampled(
         ``"unknown_test_items"`` (rows with item 0, counted as misses),
         ``"unknown_test_users"`` (rows with user 0, skipped), ``"unknown_candidates"``
         (candidate pairs dropped) and ``"test_items_without_candidates"`` (test rows whose user
-        has no negatives, skipped since any rank would be meaningless).
+        has no negatives, skipped since any rank would be meaningless) and
+        ``"test_items_in_train"`` (test pairs also in train, ranked as usual).
     """
     ks = check_ks(ks)
     if num_negatives < 1:
@@ -274,6 +278,7 @@ def evaluate_sampled(
     unknown_users = int((test_u == UNKNOWN_INDEX).sum())
     known = test_u != UNKNOWN_INDEX
     test_u, test_i = _dedupe_test(test_u[known], test_i[known], num_items)
+    in_train = _count_in_train(test_u, test_i, train_u, train_i, num_items)
     users = torch.unique(test_u)
 
     unknown_candidates = 0
@@ -317,6 +322,7 @@ def evaluate_sampled(
     out["unknown_test_users"] = float(unknown_users)
     out["unknown_candidates"] = float(unknown_candidates)
     out["test_items_without_candidates"] = float(without)
+    out["test_items_in_train"] = float(in_train)
     return out
 
 
@@ -358,6 +364,21 @@ def _dedupe_test(
     users = torch.cat([key // num_items, user_idx[~ranked]])
     items = torch.cat([key % num_items, item_idx[~ranked]])
     return users, items
+
+
+def _count_in_train(
+    test_u: torch.Tensor,
+    test_i: torch.Tensor,
+    train_u: torch.Tensor,
+    train_i: torch.Tensor,
+    num_items: int,
+) -> int:
+    """Known test pairs that are also training pairs: ranked as usual (the user's own
+    test item is always a candidate), so a test file that leaks from train lifts the
+    figures; the count lets the report say so."""
+    known = test_i != UNKNOWN_INDEX
+    keys = test_u[known] * num_items + test_i[known]
+    return int(torch.isin(keys, train_u * num_items + train_i).sum())
 
 
 def _group(user_idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:

@@ -60,6 +60,8 @@ def format_metrics(metrics: dict[str, float], protocol: str) -> str:
         "unknown_test_items": "test rows with an unknown item counted as misses",
         "unknown_candidates": "candidates with an unknown id dropped",
         "test_items_without_candidates": "test rows without candidates skipped",
+        "test_items_in_train": "test items the user also has in training, ranked as usual "
+        "(a test file that overlaps train lifts every figure)",
     }
     for key, text in notes.items():
         if metrics.get(key):
