@@ -64,3 +64,30 @@ def test_onnx_scores_like_the_model(tmp_path, name):
 def test_unknown_format_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match="--format must be one of torchscript, onnx"):
         export_model(small_model("hybrid"), tmp_path / "x", "pickle")  # type: ignore[arg-type]
+
+
+def test_the_cli_takes_the_format_from_the_outs_suffix(tmp_path, monkeypatch, capsys):
+    from hybridrec import export
+    from hybridrec.cli import main
+    from hybridrec.data.encoding import IdEncoder
+    from hybridrec.recommend import Recommender
+
+    ids = np.arange(1, 9)
+    model = small_model("mf")
+    rec = Recommender(model, IdEncoder.fit(ids[:6]), IdEncoder.fit(ids), model_name="mf")
+    rec.save(tmp_path / "m")
+    written = []
+    monkeypatch.setattr(export, "export_model", lambda m, out, fmt: written.append((out, fmt)))
+    monkeypatch.chdir(tmp_path)
+    for argv, want in [
+        (["--out", "s.onnx"], ("s.onnx", "onnx")),
+        (["--out", "s.PT"], ("s.PT", "torchscript")),
+        ([], ("m/model.pt", "torchscript")),
+        (["--format", "onnx"], ("m/model.onnx", "onnx")),
+    ]:
+        assert main(["export", "--model", "m", *argv]) == 0
+        out, fmt = written.pop()
+        assert (str(out), fmt) == want
+    # a suffix of neither kind is still refused, not overwritten
+    assert main(["export", "--model", "m", "--out", "events.db"]) == 2
+    assert "a torchscript export is a .pt file" in capsys.readouterr().err

@@ -323,7 +323,12 @@ def _export_parser(sub: Any) -> None:
         "export", help="write a model as a TorchScript or ONNX scorer of (user_idx, item_idx)"
     )
     p.add_argument("--model", required=True, metavar="DIR", help="model directory")
-    p.add_argument("--format", choices=("torchscript", "onnx"), default="torchscript")
+    p.add_argument(
+        "--format",
+        choices=("torchscript", "onnx"),
+        default=None,
+        help="default: what --out's suffix says (.pt torchscript, .onnx onnx), else torchscript",
+    )
     p.add_argument(
         "--out", metavar="PATH", help="output file (default: DIR/model.pt or DIR/model.onnx)"
     )

@@ -131,6 +131,10 @@ def cmd_export(args: argparse.Namespace) -> int:
     from hybridrec.export import FORMATS, export_model
     from hybridrec.recommend import Recommender
 
+    if args.format is None:  # the suffix of --out says which, as a user writes it
+        by_suffix = {suffix: name for name, suffix in FORMATS.items()}
+        given = Path(args.out).suffix.lower() if args.out else ""
+        args.format = by_suffix.get(given, "torchscript")
     if args.out is not None:
         check_output_file(args.out, "--out")
         suffix = FORMATS.get(args.format)
