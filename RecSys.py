@@ -6,6 +6,9 @@ from pathlib import Path
 
 try:
     from hybridrec.cli import recsys_main
+except KeyboardInterrupt:  # Ctrl-C while PyTorch loads: no traceback, as once running
+    print("interrupted while starting; nothing was done", file=sys.stderr)
+    sys.exit(130)
 except ImportError:  # run from a source checkout without `pip install`
     sys.path.insert(0, str(Path(__file__).resolve().parent / "src"))
     try:

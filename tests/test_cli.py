@@ -7,8 +7,10 @@ import json
 import math
 import os
 import re
+import sys
 import urllib.error
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -1245,3 +1247,44 @@ def test_the_parser_is_built_once_per_state_of_the_model_registry(monkeypatch):
     assert args.model == "toy-hybrid"
     with pytest.raises(SystemExit):
         first.parse_args(["train", "--train", "t.csv", "--model", "toy-hybrid"])
+
+
+#: Run first in the child: importing hybridrec.cli says so and then takes 30 s, so the test
+#: interrupts it inside that import for certain (a warm import of PyTorch can take 0.2 s).
+_SLOW_CLI_IMPORT = """
+import sys, time
+class Slow:
+    def find_spec(self, name, path=None, target=None):
+        if name == "hybridrec.cli":
+            print("importing", flush=True)
+            time.sleep(30)
+        return None
+sys.meta_path.insert(0, Slow())
+"""
+
+
+@pytest.mark.parametrize(
+    "start",
+    [
+        "from hybridrec._entry import main; sys.exit(main())",  # the console script's call
+        f"import runpy; runpy.run_path({str(Path(__file__).parents[1] / 'RecSys.py')!r}, "
+        "run_name='__main__')",
+    ],
+)
+def test_ctrl_c_while_the_command_starts_is_a_quiet_interruption(tmp_path, start):
+    """A Ctrl-C during the seconds PyTorch takes to load printed a KeyboardInterrupt
+    traceback from inside an import; now it is status 130 and one line."""
+    import signal
+    import subprocess
+
+    process = subprocess.Popen(
+        [sys.executable, "-c", _SLOW_CLI_IMPORT + start],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert process.stdout.readline() == b"importing\n"
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 130, err.decode()
+    assert b"Traceback" not in err and b"interrupted" in err

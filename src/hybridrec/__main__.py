@@ -1,5 +1,5 @@
 import sys
 
-from hybridrec.cli import main
+from hybridrec._entry import main
 
 sys.exit(main())
