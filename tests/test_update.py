@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import numpy as np
 import pandas as pd
@@ -240,7 +241,7 @@ def test_new_items_start_from_their_features(tmp_path):
     assert table.feature_popularity(torch.tensor([row_101]))[0] == 0
 
 
-def test_update_from_the_event_log_moves_the_watermark(tmp_path):
+def test_update_from_the_event_log_moves_the_watermark(tmp_path, caplog):
     from hybridrec.events import Event, EventLog
 
     old, new = _trained(tmp_path, epochs=1)
@@ -248,7 +249,10 @@ def test_update_from_the_event_log_moves_the_watermark(tmp_path):
     log.write([Event(int(u), int(i), 1.0, 1e9 + n) for n, (u, i) in enumerate(new.to_numpy())])
     log.write([Event(41, 3, 0.0, None)])  # a non-positive event: counted, not learned
     log.close()
-    result = update(old, events=tmp_path / "events.db", out=tmp_path / "new", epochs=1)
+    with caplog.at_level(logging.WARNING, logger="hybridrec"):
+        result = update(old, events=tmp_path / "events.db", out=tmp_path / "new", epochs=1)
+    # said plainly: an update does not learn from labelled negatives
+    assert "1 rows are labelled negative" in caplog.text and "full retrain" in caplog.text
     assert result.info["watermark"]["event_id"] == len(new) + 1
     assert result.info["update"]["positives"] == len(new)
     assert result.info["update"]["data"].startswith("events:")

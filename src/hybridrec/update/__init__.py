@@ -294,8 +294,13 @@ def _update(
     positive = frame[TARGET].to_numpy() > 0.5
     if not positive.any():
         raise ConfigError(f"{source} has no positive interactions; an update learns from them")
-    if (~positive).any():
-        logger.info(f"{source}: {int((~positive).sum()):,} non-positive rows left out")
+    if (~positive).any():  # said plainly: a labelled model's update does not learn from them
+        logger.warning(
+            f"{source}: {int((~positive).sum()):,} rows are labelled negative (0, or below "
+            "--threshold) and are left out: an update learns from positives against sampled "
+            "negatives, so it does not learn from labelled ones (a model trained on labels "
+            "keeps learning from them only by a full retrain, hybridrec train)"
+        )
     new_frame = frame.loc[positive]
     if TIMESTAMP in new_frame.columns:
         new_frame = new_frame.sort_values(TIMESTAMP, kind="stable")
