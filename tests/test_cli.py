@@ -481,7 +481,9 @@ def test_split_movielens_udata(tmp_path, capsys):
         assert set(pd.read_csv(path)["target"]) == {1}  # every rating is a positive
 
 
-def test_split_movielens_threshold_keeps_high_ratings(tmp_path, capsys):
+def test_split_movielens_threshold_labels_ratings_as_it_does_any_file(tmp_path, capsys):
+    """--threshold turns ratings into 0/1 labels (it dropped the low ones from MovieLens
+    files only, while a CSV of ratings kept them as 0 rows)."""
     frame = interactions(seed=2)
     ratings = [1 + k % 5 for k in range(len(frame))]
     (tmp_path / "u.data").write_text(udata_text(frame, ratings))
@@ -490,8 +492,10 @@ def test_split_movielens_threshold_keeps_high_ratings(tmp_path, capsys):
         "--method", "ratio", "--test-fraction", "0.5",
     )  # fmt: skip
     assert code == 0, err
-    kept = sum(len(pd.read_csv(tmp_path / "ml" / f"{n}.csv")) for n in ("train", "val", "test"))
-    assert kept == sum(r >= 4 for r in ratings)
+    parts = pd.concat([pd.read_csv(tmp_path / "ml" / f"{n}.csv") for n in ("train", "val", "test")])
+    assert len(parts) == len(frame)
+    assert int(parts["target"].sum()) == sum(r >= 4 for r in ratings)
+    assert set(parts["target"]) == {0, 1}
 
 
 # ---------------------------------------------------------------- data

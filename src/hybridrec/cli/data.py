@@ -33,7 +33,7 @@ def cmd_split(args: argparse.Namespace) -> int:
             "interaction per user; use --method ratio or temporal for a share"
         )
     if args.movielens:
-        frame = read_movielens(args.data, data_config.threshold)
+        frame = read_movielens(args.data, threshold=data_config.threshold)  # labels, as any file
     else:
         frame = load_data(args.data, data_config)
     train, val, test = split_three_ways(

@@ -75,7 +75,9 @@ _ANY_INT = r"[+-]?[0-9]{1,18}"  # MovieLens ids are integers; "007" is 7 there
 # ---------------------------------------------------------------- readers
 
 
-def read_ml100k_udata(path: str | Path, min_rating: float | None = None) -> pd.DataFrame:
+def read_ml100k_udata(
+    path: str | Path, min_rating: float | None = None, threshold: float | None = None
+) -> pd.DataFrame:
     """Read MovieLens-100K ``u.data`` (or ``u1.base`` ...): ``user item rating timestamp``.
 
     Tab-separated, no header. ``min_rating=T`` keeps only ratings >= T; by default every
@@ -87,10 +89,12 @@ def read_ml100k_udata(path: str | Path, min_rating: float | None = None) -> pd.D
     path = Path(path)
     names = {0: _USER, 1: _ITEM, 2: _RATING, 3: _TS}
     raw = _read_headerless(path, "\t", names, "user<TAB>item<TAB>rating<TAB>timestamp")
-    return _standard(raw, path, min_rating)
+    return _standard(raw, path, min_rating, threshold)
 
 
-def read_ratings_dat(path: str | Path, min_rating: float | None = None) -> pd.DataFrame:
+def read_ratings_dat(
+    path: str | Path, min_rating: float | None = None, threshold: float | None = None
+) -> pd.DataFrame:
     """Read MovieLens-1M/10M ``ratings.dat``: ``UserID::MovieID::Rating::Timestamp``, no header.
 
     ``::`` is parsed as ``:`` with an empty field between, so the fast C parser reads 10M rows
@@ -102,10 +106,12 @@ def read_ratings_dat(path: str | Path, min_rating: float | None = None) -> pd.Da
     path = Path(path)
     names = {0: _USER, 2: _ITEM, 4: _RATING, 6: _TS}
     raw = _read_headerless(path, ":", names, "UserID::MovieID::Rating::Timestamp", ncols=7)
-    return _standard(raw, path, min_rating)
+    return _standard(raw, path, min_rating, threshold)
 
 
-def read_ratings_csv(path: str | Path, min_rating: float | None = None) -> pd.DataFrame:
+def read_ratings_csv(
+    path: str | Path, min_rating: float | None = None, threshold: float | None = None
+) -> pd.DataFrame:
     """Read MovieLens-latest ``ratings.csv`` (header ``userId,movieId,rating,timestamp``).
 
     Raises:
@@ -115,10 +121,12 @@ def read_ratings_csv(path: str | Path, min_rating: float | None = None) -> pd.Da
     columns = {"userId": _USER, "movieId": _ITEM, "rating": _RATING, "timestamp": _TS}
     expected = "a header userId,movieId,rating,timestamp and rows like 1,31,2.5,1260759144"
     raw = _read_headed(path, ",", columns, tuple(columns), expected, string_ids=False)
-    return _standard(raw, path, min_rating)
+    return _standard(raw, path, min_rating, threshold)
 
 
-def read_atomic_inter(path: str | Path, min_rating: float | None = None) -> pd.DataFrame:
+def read_atomic_inter(
+    path: str | Path, min_rating: float | None = None, threshold: float | None = None
+) -> pd.DataFrame:
     """Read a RecBole atomic ``.inter`` file (tab-separated, typed header ``name:type``).
 
     Needs ``user_id`` and ``item_id`` columns; ``rating`` and ``timestamp`` are used when
@@ -133,15 +141,18 @@ def read_atomic_inter(path: str | Path, min_rating: float | None = None) -> pd.D
     columns = {"user_id": _USER, "item_id": _ITEM, "rating": _RATING, "timestamp": _TS}
     expected = "tab-separated columns user_id:token, item_id:token[, rating:float, timestamp:float]"
     raw = _read_headed(path, "\t", columns, ("user_id", "item_id"), expected, string_ids=True)
-    return _standard(raw, path, min_rating)
+    return _standard(raw, path, min_rating, threshold)
 
 
-def read_movielens(path: str | Path, min_rating: float | None = None) -> pd.DataFrame:
+def read_movielens(
+    path: str | Path, min_rating: float | None = None, threshold: float | None = None
+) -> pd.DataFrame:
     """Read any supported MovieLens ratings file, choosing the reader by the file name.
 
     ``*.inter`` -> :func:`read_atomic_inter`; ``u.data``, ``*.data``, ``*.base``, ``*.test``
     -> :func:`read_ml100k_udata`; ``*.dat`` -> :func:`read_ratings_dat`; ``*.csv`` ->
-    :func:`read_ratings_csv`.
+    :func:`read_ratings_csv`. ``min_rating`` drops the rows rated below it; ``threshold``
+    keeps every row, labelled 1 where its rating is at least the threshold, else 0.
 
     Raises:
         DataError: an unrecognised file name (the message lists the supported forms), or a
@@ -150,13 +161,13 @@ def read_movielens(path: str | Path, min_rating: float | None = None) -> pd.Data
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix == ".inter":
-        return read_atomic_inter(path, min_rating)
+        return read_atomic_inter(path, min_rating, threshold)
     if suffix in {".data", ".base", ".test"}:
-        return read_ml100k_udata(path, min_rating)
+        return read_ml100k_udata(path, min_rating, threshold)
     if suffix == ".dat":
-        return read_ratings_dat(path, min_rating)
+        return read_ratings_dat(path, min_rating, threshold)
     if suffix == ".csv":
-        return read_ratings_csv(path, min_rating)
+        return read_ratings_csv(path, min_rating, threshold)
     raise DataError(
         path, "is not a recognised MovieLens ratings file", expected="one of " + SUPPORTED_FORMS
     )
@@ -463,10 +474,21 @@ def _parse_columns(
     return pd.DataFrame(out)
 
 
-def _standard(raw: pd.DataFrame, path: Path, min_rating: float | None) -> pd.DataFrame:
-    """Turn parsed ``user, item[, rating][, timestamp]`` columns into the standard frame."""
+def _standard(
+    raw: pd.DataFrame, path: Path, min_rating: float | None, threshold: float | None = None
+) -> pd.DataFrame:
+    """Turn parsed ``user, item[, rating][, timestamp]`` columns into the standard frame:
+    rows below ``min_rating`` dropped; with ``threshold``, every row kept and labelled 1
+    where its rating is >= ``threshold``, else 0 (what ``--threshold`` does to any file)."""
     if len(raw) == 0:
         raise DataError(path, "has no ratings", expected="at least one rating")
+    if threshold is not None:
+        if not math.isfinite(threshold):
+            raise ConfigError(f"--threshold must be a finite number, got {threshold}")
+        if _RATING not in raw.columns:
+            raise DataError(
+                path, f"--threshold {threshold} needs a rating column, and the file has none"
+            )
     if min_rating is not None and not math.isfinite(min_rating):  # >= nan keeps nothing
         raise ConfigError(f"min_rating must be a finite number, got {min_rating}")
     if min_rating is not None:
@@ -486,11 +508,13 @@ def _standard(raw: pd.DataFrame, path: Path, min_rating: float | None) -> pd.Dat
         {
             USER: raw[_USER].to_numpy(),
             ITEM: raw[_ITEM].to_numpy(),
-            TARGET: np.ones(len(raw), dtype=np.float32),
+            TARGET: np.ones(len(raw), dtype=np.float32)
+            if threshold is None
+            else (raw[_RATING].to_numpy() >= threshold).astype(np.float32),
         }
     )
     if _TS in raw.columns:
         out[TIMESTAMP] = raw[_TS].to_numpy(dtype=np.float64)
-    out.attrs["has_target"] = False
+    out.attrs["has_target"] = threshold is not None
     out.attrs["path"] = str(path)
     return out
