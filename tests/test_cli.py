@@ -172,6 +172,8 @@ def test_evaluate_one_class_prints_null_auc(trained_model, tiny_csv, capsys):
     assert code == 0
     assert "NaN" not in out
     assert json.loads(out)["auc"] is None
+    code, out, _ = call(capsys, "evaluate", "--model", str(trained_model), "--data", str(path))
+    assert code == 0 and "auc: undefined, the scored rows are all of one label" in out
 
 
 def test_missing_train_file(capsys):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +57,8 @@ def _pointwise(rec: Any, args: argparse.Namespace, data_config: DataConfig) -> d
     if not args.json:
         print(unknown.describe(Path(args.data).name))
         print_table([(args.model, out)], ["loss", "accuracy", "auc"])
+        if math.isnan(out["auc"]) and not math.isnan(out["loss"]):
+            print("auc: undefined, the scored rows are all of one label (AUC needs 0s and 1s)")
     return out
 
 
