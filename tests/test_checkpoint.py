@@ -43,10 +43,11 @@ class Interrupted(Exception):
     pass
 
 
-def run_fit(name, config, data, on_epoch_end=None):
+def run_fit(name, config, data, on_epoch_end=None, **options):
     train_set, val_set, num_users, num_items = data
     torch.manual_seed(config.seed)  # as hybridrec.train does before building the model
-    model = build_model(name, num_users=num_users, num_items=num_items, **MODELS[name])
+    options = {**MODELS[name], **options}
+    model = build_model(name, num_users=num_users, num_items=num_items, **options)
     history = fit(model, train_set, val_set, config, show_progress=False, on_epoch_end=on_epoch_end)
     return model, history
 
@@ -112,6 +113,33 @@ def test_shorter_run_continued_with_more_epochs_equals_one_long_run(tmp_path):
     assert [row["epoch"] for row in saved["history"]] == [1, 2, 3, 4]
 
 
+def test_with_refit_none_the_holdout_run_is_the_one_checkpointed_and_resumed(tmp_path, monkeypatch):
+    """Under the automatic holdout with --refit none, the epoch-choosing run is the model
+    returned: its checkpoints were not written and --resume was ignored (status 0)."""
+    train, _ = planted(num_users=48, num_items=40, per_user=7)
+    options = {"embedding_dim": 8, "mlp_layer_sizes": (16, 8)}
+    common = dict(batch_size=32, learning_rate=1e-2, seed=1, device="cpu", refit="none")
+
+    def run(out, **kw):
+        return hybridrec.train(
+            train, "auto", out=out, model_options=options, train_config=TrainConfig(**common, **kw)
+        )
+
+    full = run(tmp_path / "full", epochs=3)
+    assert full.holdout is not None and full.holdout["held_out_rows"] > 0
+    run(tmp_path / "part", epochs=2, checkpoint_every=1)
+    assert load_checkpoint(tmp_path / "part")["epoch"] == 2
+    again = dict(epochs=3, checkpoint_every=1, resume=str(tmp_path / "part"))
+    resumed = run(tmp_path / "part", **again)
+    assert metrics(resumed.history) == metrics(full.history)
+    # a resume from nowhere is refused before any training, refit or not
+    monkeypatch.setattr(hybridrec.pipeline, "fit", lambda *a, **k: pytest.fail("trained"))
+    for refit in ("none", "all"):
+        common["refit"] = refit
+        with pytest.raises(CheckpointError, match="no checkpoint at"):
+            run(tmp_path / "other", epochs=2, resume=str(tmp_path / "nowhere"))
+
+
 def test_resume_refuses_other_data(tmp_path):
     """Other ids with the same shape (every row maps to the same embedding rows) or other
     labels: the checkpoint's rows would belong to other ids, so the resume is refused."""
@@ -154,6 +182,24 @@ def test_resume_refuses_other_settings(tmp_path, planted_encoded):
     )
     with pytest.raises(ConfigError, match=r"--lr 0\.005 \(now 0\.1\)"):
         run_fit("hybrid", changed, data)
+
+
+@pytest.mark.parametrize(
+    ("name", "option", "flag"),
+    [("hybrid", {"dropout": 0.5}, r"--dropout 0\.2 \(now 0\.5\)"),
+     ("sasrec", {"num_heads": 4}, r"--num-heads 2 \(now 4\)")],
+)  # fmt: skip
+def test_resume_refuses_other_model_options_of_the_same_shapes(
+    tmp_path, planted_encoded, name, option, flag
+):
+    """Weights of the same shapes loaded silently, and the model's config then recorded
+    options the first epochs never used."""
+    common = dict(epochs=2, batch_size=64, device="cpu", checkpoint_every=1)
+    run_fit(name, TrainConfig(**common, checkpoint_dir=str(tmp_path)), planted_encoded)
+    again = TrainConfig(**common, checkpoint_dir=str(tmp_path), resume=str(tmp_path))
+    with pytest.raises(ConfigError, match=flag):
+        run_fit(name, again, planted_encoded, **option)
+    run_fit(name, again, planted_encoded)  # the same options resume
 
 
 def test_checkpoint_every_needs_a_folder(planted_encoded):

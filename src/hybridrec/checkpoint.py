@@ -17,16 +17,16 @@ Contents (format version 1):
   negatives);
 - ``early_stopping``: best value, best epoch, the best epoch's weights, epochs waited;
 - ``history``: the per-epoch statistics so far;
-- ``train_config``, ``model_name``, ``world_size``, ``data_key`` (a digest of the rows and
-  ids): to refuse a resume with different settings or data, which would silently give a
-  different run.
+- ``train_config``, ``model_name``, ``model_options`` (the model's hyper-parameters),
+  ``world_size``, ``data_key`` (a digest of the rows and ids): to refuse a resume with
+  different settings or data, which would silently give a different run.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, fields
+from dataclasses import asdict, fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +69,19 @@ def checkpoint_file(path: str | Path) -> Path:
 def config_dict(config: TrainConfig) -> dict[str, Any]:
     """The settings as plain JSON types (tuples become lists)."""
     return json.loads(json.dumps(asdict(config)))
+
+
+def model_options(model: Any) -> dict[str, Any]:
+    """The hyper-parameters a user chose for ``model`` (its config's fields that are
+    command-line options), as plain JSON: what a resume must keep. Sizes taken from the
+    data (users, items, feature shapes) are the data key's to check."""
+    config = getattr(model, "config", None)
+    if config is None or not is_dataclass(config):
+        return {}
+    chosen = {
+        f.name: getattr(config, f.name) for f in fields(config) if f.metadata.get("cli", True)
+    }
+    return json.loads(json.dumps(chosen, default=str))
 
 
 def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
@@ -128,9 +141,15 @@ def data_key(users: Any, items: Any, data: Any) -> str:
 
 
 def check_compatible(
-    data: dict[str, Any], config: TrainConfig, model_name: str, where: str | Path
+    data: dict[str, Any],
+    config: TrainConfig,
+    model_name: str,
+    where: str | Path,
+    options: dict[str, Any] | None = None,
 ) -> None:
-    """Refuse to resume a checkpoint written with other settings or another model.
+    """Refuse to resume a checkpoint written with other settings, another model, or other
+    model hyper-parameters (``options``, :func:`model_options`; checkpoints written before
+    they were kept are not checked for them).
 
     Raises:
         ConfigError: naming the first options that differ and their saved values.
@@ -140,6 +159,17 @@ def check_compatible(
             f"--resume {where}: the checkpoint is of a {data.get('model_name')} model, "
             f"not {model_name}; pass the same --model as the interrupted run"
         )
+    saved_model = data.get("model_options")
+    if options is not None and isinstance(saved_model, dict):
+        changed = [k for k in options if k in saved_model and saved_model[k] != options[k]]
+        if changed:
+            shown = ", ".join(
+                f"{_model_flag(k)} {saved_model[k]!r} (now {options[k]!r})" for k in changed
+            )
+            raise ConfigError(
+                f"--resume {where}: the checkpoint's model was built with {shown}; resume "
+                "with the interrupted run's model options"
+            )
     saved, now = data.get("train_config", {}), config_dict(config)
     differ = [k for k in now if k not in MAY_CHANGE and k in saved and saved[k] != now[k]]
     if differ:
@@ -149,6 +179,18 @@ def check_compatible(
             "interrupted run's options (only --epochs, --patience, --device, --threads and "
             "checkpoint options may change)"
         )
+
+
+def _model_flag(name: str) -> str:
+    """The command-line flag of a model option (the registered models' configs agree on
+    names, so the first that has the field says its flag)."""
+    from hybridrec.models import MODELS
+
+    for cls in MODELS.values():
+        for f in fields(cls.config_class):
+            if f.name == name:
+                return str(f.metadata.get("flag", "--" + name.replace("_", "-")))
+    return "--" + name.replace("_", "-")
 
 
 def _flag(name: str) -> str:

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from hybridrec import distributed
-from hybridrec.checkpoint import data_key
+from hybridrec.checkpoint import data_key, load_checkpoint
 from hybridrec.config import DataConfig, TrainConfig
 from hybridrec.data.dataset import RecSysDataset, UnknownCounts
 from hybridrec.data.holdout import holdout, subset
@@ -324,9 +324,12 @@ def _holdout_then_refit(
 
     Returns ``(model, history of the run whose model is returned, held-out rows, what was
     held out and chosen)``. Checkpoints (``--checkpoint-every``/``--resume``) cover the
-    returned run only; the epoch-choosing run is repeated, with the same seed and result,
-    when a refit is resumed.
+    returned run only: the refit, or with ``--refit none`` the epoch-choosing run itself;
+    the epoch-choosing run is repeated, with the same seed and result, when a refit is
+    resumed.
     """
+    if config.resume is not None:  # a wrong path said now, not after the first run
+        load_checkpoint(config.resume)
     split = holdout(train_set, config.seed)
     if len(split.val_rows) == 0:
         logger.info("no user has two interactions to hold one out: training without validation")
@@ -337,7 +340,8 @@ def _holdout_then_refit(
         f"no --val given: holding out {len(val_rows):,} rows ({split.rule}) of "
         f"{len(train_set):,} to choose the number of epochs (--val none turns this off)"
     )
-    choose = replace(config, checkpoint_every=0, resume=None)
+    refit = config.refit != "none"  # else the choosing run is the one returned
+    choose = replace(config, checkpoint_every=0, resume=None) if refit else config
     net, history = run(choose, fit_rows, val_rows)
     # rank 0 validated; every rank needs the chosen epoch count
     best = max(1, distributed.broadcast_flag(history.best.epoch, model_device(net)))
@@ -350,13 +354,12 @@ def _holdout_then_refit(
     }
     if best_stats.val_loss is not None:
         info["val"].update(loss=best_stats.val_loss, auc=best_stats.val_auc)
-    if config.refit == "none":
+    if not refit:
         logger.info(f"kept the holdout run's epoch {best} (--refit none)")
         return net, history, val_rows, info
     logger.info(f"chose {best} epoch(s); retraining on all {len(train_set):,} rows")
     # the held-in copy and its row index are ~0.7 GB at 20M rows: not kept beside the refit
     del fit_rows, split, net, history
     gc.collect()  # the holdout run's objects, cycles included, before the refit allocates
-    refit = replace(config, epochs=best, early_stop=None)
-    net, history = run(refit, train_set, None)
+    net, history = run(replace(config, epochs=best, early_stop=None), train_set, None)
     return net, history, val_rows, info

@@ -16,7 +16,13 @@ import torch
 from torch import nn
 
 from hybridrec import distributed
-from hybridrec.checkpoint import CheckpointError, check_compatible, config_dict, load_checkpoint
+from hybridrec.checkpoint import (
+    CheckpointError,
+    check_compatible,
+    config_dict,
+    load_checkpoint,
+    model_options,
+)
 from hybridrec.checkpoint import save_checkpoint as write_checkpoint
 from hybridrec.config import TrainConfig
 from hybridrec.errors import ConfigError
@@ -63,6 +69,7 @@ class RunState:
                 "epoch": epoch,
                 "stopped_early": history.stopped_early,
                 "model_name": type(self.model).__name__,
+                "model_options": model_options(self.model),
                 "world_size": world,
                 "train_config": config_dict(self.config),
                 "data_key": self.data_key,
@@ -86,7 +93,8 @@ class RunState:
         """Restore ``config.resume``'s checkpoint into the run; the first epoch still to train."""
         where = self.config.resume
         data = load_checkpoint(where)  # type: ignore[arg-type]
-        check_compatible(data, self.config, type(self.model).__name__, where)  # type: ignore[arg-type]
+        options = model_options(self.model)
+        check_compatible(data, self.config, type(self.model).__name__, where, options)  # type: ignore[arg-type]
         saved_key = data.get("data_key")
         if saved_key is not None and self.data_key is not None and saved_key != self.data_key:
             raise ConfigError(
