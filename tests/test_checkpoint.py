@@ -159,6 +159,11 @@ def test_resume_refuses_other_data(tmp_path):
     for other, held_out in ((shift(train), shift(val)), (relabelled, val)):
         with pytest.raises(ConfigError, match="trained on other data"):
             run(other, held_out, 2, resume=str(tmp_path / "m"))
+    # the same training rows validated on other rows, or on none: two validation sets in
+    # one early-stopping history
+    for held_out in (val.iloc[: len(val) // 2], None):
+        with pytest.raises(ConfigError, match="validated on other rows"):
+            run(train, held_out, 2, resume=str(tmp_path / "m"))
     assert run(train, val, 2, resume=str(tmp_path / "m")).history.epochs[-1].epoch == 2
 
 
@@ -313,3 +318,15 @@ def test_sigkill_mid_run_then_resume_finishes_all_epochs(tmp_path):
     rec = hybridrec.load(out)
     assert rec.score_indices([1, 2], [1, 2]).shape == (2,)
     assert load_checkpoint(Path(out))["epoch"] == epochs
+
+
+def test_keys_written_before_the_validation_part_compare_their_training_part():
+    from hybridrec.checkpoint import check_same_data
+
+    check_same_data("abc", "abc+none", "ck")  # an older checkpoint: validation not recorded
+    check_same_data("abc", "abc+def", "ck")
+    check_same_data("abc+def", "abc+def", "ck")
+    with pytest.raises(ConfigError, match="trained on other data"):
+        check_same_data("abc", "xyz+none", "ck")
+    with pytest.raises(ConfigError, match="validated on other rows"):
+        check_same_data("abc+def", "abc+none", "ck")

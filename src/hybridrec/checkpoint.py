@@ -18,7 +18,8 @@ Contents (format version 1):
 - ``early_stopping``: best value, best epoch, the best epoch's weights, epochs waited;
 - ``history``: the per-epoch statistics so far;
 - ``train_config``, ``model_name``, ``model_options`` (the model's hyper-parameters),
-  ``world_size``, ``data_key`` (a digest of the rows and ids): to refuse a resume with
+  ``world_size``, ``data_key`` (a digest of the training and validation rows and the ids,
+  :func:`run_key`): to refuse a resume with
   different settings or data, which would silently give a different run.
 """
 
@@ -138,6 +139,39 @@ def data_key(users: Any, items: Any, data: Any) -> str:
     for column in (data.user_idx, data.item_idx, data.target):
         digest.update(column.detach().cpu().contiguous().numpy().tobytes())
     return digest.hexdigest()
+
+
+def run_key(users: Any, items: Any, data: Any, val: Any | None) -> str:
+    """:func:`data_key` of the training rows, then ``+`` and that of the validation rows
+    (``none`` without them): a resume validating on other rows would mix two validation
+    sets in one early-stopping history. Keys written before this part existed have no
+    ``+``; :func:`check_same_data` then compares the training part alone."""
+    return (
+        data_key(users, items, data)
+        + "+"
+        + ("none" if val is None else data_key(users, items, val))
+    )
+
+
+def check_same_data(saved: str | None, now: str | None, where: str | Path) -> None:
+    """Refuse a resume on other training rows, or (keys that record it) other validation
+    rows, than the checkpoint's (:func:`run_key`)."""
+    if saved is None or now is None:
+        return
+    saved_train, with_val, saved_val = saved.partition("+")
+    now_train, _, now_val = now.partition("+")
+    if saved_train != now_train:
+        raise ConfigError(
+            f"--resume {where}: the checkpoint was trained on other data (other ids, rows "
+            "or --threshold); resume with the interrupted run's data and data options"
+        )
+    if with_val and saved_val != now_val:
+        raise ConfigError(
+            f"--resume {where}: the checkpoint was validated on other rows (another --val "
+            "file, or none where it had one, or one where it had none); early stopping "
+            "would compare epochs on two validation sets: resume with the interrupted "
+            "run's --val"
+        )
 
 
 def check_compatible(

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from hybridrec import distributed
-from hybridrec.checkpoint import data_key, load_checkpoint
+from hybridrec.checkpoint import load_checkpoint, run_key
 from hybridrec.config import DataConfig, TrainConfig
 from hybridrec.data.dataset import RecSysDataset, UnknownCounts
 from hybridrec.data.holdout import holdout, subset
@@ -266,7 +266,7 @@ def _train(
         history = fit(
             net, data, val, config, device=device, show_progress=show_progress,
             on_epoch_end=write_progress, checkpoint_dir=out_dir, moments=moments,
-            data_key=data_key(users, items, data) if checked else None, **kw,
+            data_key=run_key(users, items, data, val) if checked else None, **kw,
         )  # fmt: skip
         return net, history
 

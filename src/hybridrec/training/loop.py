@@ -86,7 +86,7 @@ def fit(
             (:meth:`~hybridrec.training.optim.Optimizers.export_moments`) to start from,
             replaced in place by the state training ends with: what an artifact keeps so
             that ``hybridrec update`` continues the optimisation. ``None``: not kept.
-        data_key: the data's digest (checkpoint.data_key); a resume on other data is refused.
+        data_key: the data's digest (checkpoint.run_key); a resume on other data is refused.
 
     With a ``torch.distributed`` process group (``torchrun``; see
     :mod:`hybridrec.distributed`) every rank trains on its shard of each epoch under

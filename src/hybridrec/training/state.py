@@ -19,13 +19,13 @@ from hybridrec import distributed
 from hybridrec.checkpoint import (
     CheckpointError,
     check_compatible,
+    check_same_data,
     config_dict,
     load_checkpoint,
     model_options,
 )
 from hybridrec.checkpoint import save_checkpoint as write_checkpoint
 from hybridrec.config import TrainConfig
-from hybridrec.errors import ConfigError
 from hybridrec.training.average import WeightAverage
 from hybridrec.training.history import EpochStats, History
 from hybridrec.training.optim import Optimizers
@@ -95,12 +95,7 @@ class RunState:
         data = load_checkpoint(where)  # type: ignore[arg-type]
         options = model_options(self.model)
         check_compatible(data, self.config, type(self.model).__name__, where, options)  # type: ignore[arg-type]
-        saved_key = data.get("data_key")
-        if saved_key is not None and self.data_key is not None and saved_key != self.data_key:
-            raise ConfigError(
-                f"--resume {where}: the checkpoint was trained on other data (other ids, rows "
-                "or --threshold); resume with the interrupted run's data and data options"
-            )
+        check_same_data(data.get("data_key"), self.data_key, where)  # type: ignore[arg-type]
         self._load_weights(data, where)  # type: ignore[arg-type]
         epoch = int(data["epoch"])
         self._load_rng(data["rng"].get("ranks") or [], epoch)
