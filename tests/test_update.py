@@ -485,3 +485,17 @@ def test_a_trained_model_records_what_its_data_chose(tmp_path):
                     train_config=TrainConfig(epochs=1, device="cpu", batch_size=64))  # fmt: skip
     settings = json.loads((tmp_path / "g" / "config.json").read_text())["settings"]
     assert settings["chosen_for_data"] == ["learning_rate"]
+
+
+def test_the_same_update_twice_gives_the_same_model(tmp_path):
+    """Dropout drew from torch's global generator, which the update did not seed: the
+    same command gave another model each time."""
+    train, new = _split()
+    old = tmp_path / "old"
+    options = {**OPTIONS["hybrid"], "dropout": 0.3}
+    hybridrec.train(train, None, out=old, model_options=options, train_config=config(epochs=1))
+    first = update(old, new, out=tmp_path / "a", epochs=2).recommender.model.state_dict()
+    torch.rand(7)  # whatever ran in between
+    second = update(old, new, out=tmp_path / "b", epochs=2).recommender.model.state_dict()
+    for name, tensor in first.items():
+        assert torch.equal(tensor, second[name]), name

@@ -56,6 +56,9 @@ def train_update(
         return History()
     kept = model.histories.clone() if declared.sequences else None  # type: ignore[union-attr]
     device = resolve_device(config.device)
+    # dropout and id dropout draw from torch's global generator: seeded as training seeds
+    # it, so the same update command gives the same model
+    torch.manual_seed(config.seed)
     frozen = RowsOnly(model, new, growth, moments) if scope == "rows" else None
     if val is not None:  # stop at the best epoch on the held-out latest positives
         config = replace(config, early_stop="auto")
