@@ -133,3 +133,25 @@ def test_weight_average_is_amortised_for_large_models(monkeypatch):
     assert values[2] == pytest.approx((1 - d3) * 3.0)
     d6 = min(0.9, 7 / 16) ** 3
     assert values[5] == pytest.approx(d6 * values[2] + (1 - d6) * 6.0)
+
+
+def test_the_steps_since_the_last_lerp_count_in_what_is_validated_and_returned():
+    """With a lerp every 5th step, a run of 2 steps ended with its initial weights (an
+    update of a few rows trained and then kept nothing)."""
+    weight = torch.nn.Parameter(torch.zeros(3))
+    average = _WeightAverage([weight], decay=0.9, every=5)
+    with torch.no_grad():
+        for value in (1.0, 2.0):
+            weight.fill_(value)
+            average.update()
+    running = average.average[0].clone()
+    assert torch.equal(running, torch.zeros(3))  # no lerp yet: the running average waits
+    decay = min(0.9, 3 / 12) ** 2  # two pending steps, the cap at step 2
+    expected = torch.full((3,), (1 - decay) * 2.0)
+    torch.testing.assert_close(average.current()[0], expected)
+    with average.swapped_in():
+        torch.testing.assert_close(weight.detach(), expected)
+    assert torch.equal(weight.detach(), torch.full((3,), 2.0))  # its own weights after
+    average.copy_to_model()
+    torch.testing.assert_close(weight.detach(), expected)
+    assert torch.equal(average.average[0], running)  # the running average is untouched

@@ -37,6 +37,10 @@ class WeightAverage:
         size = sum(p.numel() for p in self.params)
         self.every = every or max(1, math.ceil(size / EMA_STEP_ELEMENTS))
 
+    def _decay(self, steps: int) -> float:
+        """The decay of ``steps`` steps ending now (capped early on, see the class)."""
+        return min(self.decay, (1 + self.steps) / (10 + self.steps)) ** steps
+
     @torch.no_grad()
     def update(self) -> None:
         """One step of the average: a single fused lerp over all weights every ``every``
@@ -44,8 +48,17 @@ class WeightAverage:
         self.steps += 1
         if self.steps % self.every:
             return
-        decay = min(self.decay, (1 + self.steps) / (10 + self.steps)) ** self.every
-        torch._foreach_lerp_(self.average, self.params, 1.0 - decay)
+        torch._foreach_lerp_(self.average, self.params, 1.0 - self._decay(self.every))
+
+    @torch.no_grad()
+    def current(self) -> list[torch.Tensor]:
+        """The average with the steps since its last lerp folded in, without changing the
+        running average: what is validated and returned. A run of fewer than ``every``
+        steps (a short update) would otherwise end with its initial weights."""
+        pending = self.steps % self.every
+        if not pending:
+            return self.average
+        return list(torch._foreach_lerp(self.average, self.params, 1.0 - self._decay(pending)))
 
     @contextlib.contextmanager
     def swapped_in(self) -> Iterator[None]:
@@ -75,4 +88,5 @@ class WeightAverage:
 
     @torch.no_grad()
     def copy_to_model(self) -> None:
-        torch._foreach_copy_(self.params, self.average)
+        """Put :meth:`current` into the model's weights."""
+        torch._foreach_copy_(self.params, self.current())
