@@ -99,7 +99,8 @@ def fit_cold_user_popularity(
     logs = torch.log1p(torch.as_tensor(counts).to(bias.device, torch.float64).clamp(min=0))
     mean = float(logs[1:].mean()) if len(logs) > 1 else 0.0
     with torch.no_grad():  # centred: an item of average popularity gets nothing added, so
-        # scores stay near the model's own; rows added later (grown tables) start there too
+        # scores stay near the model's own; an item added later without rows (with_items)
+        # gets what a zero count gives, as a catalogue item without rows has here
         bias.copy_((weight * (logs - mean)).to(bias.dtype))
         bias[0] = 0.0  # the unknown item is never recommended anyway
     return {"weight": weight, "mean_log_count": round(mean, 6)}

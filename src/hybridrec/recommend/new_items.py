@@ -71,7 +71,11 @@ def with_items(
     encoded = table.encode(
         columns, np.arange(old_n, items.num_embeddings), items.num_embeddings, new=True
     )
-    grown = _grown_model(model, items.num_embeddings)
+    # the cold-user popularity term of an item with no interactions (fitted as
+    # weight * (log1p(count) - mean)), as a catalogue item without rows had at training
+    cold = recommender.config.get("settings", {}).get("cold_user_popularity") or {}
+    no_rows = -float(cold.get("weight", 0.0)) * float(cold.get("mean_log_count", 0.0))
+    grown = _grown_model(model, items.num_embeddings, no_rows)
     with torch.no_grad():
         new = slice(old_n, items.num_embeddings)
         emb = grown.item_embedding
@@ -97,8 +101,9 @@ def _joined(old: np.ndarray, new: np.ndarray) -> np.ndarray:
     return np.concatenate([old, new.astype(np.int64)])
 
 
-def _grown_model(model: torch.nn.Module, num_items: int) -> Any:
-    """The same model with ``num_items`` item rows: trained rows copied, new rows zero."""
+def _grown_model(model: torch.nn.Module, num_items: int, cold_user_fill: float = 0.0) -> Any:
+    """The same model with ``num_items`` item rows: trained rows copied, new rows zero, but
+    ``cold_user_fill`` in the cold-user popularity term (what an item without rows gets)."""
     config = model.config  # type: ignore[attr-defined]
     cls = type(model)
     grown = cls(cls.config_class(**{**vars(config), "num_items": num_items}))
@@ -107,6 +112,8 @@ def _grown_model(model: torch.nn.Module, num_items: int) -> Any:
         per_row = name.rpartition(".")[2] not in NOT_ROWS
         if name.startswith(ITEM_TABLES) and per_row and tensor.shape[0] == config.num_items:
             extra = tensor.new_zeros((num_items - tensor.shape[0], *tensor.shape[1:]))
+            if name == "cold_user_item_bias":
+                extra += cold_user_fill
             tensor = torch.cat([tensor, extra])
         state[name] = tensor
     grown.load_state_dict(state)
