@@ -160,7 +160,7 @@ class TrainConfig:
         "uniform", "negative distribution: uniform over items, or popularity-weighted"
     )
     recency_half_life: float = option(
-        15.0,
+        8.0,
         "positives-only data with timestamps: weight each positive by 0.5 ** (a / H), a = how "
         "many of its user's interactions are newer, so the recent past is fitted best; 0 = "
         "every positive weighs the same",
@@ -169,7 +169,7 @@ class TrainConfig:
         0.05, "smallest recency weight (relative to the newest), so old positives still count"
     )
     catalogue_weight: float = option(
-        0.3,
+        1.0,
         "models with a user-item dot product ($retrieval_models) trained on sampled "
         "negatives: add this times a softmax over the whole catalogue on that dot product "
         "(what two-stage retrieval ranks by); 0 = off",

@@ -15,7 +15,7 @@ import numpy as np
 from hybridrec.data.popularity import item_counts
 
 #: ``newer`` counts are capped here (uint8): the recency weight reaches its floor long
-#: before (0.5 ** (a / 15) < 0.05 from a = 65 at the default half-life), so a larger count
+#: before (0.5 ** (a / 8) < 0.05 from a = 35 at the default half-life; 65 at 15), so a larger count
 #: changes no weight, and the store costs one byte per pair.
 NEWER_CAP = 255
 
