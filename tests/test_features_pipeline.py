@@ -224,6 +224,7 @@ def test_the_service_adds_new_items_from_their_features():
         assert {i["item_id"] for i in top} & set(cold)  # the cache was rebuilt with them
         again = client.post("/admin/items", json={"items": new[:1]}, headers=auth)
         assert again.status_code == 422 and "already known" in again.text
+        assert "<DataFrame>" not in again.text and "the request's items" in again.text
         odd = [{"item_id": 999, "features": {"colour": "red"}}]
         assert client.post("/admin/items", json={"items": odd}, headers=auth).status_code == 422
         assert client.post("/admin/items", json={"items": []}, headers=auth).status_code == 422

@@ -108,7 +108,8 @@ def read_feature_rows(
     the first column, unless that first column is ``other_col`` (the other entity's id:
     the two feature files swapped)."""
     if isinstance(data, pd.DataFrame):
-        path, frame = Path("<DataFrame>"), data
+        # errors name the frame's source when it says one (a service request's items)
+        path, frame = Path(data.attrs.get("source", "<DataFrame>")), data
     else:
         path = Path(data)
         check_file(path, "a CSV or Parquet feature file", "a header row and one row per id")

@@ -162,4 +162,6 @@ def _items_frame(rec: Recommender, body: NewItemsRequest) -> pd.DataFrame:
     rows.update({n: [item.features.get(n) for item in body.items] for n in names})
     if not names:
         raise HTTPException(status_code=422, detail="give each item's features")
-    return pd.DataFrame(rows)
+    frame = pd.DataFrame(rows)
+    frame.attrs["source"] = "the request's items"  # what its errors name, not <DataFrame>
+    return frame
