@@ -113,16 +113,9 @@ def fit(
     params = [p for p in model.parameters() if p.requires_grad]
     if not (params and capabilities(model).trainable):  # nothing to learn: validate once
         return _validate_only(model, validator, on_epoch_end)
-    # The shuffling generator is the same on every rank (same permutation, then sharded);
-    # negatives, dropout and sequence negatives use rank-distinct seeds.
-    rank, world = distributed.rank(), distributed.world_size()
-    generator = torch.Generator().manual_seed(config.seed)
-    sample_generator = generator
-    if world > 1:
-        sample_generator = torch.Generator().manual_seed(distributed.rank_seed(config.seed, rank))
-        torch.manual_seed(distributed.rank_seed(config.seed, rank))
+    generator, sample_generator = _generators(config.seed)
     objective = make_objective(model, train, config, device)
-    tables = sparse_tables(model, objective, config, device, world)
+    tables = sparse_tables(model, objective, config, device, distributed.world_size())
     autocast, scaler = mixed_precision(config.amp, device)
     run = RunState(
         model=model,
@@ -158,6 +151,18 @@ def fit(
         for table in tables:  # sparse gradients are a training setting, not the model's
             table.sparse = False
         model.zero_grad(set_to_none=True)  # the last step's gradients are of no further use
+
+
+def _generators(seed: int) -> tuple[torch.Generator, torch.Generator]:
+    """``(shuffling, sampling)`` generators. The shuffling one is the same on every rank
+    (same permutation, then sharded); negatives, dropout and sequence negatives use
+    rank-distinct seeds (with one process, the shuffling generator itself)."""
+    generator = torch.Generator().manual_seed(seed)
+    if distributed.world_size() == 1:
+        return generator, generator
+    rank_seed = distributed.rank_seed(seed, distributed.rank())
+    torch.manual_seed(rank_seed)
+    return generator, torch.Generator().manual_seed(rank_seed)
 
 
 def _check_options(
