@@ -173,13 +173,14 @@ def score_for_items_many(
         given.append(index[index != UNKNOWN_INDEX].astype(np.int64))
     owner, item_idx = np.asarray(owner, dtype=np.int64), np.asarray(item_idx, dtype=np.int64)
     folds = declared.sequences or bool(names)
-    folded = np.asarray([folds and len(g) > 0 for g in given], dtype=bool)[owner]
+    fits = np.asarray([folds and len(g) > 0 for g in given], dtype=bool)  # per user
+    folded = fits[owner]  # per pair
     out = np.empty(len(owner), dtype=np.float32)
     if (~folded).any():
         out[~folded] = recommender.score_indices(
             np.zeros(int((~folded).sum()), dtype=np.int64), item_idx[~folded]
         )
-    users = np.flatnonzero([folds and len(g) > 0 for g in given])
+    users = np.flatnonzero(fits)
     if not len(users):
         return out
     per_call = max(1, min(_SCORED_USERS, _SCORED_LOGITS // items.num_embeddings))

@@ -328,8 +328,8 @@ class RecentEvents:
         but the log does is scored as their fold-in ranks items (as ``/recommend`` folds
         them in); every other pair by the model alone."""
         rec = served.recommender
-        scores = rec.score(users, items)
-        index = rec.users.transform(users)
+        index, item_idx = rec.users.transform(users), rec.items.transform(items)
+        scores = rec.score_indices(index, item_idx)  # what rec.score(users, items) gives
         histories: list[list[Any]] = []
         owner_of: dict[str, int] = {}
         owner = np.full(len(users), -1, dtype=np.int64)
@@ -344,8 +344,7 @@ class RecentEvents:
             owner[n] = owner_of[key]
         mine = np.flatnonzero(owner >= 0)
         if len(mine):
-            item_idx = rec.items.transform([items[n] for n in mine])
-            scores[mine] = score_for_items_many(rec, histories, owner[mine], item_idx)
+            scores[mine] = score_for_items_many(rec, histories, owner[mine], item_idx[mine])
         return scores
 
     def _remember(self, owner: Any, key: tuple[Any, ...], body: bytes) -> None:
