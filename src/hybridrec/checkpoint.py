@@ -216,19 +216,17 @@ def check_compatible(
 
 
 def _model_flag(name: str) -> str:
-    """The command-line flag of a model option (the registered models' configs agree on
-    names, so the first that has the field says its flag)."""
+    """The flag of a model option (the registered models' configs agree on names)."""
     from hybridrec.models import MODELS
 
-    for cls in MODELS.values():
-        for f in fields(cls.config_class):
+    return _flag(name, *(cls.config_class for cls in MODELS.values()))
+
+
+def _flag(name: str, *classes: Any) -> str:
+    """The flag of option ``name`` of the first of ``classes`` (default: TrainConfig) that
+    has it."""
+    for cls in classes or (TrainConfig,):
+        for f in fields(cls):
             if f.name == name:
                 return str(f.metadata.get("flag", "--" + name.replace("_", "-")))
-    return "--" + name.replace("_", "-")
-
-
-def _flag(name: str) -> str:
-    for f in fields(TrainConfig):
-        if f.name == name:
-            return str(f.metadata.get("flag", "--" + name.replace("_", "-")))
     return "--" + name.replace("_", "-")

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from hybridrec import distributed
-from hybridrec.checkpoint import load_checkpoint, run_key
+from hybridrec.checkpoint import checkpoint_file, load_checkpoint, run_key
 from hybridrec.config import DataConfig, TrainConfig
 from hybridrec.data.dataset import RecSysDataset, UnknownCounts
 from hybridrec.data.holdout import holdout, subset
@@ -328,8 +328,8 @@ def _holdout_then_refit(
     the epoch-choosing run is repeated, with the same seed and result, when a refit is
     resumed.
     """
-    if config.resume is not None:  # a wrong path said now, not after the first run
-        load_checkpoint(config.resume)
+    if config.resume is not None and not checkpoint_file(config.resume).is_file():
+        load_checkpoint(config.resume)  # its "no checkpoint" error now, not after a run
     split = holdout(train_set, config.seed)
     if len(split.val_rows) == 0:
         logger.info("no user has two interactions to hold one out: training without validation")
