@@ -270,3 +270,31 @@ def test_softmax_leaves_out_the_windows_own_items_unless_told(known):
                     logits[row, item] = -torch.inf
     expected = torch.nn.functional.cross_entropy(logits, targets[valid])
     assert n == 5 and loss.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+@pytest.mark.parametrize("windows", ["all", "latest"])
+def test_long_histories_train_on_every_next_item_when_asked(windows):
+    """--history-windows all: a history longer than --max-len is cut into windows, so each
+    item but a user's first is predicted once; latest (the default) keeps the newest window."""
+    from hybridrec.data.dataset import RecSysDataset
+    from hybridrec.objectives.next_item import NextItem
+
+    users = torch.tensor([1] * 9 + [2] * 3 + [3])
+    items = torch.arange(1, 14)
+    train = RecSysDataset(users, items, torch.ones(13), timestamp=torch.arange(13.0))
+    config = TrainConfig(loss="ce", history_windows=windows, batch_size=64, device="cpu")
+    objective = NextItem(train, config, torch.device("cpu"), num_items=20, max_len=4)
+    targets = sorted(
+        int(t)
+        for batch in objective.batches(torch.Generator().manual_seed(0))
+        for t in batch[:, 1:][(batch[:, 1:] != 0) & (batch[:, :-1] != 0)]
+    )
+    if windows == "all":  # user 1: items 2-9, user 2: 11-12; user 3 has one item
+        assert targets == [*range(2, 10), 11, 12] and objective.num_samples == 10
+    else:  # user 1's latest 5 items, 5-9, predict 6-9
+        assert targets == [6, 7, 8, 9, 11, 12] and objective.num_samples == 6
+
+
+def test_history_windows_option_is_checked():
+    with pytest.raises(ConfigError, match="--history-windows"):
+        TrainConfig(history_windows="some")

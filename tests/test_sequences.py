@@ -1,5 +1,5 @@
-"""data/sequences.py: packed histories (pack_histories, append_items) and the recency
-weights (interactions_newer, recency_weights)."""
+"""data/sequences.py: packed histories (pack_histories, history_windows, append_items) and
+the recency weights (interactions_newer, recency_weights)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from hybridrec.data.sequences import (
     append_items,
+    history_windows,
     interactions_newer,
     pack_histories,
     recency_weights,
@@ -47,6 +48,40 @@ def test_pack_matches_a_per_user_loop_on_random_data():
         rows = sorted((times[j], j) for j in np.flatnonzero(users == u))
         expected = [items[j] for _, j in rows][-7:]
         assert packed[u].tolist() == [0] * (7 - len(expected)) + expected
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    st.lists(st.tuples(st.integers(0, 4), st.integers(1, 9)), min_size=0, max_size=60),
+    st.integers(2, 6),
+)
+def test_history_windows_cover_every_next_item_once_in_order(rows, length):
+    """Each window read left to right is a stretch of the user's chronological history;
+    every item but a user's first is the next item of exactly one position; the newest
+    window is what pack_histories keeps."""
+    users = np.array([u for u, _ in rows], dtype=np.int64)
+    items = np.array([i for _, i in rows], dtype=np.int64)
+    windows = history_windows(users, items, 5, length)
+    packed = pack_histories(users, items, 5, length)
+    seen = 0
+    for u in range(5):
+        history = items[users == u].tolist()
+        if len(history) < 2:
+            continue
+        # this user's windows are the next block of rows, newest first
+        count = -(-(len(history) - 1) // (length - 1))
+        mine = windows[seen : seen + count].tolist()
+        seen += count
+        assert mine[0] == packed[u].tolist()
+        targets = []
+        for k, window in enumerate(mine):
+            real = [i for i in window if i != 0]
+            assert len(real) >= 2 and window[: length - len(real)] == [0] * (length - len(real))
+            end = len(history) - k * (length - 1)
+            assert real == history[max(0, end - length) : end]
+            targets = real[1:] + targets
+        assert targets == history[1:]
+    assert seen == len(windows)
 
 
 def test_append_items_skips_padding_and_keeps_the_length():

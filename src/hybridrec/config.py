@@ -81,6 +81,7 @@ LOSSES = ("auto", "bce", "bpr", "ce")
 SAMPLINGS = ("uniform", "popularity")
 SPARSE_MODES = ("auto", "on", "off")
 KNOWN_NEGATIVES = ("exclude", "include")
+HISTORY_WINDOWS = ("all", "latest")
 AMP_MODES = ("off", "bf16", "fp16")
 AT_K_METRICS = ("hr", "ndcg", "recall", "precision", "map")
 STOP_METRICS = (*AT_K_METRICS, "mrr", "auc", "accuracy", "loss")
@@ -191,6 +192,12 @@ class TrainConfig:
         "include = every item but the "
         "positive is (the plain softmax, the original SASRec)",
     )
+    history_windows: str = option(
+        "latest",
+        "training histories of $next_item_models: latest = each user's latest --max-len "
+        "items (the original SASRec); all = every user's whole history, cut into windows of "
+        "--max-len items, so every interaction is a next item once",
+    )
     sparse_embeddings: str = option(
         "auto",
         "update only the embedding rows a batch touches (sparse gradients, lazy Adam), so a "
@@ -292,6 +299,11 @@ class TrainConfig:
             raise ConfigError(
                 f"--known-negatives must be one of {', '.join(KNOWN_NEGATIVES)}, "
                 f"got {self.known_negatives!r}"
+            )
+        if self.history_windows not in HISTORY_WINDOWS:
+            raise ConfigError(
+                f"--history-windows must be one of {', '.join(HISTORY_WINDOWS)}, "
+                f"got {self.history_windows!r}"
             )
         if self.sampling not in SAMPLINGS:
             raise ConfigError(

@@ -63,6 +63,51 @@ def pack_histories(
     return torch.from_numpy(out)
 
 
+def history_windows(
+    user_idx: torch.Tensor | np.ndarray,
+    item_idx: torch.Tensor | np.ndarray,
+    num_users: int,
+    length: int,
+    timestamp: torch.Tensor | np.ndarray | None = None,
+) -> torch.Tensor:
+    """Each user's *whole* history cut into windows of ``length`` items, as ``(W, length)``.
+
+    :func:`pack_histories` keeps a user's latest ``length`` items; a sequence model trained
+    on those alone never learns from the older part of a long history (on MovieLens-100K,
+    14% of the rows). Here the latest window is the same and older windows reach back, one
+    after another, overlapping by one item, so that every item but a user's first is the
+    *next item* of exactly one position. Windows are right-aligned and left-padded with 0
+    like :func:`pack_histories`; only windows with at least two items (one prediction) are
+    returned, newest first for each user, users in index order.
+
+    Example:
+        >>> history_windows([1, 1, 1, 1, 2, 2], [5, 6, 7, 8, 3, 4], num_users=3, length=3)
+        tensor([[6, 7, 8],
+                [0, 5, 6],
+                [0, 3, 4]])
+    """
+    users = np.asarray(torch.as_tensor(user_idx).cpu(), dtype=np.int64)
+    items = np.asarray(torch.as_tensor(item_idx).cpu(), dtype=np.int64)
+    ts = None if timestamp is None else np.asarray(torch.as_tensor(timestamp).cpu())
+    if length < 2:
+        raise ValueError(f"length must be >= 2, got {length}")
+    order = chronological_order(users, ts)
+    users, items = users[order], items[order]
+    counts = np.bincount(users, minlength=num_users)
+    stride = length - 1
+    windows = np.where(counts > 1, -(-(counts - 1) // stride), 0)  # ceil((n - 1) / stride)
+    first = np.cumsum(windows) - windows  # each user's first (newest) window row
+    out = np.full((int(windows.sum()), length), UNKNOWN_INDEX, dtype=np.int64)
+    from_end = np.cumsum(counts)[users] - 1 - np.arange(len(users))  # 0 = the latest row
+    window = from_end // stride
+    own = window < windows[users]  # a user's first item may only open the window after it
+    out[first[users[own]] + window[own], stride - (from_end[own] % stride)] = items[own]
+    # the item a window starts from is also the last one of the next-older window
+    opens = (from_end % stride == 0) & (from_end > 0) & (window <= windows[users])
+    out[first[users[opens]] + window[opens] - 1, 0] = items[opens]
+    return torch.from_numpy(out)
+
+
 def append_items(histories: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
     """``histories`` (B, L) with ``items`` (B, n) appended on the right, still length ``L``.
 

@@ -13,7 +13,7 @@ from hybridrec.config import TrainConfig
 from hybridrec.data.dataset import RecSysDataset
 from hybridrec.data.encoding import UNKNOWN_INDEX
 from hybridrec.data.popularity import item_counts
-from hybridrec.data.sequences import pack_histories
+from hybridrec.data.sequences import history_windows, pack_histories
 from hybridrec.errors import ConfigError
 from hybridrec.models.layers import group_dots
 from hybridrec.objectives.batching import shard_order
@@ -23,8 +23,11 @@ from hybridrec.sampled_softmax import KnownItems, SharedNegatives
 class NextItem:
     """Next-item prediction along each user's chronological history (SASRec-style).
 
-    Every user with at least two positives contributes their latest ``max_len + 1`` items:
-    the model reads items ``0..t`` and is scored on item ``t + 1``. ``--batch-size`` counts
+    Every user with at least two positives contributes their latest ``max_len + 1`` items
+    (``--history-windows latest``, the default) or their whole history in windows of that
+    length (``all``, :func:`~hybridrec.data.sequences.history_windows`; no better on
+    MovieLens-100K's val split, where what is old predicts the next item least): the model
+    reads items ``0..t`` of a window and is scored on item ``t + 1``. ``--batch-size`` counts
     predicted positions, so samples/s compare with pointwise models; a batch holds
     ``batch_size // max_len`` histories (at least one).
 
@@ -56,7 +59,8 @@ class NextItem:
         if not bool(positive.any()):
             raise ConfigError("the training data has no positive rows (target 1) to learn from")
         num_users = int(train.user_idx.max()) + 1
-        histories = pack_histories(
+        pack = history_windows if config.history_windows == "all" else pack_histories
+        histories = pack(
             train.user_idx[positive],
             train.item_idx[positive],
             num_users,
@@ -71,7 +75,10 @@ class NextItem:
                 "none has more than one in the rows trained on (without --val, one row of "
                 "each user is held out first to choose the epochs: --val none trains on all)"
             )
-        self.num_samples = int((self.histories[:, 1:] != UNKNOWN_INDEX).sum())
+        # predicted positions: a next item with an item before it (a window's first item
+        # is never a target)
+        real = self.histories != UNKNOWN_INDEX
+        self.num_samples = int((real[:, 1:] & real[:, :-1]).sum())
         self.per_batch = max(1, config.batch // max_len)
         counts = item_counts(train.item_idx[positive], num_items)
         self.softmax = SharedNegatives(counts, config.softmax_negatives).to(device)
