@@ -243,12 +243,7 @@ def _train(
         side.attach(net, users, items, train_set.user_idx[positive], train_set.item_idx[positive])
         return net
 
-    settings: dict[str, Any] = {"data": asdict(data_config), "train": asdict(train_config)}
-    settings["chosen_for_data"] = chosen
-    if side.tables():
-        settings["features"] = side.tables()
-    if run_config is not None:
-        settings["run_config"] = run_config
+    settings = _settings(data_config, train_config, chosen, side, run_config)
     out_dir = Path(out) if out is not None else None
 
     def write_progress(stats: EpochStats, history: History) -> None:
@@ -278,12 +273,7 @@ def _train(
         net, history = run(train_config, train_set, val_set)
     net.cpu()
     counts = item_counts(train_set.item_idx[positive], items.num_embeddings)
-    popularity = fit_feature_popularity(net, counts, train_config.seed)
-    if popularity is not None:  # cold items' popularity from their features
-        settings["feature_popularity"] = popularity
-    cold_users = fit_cold_user_popularity(net, counts)
-    if cold_users is not None:  # users known by features alone: popularity added
-        settings["cold_user_popularity"] = cold_users
+    settings.update(_cold_popularity(net, counts, train_config.seed))
     recommender = Recommender(
         net, users, items, model_name=model, config={"settings": settings}, seen=prepared.seen
     )
@@ -314,6 +304,37 @@ def _save(result: TrainResult, out_dir: Path, moments: dict[str, torch.Tensor]) 
     plot_history(history, out_dir / CURVES)
     (out_dir / PROGRESS).unlink(missing_ok=True)  # metrics.json now holds the history
     logger.info(f"saved the model to {out_dir}")
+
+
+def _settings(
+    data_config: DataConfig,
+    train_config: TrainConfig,
+    chosen: list[str],
+    side: SideFeatures,
+    run_config: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """The run's settings as the artifact records them (``config.json``'s ``settings``)."""
+    settings: dict[str, Any] = {"data": asdict(data_config), "train": asdict(train_config)}
+    settings["chosen_for_data"] = chosen
+    if side.tables():
+        settings["features"] = side.tables()
+    if run_config is not None:
+        settings["run_config"] = run_config
+    return settings
+
+
+def _cold_popularity(net: torch.nn.Module, counts: torch.Tensor, seed: int) -> dict[str, Any]:
+    """Settings fitted after training for models with side features: cold items'
+    popularity from their features, and the popularity term added for users known by
+    features alone (none for models without features)."""
+    fitted: dict[str, Any] = {}
+    popularity = fit_feature_popularity(net, counts, seed)
+    if popularity is not None:
+        fitted["feature_popularity"] = popularity
+    cold_users = fit_cold_user_popularity(net, counts)
+    if cold_users is not None:
+        fitted["cold_user_popularity"] = cold_users
+    return fitted
 
 
 def _holdout_then_refit(
