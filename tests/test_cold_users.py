@@ -80,6 +80,18 @@ def test_a_new_user_by_features_alone_is_scored_as_a_cold_user(model_name):
     assert not torch.allclose(logits[0], logits[1], atol=1e-4)
 
 
+def test_features_and_the_whole_catalogue_as_items_leave_nothing_to_draw():
+    """Given every item as the new user's items, the fit has no negatives to draw: an empty
+    answer without seen items, the given items with them (was a RuntimeError, a 500 in the
+    service)."""
+    rec, _ = trained("hybrid")
+    everything = rec.items.inverse_transform(np.arange(1, rec.items.num_embeddings))
+    out = rec.recommend_for_features({"taste": "a"}, everything, k=3)
+    assert out.source == "features+items" and len(out.item_ids) == 0
+    kept = rec.recommend_for_features({"taste": "a"}, everything, k=3, exclude_seen=False)
+    assert len(kept.item_ids) == 3 and np.isfinite(kept.scores).all()
+
+
 def test_the_term_grows_with_the_catalogue_and_old_artifacts_load(tmp_path):
     rec, _ = trained()
     grown = grow_model(rec.model, Growth(67, 41, 70, 45))

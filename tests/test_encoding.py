@@ -201,3 +201,25 @@ def _transform_with_hash_table(enc, values):
         return enc.transform(values)
     finally:
         encoding.SMALL_LOOKUP = saved
+
+
+def test_text_lookups_of_integer_ids_agree_in_small_and_large_batches():
+    """A request's few ids take a pure-Python path (pandas' string methods cost ~0.5 ms
+    each call, which blocked the service's event loop for a batch of unknown users); its
+    answers must be the vectorised path's."""
+    from hybridrec.data.encoding import SMALL_LOOKUP
+
+    enc = IdEncoder.fit(np.array([-5, 0, 7, 42, 10**17]))
+    odd = [" 42", "42 ", "042", "-0", "-5", "0", "7.0", "1e1", "x", "", str(10**17),
+           str(2**63), "\u0664\u0662", 42, None]  # fmt: skip
+    values = np.array(odd, dtype=object)
+    large = enc.transform(np.resize(values, SMALL_LOOKUP + len(odd)))[: len(odd)]
+    assert enc.transform(values).tolist() == large.tolist()
+    assert large.tolist()[:7] == [4, 4, 0, 0, 1, 2, 0]
+
+
+def test_text_ids_find_their_id_when_written_with_spaces():
+    enc = IdEncoder.fit(["u1", "u2"])
+    assert enc.transform([" u1", "u2 ", "u3", " ", "u1"]).tolist() == [1, 2, 0, 0, 1]
+    big = np.array([" u2"] * 1000, dtype=object)
+    assert set(enc.transform(big).tolist()) == {2}

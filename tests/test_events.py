@@ -267,6 +267,9 @@ BAD_EVENTS = [
     [
         ({"user": "new-1", "item": 1}, "user", "user ids are integers"),
         ({"user": "042", "item": 1}, "user", "user ids are integers"),  # not how 42 is written
+        # int64, but read back by `update --events` as text (19 digits): never matched
+        ({"user": 2**63 - 1, "item": 1}, "user", "user ids are integers"),
+        ({"user": 1, "item": -(10**18)}, "item", "item ids are integers"),
         ({"user": 1, "item": "x"}, "item", "item ids are integers"),
         ({"user": 1, "item": 2, "target": 0.5}, "target", "is not 0 or 1"),
         ({"user": 1, "item": 2, "target": 5}, "target", "is not 0 or 1"),
@@ -651,3 +654,27 @@ def test_a_hand_edited_log_with_a_text_target_names_the_event(log_path):
         conn.execute("UPDATE events SET timestamp = 'soon' WHERE id = 2")
     with pytest.raises(ConfigError, match="event 2 has timestamp 'soon', not a number"):
         read_events(log_path)
+
+
+def test_text_ids_with_spaces_are_the_same_user_everywhere(tmp_path):
+    """Events strip text ids, and so do lookups: " u1" is the known user u1 (was a new
+    user folded from u1's events alone); a batch of one unknown user's spellings answers
+    each with its own."""
+    rng = np.random.default_rng(0)
+    rows = [(f"u{u}", f"i{int(i)}") for u in range(1, 31) for i in rng.choice(40, 8, replace=False)]
+    frame = pd.DataFrame(rows, columns=["userId", "itemId"])
+    rec = hybridrec.train(
+        frame, None, model_options=TINY, train_config=TrainConfig(epochs=1, seed=0)
+    ).recommender
+    with TestClient(create_app(rec, events=tmp_path / "events.db")) as client:
+        item = rec.recommend("u1", k=1).item_ids[0]
+        assert post(client, [{"user": " u1 ", "item": item}]).status_code == 200
+        spaced = top(client, "%20u1")
+        assert spaced["source"] == "model+events" and spaced["user_id"] == "u1"
+        assert ids(spaced) == ids(top(client, "u1")) and item not in ids(spaced)
+        pairs = [{"user_id": u, "item_id": "i3"} for u in ("u1", " u1")]
+        scores = client.post("/score", json={"pairs": pairs}).json()["scores"]
+        assert scores[0] == pytest.approx(scores[1], abs=1e-6)
+        post(client, [{"user": "zz", "item": item}])
+        batch = client.post("/recommend", json={"user_ids": ["zz", " zz", "zz "], "k": 1})
+        assert [r["user_id"] for r in batch.json()["results"]] == ["zz", " zz", "zz "]

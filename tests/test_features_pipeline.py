@@ -202,7 +202,7 @@ def test_new_items_join_a_trained_model_from_their_features(tmp_path):
         rec.with_items(pd.DataFrame({"itemId": [500], "colour": ["red"]}))
 
 
-def test_the_service_adds_new_items_from_their_features():
+def test_the_service_adds_new_items_from_their_features(monkeypatch):
     from fastapi.testclient import TestClient
 
     from hybridrec.serve import create_app
@@ -228,6 +228,19 @@ def test_the_service_adds_new_items_from_their_features():
         odd = [{"item_id": 999, "features": {"colour": "red"}}]
         assert client.post("/admin/items", json={"items": odd}, headers=auth).status_code == 422
         assert client.post("/admin/items", json={"items": []}, headers=auth).status_code == 422
+        # another request's items added while this one waited for the lock: not counted
+        from hybridrec.serve.holder import ModelHolder
+
+        original = ModelHolder.add_items
+
+        def after_another(self, data):  # noqa: ANN001, ANN202
+            original(self, pd.DataFrame({"itemId": [1001], "genre": [GENRES[0]]}))
+            return original(self, data)
+
+        monkeypatch.setattr(ModelHolder, "add_items", after_another)
+        one = [{"item_id": 1002, "features": {"genre": GENRES[1]}}]
+        got = client.post("/admin/items", json={"items": one}, headers=auth).json()
+        assert got["added"] == 1 and got["num_items"] == 82
 
 
 def test_full_evaluation_reports_warm_and_cold_items_separately(tmp_path, capsys):

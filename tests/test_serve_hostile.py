@@ -227,6 +227,23 @@ def test_a_large_body_in_the_headers_read_is_no_header_bytes(server):
     assert status == 200
 
 
+def test_an_answer_before_the_body_leaves_the_next_request_intact(rec):
+    """A 401 is sent before the request's body is read: the rest of that body is not the
+    next request's header bytes (it got an unasked-for 431 and the pipelined request was
+    lost)."""
+    body = b"x" * 200_000
+    app = create_app(rec, admin_token="s3cret")
+    with Server(app, 0.5, 50, body_timeout=2.0) as s, s.connect() as conn:
+        conn.sendall(
+            b"POST /admin/items HTTP/1.1\r\nHost: t\r\ncontent-type: application/json\r\n"
+            b"content-length: %d\r\n\r\n" % len(body) + body
+            + b"GET /health HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+        )  # fmt: skip
+        answers = read_all(conn)
+    assert answers.startswith(b"HTTP/1.1 401") and answers.count(b"HTTP/1.1 ") == 2
+    assert b"HTTP/1.1 200" in answers and b"431" not in answers
+
+
 def test_keep_alive_still_works(server):
     """Two requests on one connection, then the idle connection is closed."""
     with server.connect() as conn:

@@ -356,7 +356,8 @@ def _fit_user(
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.Adam(rows, lr=lr)
     for _ in range(steps):
-        negatives = pool[torch.randint(len(pool), (n_neg,), generator=generator)]
+        draw = torch.randint(len(pool), (n_neg,), generator=generator) if n_neg else []
+        negatives = pool[draw]  # none when every item is a positive (the whole catalogue)
         item_idx = torch.cat([pos, negatives.to(device)])
         user_idx = torch.ones_like(item_idx)
         logits = torch.func.functional_call(scorer, tables(), (user_idx, item_idx))

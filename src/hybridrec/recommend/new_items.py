@@ -97,7 +97,10 @@ def _joined(old: np.ndarray, new: np.ndarray) -> np.ndarray:
     if len(old) and isinstance(old[0], str):
         return np.concatenate([old, np.asarray([str(x) for x in new], dtype=object)])
     if new.dtype == object:
-        raise ConfigError("the model's item ids are integers; new item ids must be integers too")
+        raise ConfigError(
+            "the model's item ids are integers; new item ids must be integers (of at most 18 "
+            "digits) too"
+        )
     return np.concatenate([old, new.astype(np.int64)])
 
 

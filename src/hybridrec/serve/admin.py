@@ -139,13 +139,14 @@ def _add_admin_routes(
         raw = await request.body()
         # 10,000 items (~10 MB) parsed on the event loop stalled cached answers ~200 ms
         frame = await run_in_threadpool(_parsed_items, holder.get().recommender, raw)
-        before = holder.get().recommender.items.num_embeddings
         try:
             served = await run_in_threadpool(holder.add_items, frame)
         except (HybridRecError, ValueError) as exc:
             raise HTTPException(status_code=422, detail=_message(exc)) from exc
         total = served.recommender.items.num_embeddings
-        return NewItemsOut(status="added", added=total - before, num_items=total - 1, saved=False)
+        # with_items refuses a known item, so all of the request's were added (a count taken
+        # from the served model before the lock could include another request's items)
+        return NewItemsOut(status="added", added=len(frame), num_items=total - 1, saved=False)
 
 
 def _parsed_items(rec: Recommender, raw: bytes) -> pd.DataFrame:

@@ -100,6 +100,8 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self._body_deadline: asyncio.TimerHandle | None = None
         self._header_bytes = 0
         self._begun = False  # a request's first bytes parsed, its headers not yet complete
+        self._in_body = False  # a request's headers complete, its body not yet
+        self._answered_early = False  # its answer was complete before its body
         self._send_deadline: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: Any) -> None:  # type: ignore[override]
@@ -131,17 +133,27 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         over = len(self.connections) > self.max_connections
         self.app = busy_app if over else self.config.loaded_app  # read by the parent's method
         super().on_headers_complete()
+        self._in_body = True
         # cancelled by on_message_complete: at once for a request without a body
         self._cancel_body_deadline()
         self._body_deadline = self.loop.call_later(self.body_timeout, self._expire_body)
 
     def on_message_complete(self) -> None:
         self._cancel_body_deadline()
+        self._in_body = False
         super().on_message_complete()
+        if self._answered_early and not self.transport.is_closing():
+            self._answered_early = False  # the rest of the body is read: now the next one's
+            self._await_headers()
 
     def on_response_complete(self) -> None:
         next_is_queued = bool(self.pipeline)  # its headers are complete already
         super().on_response_complete()
+        if self._in_body:  # answered before its body was read (401, 413): the rest of the
+            # body is no header bytes; the header clock starts once it has arrived (the body
+            # deadline still bounds how long that may take)
+            self._answered_early = True
+            return
         if not next_is_queued and not self.transport.is_closing():
             if self._begun:  # part of the next request is here: not an idle keep-alive,
                 self._unset_keepalive_if_required()  # so the header deadline answers 408

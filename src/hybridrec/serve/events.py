@@ -125,10 +125,10 @@ def _model_misfits(events: list[EventIn], rec: Any) -> list[dict[str, Any]]:
     errors = []
     for j, event in enumerate(events):
         for field in ("user", "item"):
-            value = getattr(event, field)
-            if integer[field] and isinstance(value, str) and not _INTEGER.fullmatch(value):
-                errors.append(_error(j, field, f"the model's {field} ids are integers; "
-                                     f"{value[:20]!r} is not (give an integer id)"))  # fmt: skip
+            text = str(getattr(event, field))  # 19-digit integers are read back as text
+            if integer[field] and not _INTEGER.fullmatch(text):
+                why = f"the model's {field} ids are integers (of at most 18 digits)"
+                errors.append(_error(j, field, f"{why}; {text[:20]!r} is not (give one)"))
         if threshold is None and event.target not in (0.0, 1.0):
             why = "the model was trained on 0/1 labels, without --threshold"
             errors.append(_error(j, "target", f"target {event.target:g} is not 0 or 1 ({why})"))

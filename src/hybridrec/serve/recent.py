@@ -225,11 +225,16 @@ class RecentEvents:
                 )
             )
             known = iter(_known_ids(rec, plain_users))
-            answers = self._answers(served, users, special, body, candidates)
+            answers, folded = self._answers(served, users, special, body, candidates)
             results = []
             for user, is_special in zip(users, special, strict=True):
                 if is_special:
-                    results.append(answers[_distinct(user)])
+                    answer = answers[_distinct(user)]
+                    if _distinct(user) in folded and answer.user_id != user:
+                        # a user the model does not know is answered with their id as
+                        # written (" zz" and "zz" share events, not the spelling)
+                        answer = answer.model_copy(update={"user_id": user})
+                    results.append(answer)
                 else:
                     results.append(_to_out(next(normal), next(known), unknown=[]))
         out = BatchOut(results=results, unknown_items=candidates.unknown)
@@ -242,8 +247,9 @@ class RecentEvents:
         special: list[bool],
         body: Any,
         candidates: _Candidates,
-    ) -> dict[tuple[str, type], RecommendationOut]:
-        """The answer of each distinct user with events, keyed by :func:`_distinct`."""
+    ) -> tuple[dict[tuple[str, type], RecommendationOut], set[tuple[str, type]]]:
+        """The answer of each distinct user with events, keyed by :func:`_distinct`, and
+        the keys of those the model does not know (folded in)."""
         distinct: dict[tuple[str, type], Any] = {}
         for user, is_special in zip(users, special, strict=True):
             if is_special:
@@ -263,7 +269,7 @@ class RecentEvents:
             chunk = new[start : start + size]
             folded = self._fold_many(served, [u for _, u in chunk], body, candidates)
             answers.update(zip([key for key, _ in chunk], folded, strict=True))
-        return answers
+        return answers, {key for key, _ in new}
 
     def _fold_many(
         self, served: Served, users: list[Any], body: Any, candidates: _Candidates
