@@ -38,7 +38,9 @@ def test_len_and_getitem():
 
 def test_getitems_gathers_a_batch():
     ds = make_dataset()
-    batch = ds.__getitems__([7, 2, 2])
+    samples = ds.__getitems__([7, 2, 2])
+    assert len(samples) == 3 and [int(x) for x in samples[1]] == [2, 102, 0]
+    batch = collate_batch(samples)  # the gathered columns, no per-sample work
     assert isinstance(batch, Batch)
     assert batch.user_idx.tolist() == [7, 2, 2]
     assert batch.item_idx.tolist() == [107, 102, 102]
@@ -133,3 +135,12 @@ def test_iterate_batches_new_permutation_per_call():
 def test_iterate_batches_empty():
     ds = RecSysDataset(torch.zeros(0), torch.zeros(0), torch.zeros(0))
     assert list(iterate_batches(ds, 4)) == []
+
+
+def test_the_seeds_plain_dataloader_yields_users_items_targets():
+    """The seed's DataLoader(dataset, batch_size=...) with torch's default collate: the
+    batched __getitems__ still reads as a list of samples (it crashed inside torch)."""
+    ds = RecSysDataset(torch.tensor([1, 2, 3]), torch.tensor([3, 1, 2]), torch.tensor([1.0, 0, 1]))
+    (u, i, t), (u2, i2, t2) = list(torch.utils.data.DataLoader(ds, batch_size=2))
+    assert u.tolist() == [1, 2] and i.tolist() == [3, 1] and t.tolist() == [1.0, 0.0]
+    assert u2.tolist() == [3] and i2.tolist() == [2] and t2.tolist() == [1.0]

@@ -223,3 +223,18 @@ def test_text_ids_find_their_id_when_written_with_spaces():
     assert enc.transform([" u1", "u2 ", "u3", " ", "u1"]).tolist() == [1, 2, 0, 0, 1]
     big = np.array([" u2"] * 1000, dtype=object)
     assert set(enc.transform(big).tolist()) == {2}
+
+
+def test_whole_floats_are_the_integer_ids_they_equal():
+    """An id column that became float (a merge, a NaN) scored every row as unknown."""
+    import pandas as pd
+
+    enc = IdEncoder.fit([1, 2, 3])
+    assert enc.transform(np.array([1.0, 3.0])).tolist() == [1, 3]
+    assert enc.transform(pd.Series([2.0, np.nan, 1.5, 3.0])).tolist() == [2, 0, 0, 3]
+    assert IdEncoder.fit(np.array([2.0, 1.0])).ids.tolist() == [1, 2]
+
+
+def test_integers_find_text_ids_whatever_else_the_list_holds():
+    enc = IdEncoder.fit(["a", "42", "7"])  # sorted: "42", "7", "a"
+    assert enc.transform([42, "a"]).tolist() == enc.transform(["42", "a"]).tolist() == [1, 3]

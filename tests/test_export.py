@@ -91,3 +91,21 @@ def test_the_cli_takes_the_format_from_the_outs_suffix(tmp_path, monkeypatch, ca
     # a suffix of neither kind is still refused, not overwritten
     assert main(["export", "--model", "m", "--out", "events.db"]) == 2
     assert "a torchscript export is a .pt file" in capsys.readouterr().err
+
+
+def test_a_model_saved_over_an_exported_one_removes_the_stale_exports(tmp_path):
+    """model.pt/model.onnx beside the artifact scored the new id maps with the old weights
+    after a retrain into the same folder."""
+    from hybridrec.data.encoding import IdEncoder
+    from hybridrec.recommend import Recommender
+
+    ids = np.arange(1, 9)
+    users, items = IdEncoder.fit(ids[:6]), IdEncoder.fit(ids)
+    rec = Recommender(small_model("mf"), users, items, model_name="mf")
+    rec.save(tmp_path / "m")
+    export_model(rec.model, tmp_path / "m" / "model.pt", "torchscript")
+    (tmp_path / "m" / "model.onnx").write_bytes(b"an old export")
+    (tmp_path / "m" / "notes.txt").write_text("mine")
+    rec.save(tmp_path / "m")
+    left = {p.name for p in (tmp_path / "m").iterdir()}
+    assert "model.pt" not in left and "model.onnx" not in left and "notes.txt" in left

@@ -322,3 +322,20 @@ def test_out_is_checked_and_locked_before_any_data_is_read(tmp_path):
     busy.mkdir()
     with exclusive(busy), pytest.raises(OutputBusyError, match="another hybridrec process"):
         hybridrec.train(missing, out=busy)
+
+
+def test_training_names_a_validation_frame_and_restores_the_callers_threads():
+    """Errors about a validation DataFrame called it "the training frame"; the training's
+    thread count (1 by default) stayed set for the whole calling process."""
+    frame = pd.DataFrame({"userId": [1, 1, 2, 2, 3], "itemId": [1, 2, 1, 3, 2]})
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        hybridrec.train(frame, None, model="mf", train_config=TrainConfig(epochs=1))
+        assert torch.get_num_threads() == 2
+        with pytest.raises(hybridrec.DataError, match="the validation frame"):
+            hybridrec.train(frame, frame.assign(target=0), model="mf")
+        with pytest.raises(hybridrec.DataError, match="the validation frame"):
+            hybridrec.train(frame, frame.assign(userId=99), model="mf")
+    finally:
+        torch.set_num_threads(before)

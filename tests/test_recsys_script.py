@@ -76,3 +76,21 @@ def test_without_val_csv_trains_without_validation(tmp_path, synthetic_data, mon
     assert "no val.csv here" in err
     assert json.loads(out)["val_auc"] is None
     assert (tmp_path / "model" / "config.json").is_file()
+
+
+def test_the_seeds_classes_import_from_recsys_py(tmp_path):
+    """The seed defined RecSysDataset and HybridRecSys in RecSys.py: importing them from
+    there keeps working (from another folder, the script's own on sys.path)."""
+    code = (
+        "import sys; sys.path.insert(0, sys.argv[1]); import hybridrec\n"
+        "from RecSys import RecSysDataset, HybridRecSys\n"
+        "assert RecSysDataset is hybridrec.RecSysDataset\n"
+        "assert HybridRecSys is hybridrec.HybridRecSys\n"
+        "import RecSys\n"
+        "try:\n    RecSys.nothing\nexcept AttributeError:\n    print('ok')\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(SCRIPT.parent)],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr

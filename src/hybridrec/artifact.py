@@ -107,13 +107,17 @@ def save_artifact(
         "sha256": {name: hashlib.sha256(p).hexdigest() for name, p in payloads.items()},
     }
     atomic_write_json(target / CONFIG, config)
-    if replacing:  # what is not the artifact (checkpoint, progress, plots) stays
-        swap_in(target, directory, keep=lambda name: name not in ARTIFACT_FILES)
+    if replacing:  # what is not the artifact (checkpoint, progress, plots) stays; an
+        # export of the old model would score the new id maps wrongly: it goes
+        swap_in(target, directory, keep=lambda name: name not in ARTIFACT_FILES | EXPORTS)
     return directory
 
 
 #: The files of an artifact; anything else in a model directory is left alone on a resave.
 ARTIFACT_FILES = frozenset({CONFIG, WEIGHTS, ID_MAPS, METRICS, SEEN, OPTIMIZER})
+#: ``hybridrec export``'s default files in the model directory (``export.FORMATS``): removed
+#: when another model is saved there, as they belong to the old one.
+EXPORTS = frozenset({"model.pt", "model.onnx"})
 
 
 def is_artifact(directory: Path) -> bool:

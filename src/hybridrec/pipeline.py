@@ -154,10 +154,11 @@ def train(
     """
     data_config = data_config or DataConfig()
     train_config = train_config or TrainConfig()
-    set_num_threads(train_config.num_threads)
     device = resolve_device(train_config.device)
     # under torchrun (WORLD_SIZE > 1): join the process group; each rank runs all of this
     device = distributed.init_from_env(device)
+    threads = torch.get_num_threads()  # the caller's, restored at the end
+    set_num_threads(train_config.num_threads)
     try:
         if out is not None and str(out) == "":
             raise ConfigError("--out must name a directory, got an empty path")
@@ -187,6 +188,7 @@ def train(
             )
     finally:
         distributed.cleanup()
+        torch.set_num_threads(threads)
 
 
 def check_model_options(model: str, options: dict[str, Any]) -> None:

@@ -114,12 +114,13 @@ def validation_rows(
 ) -> tuple[RecSysDataset, UnknownCounts]:
     """The ``--val`` rows, encoded with the training encoders (unknown ids counted)."""
     val_frame = load_data(val_data, data_config)
-    check_positives(val_frame, val_data, data_config, "to validate on")
+    name = source_name(val_data, "the validation frame")
+    check_positives(val_frame, val_data, data_config, "to validate on", name)
     val_set, val_unknown = RecSysDataset.from_frame(val_frame, users, items)
-    logger.info(val_unknown.describe(source_name(val_data)))
+    logger.info(val_unknown.describe(name))
     if val_unknown.rows_with_unknown == val_unknown.rows:  # found now, not after an epoch
         raise DataError(
-            source_name(val_data),
+            name,
             f"none of its {val_unknown.rows:,} rows has both a user and an item of the "
             "training data, so there is nothing to validate on",
             expected="held-out rows of the training data's users and items",
@@ -143,7 +144,11 @@ def seen_items(
 
 
 def check_positives(
-    frame: pd.DataFrame, data: DataLike, config: DataConfig, purpose: str = "to learn from"
+    frame: pd.DataFrame,
+    data: DataLike,
+    config: DataConfig,
+    purpose: str = "to learn from",
+    name: str | None = None,
 ) -> None:
     """Refuse data without a single positive row: training would learn to score everything
     0 and save it as if it were a model; validation could rank nothing (its AUC and ranking
@@ -156,7 +161,7 @@ def check_positives(
         else f"every {config.target_col} is 0"
     )
     raise DataError(
-        source_name(data),
+        name or source_name(data),
         f"no positive rows {purpose}: {rule}",
         column=config.target_col,
         expected="at least one positive interaction",

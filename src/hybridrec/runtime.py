@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 
 from hybridrec.errors import ConfigError
@@ -37,6 +40,19 @@ def resolve_device(name: str = "auto") -> torch.device:
     if device.type not in {"cpu", "cuda", "mps"}:
         raise ConfigError(f"--device {name!r} is not supported; use auto, cpu, cuda or mps")
     return device
+
+
+@contextlib.contextmanager
+def threads_for(num_threads: int) -> Iterator[None]:
+    """:func:`set_num_threads` for the block, the caller's count restored after it: a
+    library call (``hybridrec.train``) must not leave the whole process on one thread."""
+    before = torch.get_num_threads()
+    set_num_threads(num_threads)
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != before:
+            torch.set_num_threads(before)
 
 
 def set_num_threads(num_threads: int) -> None:

@@ -123,10 +123,11 @@ class RecSysDataset(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         return self.user_idx[index], self.item_idx[index], self.target[index]
 
-    def __getitems__(self, indices: Sequence[int]) -> Batch:
-        """A whole batch with one gather per column (used by ``DataLoader``)."""
+    def __getitems__(self, indices: Sequence[int]) -> GatheredSamples:
+        """A whole batch with one gather per column (used by ``DataLoader``): handed to
+        :func:`collate_batch` as it is, or sample by sample to torch's default collate."""
         idx = torch.as_tensor(indices, dtype=torch.int64)
-        return Batch(self.user_idx[idx], self.item_idx[idx], self.target[idx])
+        return GatheredSamples(Batch(self.user_idx[idx], self.item_idx[idx], self.target[idx]))
 
     def to(self, device: torch.device | str) -> RecSysDataset:
         """The same data on another device (training keeps it there for the whole run)."""
@@ -138,9 +139,27 @@ class RecSysDataset(torch.utils.data.Dataset):
         )
 
 
-def collate_batch(batch: Batch) -> Batch:
+class GatheredSamples(Sequence):
+    """A batch gathered column-wise that still reads as the list of ``(user, item, target)``
+    samples torch's ``DataLoader`` contract for ``__getitems__`` asks for: so the seed's
+    plain ``DataLoader(dataset, batch_size=...)`` (default collate) yields ``[users, items,
+    targets]``, and :func:`collate_batch` takes the gathered :class:`Batch` with no
+    per-sample work."""
+
+    def __init__(self, batch: Batch) -> None:
+        self.batch = batch
+
+    def __len__(self) -> int:
+        return len(self.batch.target)
+
+    def __getitem__(self, j: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # type: ignore[override]
+        b = self.batch
+        return b.user_idx[j], b.item_idx[j], b.target[j]
+
+
+def collate_batch(batch: GatheredSamples | Batch) -> Batch:
     """``collate_fn`` for a ``DataLoader`` over :class:`RecSysDataset`: the batch is ready."""
-    return batch
+    return batch.batch if isinstance(batch, GatheredSamples) else batch
 
 
 def iterate_batches(

@@ -67,7 +67,18 @@ class IdEncoder:
         return self._ids
 
     def transform(self, ids: Sequence[Any] | np.ndarray | pd.Series) -> np.ndarray:
-        """Raw ids -> int64 indices; unknown ids (including ids of another type) map to 0."""
+        """Raw ids -> int64 indices; unknown ids (including ids of another type) map to 0.
+        Whole floats are the integer ids they equal (1.0 is 1), as the file readers take
+        them; other floats (1.5, NaN) are unknown."""
+        floats = ids.to_numpy() if isinstance(ids, pd.Series) else np.asarray(ids)
+        text_ids = len(self._ids) > 0 and isinstance(self._ids[0], str)
+        if floats.dtype.kind == "f" and floats.ndim == 1 and not text_ids and not _whole(floats):
+            out = np.zeros(len(floats), dtype=np.int64)
+            with np.errstate(invalid="ignore"):
+                whole = np.isfinite(floats) & (np.abs(floats) <= 2**53)
+                whole &= np.floor(floats) == floats
+            out[whole] = self.transform(floats[whole].astype(np.int64))
+            return out
         values = np.asarray(ids, dtype=_dtype_of(ids))
         if values.ndim != 1:
             values = values.reshape(-1)
@@ -132,6 +143,9 @@ class IdEncoder:
         own_is_str = len(self._ids) > 0 and isinstance(self._ids[0], str)
         if own_is_str and values.dtype != object:
             return values.astype(str).astype(object), None
+        if own_is_str and pd.api.types.infer_dtype(values, skipna=False) != "string":
+            # Python ints among text (a list like [42, "u1"]): 42 still finds "42"
+            return np.array([v if isinstance(v, str) else str(v) for v in values], object), None
         if not own_is_str and values.dtype == object and len(values) <= SMALL_LOOKUP:
             # a request's few ids: pandas' string methods cost ~0.5 ms of fixed overhead
             text = [str(v).strip() for v in values]
@@ -206,4 +220,15 @@ def _dtype_of(ids: Any) -> Any:
     arr = ids.to_numpy() if isinstance(ids, pd.Series) else np.asarray(ids)
     if arr.dtype == np.uint64 and len(arr) and arr.max() > np.iinfo(np.int64).max:
         return object
+    if arr.dtype.kind == "f" and _whole(arr):  # a column that became float (a merge, NaN)
+        return np.int64  # 1.0 is the id 1, as the file readers take it
     return np.int64 if np.issubdtype(arr.dtype, np.integer) else object
+
+
+def _whole(values: np.ndarray) -> bool:
+    """Floats that are all whole numbers an int64 holds exactly (within 2^53)."""
+    return bool(
+        np.isfinite(values).all()
+        and (np.abs(values) <= 2**53).all()
+        and (np.floor(values) == values).all()
+    )

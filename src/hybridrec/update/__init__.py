@@ -45,7 +45,7 @@ from hybridrec.models import capabilities
 from hybridrec.models.featured import FeaturedEmbedding
 from hybridrec.prepare import load_data, read_item_catalog, source_name
 from hybridrec.recommend import Recommender
-from hybridrec.runtime import set_num_threads
+from hybridrec.runtime import threads_for
 from hybridrec.training import History
 from hybridrec.training.scale import with_data_defaults
 from hybridrec.update.grow import Growth, grow_model, grow_moments, grow_seen
@@ -151,30 +151,30 @@ def update(
     if replay is None:
         replay = REPLAY if scope == "all" else 0.0
     _check_options(data, events, epochs, replay)
-    set_num_threads(num_threads)
-    out = model_dir_path(out)
-    if Path(out).resolve() == Path(model_dir).resolve():
-        raise ConfigError(
-            f"--out {out} is the model being updated; an update writes a new model and leaves "
-            "the old one as it is: give another --out"
-        )
-    check_output_dir(out, "--out")  # before the parent is read: a bad --out costs nothing
-    parent = Recommender.load(model_dir)
-    settings = parent.config.get("settings", {})
-    data_config = replace(DataConfig(**settings.get("data", {})), **(columns or {}))
-    train_config = _train_config(settings, model_dir, epochs, seed, learning_rate, device)
-    # early stopping guards "all" against drift; "rows" cannot drift and uses every new row
-    grow_only, choose_epochs = epochs == 0, epochs is None and scope == "all"
-    with output_dir(out, train_config):
-        frame, source, event_id = _new_interactions(data, events, parent, data_config)
-        return _update(
-            parent, Path(model_dir), frame, source, event_id,
-            out=Path(out), data_config=data_config, train_config=train_config,
-            items=items, user_features=user_features, item_features=item_features,
-            replay=replay, show_progress=show_progress, grow_only=grow_only,
-            choose_epochs=choose_epochs,
-            run_config=run_config, scope=scope,
-        )  # fmt: skip
+    with threads_for(num_threads):  # the caller's count is back afterwards
+        out = model_dir_path(out)
+        if Path(out).resolve() == Path(model_dir).resolve():
+            raise ConfigError(
+                f"--out {out} is the model being updated; an update writes a new model and leaves "
+                "the old one as it is: give another --out"
+            )
+        check_output_dir(out, "--out")  # before the parent is read: a bad --out costs nothing
+        parent = Recommender.load(model_dir)
+        settings = parent.config.get("settings", {})
+        data_config = replace(DataConfig(**settings.get("data", {})), **(columns or {}))
+        train_config = _train_config(settings, model_dir, epochs, seed, learning_rate, device)
+        # early stopping guards "all" against drift; "rows" cannot drift and uses every new row
+        grow_only, choose_epochs = epochs == 0, epochs is None and scope == "all"
+        with output_dir(out, train_config):
+            frame, source, event_id = _new_interactions(data, events, parent, data_config)
+            return _update(
+                parent, Path(model_dir), frame, source, event_id,
+                out=Path(out), data_config=data_config, train_config=train_config,
+                items=items, user_features=user_features, item_features=item_features,
+                replay=replay, show_progress=show_progress, grow_only=grow_only,
+                choose_epochs=choose_epochs,
+                run_config=run_config, scope=scope,
+            )  # fmt: skip
 
 
 def _check_options(
