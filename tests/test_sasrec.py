@@ -298,3 +298,10 @@ def test_long_histories_train_on_every_next_item_when_asked(windows):
 def test_history_windows_option_is_checked():
     with pytest.raises(ConfigError, match="--history-windows"):
         TrainConfig(history_windows="some")
+
+
+def test_empty_batches_score_nothing():
+    net = model()
+    empty = torch.zeros(0, dtype=torch.long)
+    assert net(empty, empty).shape == (0,)
+    assert net.score_all(empty).shape == (0, net.config.num_items)

@@ -161,6 +161,8 @@ class SASRec(RecModel):
 
     def user_state(self, sequences: torch.Tensor) -> torch.Tensor:
         """The state (B, D) after each sequence's latest item, ``STATE_CHUNK`` rows at a time."""
+        if not _exporting() and len(sequences) == 0:  # attention refuses an empty batch
+            return self.item_embedding.weight.new_zeros((0, self.config.hidden_dim))
         if _exporting() or len(sequences) <= STATE_CHUNK:
             return self.encode(sequences)[:, -1]
         return torch.cat(
