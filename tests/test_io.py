@@ -789,3 +789,36 @@ def test_a_pipe_is_refused_not_waited_on(tmp_path):
     os.mkfifo(fifo)
     with pytest.raises(DataError, match=r"is a pipe; write it to a file first"):
         read_interactions(fifo)
+
+
+def test_an_unclosed_quote_is_an_error_not_the_rest_of_the_file_as_one_id(tmp_path):
+    """pyarrow let a stray quote run to the end of the file: 5 of 300 rows trained, the
+    rest one item id."""
+    rows = [f"{u % 30 + 1},{u % 40 + 1}" for u in range(300)]
+    rows[4] = '25,"23'
+    path = tmp_path / "t.csv"
+    path.write_text("userId,itemId\n" + "\n".join(rows) + "\n")
+    with pytest.raises(DataError, match="t.csv: cannot be parsed as CSV: .*EOF inside string"):
+        read_interactions(path)
+    quoted = tmp_path / "q.csv"  # a real quoted line break is still read (by pandas)
+    quoted.write_text('userId,itemId\n1,"a\nb"\n2,c\n')
+    assert read_interactions(quoted)[ITEM].tolist() == ["a\nb", "c"]
+
+
+@pytest.mark.parametrize(
+    "text", ["userId,itemId\n5,1,1\n6,3,0\n", "userId,itemId,target\n11,21,1,\n12,22,0,\n"]
+)
+def test_rows_longer_than_the_header_are_refused_not_shifted(tmp_path, text):
+    """pandas took the first field as an index and shifted the columns: users 5 and 6
+    trained as items 1 and 3, with exit status 0."""
+    path = tmp_path / "x.csv"
+    path.write_text(text)
+    with pytest.raises(DataError, match=r"x.csv, row 1 \(line 2\): \d fields, more than"):
+        read_interactions(path)
+
+
+def test_line_numbers_count_blank_lines(tmp_path):
+    path = tmp_path / "b.csv"
+    path.write_text("userId,itemId,target\n1,2,1\n\n\n2,3,0\n3,4,5\n")
+    with pytest.raises(DataError, match=r"b.csv, row 3 \(line 6\), column 'target'"):
+        read_interactions(path)

@@ -377,3 +377,22 @@ def test_movielens_100k_inter_has_the_published_counts():
     assert frame["item_id"].nunique() == 1682
     assert frame["user_id"].dtype == np.int64 and frame["item_id"].dtype == np.int64
     assert frame["timestamp"].dtype == np.float64 and (frame["target"] == 1).all()
+
+
+def test_ratings_header_with_spaces_or_a_bom_reads_by_position(write):
+    """A header "userId, movieId" was a KeyError traceback, and a byte-order mark made
+    'userId' missing."""
+    for text in (
+        "userId, movieId, rating, timestamp\n1,2,4.0,100\n2,3,5.0,101\n",
+        "\ufeffuserId,movieId,rating,timestamp\n1,2,4.0,100\n2,3,5.0,101\n",
+    ):
+        frame = read_ratings_csv(write("ratings.csv", text))
+        assert frame["user_id"].tolist() == [1, 2] and frame["item_id"].tolist() == [2, 3]
+
+
+def test_every_row_one_field_longer_than_the_header_is_refused(write):
+    """pandas 3 gives such a file a RangeIndex-like implicit index, so the columns were
+    shifted silently (users read from the item column)."""
+    text = "userId,movieId,rating,timestamp\n1,8,38,5.0,1001\n2,5,24,5.0,1002\n"
+    with pytest.raises(DataError, match=r"row 1 \(line 2\).*more fields than the header"):
+        read_ratings_csv(write("ratings.csv", text))

@@ -8,6 +8,7 @@ candidate lists parse their id columns here too, so every id means the same ever
 
 from __future__ import annotations
 
+import csv
 import datetime
 import re
 from pathlib import Path
@@ -71,8 +72,29 @@ def is_csv_path(path: Path) -> bool:
 
 
 def row_error(path: Path, pos: int, column: str, message: str, expected: str) -> DataError:
-    line = pos + 2 if is_csv_path(path) else None
+    line = csv_line(path, pos) if is_csv_path(path) else None
     return DataError(path, message, row=pos + 1, line=line, column=column, expected=expected)
+
+
+def csv_line(path: Path, pos: int) -> int | None:
+    """The file line where data row ``pos`` (0-based) starts. The readers skip blank lines
+    and a quoted field may span lines, so the file is read again up to that row (only when
+    an error is reported); ``None`` if it cannot be."""
+    sep = "\t" if path.suffix.lower() == ".tsv" else ","
+    try:
+        with open(path, encoding="utf-8-sig", newline="") as f:
+            rows = csv.reader(f, delimiter=sep)
+            next(rows, None)  # the header
+            start, seen = rows.line_num + 1, 0
+            for fields in rows:
+                if fields:  # blank lines are no rows
+                    if seen == pos:
+                        return start
+                    seen += 1
+                start = rows.line_num + 1
+    except (OSError, UnicodeDecodeError, csv.Error):
+        pass
+    return None
 
 
 ID_EXPECTED = "a non-empty integer or string id"

@@ -10,6 +10,8 @@ This module finds and reads the columns; :mod:`hybridrec.data.columns` parses ea
 from __future__ import annotations
 
 import contextlib
+import csv
+import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -184,8 +186,14 @@ def read_table(path: Path) -> pd.DataFrame:
     if fast is not None:
         return fast
     try:
-        # Read everything as text so ids stay exact and bad cells can be reported by row.
-        frame = pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False)
+        # Read everything as text so ids stay exact and bad cells can be reported by row;
+        # index_col=False: a row longer than the header is an error, not an index column
+        # that shifts every other column (a warning from pandas, made an error here)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", pd.errors.ParserWarning)
+            frame = pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False, index_col=False)
+    except pd.errors.ParserWarning as exc:
+        raise _long_row(path, sep) from exc
     except pd.errors.EmptyDataError as exc:
         raise DataError(path, "the file is empty", expected="a header row") from exc
     except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as exc:
@@ -194,6 +202,24 @@ def read_table(path: Path) -> pd.DataFrame:
         raise DataError(path, f"cannot be read: {one_line(exc)}") from exc
     check_unique_names(path, _csv_header(path, sep))
     return frame
+
+
+def _long_row(path: Path, sep: str) -> DataError:
+    """The error for the first row with more fields than the header (found by reading the
+    file again: this runs only once pandas has said there is one)."""
+    with open(path, encoding="utf-8-sig", newline="") as f:
+        rows = csv.reader(f, delimiter=sep)
+        width = len(next(rows, []))
+        for row, fields in enumerate((r for r in rows if r), start=1):
+            if len(fields) > width:
+                return DataError(
+                    path,
+                    f"{len(fields)} fields, more than the header's {width}",
+                    row=row,
+                    line=rows.line_num,
+                    expected="as many fields in every row as the header names",
+                )
+    return DataError(path, "a row has more fields than the header")
 
 
 def check_unique_names(path: str | Path, names: Sequence[object]) -> None:
@@ -282,9 +308,17 @@ def _read_csv_arrow(path: Path, sep: str) -> pd.DataFrame | None:
         )
     except (pa.ArrowException, OSError, UnicodeDecodeError):  # a header that is not UTF-8
         return None
+    if any(_has_line_break(column) for column in table.columns):
+        # a quote left open runs to the end of the file in pyarrow (one cell holding the
+        # rest of the file); pandas refuses it, and reads real quoted line breaks alike
+        return None
     frame = table.to_pandas(self_destruct=True, split_blocks=True)
     del table
     return frame
+
+
+def _has_line_break(column: pa.ChunkedArray) -> bool:
+    return any(pc.any(pc.match_substring(column, c)).as_py() for c in ("\n", "\r"))
 
 
 @contextlib.contextmanager

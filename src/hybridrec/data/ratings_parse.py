@@ -109,9 +109,10 @@ def read_headed(
     but ignored; every row must have as many fields as the header.
     """
     check_file(path, "a MovieLens ratings file", "ratings")
-    try:
-        with open(path, encoding="utf-8") as f:
+    try:  # utf-8-sig: a byte-order mark is no part of the first name
+        with open(path, encoding="utf-8-sig") as f:
             header = [h.strip() for h in f.readline().rstrip("\r\n").split(sep)]
+            has_rows = any(line.strip() for line in f)  # stops at the first row
     except UnicodeDecodeError as exc:
         raise DataError(path, f"is not a text file: {one_line(exc)}", expected=expected) from exc
     plain = [h.split(":", 1)[0] if string_ids else h for h in header]
@@ -123,29 +124,34 @@ def read_headed(
             f"missing column(s) {', '.join(map(repr, missing))}; found {found}",
             expected=expected,
         )
-    names = {header[plain.index(c)]: name for c, name in columns.items() if c in plain}
+    # columns by position: pandas would take names with spaces as written, and a row with
+    # one field more than the header as an index column (silently shifting the rest)
+    names = {plain.index(c): name for c, name in columns.items() if c in plain}
     id_type = str if string_ids else np.int64
     dtypes = {
-        h: (id_type if name in (USER_FIELD, ITEM_FIELD) else np.float64)
-        for h, name in names.items()
+        pos: (id_type if name in (USER_FIELD, ITEM_FIELD) else np.float64)
+        for pos, name in names.items()
     }
+    positional = {"sep": sep, "header": None, "skiprows": 1}
+    labels = {pos: header[pos] for pos in names}
+    if not has_rows:  # a header alone: no rows (not "empty", as pandas would say)
+        empty = pd.DataFrame({pos: pd.Series([], dtype=dtypes[pos]) for pos in names})
+        return _parse_columns(path, empty, names, labels, 1, string_ids=string_ids)
     try:
-        raw = _read_csv(path, 1, expected, sep=sep, header=0, dtype=dtypes)
+        raw = _read_csv(path, 1, expected, dtype=dtypes, **positional)
     except DataError:
         raise
     except (ValueError, OverflowError):  # a cell did not parse as its type (or overflowed
         # int64): re-read as text to name it
-        raw = _read_csv(path, 1, expected, sep=sep, header=0, dtype=str, keep_default_na=False)
-    if not isinstance(raw.index, pd.RangeIndex):
-        # pandas takes a first data row with one field more than the header as an index column
+        raw = _read_csv(path, 1, expected, dtype=str, keep_default_na=False, **positional)
+    if raw.shape[1] > len(header):  # the first row is long (a later one is a ParserError)
         raise DataError(
             path,
-            f"has more fields than the header's {len(header)}",
+            f"has more fields than the header ({raw.shape[1]}, not {len(header)})",
             row=1,
             line=2,
             expected=expected,
         )
-    labels = {h: h for h in names}
     return _parse_columns(path, raw, names, labels, 1, string_ids=string_ids)
 
 
