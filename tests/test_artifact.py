@@ -167,6 +167,16 @@ def test_damaged_config(model_dir, text):
         hybridrec.load(model_dir)
 
 
+@pytest.mark.parametrize("settings", ["x", {"data": "x"}, {"train": [1]}])
+def test_settings_that_are_not_objects_are_a_damaged_config(model_dir, settings):
+    """config.json's settings are not checksummed: a string there loaded, then `info` and
+    `recommend` crashed with an AttributeError traceback."""
+    config = json.loads((model_dir / "config.json").read_text())
+    (model_dir / "config.json").write_text(json.dumps({**config, "settings": settings}))
+    with pytest.raises(ArtifactError, match=r"config\.json is damaged \(its settings"):
+        hybridrec.load(model_dir)
+
+
 def test_config_of_something_else(model_dir):
     (model_dir / "config.json").write_text(json.dumps({"format": "other", "format_version": 1}))
     with pytest.raises(ArtifactError, match="is not a hybridrec model config"):

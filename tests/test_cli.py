@@ -498,6 +498,8 @@ def test_split_movielens_threshold_labels_ratings_as_it_does_any_file(tmp_path, 
     assert len(parts) == len(frame)
     assert int(parts["target"].sum()) == sum(r >= 4 for r in ratings)
     assert set(parts["target"]) == {0, 1}
+    # the written labels are read without --threshold (with it, every 0/1 is below 4)
+    assert "0/1 labels in a column named 'target'" in err and "without" in err
 
 
 # ---------------------------------------------------------------- data
@@ -534,6 +536,28 @@ def test_data_refuses_a_split_it_cannot_make_and_names_its_own_option(tmp_path, 
     code, out, err = call(capsys, "data", "movielens-100k", "--data", "u.data", "--out", "e")
     assert_user_error(code, err, "--split loo held out no row for test from 2 rows")
     assert not (tmp_path / "e").exists()
+
+
+def test_data_and_demo_check_everything_before_writing(tmp_path, capsys):
+    """`data` wrote its split into a saved model's folder; `demo` wrote its data over the
+    user's train.csv and only then refused a bad option or a model path that is a file."""
+    frame = interactions(seed=3)
+    (tmp_path / "u.data").write_text(udata_text(frame, [4] * len(frame)))
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "config.json").write_text(json.dumps({"sha256": {}}))  # a model
+    code, out, err = call(capsys, "data", "movielens-100k", "--data", "u.data", "--out", "m")
+    assert_user_error(code, err, "model directory")
+    assert not (tmp_path / "m" / "train.csv").exists()
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "train.csv").write_text("my data\n")
+    code, out, err = call(capsys, "demo", "--out", "d", *FAST, "--embedding-dim", "0")
+    assert_user_error(code, err, "--embedding-dim")
+    (tmp_path / "e").mkdir()
+    (tmp_path / "e" / "model").write_text("a file")
+    code, out, err = call(capsys, "demo", "--out", "e", *FAST)
+    assert_user_error(code, err, "is a file")
+    assert (tmp_path / "d" / "train.csv").read_text() == "my data\n"
+    assert sorted(p.name for p in (tmp_path / "e").iterdir()) == ["model"]
 
 
 def test_data_min_rating(tmp_path, capsys):

@@ -822,3 +822,15 @@ def test_line_numbers_count_blank_lines(tmp_path):
     path.write_text("userId,itemId,target\n1,2,1\n\n\n2,3,0\n3,4,5\n")
     with pytest.raises(DataError, match=r"b.csv, row 3 \(line 6\), column 'target'"):
         read_interactions(path)
+
+
+def test_a_damaged_compressed_file_is_a_data_error_and_tsv_gz_is_tab_separated(tmp_path):
+    import gzip
+
+    text = "userId\titemId\n" + "".join(f"{u}\t{u % 7}\n" for u in range(1, 2000))
+    (tmp_path / "ok.tsv.gz").write_bytes(gzip.compress(text.encode()))
+    assert len(read_interactions(tmp_path / "ok.tsv.gz")) == 1999
+    packed = gzip.compress(text.replace("\t", ",").encode())
+    (tmp_path / "cut.csv.gz").write_bytes(packed[: len(packed) // 2])
+    with pytest.raises(DataError, match="cut.csv.gz: cannot be read: Compressed file ended"):
+        read_interactions(tmp_path / "cut.csv.gz")  # was an EOFError traceback

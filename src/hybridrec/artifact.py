@@ -156,6 +156,13 @@ def load_artifact(directory: str | Path) -> Artifact:
             f"{directory} was saved in format {config['format_version']}, newer than this "
             f"hybridrec reads ({FORMAT_VERSION}); upgrade hybridrec to load it"
         )
+    settings = config.get("settings", {})  # not checksummed: its shape is checked here
+    if not isinstance(settings, dict) or not all(
+        isinstance(settings.get(part, {}), dict) for part in ("data", "train")
+    ):
+        raise ArtifactError(
+            f"{directory / CONFIG} is damaged (its settings are not JSON objects); save it again"
+        )
     checksums = config.get("sha256")
     if not isinstance(checksums, dict) or not all(isinstance(v, str) for v in checksums.values()):
         raise ArtifactError(f"{directory / CONFIG} is damaged (no file checksums); save it again")

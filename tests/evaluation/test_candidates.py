@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -79,3 +80,16 @@ def test_read_candidates_movielens_100k_loo():
     assert len(user_idx) == len(item_idx) == 943 * 100
     assert torch.unique(user_idx).tolist() == list(range(1, 944))
     assert torch.bincount(user_idx).tolist()[1:] == [100] * 943
+
+
+def test_a_bad_wide_cell_is_named_by_its_own_row_and_column(tmp_path):
+    """The cells are parsed as one stacked column: its error named row 6, column 'neg_1'
+    for the cell at row 2, column 'neg_3'."""
+    path = tmp_path / "cand.parquet"
+    frame = pd.DataFrame(
+        {"userId": [1, 2, 3], "neg_1": [1.0, 2, 3], "neg_2": [4.0, 5, 6], "neg_3": [7.0, 8.5, 9]}
+    )
+    frame.to_parquet(path)
+    encoder = IdEncoder.fit(np.arange(1, 10))
+    with pytest.raises(DataError, match=r"cand.parquet, row 2, column 'neg_3': id 8.5"):
+        read_candidates(path, encoder, encoder)

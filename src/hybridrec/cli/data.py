@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -52,6 +53,13 @@ def cmd_split(args: argparse.Namespace) -> int:
     )
     for path, part in zip(paths, (train, val, test), strict=True):
         print(f"{path}: {len(part):,} rows")
+    default = DataConfig()
+    if (data_config.target_col, data_config.threshold) != (default.target_col, None):
+        print(
+            "note: the files hold 0/1 labels in a column named 'target'; train on them "
+            "without --target-col and --threshold",
+            file=sys.stderr,
+        )
     return 0
 
 
@@ -69,7 +77,7 @@ def cmd_data(args: argparse.Namespace) -> int:
     from hybridrec.data.movielens import fetch_movielens, read_movielens
     from hybridrec.data.split import split_three_ways, write_interactions_csv, write_split
 
-    out = check_output_dir(args.out or args.name, "--out")
+    out = check_output_dir(args.out or args.name, "--out", model_ok=False)
     source = Path(args.data) if args.data else fetch_movielens(args.name, args.cache)
     frame = read_movielens(source, args.min_rating)
     try:  # split first: nothing is written when the split is refused
@@ -88,12 +96,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from hybridrec.data.popularity import popularity_logits
     from hybridrec.data.synthetic import SyntheticConfig, write_synthetic_data
     from hybridrec.evaluation import pointwise_metrics
-    from hybridrec.pipeline import train
+    from hybridrec.pipeline import check_model_options, train
 
     out = check_output_dir(args.out, "--out")
     synth = SyntheticConfig(
         num_users=args.users, num_items=args.items, num_positives=args.positives, seed=args.seed
     )
+    # every option checked before the data is written (over files of the user's own)
+    options, data_config = model_options(args), config_from_args(DataConfig, args)
+    train_config = config_from_args(TrainConfig, args)
+    check_model_options(args.model, options)
+    check_output_dir(out / "model", "--out")
     train_path, val_path = write_synthetic_data(out, synth)
     logger.info(f"wrote synthetic data with {synth.num_groups} planted groups to {out}/")
     result = train(
@@ -101,9 +114,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
         val_path,
         out=out / "model",
         model=args.model,
-        model_options=model_options(args),
-        data_config=config_from_args(DataConfig, args),
-        train_config=config_from_args(TrainConfig, args),
+        model_options=options,
+        data_config=data_config,
+        train_config=train_config,
         show_progress=not args.no_progress,
     )
     assert result.val_data is not None

@@ -71,6 +71,11 @@ def is_csv_path(path: Path) -> bool:
     return path.suffix.lower() not in PARQUET_SUFFIXES and path.name != FRAME_SOURCE
 
 
+def csv_separator(path: Path) -> str:
+    """Tab for ``.tsv`` files (also compressed, ``x.tsv.gz``), else comma."""
+    return "\t" if ".tsv" in (suffix.lower() for suffix in path.suffixes[-2:]) else ","
+
+
 def row_error(path: Path, pos: int, column: str, message: str, expected: str) -> DataError:
     line = csv_line(path, pos) if is_csv_path(path) else None
     return DataError(path, message, row=pos + 1, line=line, column=column, expected=expected)
@@ -80,7 +85,7 @@ def csv_line(path: Path, pos: int) -> int | None:
     """The file line where data row ``pos`` (0-based) starts. The readers skip blank lines
     and a quoted field may span lines, so the file is read again up to that row (only when
     an error is reported); ``None`` if it cannot be."""
-    sep = "\t" if path.suffix.lower() == ".tsv" else ","
+    sep = csv_separator(path)
     try:
         with open(path, encoding="utf-8-sig", newline="") as f:
             rows = csv.reader(f, delimiter=sep)

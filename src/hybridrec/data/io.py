@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import lzma
 import warnings
+import zipfile
+import zlib
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -30,6 +33,7 @@ from hybridrec.data.columns import (  # the frame's column names are defined the
     TARGET,
     TIMESTAMP,
     USER,
+    csv_separator,
     is_csv_path,
     one_line,
     parse_ids,
@@ -181,7 +185,7 @@ def read_table(path: Path) -> pd.DataFrame:
     check_file(path, "a CSV or Parquet file", "a header row and interactions")
     if path.suffix.lower() in PARQUET_SUFFIXES:
         return _read_parquet(path)
-    sep = "\t" if path.suffix.lower() == ".tsv" else ","
+    sep = csv_separator(path)
     fast = _read_csv_arrow(path, sep)
     if fast is not None:
         return fast
@@ -198,28 +202,36 @@ def read_table(path: Path) -> pd.DataFrame:
         raise DataError(path, "the file is empty", expected="a header row") from exc
     except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as exc:
         raise DataError(path, f"cannot be parsed as CSV: {one_line(exc)}") from exc
-    except OSError as exc:
+    except (OSError, *DECOMPRESSION_ERRORS) as exc:  # also a truncated .gz, .xz, .bz2, .zip
         raise DataError(path, f"cannot be read: {one_line(exc)}") from exc
     check_unique_names(path, _csv_header(path, sep))
     return frame
 
 
+#: What pandas' readers raise for a damaged compressed file (the suffix picks the codec).
+DECOMPRESSION_ERRORS = (EOFError, lzma.LZMAError, zlib.error, zipfile.BadZipFile)
+
+
 def _long_row(path: Path, sep: str) -> DataError:
     """The error for the first row with more fields than the header (found by reading the
     file again: this runs only once pandas has said there is one)."""
-    with open(path, encoding="utf-8-sig", newline="") as f:
-        rows = csv.reader(f, delimiter=sep)
-        width = len(next(rows, []))
-        for row, fields in enumerate((r for r in rows if r), start=1):
-            if len(fields) > width:
-                return DataError(
-                    path,
-                    f"{len(fields)} fields, more than the header's {width}",
-                    row=row,
-                    line=rows.line_num,
-                    expected="as many fields in every row as the header names",
-                )
-    return DataError(path, "a row has more fields than the header")
+    expected = "as many fields in every row as the header names"
+    try:
+        with open(path, encoding="utf-8-sig", newline="") as f:
+            rows = csv.reader(f, delimiter=sep)
+            width = len(next(rows, []))
+            for row, fields in enumerate((r for r in rows if r), start=1):
+                if len(fields) > width:
+                    return DataError(
+                        path,
+                        f"{len(fields)} fields, more than the header's {width}",
+                        row=row,
+                        line=rows.line_num,
+                        expected=expected,
+                    )
+    except (OSError, UnicodeDecodeError, csv.Error):  # compressed, say: no row to name
+        pass
+    return DataError(path, "a row has more fields than the header", expected=expected)
 
 
 def check_unique_names(path: str | Path, names: Sequence[object]) -> None:

@@ -13,7 +13,7 @@ import pandas as pd
 
 from hybridrec.data.columns import ITEM, TARGET, TIMESTAMP, USER, one_line
 from hybridrec.data.encoding import CANONICAL_INT
-from hybridrec.data.io import check_file
+from hybridrec.data.io import DECOMPRESSION_ERRORS, check_file
 from hybridrec.errors import ConfigError, DataError
 
 USER_FIELD, ITEM_FIELD, RATING_FIELD, TS_FIELD = "user", "item", "rating", "timestamp"
@@ -44,7 +44,7 @@ def _read_csv(path: Path, header_lines: int, expected: str, **kw) -> pd.DataFram
         raise DataError(path, "the file is empty", expected=expected) from exc
     except UnicodeDecodeError as exc:
         raise DataError(path, f"is not a text file: {one_line(exc)}", expected=expected) from exc
-    except OSError as exc:
+    except (OSError, *DECOMPRESSION_ERRORS) as exc:
         raise DataError(path, f"cannot be read: {one_line(exc)}") from exc
 
 

@@ -77,7 +77,22 @@ def read_candidates(
     # All candidate cells form one id column, so one non-integer id makes them all strings,
     # exactly as in a long file.
     stacked = pd.Series(cells.to_numpy().reshape(-1))
-    items = parse_ids(stacked, path, others[0], is_csv)
+    try:
+        items = parse_ids(stacked, path, others[0], is_csv)
+    except DataError as error:
+        raise _cell_error(cells, path, is_csv) or error from None
     user_idx = np.repeat(user_encoder.transform(users), len(others))
     item_idx = item_encoder.transform(items)
     return torch.from_numpy(user_idx.astype(np.int64)), torch.from_numpy(item_idx.astype(np.int64))
+
+
+def _cell_error(cells: pd.DataFrame, path: Path, is_csv: bool) -> DataError | None:
+    """The error of the first bad cell in reading order, with its own row and column (the
+    stacked column's error names a position in the flattened cells)."""
+    errors = []
+    for position, column in enumerate(cells.columns):
+        try:
+            parse_ids(cells[column], path, column, is_csv)
+        except DataError as error:
+            errors.append((error.row or 0, position, error))
+    return min(errors, key=lambda e: e[:2])[2] if errors else None
