@@ -834,3 +834,13 @@ def test_a_damaged_compressed_file_is_a_data_error_and_tsv_gz_is_tab_separated(t
     (tmp_path / "cut.csv.gz").write_bytes(packed[: len(packed) // 2])
     with pytest.raises(DataError, match="cut.csv.gz: cannot be read: Compressed file ended"):
         read_interactions(tmp_path / "cut.csv.gz")  # was an EOFError traceback
+
+
+@pytest.mark.parametrize("name", ["Target", " target", "TARGET "])
+def test_a_target_column_named_almost_target_is_an_error_not_all_positives(tmp_path, name):
+    """Without a column named exactly 'target' the file is positives-only: its 0 rows
+    trained as positives."""
+    path = tmp_path / "t.csv"
+    pd.DataFrame({"userId": [1, 2], "itemId": [3, 4], name: [1, 0]}).to_csv(path, index=False)
+    with pytest.raises(DataError, match=r"no column 'target', but .* only in case or spaces"):
+        read_interactions(path)

@@ -86,6 +86,12 @@ def test_report_mistakes_exit_2(split, tmp_path, capsys):
         ([*base, "--models", split / "mf", split / "mf", "--out", tmp_path / "r"], "twice"),
         ([*base, "--models", split / "mf", "--out", tmp_path / "r", "--k", "0"], "positive"),
     ]
+    strangers = tmp_path / "strangers.csv"  # printed NaN metrics with exit status 0
+    strangers.write_text("userId,itemId\n9001,1\n9002,2\n")
+    cases.append(
+        (["report", "--train", split / "train.csv", "--test", strangers, "--models",
+          split / "mf", "--out", tmp_path / "r"], "names no user the model")
+    )  # fmt: skip
     for argv, message in cases:
         code, _, err = call(capsys, *argv)
         assert code == 2 and message in err, (argv, err)

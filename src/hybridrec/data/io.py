@@ -93,6 +93,15 @@ def _check_columns(raw: pd.DataFrame, config: DataConfig, path: Path, labels: bo
             f"missing column(s) {', '.join(repr(c) for c in missing)}; found {found}. "
             "Name your columns with --user-col/--item-col/--target-col",
         )
+    lookalike = [c for c in raw.columns if str(c).strip().lower() == config.target_col.lower()]
+    if labels and config.target_col not in raw.columns and lookalike:
+        # " target" or "Target": taken for positives-only data, its 0 rows would be positives
+        raise DataError(
+            path,
+            f"no column {config.target_col!r}, but {str(lookalike[0])!r} differs from it only "
+            f"in case or spaces. Rename it, or pass --target-col {str(lookalike[0])!r}; "
+            "without a target column every row counts as a positive",
+        )
     if labels and config.target_col not in raw.columns and target_asked_for(config):
         why = "--threshold needs it" if config.threshold is not None else "named by --target-col"
         raise DataError(

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from hybridrec.config import DataConfig
-from hybridrec.errors import ConfigError
+from hybridrec.errors import ConfigError, DataError
 
 #: Popularity groups: the catalogue's items ordered by training popularity, cut into this
 #: many groups of equal size (most popular first).
@@ -66,6 +66,13 @@ def evaluate_models(
     for name, path, rec in zip(label_models(paths), paths, recommenders, strict=True):
         tr, _ = RecSysDataset.from_frame(train_frame, rec.users, rec.items)
         te, _ = RecSysDataset.from_frame(test_frame, rec.users, rec.items)
+        if not bool((te.user_idx != 0).any()):  # every metric would be NaN (as evaluate)
+            raise DataError(
+                test,
+                f"names no user the model {path} knows",
+                column=data_config.user_col,
+                expected="held-out rows of users in the model's training data",
+            )
         report = full_report(
             rec.model, rec.users, tr.user_idx, tr.item_idx, te.user_idx, te.item_idx,
             rec.items.num_embeddings, ks, user_col=data_config.user_col,
