@@ -146,6 +146,23 @@ def test_resave_round_trip(trained, tmp_path):
     )
 
 
+def test_a_loaded_model_saved_elsewhere_keeps_its_metrics_and_optimiser_state(model_dir, tmp_path):
+    """A copy saved with `load(d).save(d2)` had empty metrics and no optimizer.pt, so an
+    update of the copy restarted Adam; a grown model (other shapes) saves none."""
+    from hybridrec.artifact import load_moments
+
+    rec = hybridrec.load(model_dir)
+    rec.save(tmp_path / "copy")
+    copy = hybridrec.load(tmp_path / "copy")
+    assert copy.metrics == rec.metrics and copy.metrics["final"]["epochs"] == 1
+    saved, kept = load_moments(model_dir), load_moments(tmp_path / "copy")
+    assert saved and kept and saved.keys() == kept.keys()
+    assert all(torch.equal(saved[k], kept[k]) for k in saved)
+    rec.model.user_embedding = torch.nn.Embedding(999, 8)  # as if grown: shapes differ
+    rec.save(tmp_path / "grown")
+    assert load_moments(tmp_path / "grown") is None
+
+
 # ------------------------------------------------------------------ damaged artifacts
 
 

@@ -257,6 +257,24 @@ def load_moments(directory: str | Path) -> dict[str, torch.Tensor] | None:
     return state
 
 
+def moments_of(model: nn.Module, directory: str | Path) -> dict[str, torch.Tensor] | None:
+    """The optimiser state saved in ``directory`` when every tensor of it belongs to a
+    parameter of ``model`` with the same shape (a model loaded from there and not grown
+    since); None otherwise, or when the directory no longer holds a readable one."""
+    try:
+        moments = load_moments(directory)
+    except ArtifactError:
+        return None
+    if not moments:
+        return None
+    params = dict(model.named_parameters())
+    for key, value in moments.items():
+        name, _, field = key.rpartition(":")
+        if name not in params or (field != "step" and value.shape != params[name].shape):
+            return None
+    return moments
+
+
 def _checked_bytes(path: Path, digest: str) -> bytes:
     """The file's bytes, checked against the SHA-256 the config lists for it."""
     if not path.is_file():

@@ -6,7 +6,7 @@ They are user input, so they raise (:class:`ConfigError`, which is a ``ValueErro
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -73,3 +73,16 @@ def check_many(user_ids: Any, exclude_seen: Any) -> None:
 def unique(values: Iterable[Any]) -> list[Any]:
     """Distinct values in first-seen order."""
     return list(dict.fromkeys(values))
+
+
+def per_user_k(k: int | Sequence[int], count: int) -> np.ndarray:
+    """``k`` for each of ``count`` users: one ``k`` for all, or a sequence of one each.
+
+    The deepest ``k`` is ranked once and each user keeps its prefix, which is that user's
+    own top-``k`` list: :func:`~hybridrec.recommend.topk.top_k` orders by score, then index.
+    """
+    if isinstance(k, Sequence | np.ndarray) and not isinstance(k, str | bytes):
+        if len(k) != count:
+            raise ConfigError(f"k must be one integer or one per user ({count}), got {len(k)}")
+        return np.array([check_k(one) for one in k], dtype=np.int64)
+    return np.full(count, check_k(k), dtype=np.int64)

@@ -17,28 +17,20 @@ import numpy as np
 import torch
 from torch import nn
 
-from hybridrec.artifact import load_artifact, read_metrics, save_artifact
+from hybridrec.artifact import load_artifact, moments_of, read_metrics, save_artifact
 from hybridrec.data.encoding import UNKNOWN_INDEX, IdEncoder
 from hybridrec.data.seen import SeenItems
-from hybridrec.errors import ConfigError
 from hybridrec.models import capabilities, model_device
 from hybridrec.recommend import cold_start, fold_in, similar, topk
-from hybridrec.recommend.checks import check_chunk_users, check_k, check_many, id_list, one_id
+from hybridrec.recommend.checks import (
+    check_chunk_users,
+    check_many,
+    id_list,
+    one_id,
+    per_user_k,
+)
 from hybridrec.recommend.result import IdsLike, Recommendation, frozen
 from hybridrec.recommend.two_stage import check_num_candidates, stage1_prior, two_stage_logits
-
-
-def _per_user_k(k: int | Sequence[int], count: int) -> np.ndarray:
-    """``k`` for each of ``count`` users: one ``k`` for all, or a sequence of one each.
-
-    The deepest ``k`` is ranked once and each user keeps its prefix, which is that user's
-    own top-``k`` list: :func:`~hybridrec.recommend.topk.top_k` orders by score, then index.
-    """
-    if isinstance(k, Sequence | np.ndarray) and not isinstance(k, str | bytes):
-        if len(k) != count:
-            raise ConfigError(f"k must be one integer or one per user ({count}), got {len(k)}")
-        return np.array([check_k(one) for one in k], dtype=np.int64)
-    return np.full(count, check_k(k), dtype=np.int64)
 
 
 class Recommender:
@@ -116,7 +108,10 @@ class Recommender:
         moments: dict[str, torch.Tensor] | None = None,
     ) -> Path:
         """Write the artifact atomically (see :mod:`hybridrec.artifact`); ``moments``: the
-        optimiser state training ended with, kept for ``hybridrec update``.
+        optimiser state training ended with, kept for ``hybridrec update``. A recommender
+        loaded from a model directory keeps that model's metrics and, while its weights
+        still have the same shapes (not grown by :meth:`with_items`), its optimiser state:
+        a copy saved elsewhere is updated as the original would be.
 
         Raises:
             ConfigError: ``directory`` is empty, a file, the working directory (or holds
@@ -124,8 +119,14 @@ class Recommender:
         """
         from hybridrec.model_dir import check_save_target
 
+        target = check_save_target(directory)
+        source = self.config.get("directory")
+        if source is not None and metrics is None:
+            metrics = self.metrics
+        if source is not None and moments is None:
+            moments = moments_of(self.model, source)
         return save_artifact(
-            check_save_target(directory),
+            target,
             model=self.model,
             model_name=self.model_name,
             users=self.users,
@@ -254,7 +255,7 @@ class Recommender:
         """
         check_many(user_ids, exclude_seen)
         ids = id_list(user_ids, "user_ids")
-        ks = _per_user_k(k, len(ids))
+        ks = per_user_k(k, len(ids))
         k = int(ks.max()) if len(ks) else 1
         num_candidates = check_num_candidates(self.model, self.model_name, num_candidates)
         chunk = check_chunk_users(chunk_users) if chunk_users is not None else None
