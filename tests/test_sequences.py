@@ -61,7 +61,7 @@ def test_history_windows_cover_every_next_item_once_in_order(rows, length):
     window is what pack_histories keeps."""
     users = np.array([u for u, _ in rows], dtype=np.int64)
     items = np.array([i for _, i in rows], dtype=np.int64)
-    windows = history_windows(users, items, 5, length)
+    windows = history_windows(users, items, length)
     packed = pack_histories(users, items, 5, length)
     seen = 0
     for u in range(5):

@@ -26,6 +26,19 @@ def chronological_order(user_idx: np.ndarray, timestamp: np.ndarray | None = Non
     return np.lexsort((positions, timestamp, user_idx))
 
 
+def _in_time_order(
+    user_idx: torch.Tensor | np.ndarray,
+    item_idx: torch.Tensor | np.ndarray,
+    timestamp: torch.Tensor | np.ndarray | None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(users, items)`` as int64 arrays, sorted by :func:`chronological_order`."""
+    users = np.asarray(torch.as_tensor(user_idx).cpu(), dtype=np.int64)
+    items = np.asarray(torch.as_tensor(item_idx).cpu(), dtype=np.int64)
+    ts = None if timestamp is None else np.asarray(torch.as_tensor(timestamp).cpu())
+    order = chronological_order(users, ts)
+    return users[order], items[order]
+
+
 def pack_histories(
     user_idx: torch.Tensor | np.ndarray,
     item_idx: torch.Tensor | np.ndarray,
@@ -45,16 +58,12 @@ def pack_histories(
                 [6, 8],
                 [0, 7]])
     """
-    users = np.asarray(torch.as_tensor(user_idx).cpu(), dtype=np.int64)
-    items = np.asarray(torch.as_tensor(item_idx).cpu(), dtype=np.int64)
-    ts = None if timestamp is None else np.asarray(torch.as_tensor(timestamp).cpu())
     if length < 1:
         raise ValueError(f"length must be >= 1, got {length}")
     out = np.full((num_users, length), UNKNOWN_INDEX, dtype=np.int64)
+    users, items = _in_time_order(user_idx, item_idx, timestamp)
     if len(users) == 0:
         return torch.from_numpy(out)
-    order = chronological_order(users, ts)
-    users, items = users[order], items[order]
     counts = np.bincount(users, minlength=num_users)
     ends = np.cumsum(counts)  # one past each user's last sorted row
     from_end = ends[users] - 1 - np.arange(len(users))  # 0 = the user's latest row
@@ -66,7 +75,6 @@ def pack_histories(
 def history_windows(
     user_idx: torch.Tensor | np.ndarray,
     item_idx: torch.Tensor | np.ndarray,
-    num_users: int,
     length: int,
     timestamp: torch.Tensor | np.ndarray | None = None,
 ) -> torch.Tensor:
@@ -81,19 +89,15 @@ def history_windows(
     returned, newest first for each user, users in index order.
 
     Example:
-        >>> history_windows([1, 1, 1, 1, 2, 2], [5, 6, 7, 8, 3, 4], num_users=3, length=3)
+        >>> history_windows([1, 1, 1, 1, 2, 2], [5, 6, 7, 8, 3, 4], length=3)
         tensor([[6, 7, 8],
                 [0, 5, 6],
                 [0, 3, 4]])
     """
-    users = np.asarray(torch.as_tensor(user_idx).cpu(), dtype=np.int64)
-    items = np.asarray(torch.as_tensor(item_idx).cpu(), dtype=np.int64)
-    ts = None if timestamp is None else np.asarray(torch.as_tensor(timestamp).cpu())
     if length < 2:
         raise ValueError(f"length must be >= 2, got {length}")
-    order = chronological_order(users, ts)
-    users, items = users[order], items[order]
-    counts = np.bincount(users, minlength=num_users)
+    users, items = _in_time_order(user_idx, item_idx, timestamp)
+    counts = np.bincount(users)
     stride = length - 1
     windows = np.where(counts > 1, -(-(counts - 1) // stride), 0)  # ceil((n - 1) / stride)
     first = np.cumsum(windows) - windows  # each user's first (newest) window row

@@ -59,14 +59,12 @@ class NextItem:
         if not bool(positive.any()):
             raise ConfigError("the training data has no positive rows (target 1) to learn from")
         num_users = int(train.user_idx.max()) + 1
-        pack = history_windows if config.history_windows == "all" else pack_histories
-        histories = pack(
-            train.user_idx[positive],
-            train.item_idx[positive],
-            num_users,
-            max_len + 1,
-            None if train.timestamp is None else train.timestamp[positive],
-        )
+        rows = train.user_idx[positive], train.item_idx[positive]
+        time = None if train.timestamp is None else train.timestamp[positive]
+        if config.history_windows == "all":
+            histories = history_windows(*rows, max_len + 1, time)
+        else:
+            histories = pack_histories(*rows, num_users, max_len + 1, time)
         lengths = (histories != UNKNOWN_INDEX).sum(1)
         self.histories = histories[lengths >= 2].to(device)  # (S, max_len + 1)
         if len(self.histories) == 0:
