@@ -161,10 +161,14 @@ def test_popularity_counts_add_up_to_a_retrain(tmp_path):
     assert torch.equal(ours, theirs)
 
 
-def test_sasrec_histories_grow_and_untouched_ones_stay(tmp_path):
+@pytest.mark.parametrize("epochs", [1, None, 0])
+def test_sasrec_histories_grow_and_untouched_ones_stay(tmp_path, epochs):
+    """Also when the epochs are chosen on each user's held-out latest item (None: that
+    item was left out of the stored history for good) and with --epochs 0 (no history
+    grew at all)."""
     old, new = _trained(tmp_path, model="sasrec", epochs=1)
     parent = hybridrec.load(old)
-    update(old, new, out=tmp_path / "new", epochs=1, replay=1.0, scope="all")
+    update(old, new, out=tmp_path / "new", epochs=epochs, replay=1.0, scope="all")
     rec = hybridrec.load(tmp_path / "new")
 
     def history(r, user):
@@ -233,12 +237,36 @@ def test_new_items_start_from_their_features(tmp_path):
     assert torch.equal(table.feature_tokens[row_101], table.feature_tokens[row_1])  # genre a
     row_103 = int(rec.items.transform([103])[0])
     assert table.has_id[row_103] == 0  # no interactions: its features alone
-    assert table.has_id[row_101] == 1
-    # the popularity term is refitted on every positive so far: 101 has rows, so none
+    # --epochs 0 trains no id row, so 101 keeps being scored by its features (it was marked
+    # as trained, with a zero id row: one interaction sank it below the cold items)
+    assert table.has_id[row_101] == 0
     fitted = rec.config["settings"]["feature_popularity"]
     parent = hybridrec.load(out).config["settings"]["feature_popularity"]
-    assert fitted["warm_items"] > parent["warm_items"]
-    assert table.feature_popularity(torch.tensor([row_101]))[0] == 0
+    assert fitted["warm_items"] == parent["warm_items"]
+
+
+def test_an_item_known_by_features_alone_trains_its_id_row_once_it_has_rows(tmp_path):
+    """Items 41-44 are in the feature file only (cold). An update whose rows name item 41
+    trains its id row (it stayed frozen at zero under --scope rows while being marked as
+    trained, which ranked it far below where its features had put it)."""
+    train, _ = _split()
+    genres = ["a", "b", "c", "d"]
+    items = pd.DataFrame({"itemId": range(1, 45), "genre": [genres[i % 4] for i in range(44)]})
+    out = tmp_path / "old"
+    hybridrec.train(train, None, out=out, model="hybrid", model_options=OPTIONS["hybrid"],
+                    train_config=config(epochs=2), item_features=items)  # fmt: skip
+    parent = hybridrec.load(out)
+    row = int(parent.items.transform([41])[0])
+    assert parent.model.item_embedding.has_id[row] == 0
+    new = pd.DataFrame({"userId": [3, 5, 7], "itemId": [41, 41, 41]})
+    update(out, new, out=tmp_path / "new", epochs=2)
+    table = hybridrec.load(tmp_path / "new").model.item_embedding
+    before = parent.model.item_embedding.weight.detach()
+    assert table.has_id[row] == 1 and not torch.equal(table.weight[row].detach(), before[row])
+    untouched = int(parent.items.transform([42])[0])  # still cold, its row as it was
+    assert table.has_id[untouched] == 0
+    assert torch.equal(table.weight[untouched].detach(), before[untouched])
+    assert table.feature_popularity(torch.tensor([row]))[0] == 0  # warm now: no prior
 
 
 def test_update_from_the_event_log_moves_the_watermark(tmp_path, caplog):

@@ -58,7 +58,7 @@ from hybridrec.update.rows import (
     sequence_histories,
     update_rows,
 )
-from hybridrec.update.train import mark_trained, train_update
+from hybridrec.update.train import mark_trained, store_histories, train_update
 
 logger = logging.getLogger(__name__)
 
@@ -333,14 +333,18 @@ def _update(
     rows = update_rows(train_new, histories, replay, train_config.seed,
                        ordered=declared.sequences, ages=ages)  # fmt: skip
     train_config = with_data_defaults(model, rows.data, train_config)  # recorded as trained
-    mark_trained(model, rows)
     moments = _grown_moments(parent, parent_dir, growth)
-    if grow_only and capabilities(model).trainable:
+    kept = model.histories.clone() if declared.sequences else None  # type: ignore[union-attr]
+    if grow_only and declared.trainable:  # no id row trains: none is marked as trained
         history = History()
     else:
+        cold = mark_trained(model, rows)
         history = train_update(
-            model, rows, new, val, train_config, moments, show_progress, growth, scope
+            model, rows, new, val, train_config, moments, show_progress, growth, scope, cold
         )
+    if kept is not None:  # with every new item, the held-out latest ones too
+        full = rows if val is None else update_rows(new, histories, 0.0, 0, ordered=True)
+        store_histories(model, full.data, kept)
     seen = grow_seen(parent.seen or _no_seen(parent), growth, new.user_idx, new.item_idx)
     info = lineage(
         parent, parent_dir, frame, new_frame, source, event_id, growth, rows, train_config,

@@ -19,13 +19,31 @@ from hybridrec.update.grow import Growth
 from hybridrec.update.rows import NewRows, UpdateRows
 
 
-def mark_trained(model: torch.nn.Module, rows: UpdateRows) -> None:
-    """Rows with interactions in the update use their id part from now on."""
+def mark_trained(model: torch.nn.Module, rows: UpdateRows) -> np.ndarray:
+    """Rows with interactions in the update use their id part from now on (call it only
+    when the update trains: an untrained id row is zero). Returns the items that had no id
+    part before (known by their features alone): their id rows must train too."""
     data = rows.data
+    cold = np.zeros(0, dtype=np.int64)
     for name, idx in (("user_embedding", data.user_idx), ("item_embedding", data.item_idx)):
         table = getattr(model, name, None)
         if isinstance(table, FeaturedEmbedding):
-            table.has_id[idx.unique()] = 1.0
+            touched = idx.unique()
+            if name == "item_embedding":
+                cold = touched[table.has_id[touched] == 0].cpu().numpy()
+            table.has_id[touched] = 1.0
+    return cold
+
+
+def store_histories(model: torch.nn.Module, data: RecSysDataset, kept: torch.Tensor) -> None:
+    """A sequence model's stored histories with the update's rows: the users in ``data``
+    get theirs from it (their stored history and new items, in order), the others keep
+    theirs from ``kept`` (the parent's, grown). Run after training as well: training stores
+    only its own rows' users, and its rows may lack each user's held-out latest item."""
+    model.prepare(data.user_idx, data.item_idx, data.target, data.timestamp)  # type: ignore[operator]
+    touched = torch.zeros(len(kept), dtype=torch.bool)
+    touched[data.user_idx.unique()] = True
+    model.histories[~touched] = kept[~touched].to(model.histories.device)  # type: ignore[index]
 
 
 def train_update(
@@ -38,6 +56,7 @@ def train_update(
     show_progress: bool,
     growth: Growth,
     scope: str,
+    cold_items: np.ndarray | None = None,
 ) -> History:
     """Fit on the update's rows; a model that only counts (popularity) adds the counts of
     the new positives to its own, and a sequence model keeps the stored histories of the
@@ -54,12 +73,11 @@ def train_update(
             if torch.is_floating_point(counts):
                 model.get_buffer(name).add_(counts)
         return History()
-    kept = model.histories.clone() if declared.sequences else None  # type: ignore[union-attr]
     device = resolve_device(config.device)
     # dropout and id dropout draw from torch's global generator: seeded as training seeds
     # it, so the same update command gives the same model
     torch.manual_seed(config.seed)
-    frozen = RowsOnly(model, new, growth, moments) if scope == "rows" else None
+    frozen = RowsOnly(model, new, growth, moments, cold_items) if scope == "rows" else None
     if val is not None:  # stop at the best epoch on the held-out latest positives
         config = replace(config, early_stop="auto")
     try:
@@ -68,15 +86,12 @@ def train_update(
     finally:
         if frozen is not None:
             frozen.release(moments)
-    if kept is not None:  # prepare() stored the histories of the update's users only
-        trained = torch.zeros(len(kept), dtype=torch.bool)
-        trained[rows.data.user_idx.unique()] = True
-        model.histories[~trained] = kept[~trained].to(model.histories.device)  # type: ignore[index]
     return history
 
 
 class RowsOnly:
-    """Train only the rows of the users the update touches and of the new items; the rest
+    """Train only the rows of the users the update touches and of the new items (and of
+    items known by their features alone until the update's rows); the rest
     of the model cannot drift. Other parameters are frozen; a gradient hook zeroes the
     other rows of the row tables, their Adam momentum is cleared (it would move them with
     a zero gradient), and :meth:`release` puts them back exactly (weight decay moves them
@@ -88,6 +103,7 @@ class RowsOnly:
         new: NewRows,
         growth: Growth,
         moments: dict[str, torch.Tensor],
+        cold_items: np.ndarray | None = None,
     ) -> None:
         from hybridrec.update.grow import row_kind
 
@@ -97,6 +113,8 @@ class RowsOnly:
         }
         allowed["users"][torch.from_numpy(np.unique(new.user_idx))] = True
         allowed["items"][growth.old_items :] = True
+        if cold_items is not None:  # known by features alone until now: their id rows learn
+            allowed["items"][torch.from_numpy(cold_items)] = True
         self.model, self.saved = model, dict(moments)
         self.rows: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self.hooks = []
