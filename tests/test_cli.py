@@ -1318,3 +1318,15 @@ def test_ctrl_c_while_the_command_starts_is_a_quiet_interruption(tmp_path, start
     out, err = process.communicate(timeout=60)
     assert process.returncode == 130, err.decode()
     assert b"Traceback" not in err and b"interrupted" in err
+
+
+def test_abbreviated_flags_are_refused(tmp_path, capsys):
+    """argparse took `--confi FILE` for --config, but the file (read before parsing) was
+    never read: the run trained on the defaults without a word."""
+    (tmp_path / "c.toml").write_text("epochs = 1\n")
+    for argv in (["train", "--train", "x.csv", "--confi", str(tmp_path / "c.toml")],
+                 ["train", "--train", "x.csv", "--epo", "3"]):  # fmt: skip
+        with pytest.raises(SystemExit) as info:
+            main(argv)
+        assert info.value.code == 2
+        assert "unrecognized arguments" in capsys.readouterr().err

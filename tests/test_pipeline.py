@@ -339,3 +339,20 @@ def test_training_names_a_validation_frame_and_restores_the_callers_threads():
             hybridrec.train(frame, frame.assign(userId=99), model="mf")
     finally:
         torch.set_num_threads(before)
+
+
+def test_a_ranking_test_set_holds_each_distinct_positive_pair_once():
+    """Repeats of a pair whose item the model does not know were all ranked (after
+    encoding every unknown item is index 0); a 0 row before a 1 row of the same pair
+    must not hide the positive."""
+    from hybridrec.config import DataConfig
+    from hybridrec.prepare import load_positives
+
+    frame = pd.DataFrame(
+        {"userId": [3, 4, 4, 4, 4, 5, 5], "itemId": [2, 99, 99, 99, 2, 7, 7],
+         "target": [1, 1, 1, 1, 1, 0, 1]}
+    )  # fmt: skip
+    test = load_positives(frame, DataConfig(), "to rank")
+    assert list(zip(test["user_id"], test["item_id"], strict=True)) == [
+        (3, 2), (4, 99), (4, 2), (5, 7)
+    ]  # fmt: skip

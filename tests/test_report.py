@@ -84,6 +84,7 @@ def test_report_mistakes_exit_2(split, tmp_path, capsys):
         ([*base, "--models", tmp_path / "nope", "--out", tmp_path / "r"], "nope"),
         ([*base, "--models", split / "mf", "--out", file], "is a file; give a directory"),
         ([*base, "--models", split / "mf", split / "mf", "--out", tmp_path / "r"], "twice"),
+        ([*base, "--models", split / "mf", f"{split / 'mf'}/", "--out", tmp_path / "r"], "twice"),
         ([*base, "--models", split / "mf", "--out", tmp_path / "r", "--k", "0"], "positive"),
     ]
     strangers = tmp_path / "strangers.csv"  # printed NaN metrics with exit status 0
@@ -118,3 +119,19 @@ def test_main_k():
     from hybridrec.report import main_k
 
     assert main_k([1, 5, 10]) == 10 and main_k([1, 5, 20]) == 5
+
+
+def test_models_with_other_id_maps_are_refused_not_mislabelled(split, tmp_path, capsys):
+    """A model trained on part of the items counts the users' training interactions
+    differently: the activity plot crashed (a traceback) or the table mislabelled its rows."""
+    train = pd.read_csv(split / "train.csv")
+    part = tmp_path / "part.csv"
+    train[train.itemId <= 15].to_csv(part, index=False)
+    hybridrec.train(part, None, out=tmp_path / "sub", model="mf",
+                    model_options={"embedding_dim": 8},
+                    train_config=TrainConfig(epochs=1, batch_size=32, device="cpu"))  # fmt: skip
+    code, _, err = call(capsys, "report", "--models", split / "mf", tmp_path / "sub",
+                        "--train", split / "train.csv", "--test", split / "test.csv",
+                        "--out", tmp_path / "r", "--no-progress")  # fmt: skip
+    assert code == 2 and "report them separately" in err and "Traceback" not in err
+    assert not (tmp_path / "r").exists()

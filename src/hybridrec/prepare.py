@@ -49,8 +49,13 @@ def load_positives(data: DataLike, config: DataConfig, purpose: str) -> pd.DataF
     ranked as if the user had chosen it; a file with none is refused."""
     frame = load_data(data, config, labels=False)
     check_positives(frame, data, config, purpose)
+    # each distinct (user, item) pair once, by raw ids: once encoded, every unknown item
+    # is index 0 and its repeats could no longer be told from distinct unknown items
     positive = frame["target"].to_numpy() > 0.5
-    return frame if positive.all() else frame[positive].reset_index(drop=True)
+    if not positive.all():
+        frame = frame[positive].reset_index(drop=True)
+    repeated = frame.duplicated([USER, ITEM]).to_numpy()
+    return frame[~repeated].reset_index(drop=True) if repeated.any() else frame
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hybridrec",
         description="Train, evaluate and use hybrid (dot product + MLP) recommenders.",
+        allow_abbrev=False,
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _train_parser(sub)
@@ -36,6 +37,10 @@ def build_parser() -> argparse.ArgumentParser:
     _demo_parser(sub)
     _tune_parser(sub)
     _report_parser(sub)
+    for command in sub.choices.values():
+        # no abbreviated flags: `--conf FILE` was taken for --config by argparse, while
+        # the file itself (read before parsing) was never read: a run on the defaults
+        command.allow_abbrev = False
     return parser
 
 
@@ -58,6 +63,7 @@ def recsys_parser() -> argparse.ArgumentParser:
         prog="RecSys.py",
         description="Train the hybrid recommender on train.csv, validate on val.csv every "
         "epoch, and save the model (same as `hybridrec train`).",
+        allow_abbrev=False,
     )
     _add_training_arguments(parser, train="train.csv", val="val.csv", out="model")
     return parser

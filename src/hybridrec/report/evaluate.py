@@ -57,7 +57,7 @@ def evaluate_models(
     from hybridrec.prepare import load_data, load_positives
     from hybridrec.recommend import Recommender
 
-    if len(set(map(str, paths))) < len(paths):
+    if len({Path(p).resolve() for p in paths}) < len(paths):  # m, m/ and ./m alike
         raise ConfigError("--models names a model twice")
     recommenders = [Recommender.load(p) for p in paths]
     train_frame = load_data(train, data_config, labels=False)
@@ -85,7 +85,22 @@ def evaluate_models(
             ModelResult(name, str(path), rec.model_name, report.metrics, report.beyond,
                         report.slices, recommended, training)
         )  # fmt: skip
+    _check_same_slices(results)
     return results
+
+
+def _check_same_slices(results: list[ModelResult]) -> None:
+    """The report's activity table and plot put every model's slices side by side; models
+    that count their users' training interactions differently (trained on other data, or
+    not knowing some of this file's items) have other slices, which would be mislabelled."""
+    bins = {tuple((b["range"], b["users"]) for b in r.slices["user_activity"]["bins"])
+            for r in results}  # fmt: skip
+    if len(bins) > 1:
+        raise ConfigError(
+            "the models count the users' training interactions differently (their id maps "
+            "differ: trained on other data), so their activity slices cannot share one "
+            "table; report them separately"
+        )
 
 
 def popularity_groups(counts: torch.Tensor, groups: int = POPULARITY_GROUPS) -> np.ndarray:
