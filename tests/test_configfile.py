@@ -184,3 +184,15 @@ def test_evaluate_and_recommend_read_config(train_csv, tmp_path, capsys):
     code, out, err = call(capsys, "recommend", "--config", "rec.toml")
     assert code == 0, err
     assert pd.read_csv(tmp_path / "recs.csv").groupby("userId").size().eq(2).all()
+
+
+def test_the_resolved_configuration_leaves_out_resume():
+    """`info` of a model trained with --resume printed `resume = ...`: training from that
+    file reloaded the old checkpoint (or failed once it was gone) instead of training."""
+    from hybridrec.cli.parser import build_parser
+    from hybridrec.configfile import resolved_options, subparser
+
+    parser = build_parser()
+    args = parser.parse_args(["train", "--train", "x.csv", "--resume", "ck", "--epochs", "3"])
+    options = resolved_options(args, subparser(parser, "train"))
+    assert "resume" not in options and options["epochs"] == 3 and options["train"] == "x.csv"

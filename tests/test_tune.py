@@ -291,3 +291,19 @@ def test_tune_reads_a_config_file(tmp_path, capsys, train_csv):
     assert "1 trials (1 by this run)" in out and Path("cfg/best.toml").exists()
     code, _, err = call(capsys, "tune", "--config", write(tmp_path, "trial = 2\n", "bad.toml"))
     assert code == 2 and "unknown key 'trial' for hybridrec tune; did you mean 'trials'?" in err
+
+
+def test_the_default_storage_is_a_url_of_the_folders_own_file(tmp_path, monkeypatch):
+    """`--out 't?x'` put the study in a file 't' of the working directory: the URL was
+    pasted together, and SQLAlchemy read '?x/study.db' as its query."""
+    from sqlalchemy.engine import make_url
+
+    from hybridrec.tune.search import check_storage_path, default_storage
+
+    monkeypatch.chdir(tmp_path)
+    for name in ("t?x", "a#b", "p%20q"):
+        url = default_storage(Path(name))
+        assert make_url(url).database == f"{name}/study.db"
+        check_storage_path(url)
+    check_storage_path("sqlite:///db.sqlite?timeout=5")  # the file checked is db.sqlite
+    assert not (tmp_path / "db.sqlite?timeout=5").exists()

@@ -218,6 +218,11 @@ def _excluded_by(
 # ---------------------------------------------------------------- the resolved configuration
 
 
+#: Options of how a run went, not of what it trains: a configuration rebuilt with
+#: ``--resume`` would reload the old checkpoint instead of training.
+NOT_RECORDED = frozenset({"resume"})
+
+
 def resolved_options(args: argparse.Namespace, parser: argparse.ArgumentParser) -> dict[str, Any]:
     """Every option of the subcommand as it took effect (file, command line or default), by
     canonical key, in TOML types; options left unset (None: "the default of each model")
@@ -225,7 +230,7 @@ def resolved_options(args: argparse.Namespace, parser: argparse.ArgumentParser) 
     out: dict[str, Any] = {}
     for key, action in options_of(parser).items():
         value = getattr(args, action.dest, None)
-        if value is None:
+        if value is None or key in NOT_RECORDED:
             continue
         out[key] = list(value) if isinstance(value, tuple) else value
     return out

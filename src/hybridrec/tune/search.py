@@ -208,7 +208,12 @@ def check_storage_path(url: str) -> None:
         if url.startswith("sqlite:"):
             raise ConfigError(f"--storage {url}: write sqlite:///PATH (three slashes)")
         return
-    path = url[len("sqlite:///") :]
+    from sqlalchemy.engine import make_url
+
+    try:
+        path = make_url(url).database or ""  # without its query (?timeout=5)
+    except Exception as exc:  # SQLAlchemy's ArgumentError, ValueError
+        raise ConfigError(f"--storage {url}: not a database URL ({exc})") from exc
     if path and path != ":memory:":
         check_output_file(path, "--storage")
         _not_another_database(path)
@@ -316,4 +321,8 @@ def labelled_validation(args: argparse.Namespace, data_config: Any) -> bool:
 
 
 def default_storage(out: Path) -> str:
-    return f"sqlite:///{out / 'study.db'}"
+    """``DIR/study.db`` as a SQLAlchemy URL, built (not pasted: a ``?`` or ``#`` in the
+    folder's name would start the URL's query, and the file would land elsewhere)."""
+    from sqlalchemy.engine import URL
+
+    return URL.create("sqlite", database=str(out / "study.db")).render_as_string()
