@@ -19,7 +19,7 @@ from hybridrec.data.holdout import holdout, subset
 from hybridrec.data.popularity import item_counts
 from hybridrec.errors import ConfigError
 from hybridrec.features.attach import FEATURE_WEIGHT_DECAY, FeatureConfig, SideFeatures
-from hybridrec.features.popularity import fit_cold_user_popularity, fit_feature_popularity
+from hybridrec.features.popularity import cold_start_settings
 from hybridrec.files import atomic_write_json
 from hybridrec.model_dir import model_dir_path, output_dir
 from hybridrec.models import build_model, model_class, model_device
@@ -275,7 +275,7 @@ def _train(
         net, history = run(train_config, train_set, val_set)
     net.cpu()
     counts = item_counts(train_set.item_idx[positive], items.num_embeddings)
-    settings.update(_cold_popularity(net, counts, train_config.seed))
+    settings.update(cold_start_settings(net, counts, train_config.seed))
     recommender = Recommender(
         net, users, items, model_name=model, config={"settings": settings}, seen=prepared.seen
     )
@@ -323,20 +323,6 @@ def _settings(
     if run_config is not None:
         settings["run_config"] = run_config
     return settings
-
-
-def _cold_popularity(net: torch.nn.Module, counts: torch.Tensor, seed: int) -> dict[str, Any]:
-    """Settings fitted after training for models with side features: cold items'
-    popularity from their features, and the popularity term added for users known by
-    features alone (none for models without features)."""
-    fitted: dict[str, Any] = {}
-    popularity = fit_feature_popularity(net, counts, seed)
-    if popularity is not None:
-        fitted["feature_popularity"] = popularity
-    cold_users = fit_cold_user_popularity(net, counts)
-    if cold_users is not None:
-        fitted["cold_user_popularity"] = cold_users
-    return fitted
 
 
 def _holdout_then_refit(

@@ -24,7 +24,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train, evaluate and use hybrid (dot product + MLP) recommenders.",
         allow_abbrev=False,
     )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    # no abbreviated flags: argparse took `--conf F` for --config, whose file went unread
+    no_abbrev = functools.partial(argparse.ArgumentParser, allow_abbrev=False)
+    sub = parser.add_subparsers(
+        dest="command", required=True, metavar="COMMAND", parser_class=no_abbrev
+    )
     _train_parser(sub)
     update_command.add_parser(sub)
     _evaluate_parser(sub)
@@ -37,10 +41,6 @@ def build_parser() -> argparse.ArgumentParser:
     _demo_parser(sub)
     _tune_parser(sub)
     _report_parser(sub)
-    for command in sub.choices.values():
-        # no abbreviated flags: `--conf FILE` was taken for --config by argparse, while
-        # the file itself (read before parsing) was never read: a run on the defaults
-        command.allow_abbrev = False
     return parser
 
 
@@ -329,22 +329,17 @@ def _export_parser(sub: Any) -> None:
         "export", help="write a model as a TorchScript or ONNX scorer of (user_idx, item_idx)"
     )
     p.add_argument("--model", required=True, metavar="DIR", help="model directory")
-    p.add_argument(
-        "--format",
-        choices=("torchscript", "onnx"),
-        default=None,
-        help="default: what --out's suffix says (.pt torchscript, .onnx onnx), else torchscript",
-    )
-    p.add_argument(
-        "--out", metavar="PATH", help="output file (default: DIR/model.pt or DIR/model.onnx)"
-    )
+    p.add_argument("--format", choices=("torchscript", "onnx"), default=None,
+                   help="default: what --out's suffix says (.pt torchscript, .onnx onnx), "
+                   "else torchscript")  # fmt: skip
+    p.add_argument("--out", metavar="PATH",
+                   help="output file (default: DIR/model.pt or DIR/model.onnx)")  # fmt: skip
 
 
 def _info_parser(sub: Any) -> None:
     """``hybridrec info``: the configuration a model was trained with."""
-    p = sub.add_parser(
-        "info", help="print the configuration a model was trained with, as a --config file"
-    )
+    p = sub.add_parser("info", help="print the configuration a model was trained with, as a "
+                       "--config file")  # fmt: skip
     p.add_argument("--model", required=True, metavar="DIR", help="model directory")
 
 

@@ -185,4 +185,18 @@ def _slope(model: nn.Module, rows: torch.Tensor, target: torch.Tensor, seed: int
     return float(y_centred @ (mean - mean.mean())) / spread if spread > 0 else 0.0
 
 
-__all__ = ["fit_cold_user_popularity", "fit_feature_popularity"]
+def cold_start_settings(net: nn.Module, counts: torch.Tensor, seed: int) -> dict[str, Any]:
+    """Settings fitted after training for models with side features: cold items'
+    popularity from their features, and the popularity term added for users known by
+    features alone (none for models without features)."""
+    fitted: dict[str, Any] = {}
+    popularity = fit_feature_popularity(net, counts, seed)
+    if popularity is not None:
+        fitted["feature_popularity"] = popularity
+    cold_users = fit_cold_user_popularity(net, counts)
+    if cold_users is not None:
+        fitted["cold_user_popularity"] = cold_users
+    return fitted
+
+
+__all__ = ["cold_start_settings", "fit_cold_user_popularity", "fit_feature_popularity"]

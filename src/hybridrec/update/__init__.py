@@ -36,7 +36,7 @@ from hybridrec.data.encoding import IdEncoder
 from hybridrec.data.io import ITEM, TARGET, TIMESTAMP, USER, interactions_from_frame
 from hybridrec.data.seen import SeenItems
 from hybridrec.errors import ConfigError, DataError
-from hybridrec.features.popularity import fit_cold_user_popularity, fit_feature_popularity
+from hybridrec.features.popularity import cold_start_settings
 from hybridrec.features.read import read_feature_rows
 from hybridrec.features.table import FeatureTable
 from hybridrec.files import check_output_dir
@@ -357,12 +357,7 @@ def _update(
         )
     settings = {**parent.config.get("settings", {}), **info}
     # refitted on every positive so far: new items with rows leave the cold set
-    popularity = fit_feature_popularity(model.cpu(), seen.item_counts, train_config.seed)
-    if popularity is not None:
-        settings["feature_popularity"] = popularity
-    cold_users = fit_cold_user_popularity(model, seen.item_counts)
-    if cold_users is not None:
-        settings["cold_user_popularity"] = cold_users
+    settings.update(cold_start_settings(model.cpu(), seen.item_counts, train_config.seed))
     settings.pop("run_config", None)  # the parent's command; its path is in "update"
     if run_config is not None:
         settings["run_config"] = run_config
@@ -394,13 +389,14 @@ def _grown_encoders(
     user_ids = [(new_source, data_config.user_col, new_frame[USER].to_numpy())]
     item_ids = [(new_source, data_config.item_col, new_frame[ITEM].to_numpy())]
     if items is not None:
-        item_ids.append((source_name(items), "", read_item_catalog(items, data_config)))
-    for source, col, out in (
-        (user_features, data_config.user_col, user_ids),
-        (item_features, data_config.item_col, item_ids),
+        catalogue = read_item_catalog(items, data_config)
+        item_ids.append((source_name(items, "the items frame"), "", catalogue))
+    for source, col, out, what in (
+        (user_features, data_config.user_col, user_ids, "the user features frame"),
+        (item_features, data_config.item_col, item_ids, "the item features frame"),
     ):
         if source is not None:
-            out.append((source_name(source), col, read_feature_rows(source, col)[2]))
+            out.append((source_name(source, what), col, read_feature_rows(source, col)[2]))
     encoders = []
     for encoder, parts in ((parent.users, user_ids), (parent.items, item_ids)):
         for name, col, ids in parts:
