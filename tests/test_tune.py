@@ -151,10 +151,13 @@ def test_refused_options_exit_2(capsys, train_csv):
         (["--early-stop", "none"], "--early-stop none cannot be compared"),
         (["--storage", "sqlite://x.db"], "three slashes"),
         (["--model", "popularity"], "nothing to search"),
+        (["--batch-size", "0"], "error: --batch-size must be"),  # not the space's fault
+        (["--embedding-dim", "0"], "error: --embedding-dim must be"),
     ]:
         code, _, err = call(capsys, "tune", "--train", train_csv, *TINY, *extra)
         assert code == 2 and message in err, (extra, err)
         assert "Traceback" not in err
+        assert "must be" not in message or "space" not in err  # a fixed option's own error
 
 
 def test_metric_follows_early_stop():

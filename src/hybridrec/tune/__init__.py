@@ -61,8 +61,11 @@ def run_tune(
     check_storage_path(storage)
     _refuse_options(args)
     space = load_space(args.space, args.model, train_parser)
+    from hybridrec.pipeline import check_model_options
+
+    base = build(args)  # the fixed options first: their errors are not the space's
+    check_model_options(base["model"], base["model_options"])
     check_space(args, space, build)
-    base = build(args)
     metric = metric_for(base["train_config"], labelled_validation(args, base["data_config"]))
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
