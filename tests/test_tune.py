@@ -258,6 +258,24 @@ def test_tiny_study_prunes_resumes_and_writes_best_toml(tmp_path, capsys, train_
     assert Path("study/model/config.json").exists()
 
 
+def test_best_toml_keeps_the_best_trials_values_after_a_narrower_space(tmp_path, capsys, train_csv):
+    """Resumed with a space of lr alone, best.toml wrote the defaults for every other
+    parameter of the best trial (here: negatives), so it no longer reproduced it."""
+    both = write(tmp_path, "defaults = false\n[lr]\nlow = 1e-6\nhigh = 0.05\nlog = true\n"
+                 "[negatives]\nlow = 2\nhigh = 6\n", "both.toml")  # fmt: skip
+    lr_only = write(tmp_path, "defaults = false\n[lr]\nlow = 1e-6\nhigh = 0.05\nlog = true\n",
+                    "lr.toml")  # fmt: skip
+    Path("study").mkdir()
+    study = optuna.create_study(storage="sqlite:///study/study.db",
+                                study_name="hybridrec-hybrid", direction="maximize")  # fmt: skip
+    study.enqueue_trial({"lr": 0.05, "negatives": 3})
+    study.enqueue_trial({"lr": 1e-6})  # learns nothing: trial 0 stays the best
+    assert tune(capsys, train_csv, "--trials", "1", "--space", both, "--pruner", "none")[0] == 0
+    assert tune(capsys, train_csv, "--trials", "1", "--space", lr_only, "--pruner", "none")[0] == 0
+    best = tomllib.loads(Path("study/best.toml").read_text())
+    assert best["lr"] == 0.05 and best["negatives"] == 3
+
+
 def test_importances_and_a_study_of_another_model(capsys, train_csv):
     code, out, err = tune(capsys, train_csv, "--trials", "2", "--model", "mf", "--pruner", "none",
                           "--study-name", "s")  # fmt: skip

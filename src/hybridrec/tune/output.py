@@ -12,7 +12,7 @@ from hybridrec.configfile import resolved_options, to_toml
 from hybridrec.files import atomic_write_text
 from hybridrec.plots import pyplot, save_png
 from hybridrec.tune.search import apply
-from hybridrec.tune.space import Param, choice_label
+from hybridrec.tune.space import Param, choice_label, searchable
 
 BEST, TRIALS, HISTORY_PNG, IMPORTANCE_PNG = (
     "best.toml",
@@ -29,6 +29,10 @@ def write_best(
     """The best trial's options as a file ``hybridrec train --config`` accepts: the tune
     command's training options with the trial's values, the model written to ``OUT/model``."""
     best = study.best_trial
+    # a study resumed with a narrower --space: the best trial's other values count too
+    valid, searched = searchable(train_parser, args.model), {p.key for p in space}
+    space = [*space, *(Param(key, valid[key], "the study") for key in best.params
+                       if key not in searched and key in valid)]  # fmt: skip
     chosen = {p.key: _value(p, best.params[p.key]) for p in space if p.key in best.params}
     options = resolved_options(apply(args, chosen, space), train_parser)
     options["out"] = str(out / "model")
