@@ -196,3 +196,9 @@ def test_the_resolved_configuration_leaves_out_resume():
     args = parser.parse_args(["train", "--train", "x.csv", "--resume", "ck", "--epochs", "3"])
     options = resolved_options(args, subparser(parser, "train"))
     assert "resume" not in options and options["epochs"] == 3 and options["train"] == "x.csv"
+
+
+def test_comments_stay_comments_whatever_they_quote():
+    """A model path with a line break made `info`'s output invalid TOML."""
+    text = to_toml({"epochs": 2}, ["model /tmp/a\nepochs = 9", "x\r\ny = 1"])
+    assert tomllib.loads(text) == {"epochs": 2} and text.count("\n") == 3

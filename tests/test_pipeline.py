@@ -156,6 +156,8 @@ def test_no_val_holds_out_chooses_epochs_then_refits_on_everything(monkeypatch):
     assert choose_cfg.early_stop == "auto"
     summary = result.summary()
     assert summary["holdout_held_out_rows"] == 30 and summary["holdout_best_epoch"] >= 1
+    # the chosen epoch's validation metrics too (what a tune trial scored): they were left out
+    assert summary["holdout_val_ndcg@10"] == result.holdout["val"]["ndcg@10"]
 
 
 def test_val_none_and_refit_none(monkeypatch):

@@ -239,7 +239,8 @@ def resolved_options(args: argparse.Namespace, parser: argparse.ArgumentParser) 
 def to_toml(options: dict[str, Any], comments: Sequence[str] = ()) -> str:
     """A flat TOML document of ``options`` (strings, numbers, booleans, lists of them),
     preceded by ``# comment`` lines; ``tomllib`` reads it back to the same values."""
-    lines = [f"# {line}" for line in comments]
+    # a comment is one line whatever it quotes (a path may hold a line break)
+    lines = [f"# {line}".replace("\r", "\\r").replace("\n", "\\n") for line in comments]
     lines += [f"{key} = {_toml_value(value)}" for key, value in options.items()]
     return "\n".join(lines) + "\n"
 

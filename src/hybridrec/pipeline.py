@@ -84,7 +84,9 @@ class TrainResult:
         if self.out is not None:
             out["model_dir"] = str(self.out)
         for name, value in (self.holdout or {}).items():
-            if not isinstance(value, dict):
+            if isinstance(value, dict):  # the chosen epoch's validation metrics
+                out.update({f"holdout_{name}_{k}": v for k, v in value.items()})
+            else:
                 out[f"holdout_{name}"] = value
         return out
 
