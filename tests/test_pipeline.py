@@ -358,3 +358,14 @@ def test_a_ranking_test_set_holds_each_distinct_positive_pair_once():
     assert list(zip(test["user_id"], test["item_id"], strict=True)) == [
         (3, 2), (4, 99), (4, 2), (5, 7)
     ]  # fmt: skip
+
+
+def test_arguments_of_the_wrong_kind_are_config_errors():
+    """A list as the data or a dict as the config failed deep inside pathlib or training
+    (TypeError, AttributeError)."""
+    with pytest.raises(hybridrec.ConfigError, match="file path or a pandas DataFrame, got list"):
+        hybridrec.train([1, 2, 3])
+    with pytest.raises(hybridrec.ConfigError, match="train_config must be a hybridrec.TrainConfig"):
+        hybridrec.train("x.csv", train_config={"epochs": 1})
+    with pytest.raises(hybridrec.ConfigError, match="data_config must be a hybridrec.DataConfig"):
+        hybridrec.train("x.csv", data_config={"user_col": "u"})

@@ -156,6 +156,7 @@ def train(
     """
     data_config = data_config or DataConfig()
     train_config = train_config or TrainConfig()
+    _check_types(data_config=(data_config, DataConfig), train_config=(train_config, TrainConfig))
     device = resolve_device(train_config.device)
     # under torchrun (WORLD_SIZE > 1): join the process group; each rank runs all of this
     device = distributed.init_from_env(device)
@@ -191,6 +192,17 @@ def train(
     finally:
         distributed.cleanup()
         torch.set_num_threads(threads)
+
+
+def _check_types(**given: tuple[Any, type]) -> None:
+    """A config passed as something else (a dict, say) is a one-line ConfigError, not an
+    AttributeError from deep inside training."""
+    for name, (value, kind) in given.items():
+        if not isinstance(value, kind):
+            raise ConfigError(
+                f"{name} must be a hybridrec.{kind.__name__}, e.g. {kind.__name__}(**options), "
+                f"got {type(value).__name__}"
+            )
 
 
 def check_model_options(model: str, options: dict[str, Any]) -> None:

@@ -4,6 +4,7 @@ encoders fitted with the catalogue's and feature files' ids, memory checked, row
 from __future__ import annotations
 
 import logging
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +21,7 @@ from hybridrec.data.encoding import CANONICAL_INT, IdEncoder
 from hybridrec.data.io import interactions_from_frame, read_interactions, read_table
 from hybridrec.data.seen import SeenItems
 from hybridrec.data.sequences import interactions_newer
-from hybridrec.errors import DataError
+from hybridrec.errors import ConfigError, DataError
 from hybridrec.features import FeatureData
 from hybridrec.features.attach import SideFeatures
 from hybridrec.memory import check_memory
@@ -40,6 +41,10 @@ def load_data(data: DataLike, config: DataConfig, *, labels: bool = True) -> pd.
     """
     if isinstance(data, pd.DataFrame):
         return interactions_from_frame(data, config, labels=labels)
+    if not isinstance(data, str | os.PathLike):
+        raise ConfigError(
+            f"interactions must be a file path or a pandas DataFrame, got {type(data).__name__}"
+        )
     return read_interactions(data, config, labels=labels)
 
 
