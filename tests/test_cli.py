@@ -326,6 +326,10 @@ def test_demo(tmp_path, capsys):
     assert report["model"]["auc"] > report["popularity"]["auc"]
     assert report["model"]["auc"] == report["val_auc"]
     assert report["model_dir"] == "demo/model"
+    # info knows how the model was made (it said "saved before hybridrec recorded
+    # configurations")
+    code, out, err = call(capsys, "info", "--model", "demo/model")
+    assert code == 0 and "hybridrec demo --config FILE" in out and "users = 200" in out
 
 
 def test_main_help_lists_subcommands(capsys):

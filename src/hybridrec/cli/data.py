@@ -93,6 +93,7 @@ def cmd_data(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    from hybridrec.cli.training import run_config
     from hybridrec.data.popularity import popularity_logits
     from hybridrec.data.synthetic import SyntheticConfig, write_synthetic_data
     from hybridrec.evaluation import pointwise_metrics
@@ -118,6 +119,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         data_config=data_config,
         train_config=train_config,
         show_progress=not args.no_progress,
+        run_config=run_config(args),  # `info` prints the demo command's options
     )
     assert result.val_data is not None
     baseline = pointwise_metrics(
