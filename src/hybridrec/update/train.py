@@ -59,8 +59,8 @@ def train_update(
     cold_items: np.ndarray | None = None,
 ) -> History:
     """Fit on the update's rows; a model that only counts (popularity) adds the counts of
-    the new positives to its own, and a sequence model keeps the stored histories of the
-    users the update left alone."""
+    the new positives to its own. A sequence model's stored histories are those of the
+    rows trained on afterwards: the caller restores them with :func:`store_histories`."""
     declared = capabilities(model)
     if not declared.trainable:
         before = {k: v.clone() for k, v in model.state_dict().items()}
